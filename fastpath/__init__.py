@@ -1,0 +1,70 @@
+"""threeway fast path: parsing, flow table, schedulers' per-packet side, transmit routines.
+
+The compiled module (fastpath/_engine.pyx, fastpath/_io.pyx) is the one used. Its pure-Python
+twin (engine_py.py, io_py.py) is chosen only by THREEWAY_PUREPYTHON=1; if the compiled module
+cannot be imported without that variable, the import fails loudly (no silent fallback).
+
+This package imports nothing from lb/, modes/ or tools/, and never touches sockets: it reads
+and writes file descriptors it is given.
+"""
+import os
+from collections import namedtuple
+
+import numpy as np
+
+from . import defs
+
+if os.environ.get("THREEWAY_PUREPYTHON") == "1":
+    from .engine_py import Engine, flow_hash, mix64  # noqa: F401
+    from .io_py import rx_burst, tx_burst  # noqa: F401
+    IMPL = "py"
+else:
+    try:
+        from ._engine import Engine, flow_hash, mix64  # noqa: F401
+        from ._io import rx_burst, tx_burst  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - the build is broken
+        raise ImportError(
+            "threeway: the compiled fast path is not built (%s). Run `python3 setup.py "
+            "build_ext --inplace`, or set THREEWAY_PUREPYTHON=1 to run the slow twin "
+            "on purpose." % exc) from exc
+    IMPL = "cy"
+
+ServiceSpec = namedtuple("ServiceSpec", "vip port proto mode sched table weights flags",
+                         defaults=(0,))
+
+
+class Batch:
+    """A burst of frames in one contiguous numpy buffer, shared by RX, process() and TX."""
+
+    def __init__(self, size=256, snap=2048):
+        self.size = size
+        self.snap = snap
+        self.buf = np.zeros((size, snap), np.uint8)
+        self.lens = np.zeros(size, np.uint32)
+        self.verdict = np.zeros(size, np.uint8)
+        self.reason = np.zeros(size, np.uint16)
+        self.n = 0
+
+    def load(self, frames):
+        """Copy frames (bytes-like) into the batch; frames longer than snap raise ValueError."""
+        if len(frames) > self.size:
+            raise ValueError("%d frames do not fit a batch of %d" % (len(frames), self.size))
+        for i, f in enumerate(frames):
+            if len(f) > self.snap:
+                raise ValueError("frame %d is %d bytes, snap is %d" % (i, len(f), self.snap))
+            self.buf[i, :len(f)] = np.frombuffer(bytes(f), np.uint8)
+            self.lens[i] = len(f)
+        self.n = len(frames)
+        self.verdict[:] = defs.V_NONE
+        self.reason[:] = 0
+
+    def frame(self, i):
+        return self.buf[i, :self.lens[i]].tobytes()
+
+    def frames(self):
+        return [self.frame(i) for i in range(self.n)]
+
+    def results(self):
+        """[(verdict, counter name, frame bytes)] for the frames in use: what tests compare."""
+        return [(int(self.verdict[i]), defs.COUNTERS[self.reason[i]], self.frame(i))
+                for i in range(self.n)]

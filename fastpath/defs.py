@@ -1,0 +1,106 @@
+"""Constants shared by the compiled fast path, its pure-Python twin and the control plane.
+
+This file is the single source of truth: setup.py generates fastpath/_defs.pxi from it, so
+the C enums of the compiled module and the Python integers of the twin cannot drift.
+Pure Python, no imports beyond the standard library.
+
+Byte order: addresses and ports cross every API as host integers (198.19.0.2 is
+0xC6130002); MACs cross as 6-byte ``bytes``.
+"""
+
+# --- verdicts written per frame into Batch.verdict -----------------------------------------
+V_NONE = 0   # not processed (beyond Batch.n)
+V_TX = 1     # rewritten in place; send it out of the data-plane interface
+V_DROP = 2   # dropped; Batch.reason names the counter that was bumped
+V_PUNT = 3   # handed up to Python (ARP, traffic for the LB's own address)
+
+# --- forwarding modes (pinned per flow at creation) ----------------------------------------
+MODE_NAT = 1
+MODE_DSR = 2
+MODE_SPLICE = 3
+MODES = {"nat": MODE_NAT, "dsr": MODE_DSR, "splice": MODE_SPLICE}
+
+# --- fast-path scheduler kinds: how the per-service table is indexed per new flow ----------
+# The control side (lb/schedulers.py) turns rr/wrr/lc/sh/maglev into one of these.
+SCHED_SEQ = 1       # table is a sequence of real indices, walked by a cursor (rr, wrr)
+SCHED_HASH5 = 2     # table[flow_hash(5-tuple) % len] (maglev); consistent: can recreate flows
+SCHED_HASHSRC = 3   # table[mix64(client ip) % len] (sh); consistent
+SCHED_LEASTCONN = 4  # table = candidates, weights parallel: min conns/weight (lc)
+
+PROTO_ICMP = 1
+PROTO_TCP = 6
+PROTO_UDP = 17
+
+# --- flow states (IPVS-like); index into the timeout array ---------------------------------
+S_SYN_SENT = 0     # client SYN seen
+S_SYN_RECV = 1     # backend SYN-ACK seen
+S_ESTABLISHED = 2
+S_FIN_WAIT = 3     # a FIN from one side
+S_TIME_WAIT = 4    # FINs from both sides
+S_CLOSE = 5        # RST seen
+S_UDP = 6
+STATE_NAMES = ["SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "TIME_WAIT", "CLOSE", "UDP"]
+# config key (flows.timeouts.<key>) -> state, and defaults in seconds
+TIMEOUT_KEYS = ["tcp_syn", "tcp_syn", "tcp_established", "tcp_fin_wait", "tcp_time_wait",
+                "tcp_close", "udp"]
+DEFAULT_TIMEOUTS = {"tcp_syn": 60, "tcp_established": 900, "tcp_fin_wait": 120,
+                    "tcp_time_wait": 60, "tcp_close": 10, "udp": 300}
+
+# flow flags
+F_FIN_C = 1   # FIN seen from the client
+F_FIN_S = 2   # FIN seen from the server
+
+# Eviction when the table is full: the least recently seen of EVICT_SAMPLE entries after a
+# rotating clock hand is evicted (an expired one first) and the new flow is served.
+EVICT_SAMPLE = 8
+MAX_REALS = 4096
+MAX_SERVICES = 1024
+
+# --- counters: one per exit branch of the fast path, plus flow-table events ----------------
+# Order is the ABI between the twins (index = position). A comment says when one should move.
+COUNTERS = [
+    "rx_frames",              # every frame handed to process()
+    "drop_runt",              # shorter than an Ethernet header
+    "drop_not_our_mac",       # unicast to another MAC, or multicast (flooded frames)
+    "punt_arp",               # ARP: Python answers for the LB address and VIPs, learns MACs
+    "drop_vlan",              # 802.1Q tagged: not supported
+    "drop_not_ipv4",          # IPv6 and other ethertypes
+    "drop_ip_truncated",      # frame shorter than an IPv4 header
+    "drop_ip_version",        # version field is not 4
+    "drop_ip_bad_hdr",        # IHL < 5
+    "drop_ip_options",        # IHL > 5: IP options are not forwarded
+    "drop_ip_bad_len",        # total length < header length or beyond the frame
+    "drop_ip_csum",           # IPv4 header checksum wrong
+    "drop_ip_fragment",       # MF set or fragment offset non-zero
+    "drop_ttl",               # TTL would reach 0 on a routed (nat) path
+    "punt_local",             # addressed to the LB's own IP (ICMP echo etc.)
+    "drop_l4_truncated",      # TCP/UDP header does not fit in the IP payload
+    "drop_tcp_bad_doff",      # TCP data offset < 5 or beyond the IP payload
+    "drop_udp_bad_len",       # UDP length field disagrees with the IP payload
+    "drop_no_backend",        # service has no usable backend
+    "drop_no_flow_non_syn",   # non-SYN TCP to a VIP with no flow, scheduler not consistent
+    "drop_no_neigh",          # MAC of the backend or gateway not resolved yet
+    "drop_unknown_dest",      # IPv4 not for a VIP, not for us, not a reply of a known flow
+    "drop_mode",              # service mode has no transmit routine in this build
+    "nat_fwd",                # client -> VIP rewritten to client -> backend
+    "nat_rev",                # backend -> client rewritten to VIP -> client
+    "dsr_fwd",                # client -> VIP sent to the backend's MAC unchanged
+    "flow_created",           # event: new flow entry
+    "flow_reused",            # event: SYN on a closing flow re-scheduled it (port reuse)
+    "flow_expired",           # event: entry freed by timeout (lazily or by expire())
+    "flow_evicted",           # event: table full, sampled-LRU victim freed
+    "flow_recreated",         # event: non-SYN with no flow re-created by a consistent hash
+]
+C = {name: i for i, name in enumerate(COUNTERS)}
+N_COUNTERS = len(COUNTERS)
+
+
+def pxi_text():
+    """The Cython include generated by setup.py (never edited by hand)."""
+    lines = ["# generated by setup.py from fastpath/defs.py -- do not edit", "cdef enum:"]
+    for name, value in sorted(globals().items()):
+        if name.isupper() and isinstance(value, int) and not isinstance(value, bool):
+            lines.append(f"    {name} = {value}")
+    for i, name in enumerate(COUNTERS):
+        lines.append(f"    C_{name.upper()} = {i}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,21 @@
+"""nat: DNAT with a connection table (IPVS's masquerading, ip_vs_nat_xmit).
+
+Used when the client's address must reach the backend and the backend can route its replies
+back through the balancer. Client -> VIP:vport becomes client -> backend:port; the reply
+backend:port -> client becomes VIP:vport -> client. Both directions cross the balancer, so it
+sees every byte, tracks TCP state in both directions and can count connections (lc).
+The backend port may differ from the VIP port.
+"""
+from fastpath import defs
+
+from .base import Mode
+
+
+class Nat(Mode):
+    name = "nat"
+    code = defs.MODE_NAT
+    default_scheduler = "maglev"
+    counters = ("nat_fwd", "nat_rev", "drop_ttl")
+
+
+MODE = Nat()
