@@ -1,0 +1,682 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The compiled fast path. Its twin, fastpath/engine_py.py, is the readable reference: every
+routine here has the same name there and must give the same bytes, verdicts, counters and
+flow-table contents (tests/differential holds them together).
+
+Invariants:
+- process() runs without the GIL and touches no Python object per frame: it reads and
+  rewrites the Batch's numpy buffer in place and writes one verdict and one exit-counter id
+  (Batch.reason) per frame. Every exit branch has a counter (fastpath/defs.py COUNTERS).
+- Parsing uses explicit bounds: nothing is read beyond the frame's length. Byte order on the
+  wire is big-endian; fields are host integers after parsing.
+- Checksums are patched incrementally (RFC 1624); L4 checksums are never verified.
+- The control side swaps the service table between bursts (set_services); flows and reals
+  survive a swap. Reals are referenced by index from flows, so a real slot may be reused only
+  once real_conns(idx) == 0 (lb/state.py keeps that rule).
+- Flow table: fixed capacity, two open-addressing indexes (forward: client -> VIP, reverse:
+  backend -> client) with linear probing and backward-shift deletion; a slot holds
+  (hash >> 32) << 32 | (entry + 1), so most probes are settled without touching the entry.
+  Full table: sampled LRU (EVICT_SAMPLE entries after a clock hand; an expired one first).
+"""
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
+from libc.stdlib cimport malloc, calloc, free
+from libc.string cimport memcpy, memcmp, memset
+
+from . import defs
+from .checks import check_ip, check_mac, check_port, check_real_idx, check_specs
+
+include "_defs.pxi"
+
+cdef enum:
+    SVC_SLOTS = 4096
+    TH_FIN = 0x01
+    TH_SYN = 0x02
+    TH_RST = 0x04
+    TH_ACK = 0x10
+
+
+cdef struct Flow:
+    uint32_t cip
+    uint32_t vip
+    uint16_t cport
+    uint16_t vport
+    uint8_t proto
+    uint8_t mode
+    uint8_t state
+    uint8_t flags
+    uint32_t rip
+    uint16_t rport
+    uint8_t used
+    uint8_t pad
+    int32_t real
+    int64_t last
+    uint64_t hf
+    uint64_t hr
+    int64_t created
+    uint64_t pkts_fwd
+    uint64_t pkts_rev
+    uint64_t bytes_fwd
+    uint64_t bytes_rev
+
+cdef struct Real:
+    uint32_t ip
+    uint16_t port
+    uint8_t mac[6]
+    uint8_t has_mac
+    int64_t conns
+
+cdef struct Service:
+    uint32_t vip
+    uint16_t port
+    uint8_t proto
+    uint8_t mode
+    uint8_t sched
+    uint32_t off
+    uint32_t n
+    uint64_t cursor
+
+
+# ---- hashing, checksums, serial numbers (each has a Python wrapper for the tests) ---------
+cdef inline uint64_t _mix64(uint64_t x) noexcept nogil:
+    x ^= x >> 33
+    x *= 0xFF51AFD7ED558CCDULL
+    x ^= x >> 33
+    x *= 0xC4CEB9FE1A85EC53ULL
+    x ^= x >> 33
+    return x
+
+
+cdef inline uint64_t _flow_hash(uint32_t src, uint32_t dst, uint16_t sport, uint16_t dport,
+                                uint8_t proto) noexcept nogil:
+    return _mix64(_mix64((<uint64_t>src << 32) | dst)
+                  ^ ((<uint64_t>sport << 24) | (<uint64_t>dport << 8) | proto))
+
+
+cdef inline uint32_t _fold(uint32_t s) noexcept nogil:
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+cdef inline uint16_t _csum_replace2(uint16_t hc, uint16_t old, uint16_t new) noexcept nogil:
+    return <uint16_t>(~_fold((~(<uint32_t>hc) & 0xFFFF) + (~(<uint32_t>old) & 0xFFFF) + new) & 0xFFFF)
+
+
+cdef inline uint16_t _csum_replace4(uint16_t hc, uint32_t old, uint32_t new) noexcept nogil:
+    cdef uint32_t s = ((~(<uint32_t>hc) & 0xFFFF) + (~(old >> 16) & 0xFFFF) + (~old & 0xFFFF)
+                       + (new >> 16) + (new & 0xFFFF))
+    return <uint16_t>(~_fold(s) & 0xFFFF)
+
+
+cdef inline uint16_t rd16(const uint8_t *p) noexcept nogil:
+    return (<uint16_t>p[0] << 8) | p[1]
+
+
+cdef inline uint32_t rd32(const uint8_t *p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
+cdef inline void wr16(uint8_t *p, uint16_t v) noexcept nogil:
+    p[0] = v >> 8
+    p[1] = v & 0xFF
+
+
+cdef inline void wr32(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = v >> 24
+    p[1] = (v >> 16) & 0xFF
+    p[2] = (v >> 8) & 0xFF
+    p[3] = v & 0xFF
+
+
+def mix64(uint64_t x):
+    return _mix64(x)
+
+
+def flow_hash(uint32_t src, uint32_t dst, uint16_t sport, uint16_t dport, uint8_t proto):
+    return _flow_hash(src, dst, sport, dport, proto)
+
+
+def csum_replace2(uint16_t hc, uint16_t old, uint16_t new):
+    return _csum_replace2(hc, old, new)
+
+
+def csum_replace4(uint16_t hc, uint32_t old, uint32_t new):
+    return _csum_replace4(hc, old, new)
+
+
+def seq_after(uint32_t a, uint32_t b):
+    """TCP serial-number order (RFC 1982): a is after b, across the 2^32 wrap."""
+    return <int32_t>(a - b) > 0
+
+
+def seq_add(uint32_t a, int64_t delta):
+    return <uint32_t>(a + <uint32_t>(delta & 0xFFFFFFFFULL))
+
+
+cdef inline void _rewrite(uint8_t *f, int ip_off, int port_off, uint32_t old_ip,
+                          uint16_t old_port, uint32_t new_ip, uint16_t new_port,
+                          uint8_t proto) noexcept nogil:
+    """Replace one address and one port, decrement TTL, patch IPv4 and L4 checksums."""
+    cdef uint16_t ipc = rd16(f + 24)
+    cdef uint16_t ttl_word = rd16(f + 22)
+    f[22] -= 1
+    ipc = _csum_replace2(ipc, ttl_word, rd16(f + 22))
+    ipc = _csum_replace4(ipc, old_ip, new_ip)
+    wr16(f + 24, ipc)
+    wr32(f + ip_off, new_ip)
+    wr16(f + port_off, new_port)
+    cdef int co = 50 if proto == PROTO_TCP else 40
+    cdef uint16_t l4c = rd16(f + co)
+    if proto == PROTO_UDP and l4c == 0:
+        return  # no UDP checksum: stays absent
+    l4c = _csum_replace4(l4c, old_ip, new_ip)
+    l4c = _csum_replace2(l4c, old_port, new_port)
+    if proto == PROTO_UDP and l4c == 0:
+        l4c = 0xFFFF
+    wr16(f + co, l4c)
+
+
+cdef inline void _track(Flow *e, uint8_t tflags, bint fwd) noexcept nogil:
+    """IPVS-like TCP state from the flags seen in each direction."""
+    if tflags & TH_RST:
+        e.state = S_CLOSE
+    elif tflags & TH_FIN:
+        if e.state != S_CLOSE:
+            e.flags |= F_FIN_C if fwd else F_FIN_S
+            e.state = S_TIME_WAIT if (e.flags & (F_FIN_C | F_FIN_S)) == (F_FIN_C | F_FIN_S) else S_FIN_WAIT
+    elif e.state == S_SYN_SENT:
+        if not fwd and (tflags & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK):
+            e.state = S_SYN_RECV
+        elif fwd and (tflags & (TH_SYN | TH_ACK)) == TH_ACK:
+            e.state = S_ESTABLISHED
+    elif e.state == S_SYN_RECV:
+        if fwd and tflags & TH_ACK:
+            e.state = S_ESTABLISHED
+
+
+cdef class Engine:
+    """See docs/interfaces.md; same public API as engine_py.Engine."""
+    cdef Flow *fl
+    cdef uint64_t *ifwd
+    cdef uint64_t *irev
+    cdef uint32_t *freel
+    cdef uint32_t nfree, cap, hand, sweep, nused
+    cdef uint64_t mask
+    cdef int64_t tmo[8]
+    cdef Real *reals
+    cdef Service *svcs
+    cdef uint32_t nsvc
+    cdef int32_t *svc_slot
+    cdef int32_t *tab
+    cdef int32_t *wts
+    cdef uint32_t local_ip
+    cdef uint8_t local_mac[6]
+    cdef uint8_t gw_mac[6]
+    cdef uint8_t has_gw
+    cdef uint64_t *ctr
+    cdef uint8_t *vmap
+
+    def __cinit__(self, capacity, timeouts=None):
+        if not isinstance(capacity, int) or not 1 <= capacity <= (1 << 24):
+            raise ValueError("capacity must be an integer 1..16777216, got %r" % (capacity,))
+        cdef uint64_t size = 16
+        while size < 2 * <uint64_t>capacity:
+            size <<= 1
+        self.cap = capacity
+        self.mask = size - 1
+        self.fl = <Flow *>calloc(capacity, sizeof(Flow))
+        self.ifwd = <uint64_t *>calloc(size, sizeof(uint64_t))
+        self.irev = <uint64_t *>calloc(size, sizeof(uint64_t))
+        self.freel = <uint32_t *>malloc(capacity * sizeof(uint32_t))
+        self.reals = <Real *>calloc(MAX_REALS, sizeof(Real))
+        self.svcs = <Service *>calloc(MAX_SERVICES, sizeof(Service))
+        self.svc_slot = <int32_t *>malloc(SVC_SLOTS * sizeof(int32_t))
+        self.ctr = <uint64_t *>calloc(N_COUNTERS, sizeof(uint64_t))
+        self.vmap = <uint8_t *>calloc(N_COUNTERS, sizeof(uint8_t))
+        if not (self.fl and self.ifwd and self.irev and self.freel and self.reals and self.svcs
+                and self.svc_slot and self.ctr and self.vmap):
+            raise MemoryError()
+        cdef uint32_t k
+        for k in range(capacity):
+            self.freel[k] = capacity - 1 - k     # pops 0, 1, 2 ... like the twin
+        self.nfree = capacity
+        for k in range(SVC_SLOTS):
+            self.svc_slot[k] = -1
+        for k in range(N_COUNTERS):
+            self.vmap[k] = V_DROP
+        self.vmap[C_NAT_FWD] = V_TX
+        self.vmap[C_NAT_REV] = V_TX
+        self.vmap[C_DSR_FWD] = V_TX
+        self.vmap[C_PUNT_ARP] = V_PUNT
+        self.vmap[C_PUNT_LOCAL] = V_PUNT
+        self.tab = NULL
+        self.wts = NULL
+        self.set_timeouts(timeouts or {})
+
+    def __dealloc__(self):
+        free(self.fl); free(self.ifwd); free(self.irev); free(self.freel); free(self.reals)
+        free(self.svcs); free(self.svc_slot); free(self.ctr); free(self.vmap)
+        free(self.tab); free(self.wts)
+
+    # ---- control side -------------------------------------------------------------------
+    def set_timeouts(self, timeouts):
+        t = dict(defs.DEFAULT_TIMEOUTS)
+        for k, v in timeouts.items():
+            if k not in t:
+                raise ValueError("unknown timeout %r" % (k,))
+            if not isinstance(v, (int, float)) or v <= 0:
+                raise ValueError("timeout %s must be > 0, got %r" % (k, v))
+            t[k] = v
+        for i, k in enumerate(defs.TIMEOUT_KEYS):
+            self.tmo[i] = int(t[k] * 1000)
+
+    def set_local(self, ip, mac):
+        cdef bytes m = check_mac(mac)
+        self.local_ip = check_ip(ip)
+        memcpy(self.local_mac, <const char *>m, 6)
+
+    def set_gateway(self, mac):
+        cdef bytes m
+        if mac is None:
+            self.has_gw = 0
+        else:
+            m = check_mac(mac)
+            memcpy(self.gw_mac, <const char *>m, 6)
+            self.has_gw = 1
+
+    def set_real(self, idx, ip, port, mac):
+        check_real_idx(idx)
+        cdef bytes m = None if mac is None else check_mac(mac)
+        cdef uint32_t ipv = check_ip(ip)
+        cdef uint16_t portv = check_port(port)
+        cdef Real *r = &self.reals[<int>idx]
+        r.ip = ipv
+        r.port = portv
+        if m is None:
+            r.has_mac = 0
+        else:
+            memcpy(r.mac, <const char *>m, 6)
+            r.has_mac = 1
+
+    def real_conns(self, idx):
+        check_real_idx(idx)
+        return self.reals[<int>idx].conns
+
+    def set_services(self, specs):
+        specs = check_specs(specs)
+        cdef uint32_t total = sum(len(s.table) for s in specs)
+        cdef int32_t *tab = <int32_t *>malloc((total + 1) * sizeof(int32_t))
+        cdef int32_t *wts = <int32_t *>malloc((total + 1) * sizeof(int32_t))
+        if tab == NULL or wts == NULL:
+            free(tab); free(wts)
+            raise MemoryError()
+        cdef uint32_t off = 0, k, j
+        cdef uint64_t key
+        cdef Service *sv
+        for k in range(SVC_SLOTS):
+            self.svc_slot[k] = -1
+        for k, s in enumerate(specs):
+            sv = &self.svcs[k]
+            sv.vip, sv.port, sv.proto, sv.mode, sv.sched = s.vip, s.port, s.proto, s.mode, s.sched
+            sv.off, sv.n, sv.cursor = off, len(s.table), 0
+            for j in range(sv.n):
+                tab[off + j] = s.table[j]
+                wts[off + j] = s.weights[j] if j < len(s.weights) else 1
+            off += sv.n
+            key = _mix64((<uint64_t>sv.vip << 24) | (<uint64_t>sv.port << 8) | sv.proto)
+            j = key & (SVC_SLOTS - 1)
+            while self.svc_slot[j] >= 0:
+                j = (j + 1) & (SVC_SLOTS - 1)
+            self.svc_slot[j] = k
+        free(self.tab); free(self.wts)
+        self.tab, self.wts, self.nsvc = tab, wts, len(specs)
+
+    def counters(self):
+        return {name: self.ctr[i] for i, name in enumerate(defs.COUNTERS)}
+
+    def flow_count(self):
+        return self.nused
+
+    def flows(self):
+        out = []
+        cdef uint32_t k
+        cdef Flow *e
+        for k in range(self.cap):
+            e = &self.fl[k]
+            if e.used:
+                out.append((e.cip, e.cport, e.vip, e.vport, e.proto, e.real, e.mode, e.state,
+                            e.created, e.last, e.pkts_fwd, e.pkts_rev, e.bytes_fwd, e.bytes_rev))
+        return out
+
+    def expire(self, int64_t now_ms, budget):
+        cdef uint32_t freed = 0, j, k, b = min(budget, self.cap)
+        cdef Flow *e
+        for k in range(b):
+            j = self.sweep
+            self.sweep = (j + 1) % self.cap
+            e = &self.fl[j]
+            if e.used and now_ms - e.last > self.tmo[e.state]:
+                self._delete(j)
+                self.ctr[C_FLOW_EXPIRED] += 1
+                freed += 1
+        return freed
+
+    # ---- flow table ---------------------------------------------------------------------
+    cdef inline int32_t _find(self, uint64_t *tab, uint64_t h, uint32_t src, uint32_t dst,
+                              uint16_t sport, uint16_t dport, uint8_t proto, bint rev) noexcept nogil:
+        cdef uint64_t i = h & self.mask, v, tag = h >> 32
+        cdef Flow *e
+        while True:
+            v = tab[i]
+            if v == 0:
+                return -1
+            if v >> 32 == tag:
+                e = &self.fl[(v & 0xFFFFFFFFULL) - 1]
+                if rev:
+                    if (e.rip == src and e.cip == dst and e.rport == sport and e.cport == dport
+                            and e.proto == proto):
+                        return (v & 0xFFFFFFFFULL) - 1
+                elif (e.cip == src and e.vip == dst and e.cport == sport and e.vport == dport
+                        and e.proto == proto):
+                    return (v & 0xFFFFFFFFULL) - 1
+            i = (i + 1) & self.mask
+
+    cdef inline void _insert(self, uint64_t *tab, uint64_t h, uint32_t idx) noexcept nogil:
+        cdef uint64_t i = h & self.mask
+        while tab[i]:
+            i = (i + 1) & self.mask
+        tab[i] = ((h >> 32) << 32) | (idx + 1)
+
+    cdef void _unlink(self, uint64_t *tab, uint64_t h, uint32_t idx, bint rev) noexcept nogil:
+        cdef uint64_t mask = self.mask, i = h & mask, j, v, k
+        cdef Flow *e
+        while (tab[i] & 0xFFFFFFFFULL) != idx + 1:
+            i = (i + 1) & mask
+        j = i
+        while True:
+            j = (j + 1) & mask
+            v = tab[j]
+            if v == 0:
+                break
+            e = &self.fl[(v & 0xFFFFFFFFULL) - 1]
+            k = (e.hr if rev else e.hf) & mask
+            # the entry at j may move to the hole at i unless its home k lies in (i, j]
+            if (i <= j and (k <= i or k > j)) or (i > j and k <= i and k > j):
+                tab[i] = v
+                i = j
+        tab[i] = 0
+
+    cdef void _delete(self, uint32_t idx) noexcept nogil:
+        cdef Flow *e = &self.fl[idx]
+        self._unlink(self.ifwd, e.hf, idx, False)
+        if e.mode != MODE_DSR:
+            self._unlink(self.irev, e.hr, idx, True)
+        self.reals[e.real].conns -= 1
+        e.used = 0
+        self.freel[self.nfree] = idx
+        self.nfree += 1
+        self.nused -= 1
+
+    cdef uint32_t _alloc(self, int64_t now) noexcept nogil:
+        cdef int64_t best = -1
+        cdef uint32_t j, k
+        cdef Flow *e
+        cdef bint expired
+        if self.nfree == 0:
+            for k in range(EVICT_SAMPLE):
+                j = (self.hand + k) % self.cap
+                e = &self.fl[j]
+                if now - e.last > self.tmo[e.state]:
+                    best = j
+                    break
+                if best < 0 or e.last < self.fl[best].last:
+                    best = j
+            self.hand = (self.hand + EVICT_SAMPLE) % self.cap
+            expired = now - self.fl[best].last > self.tmo[self.fl[best].state]
+            self._delete(<uint32_t>best)
+            self.ctr[C_FLOW_EXPIRED if expired else C_FLOW_EVICTED] += 1
+        self.nfree -= 1
+        return self.freel[self.nfree]
+
+    cdef uint32_t _create(self, Service *sv, uint64_t h, uint32_t src, uint16_t sport,
+                          int32_t real, uint8_t state, int64_t now) noexcept nogil:
+        cdef uint32_t idx = self._alloc(now)
+        cdef Flow *e = &self.fl[idx]
+        cdef Real *r = &self.reals[real]
+        e.cip, e.vip, e.rip = src, sv.vip, r.ip
+        e.cport, e.vport, e.rport = sport, sv.port, r.port
+        e.proto, e.mode, e.state, e.flags, e.real = sv.proto, sv.mode, state, 0, real
+        e.used = 1
+        e.hf = h
+        e.hr = _flow_hash(r.ip, src, r.port, sport, sv.proto)
+        e.created = now
+        e.last = now
+        e.pkts_fwd = e.pkts_rev = e.bytes_fwd = e.bytes_rev = 0
+        self._insert(self.ifwd, h, idx)
+        if sv.mode != MODE_DSR:
+            self._insert(self.irev, e.hr, idx)
+        r.conns += 1
+        self.nused += 1
+        return idx
+
+    cdef int32_t _schedule(self, Service *sv, uint64_t h, uint32_t src) noexcept nogil:
+        cdef uint32_t n = sv.n, k, best
+        cdef int32_t *t = self.tab + sv.off
+        cdef int32_t *w = self.wts + sv.off
+        if n == 0:
+            return -1
+        if sv.sched == SCHED_SEQ:
+            k = sv.cursor % n
+            sv.cursor += 1
+            return t[k]
+        if sv.sched == SCHED_HASH5:
+            return t[h % n]
+        if sv.sched == SCHED_HASHSRC:
+            return t[_mix64(src) % n]
+        best = 0
+        for k in range(1, n):
+            # conns[k] / w[k] < conns[best] / w[best], without division
+            if self.reals[t[k]].conns * w[best] < self.reals[t[best]].conns * w[k]:
+                best = k
+        return t[best]
+
+    cdef inline Service *_service(self, uint32_t vip, uint16_t port, uint8_t proto) noexcept nogil:
+        cdef uint64_t j = _mix64((<uint64_t>vip << 24) | (<uint64_t>port << 8) | proto) & (SVC_SLOTS - 1)
+        cdef int32_t s
+        cdef Service *sv
+        while True:
+            s = self.svc_slot[j]
+            if s < 0:
+                return NULL
+            sv = &self.svcs[s]
+            if sv.vip == vip and sv.port == port and sv.proto == proto:
+                return sv
+            j = (j + 1) & (SVC_SLOTS - 1)
+
+    # ---- per packet ---------------------------------------------------------------------
+    def process(self, batch, int64_t now_ms):
+        cdef uint8_t[:, ::1] buf = batch.buf
+        cdef uint32_t[::1] lens = batch.lens
+        cdef uint8_t[::1] verdict = batch.verdict
+        cdef uint16_t[::1] reason = batch.reason
+        cdef int n = batch.n
+        if n < 0 or n > buf.shape[0] or n > lens.shape[0] or n > verdict.shape[0] or n > reason.shape[0]:
+            raise ValueError("batch.n out of range")
+        if n == 0:
+            return
+        cdef uint32_t stride = buf.shape[1]
+        with nogil:
+            self._burst(&buf[0, 0], stride, &lens[0], &verdict[0], &reason[0], n, now_ms)
+
+    cdef void _burst(self, uint8_t *base, uint32_t stride, uint32_t *lens, uint8_t *verdict,
+                     uint16_t *reason, int n, int64_t now) noexcept nogil:
+        cdef int i
+        cdef uint32_t L
+        cdef int r
+        for i in range(n):
+            L = lens[i] if lens[i] < stride else stride
+            r = self._one(base + <size_t>i * stride, L, now)
+            self.ctr[C_RX_FRAMES] += 1
+            self.ctr[r] += 1
+            verdict[i] = self.vmap[r]
+            reason[i] = r
+
+    cdef int _one(self, uint8_t *f, uint32_t n, int64_t now) noexcept nogil:
+        cdef uint16_t et, tot, sport, dport, ulen
+        cdef uint32_t ihl, l4len, doff, src, dst, s, k
+        cdef uint8_t proto, tflags = 0, state
+        cdef uint64_t h
+        cdef int32_t idx, real
+        cdef Service *sv
+        cdef Flow *e
+        if n < 14:
+            return C_DROP_RUNT
+        if memcmp(f, self.local_mac, 6) != 0 and not (
+                f[0] == 0xFF and f[1] == 0xFF and f[2] == 0xFF and f[3] == 0xFF
+                and f[4] == 0xFF and f[5] == 0xFF):
+            return C_DROP_NOT_OUR_MAC
+        et = rd16(f + 12)
+        if et == 0x0806:
+            return C_PUNT_ARP
+        if et == 0x8100 or et == 0x88A8:
+            return C_DROP_VLAN
+        if et != 0x0800:
+            return C_DROP_NOT_IPV4
+        if n < 34:
+            return C_DROP_IP_TRUNCATED
+        if f[14] >> 4 != 4:
+            return C_DROP_IP_VERSION
+        ihl = (f[14] & 15) * 4
+        if ihl < 20:
+            return C_DROP_IP_BAD_HDR
+        if ihl > 20:
+            return C_DROP_IP_OPTIONS
+        tot = rd16(f + 16)
+        if tot < ihl or 14 + <uint32_t>tot > n:
+            return C_DROP_IP_BAD_LEN
+        s = 0
+        for k in range(14, 34, 2):
+            s += rd16(f + k)
+        if _fold(s) != 0xFFFF:
+            return C_DROP_IP_CSUM
+        if rd16(f + 20) & 0x3FFF:
+            return C_DROP_IP_FRAGMENT
+        proto = f[23]
+        src = rd32(f + 26)
+        dst = rd32(f + 30)
+        if dst == self.local_ip:
+            return C_PUNT_LOCAL
+        l4len = tot - 20
+        if proto == PROTO_TCP:
+            if l4len < 20:
+                return C_DROP_L4_TRUNCATED
+            doff = (f[46] >> 4) * 4
+            if doff < 20 or doff > l4len:
+                return C_DROP_TCP_BAD_DOFF
+            tflags = f[47]
+        elif proto == PROTO_UDP:
+            if l4len < 8:
+                return C_DROP_L4_TRUNCATED
+            ulen = rd16(f + 38)
+            if ulen < 8 or ulen > l4len:
+                return C_DROP_UDP_BAD_LEN
+        else:
+            return C_DROP_UNKNOWN_DEST
+        sport = rd16(f + 34)
+        dport = rd16(f + 36)
+        h = _flow_hash(src, dst, sport, dport, proto)
+        sv = self._service(dst, dport, proto)
+        if sv != NULL:
+            idx = self._find(self.ifwd, h, src, dst, sport, dport, proto, False)
+            if idx >= 0:
+                e = &self.fl[idx]
+                if now - e.last > self.tmo[e.state]:
+                    self._delete(idx)
+                    self.ctr[C_FLOW_EXPIRED] += 1
+                    idx = -1
+                elif ((tflags & (TH_SYN | TH_ACK)) == TH_SYN
+                        and (e.state == S_FIN_WAIT or e.state == S_TIME_WAIT or e.state == S_CLOSE)):
+                    # a new connection on a closing flow's ports (tcp_tw_reuse): schedule afresh
+                    self._delete(idx)
+                    self.ctr[C_FLOW_REUSED] += 1
+                    idx = -1
+            if idx < 0:
+                if proto == PROTO_TCP:
+                    if (tflags & (TH_SYN | TH_ACK | TH_RST)) == TH_SYN:
+                        state = S_SYN_SENT
+                    elif ((sv.sched == SCHED_HASH5 or sv.sched == SCHED_HASHSRC)
+                            and not tflags & TH_RST):
+                        state = S_ESTABLISHED   # lost state: the hash gives the same backend
+                    else:
+                        return C_DROP_NO_FLOW_NON_SYN
+                else:
+                    state = S_UDP
+                real = self._schedule(sv, h, src)
+                if real < 0:
+                    return C_DROP_NO_BACKEND
+                idx = self._create(sv, h, src, sport, real, state, now)
+                self.ctr[C_FLOW_CREATED] += 1
+                if state == S_ESTABLISHED:
+                    self.ctr[C_FLOW_RECREATED] += 1
+            e = &self.fl[idx]
+            if e.mode == MODE_NAT:
+                return self._nat_fwd(f, n, e, tflags, now)
+            if e.mode == MODE_DSR:
+                return self._dsr_fwd(f, n, e, tflags, now)
+            return C_DROP_MODE
+        idx = self._find(self.irev, h, src, dst, sport, dport, proto, True)
+        if idx < 0:
+            return C_DROP_UNKNOWN_DEST
+        e = &self.fl[idx]
+        if now - e.last > self.tmo[e.state]:
+            self._delete(idx)
+            self.ctr[C_FLOW_EXPIRED] += 1
+            return C_DROP_UNKNOWN_DEST
+        if e.mode == MODE_NAT:
+            return self._nat_rev(f, n, e, tflags, now)
+        return C_DROP_MODE
+
+    # ---- transmit routines (one per mode; IPVS's *_xmit) ---------------------------------
+    cdef int _nat_fwd(self, uint8_t *f, uint32_t n, Flow *e, uint8_t tflags, int64_t now) noexcept nogil:
+        cdef Real *r = &self.reals[e.real]
+        if not r.has_mac:
+            return C_DROP_NO_NEIGH
+        if f[22] <= 1:
+            return C_DROP_TTL
+        if e.proto == PROTO_TCP:
+            _track(e, tflags, True)
+        _rewrite(f, 30, 36, e.vip, e.vport, e.rip, e.rport, e.proto)
+        memcpy(f, r.mac, 6)
+        memcpy(f + 6, self.local_mac, 6)
+        e.last = now
+        e.pkts_fwd += 1
+        e.bytes_fwd += n
+        return C_NAT_FWD
+
+    cdef int _nat_rev(self, uint8_t *f, uint32_t n, Flow *e, uint8_t tflags, int64_t now) noexcept nogil:
+        if not self.has_gw:
+            return C_DROP_NO_NEIGH
+        if f[22] <= 1:
+            return C_DROP_TTL
+        if e.proto == PROTO_TCP:
+            _track(e, tflags, False)
+        _rewrite(f, 26, 34, e.rip, e.rport, e.vip, e.vport, e.proto)
+        memcpy(f, self.gw_mac, 6)
+        memcpy(f + 6, self.local_mac, 6)
+        e.last = now
+        e.pkts_rev += 1
+        e.bytes_rev += n
+        return C_NAT_REV
+
+    cdef int _dsr_fwd(self, uint8_t *f, uint32_t n, Flow *e, uint8_t tflags, int64_t now) noexcept nogil:
+        cdef Real *r = &self.reals[e.real]
+        if not r.has_mac:
+            return C_DROP_NO_NEIGH
+        if e.proto == PROTO_TCP:
+            _track(e, tflags, True)
+        memcpy(f, r.mac, 6)
+        memcpy(f + 6, self.local_mac, 6)
+        e.last = now
+        e.pkts_fwd += 1
+        e.bytes_fwd += n
+        return C_DSR_FWD

@@ -1,0 +1,52 @@
+"""Argument checks of the engines' control-side calls, shared by both twins (never per packet)."""
+from . import defs
+
+
+def check_ip(ip):
+    if not isinstance(ip, int) or not 0 <= ip <= 0xFFFFFFFF:
+        raise ValueError("ip must be a host-order int 0..2^32-1, got %r" % (ip,))
+    return ip
+
+
+def check_port(port):
+    if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+        raise ValueError("port must be 0..65535, got %r" % (port,))
+    return port
+
+
+def check_mac(mac):
+    if not isinstance(mac, (bytes, bytearray)) or len(mac) != 6:
+        raise ValueError("mac must be 6 bytes, got %r" % (mac,))
+    return bytes(mac)
+
+
+def check_real_idx(idx):
+    if not isinstance(idx, int) or not 0 <= idx < defs.MAX_REALS:
+        raise ValueError("real index must be 0..%d, got %r" % (defs.MAX_REALS - 1, idx))
+
+
+def check_specs(specs):
+    """Validate a service list before anything is swapped in (shared by both twins)."""
+    specs = list(specs)
+    if len(specs) > defs.MAX_SERVICES:
+        raise ValueError("at most %d services" % defs.MAX_SERVICES)
+    seen = set()
+    for s in specs:
+        key = (check_ip(s.vip), check_port(s.port), s.proto)
+        if s.proto not in (defs.PROTO_TCP, defs.PROTO_UDP):
+            raise ValueError("service proto must be tcp or udp, got %r" % (s.proto,))
+        if key in seen:
+            raise ValueError("duplicate service %r" % (key,))
+        seen.add(key)
+        if s.mode not in defs.MODES.values():
+            raise ValueError("unknown mode %r" % (s.mode,))
+        if s.sched not in (defs.SCHED_SEQ, defs.SCHED_HASH5, defs.SCHED_HASHSRC,
+                           defs.SCHED_LEASTCONN):
+            raise ValueError("unknown scheduler kind %r" % (s.sched,))
+        for r in s.table:
+            check_real_idx(r)
+        if s.sched == defs.SCHED_LEASTCONN:
+            if len(s.weights) != len(s.table) or any(
+                    not isinstance(w, int) or w <= 0 for w in s.weights):
+                raise ValueError("lc needs a positive weight per candidate")
+    return specs

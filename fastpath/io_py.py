@@ -1,0 +1,40 @@
+"""Pure-Python twin of fastpath/_io.pyx: burst read/write on a frame file descriptor.
+
+A TAP fd or a bound AF_PACKET socket: one read() is one frame, one write() is one frame.
+rx_burst reads until EAGAIN or the batch is full; tx_burst writes every frame whose verdict is
+V_TX and counts the writes the kernel refused (ENOBUFS, EAGAIN...) instead of raising.
+"""
+import os
+
+import numpy as np
+
+from . import defs
+
+
+def rx_burst(fd, batch):
+    n = 0
+    while n < batch.size:
+        try:
+            data = os.read(fd, batch.snap)
+        except (BlockingIOError, InterruptedError):
+            break
+        if not data:
+            break
+        batch.buf[n, :len(data)] = np.frombuffer(data, np.uint8)
+        batch.lens[n] = len(data)
+        n += 1
+    batch.n = n
+    return n
+
+
+def tx_burst(fd, batch):
+    sent = errors = 0
+    for i in range(batch.n):
+        if batch.verdict[i] != defs.V_TX:
+            continue
+        try:
+            os.write(fd, batch.buf[i, :batch.lens[i]].tobytes())
+            sent += 1
+        except OSError:
+            errors += 1
+    return sent, errors
