@@ -1,0 +1,142 @@
+"""Compiled == twin on random and malformed frames and control calls: verdicts, rewritten
+bytes, counters, flow tables and errors alike. Nothing here swallows an exception: a call
+that raises on one twin must raise the same type on the other."""
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from fastpath import Batch, ServiceSpec, defs, engine_py
+from tests.fastpath.fixtures import (B1, B2, B3, LB, VIP1, VIP2, VIP3, b2c, c2v, make_engine)
+from tools import frames as F
+
+try:
+    from fastpath import _engine
+except ImportError:
+    _engine = None
+
+SETTINGS = settings(max_examples=300, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+PORTS = (40000, 40001, 40002)
+GWMAC = F.mac("02:74:77:00:00:01")
+TEMPLATES = [t for p in PORTS for t in (
+    c2v(sport=p), c2v(sport=p, flags=F.TH_ACK, data=b"GET / HTTP/1.1\r\n\r\n"),
+    c2v(sport=p, dport=8080), c2v(sport=p, dport=8080, flags=F.TH_ACK), c2v(sport=p, vip=VIP3),
+    c2v(sport=p, flags=F.TH_FIN | F.TH_ACK), c2v(sport=p, flags=F.TH_RST),
+    c2v(sport=p, vip="198.19.100.4"), c2v(sport=p, vip="198.19.100.5"),
+    b2c(sport=p), b2c(sport=p, flags=F.TH_ACK, data=b"ok"), b2c(sport=p, flags=F.TH_FIN | F.TH_ACK),
+    b2c(real=1, sport=p, flags=F.TH_ACK),
+    F.udp(GWMAC, LB, "198.18.0.10", VIP2, p, 53, b"q"),
+    F.udp(B3, LB, "198.19.0.13", "198.18.0.10", 5353, p, b"a"))] + [
+    c2v(ttl=1), c2v(ttl=2),
+    F.arp_request(B1, "198.19.0.11", "198.19.0.2"), F.icmp_echo(B2, LB, "198.19.0.12", "198.19.0.2"),
+    F.eth(LB, GWMAC, b"\0\x01\x08\x00" + c2v()[14:], etype=0x8100),
+]
+
+
+def fix_ip_csum(f):
+    if len(f) >= 34 and f[12:14] == b"\x08\x00" and (f[14] & 15) >= 5 and len(f) >= 14 + (f[14] & 15) * 4:
+        ihl = (f[14] & 15) * 4
+        f[24:26] = b"\0\0"
+        f[24:26] = (~F.inet_sum(bytes(f[14:14 + ihl])) & 0xFFFF).to_bytes(2, "big")
+
+
+@st.composite
+def mutated(draw):
+    f = bytearray(draw(st.sampled_from(TEMPLATES)))
+    for _ in range(draw(st.sampled_from([0, 0, 0, 1, 2, 3]))):
+        kind = draw(st.integers(0, 3))
+        if kind == 0 and f:
+            f[draw(st.integers(0, len(f) - 1))] = draw(st.integers(0, 255))
+        elif kind == 1 and len(f) > 14:
+            f[draw(st.integers(14, max(14, min(len(f) - 1, 60))))] = draw(st.integers(0, 255))
+        elif kind == 2:
+            del f[draw(st.integers(0, len(f))):]
+        else:
+            f += draw(st.binary(max_size=40))
+    if draw(st.booleans()):
+        fix_ip_csum(f)   # get past the header checksum to reach the deeper branches
+    return bytes(f)
+
+
+random_frames = st.one_of(
+    mutated(), mutated(), mutated(),
+    st.binary(max_size=120),
+    st.binary(min_size=20, max_size=120).map(lambda b: LB + b[6:12] + b"\x08\x00" + b[14:]),
+)
+
+frame_lists = st.lists(st.tuples(random_frames, st.integers(0, 3000)), min_size=1, max_size=40)
+
+
+def outcome(fn):
+    try:
+        return ("ok", fn())
+    except Exception as exc:  # compared, not swallowed: both twins must fail alike
+        return ("raise", type(exc).__name__)
+
+
+def run_both(frames_and_gaps, capacity):
+    results = []
+    for mod in (_engine, engine_py):
+        e = make_engine(mod.Engine, ServiceSpec, capacity=capacity, timeouts={"tcp_syn": 2, "udp": 2})
+        now, out = 0, []
+        for i in range(0, len(frames_and_gaps), 7):      # uneven bursts
+            chunk = frames_and_gaps[i:i + 7]
+            now += chunk[0][1]
+            b = Batch(len(chunk))
+            b.load([f for f, _ in chunk])
+            out.append(outcome(lambda: (e.process(b, now), b.results())[1]))
+            out.append(e.expire(now, 3))
+        results.append((out, e.counters(), sorted(e.flows()), e.flow_count(),
+                        [e.real_conns(i) for i in range(4)]))
+    return results
+
+
+def test_compiled_engine_is_present():
+    assert _engine is not None, "compiled fast path missing: the differential tests compare nothing"
+
+
+@SETTINGS
+@given(frame_lists)
+def test_frames_same_on_both_twins(frames_and_gaps):
+    cy, py = run_both(frames_and_gaps, capacity=1024)
+    assert cy == py
+
+
+@SETTINGS
+@given(frame_lists)
+def test_frames_same_on_both_twins_tiny_table(frames_and_gaps):
+    cy, py = run_both(frames_and_gaps, capacity=4)   # eviction on almost every new flow
+    assert cy == py
+
+
+specs = st.lists(st.builds(
+    ServiceSpec,
+    vip=st.one_of(st.integers(0, 2**32 - 1), st.just(F.ip2int(VIP1)), st.integers(-1, 0)),
+    port=st.one_of(st.integers(0, 65535), st.just(80), st.just(70000)),
+    proto=st.sampled_from([6, 17, 1]),
+    mode=st.sampled_from([defs.MODE_NAT, defs.MODE_DSR, 0, 9]),
+    sched=st.sampled_from([defs.SCHED_SEQ, defs.SCHED_HASH5, defs.SCHED_HASHSRC,
+                           defs.SCHED_LEASTCONN, 0]),
+    table=st.lists(st.integers(-1, 5), max_size=5),
+    weights=st.lists(st.integers(-1, 3), max_size=5)), max_size=4)
+
+
+@SETTINGS
+@given(specs, st.lists(mutated(), min_size=1, max_size=10))
+def test_control_calls_and_errors_same_on_both_twins(service_list, frames):
+    results = []
+    for mod in (_engine, engine_py):
+        e = make_engine(mod.Engine, ServiceSpec)
+        r = [outcome(lambda: e.set_services(service_list))]
+        b = Batch(len(frames))
+        b.load(frames)
+        r.append(outcome(lambda: (e.process(b, 5), b.results())[1]))
+        r.append((e.counters(), sorted(e.flows())))
+        results.append(r)
+    assert results[0] == results[1]
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 65535),
+       st.integers(0, 65535), st.integers(0, 255))
+def test_hashes_same_on_both_twins(a, b, p, q, proto):
+    assert _engine.flow_hash(a, b, p, q, proto) == engine_py.flow_hash(a, b, p, q, proto)
+    assert _engine.mix64(a << 31) == engine_py.mix64(a << 31)

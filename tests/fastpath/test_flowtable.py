@@ -1,0 +1,160 @@
+"""Flow table and per-packet scheduling on both twins: capacity and eviction, timeouts,
+deletion under churn, the scheduler kinds, and that a service swap keeps live flows."""
+import random
+
+import pytest
+
+from fastpath import Batch, ServiceSpec, defs
+from tools import frames as F
+
+from .fixtures import B1, B2, B3, CLIENT, GW, LB, VIP1, c2v, make_engine
+
+NAT80 = (F.ip2int(VIP1), 80, 6)
+
+
+def run(e, frames, now=1000):
+    b = Batch(max(1, len(frames)))
+    b.load(frames)
+    e.process(b, now)
+    return b.results()
+
+
+def nat_service(sched, table, weights=None):
+    return ServiceSpec(*NAT80, defs.MODE_NAT, sched, table, weights or [1] * len(table))
+
+
+def three_reals(e):
+    for i, m in enumerate((B1, B2, B3)):
+        e.set_real(i, F.ip2int("198.19.0.%d" % (11 + i)), 80, m)
+
+
+def test_full_table_evicts_least_recently_seen_and_serves_the_new_flow(impl):
+    e = make_engine(impl.Engine, ServiceSpec, capacity=8)
+    for k in range(8):  # flow k last seen at time 1000 + k
+        assert run(e, [c2v(sport=1000 + k)], now=1000 + k)[0][1] == "nat_fwd"
+    assert e.flow_count() == 8
+    assert run(e, [c2v(sport=2000)], now=2000)[0][1] == "nat_fwd"
+    c = e.counters()
+    assert c["flow_evicted"] == 1 and e.flow_count() == 8
+    ports = sorted(f[1] for f in e.flows())
+    assert 1000 not in ports and 2000 in ports  # the oldest of the sample went
+
+
+def test_expired_entry_is_preferred_victim(impl):
+    e = make_engine(impl.Engine, ServiceSpec, capacity=4, timeouts={"tcp_syn": 1})
+    run(e, [c2v(sport=1), c2v(sport=2)], now=1000)
+    run(e, [c2v(sport=3), c2v(sport=4)], now=5000)
+    run(e, [c2v(sport=5)], now=5500)   # sport 1 and 2 expired at 2000
+    assert e.counters()["flow_expired"] == 1 and e.counters()["flow_evicted"] == 0
+
+
+def test_timeouts_per_state_and_sweep(impl):
+    e = make_engine(impl.Engine, ServiceSpec, timeouts={"tcp_syn": 2, "tcp_established": 10})
+    run(e, [c2v(sport=1)], now=0)                     # SYN_SENT, 2 s
+    run(e, [c2v(sport=2)], now=0)
+    run(e, [c2v(sport=2, flags=F.TH_ACK)], now=0)      # ESTABLISHED, 10 s
+    assert e.expire(1500, 1024) == 0
+    assert e.expire(2500, 1024) == 1 and e.flow_count() == 1
+    assert e.expire(10001, 1024) == 1 and e.flow_count() == 0
+    assert e.counters()["flow_expired"] == 2
+
+
+def test_lazy_expiry_on_lookup(impl):
+    e = make_engine(impl.Engine, ServiceSpec, timeouts={"tcp_syn": 1})
+    run(e, [c2v()], now=0)
+    assert run(e, [c2v()], now=5000)[0][1] == "nat_fwd"
+    assert e.counters()["flow_expired"] == 1 and e.counters()["flow_created"] == 2
+
+
+def test_churn_keeps_every_live_flow_reachable_both_ways(impl):
+    """Random opens, RSTs and expiry on a small table: every flow the engine lists must still
+    be found by its forward and its reverse key (backward-shift deletion keeps probe chains)."""
+    rng = random.Random(7)
+    e = make_engine(impl.Engine, ServiceSpec, capacity=64, timeouts={"tcp_close": 1})
+    now = 0
+    for step in range(3000):
+        now += rng.randint(0, 30)
+        port = rng.randint(1, 120)
+        op = rng.random()
+        if op < 0.6:
+            run(e, [c2v(sport=port)], now)
+        elif op < 0.9:
+            run(e, [c2v(sport=port, flags=F.TH_RST | F.TH_ACK)], now)
+        else:
+            e.expire(now, 16)
+    assert 0 < e.flow_count() <= 64
+    for f in e.flows():
+        if f[7] == defs.S_CLOSE:
+            continue
+        sport = f[1]
+        assert run(e, [c2v(sport=sport, flags=F.TH_ACK)], now)[0][1] == "nat_fwd"
+        rip, rport, m = "198.19.0.11", 80, B1
+        rev = F.tcp(m, LB, rip, CLIENT, rport, sport, flags=F.TH_ACK)
+        assert run(e, [rev], now)[0][1] == "nat_rev"
+    c = e.counters()
+    assert c["flow_created"] - c["flow_expired"] - c["flow_evicted"] - c["flow_reused"] == e.flow_count()
+
+
+def test_seq_scheduler_rotates(impl):
+    e = make_engine(impl.Engine, ServiceSpec)
+    three_reals(e)
+    e.set_services([nat_service(defs.SCHED_SEQ, [0, 1, 2])])
+    run(e, [c2v(sport=p) for p in range(1, 7)])
+    assert [f[5] for f in sorted(e.flows(), key=lambda f: f[1])] == [0, 1, 2, 0, 1, 2]
+
+
+def test_leastconn_picks_fewest_per_weight(impl):
+    e = make_engine(impl.Engine, ServiceSpec)
+    three_reals(e)
+    e.set_services([nat_service(defs.SCHED_LEASTCONN, [0, 1, 2], [1, 2, 1])])
+    run(e, [c2v(sport=p) for p in range(1, 9)])
+    assert [e.real_conns(i) for i in range(3)] == [2, 4, 2]
+
+
+def test_source_hash_is_sticky_per_client(impl):
+    e = make_engine(impl.Engine, ServiceSpec)
+    three_reals(e)
+    e.set_services([ServiceSpec(*NAT80, defs.MODE_NAT, defs.SCHED_HASHSRC, [0, 1, 2], [1, 1, 1])])
+    run(e, [c2v(sport=p) for p in range(1, 20)])
+    assert len({f[5] for f in e.flows()}) == 1
+    assert e.flows()[0][5] == [0, 1, 2][impl.mix64(F.ip2int(CLIENT)) % 3]
+
+
+def test_hash5_picks_table_entry_by_flow_hash(impl):
+    e = make_engine(impl.Engine, ServiceSpec)
+    three_reals(e)
+    e.set_services([nat_service(defs.SCHED_HASH5, [0, 1, 2])])
+    run(e, [c2v(sport=p) for p in range(1, 50)])
+    for f in e.flows():
+        h = impl.flow_hash(F.ip2int(CLIENT), F.ip2int(VIP1), f[1], 80, 6)
+        assert f[5] == h % 3
+
+
+def test_service_swap_keeps_live_flows_on_their_backend(impl):
+    e = make_engine(impl.Engine, ServiceSpec)
+    three_reals(e)
+    e.set_services([nat_service(defs.SCHED_SEQ, [0])])
+    run(e, [c2v(sport=1)])
+    e.set_services([nat_service(defs.SCHED_SEQ, [1])])       # backend 0 removed
+    out = run(e, [c2v(sport=1, flags=F.TH_ACK), c2v(sport=2)])
+    assert out[0][2][0:6] == B1 and out[1][2][0:6] == B2
+    assert e.real_conns(0) == 1 and e.real_conns(1) == 1
+
+
+def test_bad_control_calls_raise_and_change_nothing(impl):
+    e = make_engine(impl.Engine, ServiceSpec)
+    before = run(e, [c2v(sport=9)])
+    for bad in ([ServiceSpec(1, 80, 6, 99, defs.SCHED_SEQ, [0], [1])],
+                [ServiceSpec(1, 80, 6, defs.MODE_NAT, defs.SCHED_SEQ, [defs.MAX_REALS], [1])],
+                [ServiceSpec(1, 80, 1, defs.MODE_NAT, defs.SCHED_SEQ, [0], [1])],
+                [ServiceSpec(1, 80, 6, defs.MODE_NAT, defs.SCHED_LEASTCONN, [0], [0])],
+                [ServiceSpec(1, 80, 6, defs.MODE_NAT, defs.SCHED_SEQ, [0], [1])] * 2):
+        with pytest.raises(ValueError):
+            e.set_services(bad)
+    with pytest.raises(ValueError):
+        e.set_real(defs.MAX_REALS, 1, 1, None)
+    with pytest.raises(ValueError):
+        e.set_local(1, b"\0" * 5)
+    with pytest.raises(ValueError):
+        impl.Engine(0)
+    assert run(e, [c2v(sport=9, flags=F.TH_ACK)])[0][1] == before[0][1] == "nat_fwd"
