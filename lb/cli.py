@@ -1,0 +1,435 @@
+"""lbctl: the command line of a running lbd, over its Unix control socket.
+
+    lbctl [--socket PATH] [--json] vip add VIP:PORT [--proto tcp|udp] [--mode nat]
+                                          [--scheduler S] [--maglev-size N]
+    lbctl vip set VIP:PORT [--proto P] [--mode M] [--scheduler S] [--maglev-size N]
+    lbctl vip del VIP:PORT [--proto P]          lbctl vip list
+    lbctl backend add VIP:PORT IP[:PORT] [--weight W] [--proto P]
+    lbctl backend del VIP:PORT IP[:PORT] [--proto P]
+    lbctl backend weight VIP:PORT IP[:PORT] W [--proto P]
+    lbctl conns [--vip VIP:PORT] [--proto P] [--limit N]
+    lbctl stats [--all]                         lbctl status
+
+Invariants:
+- Arguments are checked here with the validators of lb/config.py before anything is sent,
+  so a typo never reaches the daemon: `error: FIELD: message` on stderr, exit 2.
+- The daemon's own refusal: `error: FIELD: message` on stderr, exit 1. Cannot connect (or no
+  sensible reply): exit 3. Success: exit 0.
+- `--json` is accepted by the group and by every subcommand; it prints the result as JSON on
+  stdout (an error as {"ok": false, "error": {...}} on stdout, besides the stderr line).
+- Socket: --socket, else $THREEWAY_SOCKET, else /run/threeway/lbd.sock.
+Protocol (lb/control.py serves it): one JSON line {"cmd": ..., "args": {...}} each way.
+"""
+import json
+import socket
+import sys
+
+import click
+
+from . import config
+from .errors import LBError
+
+EXIT_DAEMON, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+MAX_REPLY = 64 << 20
+
+
+class ControlUnavailable(Exception):
+    """The control socket cannot be reached, or did not answer with one JSON line."""
+
+
+def request(path, cmd, args=None, timeout=5):
+    """Send one request to lbd's control socket; return its reply dict ({"ok": ...}).
+
+    Raises ControlUnavailable when it cannot connect, times out, or the reply is not JSON."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        try:
+            s.connect(path)
+        except OSError as e:
+            raise ControlUnavailable("cannot connect to %s: %s (is lbd running? --socket or "
+                                     "$THREEWAY_SOCKET)" % (path, e.strerror or e)) from None
+        try:
+            s.sendall((json.dumps({"cmd": cmd, "args": args or {}}) + "\n").encode())
+            chunks, size = [], 0
+            while True:
+                chunk = s.recv(1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if b"\n" in chunk or size > MAX_REPLY:
+                    break
+        except socket.timeout:
+            raise ControlUnavailable("no reply from %s within %g s" % (path, timeout)) from None
+        except OSError as e:
+            raise ControlUnavailable("talking to %s: %s" % (path, e.strerror or e)) from None
+    finally:
+        s.close()
+    line = b"".join(chunks).split(b"\n", 1)[0]
+    if not line:
+        raise ControlUnavailable("%s closed the connection without a reply" % path)
+    try:
+        reply = json.loads(line)
+    except ValueError as e:
+        raise ControlUnavailable("bad reply from %s: %s" % (path, e)) from None
+    if not isinstance(reply, dict) or "ok" not in reply:
+        raise ControlUnavailable("bad reply from %s: %r" % (path, line[:200]))
+    return reply
+
+
+def call(path, cmd, args=None, timeout=5):
+    """request(), returning the result or raising LBError with the daemon's field/message."""
+    reply = request(path, cmd, args, timeout)
+    if not reply["ok"]:
+        err = reply.get("error") or {}
+        raise LBError(err.get("field", "?"), err.get("message", "failed"))
+    return reply.get("result")
+
+
+# --- click plumbing -------------------------------------------------------------------------
+
+def _set_json(ctx, _param, value):
+    if value:
+        ctx.ensure_object(dict)["json"] = True
+        ctx.find_root().ensure_object(dict)["json"] = True
+
+
+def json_option(f):
+    return click.option("--json", "json_", is_flag=True, expose_value=False, is_eager=True,
+                        callback=_set_json, help="Print the result as JSON.")(f)
+
+
+def proto_option(f):
+    return click.option("--proto", default="tcp", show_default=True, help="tcp or udp")(f)
+
+
+def _opts(ctx):
+    root = ctx.find_root().ensure_object(dict)
+    return root
+
+
+def _fail(ctx, field, message, code):
+    if _opts(ctx).get("json"):
+        click.echo(json.dumps({"ok": False, "error": {"field": field, "message": message}}))
+    click.echo("error: %s: %s" % (field, message), err=True)
+    ctx.exit(code)
+
+
+def _check(ctx, fn, *a):
+    """Run a local validator; a failure is a usage error (exit 2) naming the field."""
+    try:
+        return fn(*a)
+    except LBError as e:
+        _fail(ctx, e.field, e.message, EXIT_USAGE)
+
+
+def _int_text(text):
+    """The int a command-line word spells, else the word itself (for the validator to reject)."""
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return text
+
+
+def _run(ctx, cmd, args, render):
+    o = _opts(ctx)
+    args = {k: v for k, v in args.items() if v is not None}
+    try:
+        reply = request(o["socket"], cmd, args)
+    except ControlUnavailable as e:
+        if o.get("json"):
+            click.echo(json.dumps({"ok": False, "error": {"field": "socket", "message": str(e)}}))
+        click.echo("error: %s" % e, err=True)
+        ctx.exit(EXIT_UNREACHABLE)
+    if not reply["ok"]:
+        err = reply.get("error") or {}
+        _fail(ctx, err.get("field", "?"), err.get("message", "failed"), EXIT_DAEMON)
+    result = reply.get("result")
+    if o.get("json"):
+        click.echo(json.dumps(result, indent=2))
+    else:
+        render(result)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--socket", "socket_path", envvar="THREEWAY_SOCKET", default=config.DEFAULT_SOCKET,
+              show_default=True, help="lbd's control socket (env THREEWAY_SOCKET).")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@click.pass_context
+def main(ctx, socket_path, as_json):
+    """Control a running threeway balancer (lbd)."""
+    o = ctx.ensure_object(dict)
+    o["socket"] = socket_path
+    o["json"] = o.get("json", False) or as_json
+
+
+# --- vip ------------------------------------------------------------------------------------
+
+@main.group()
+@json_option
+def vip():
+    """Virtual services: add, set, del, list."""
+
+
+def _vip_args(ctx, endpoint, proto):
+    _check(ctx, config.parse_endpoint, endpoint, "vip")
+    _check(ctx, config.check_proto, proto)
+    return {"vip": endpoint, "proto": proto}
+
+
+def _mode_args(ctx, mode, scheduler, maglev_size):
+    if mode is not None:
+        _check(ctx, config.check_mode, mode)
+    if scheduler is not None:
+        _check(ctx, config.check_scheduler, scheduler)
+    size = None
+    if maglev_size is not None:
+        size = _int_text(maglev_size)
+        if scheduler is not None and scheduler != "maglev":
+            _fail(ctx, "maglev_size", "only applies to scheduler maglev, not %s" % scheduler,
+                  EXIT_USAGE)
+        _check(ctx, config.check_maglev_size, size)
+    return {"mode": mode, "scheduler": scheduler, "maglev_size": size}
+
+
+@vip.command("add")
+@click.argument("endpoint", metavar="VIP:PORT")
+@proto_option
+@click.option("--mode", default="nat", show_default=True, help="Forwarding mode.")
+@click.option("--scheduler", help="rr, wrr, lc, sh or maglev (default: the mode's).")
+@click.option("--maglev-size", help="Maglev table size, a prime (default 65537).")
+@json_option
+@click.pass_context
+def vip_add(ctx, endpoint, proto, mode, scheduler, maglev_size):
+    """Add a virtual service."""
+    args = _vip_args(ctx, endpoint, proto)
+    args.update(_mode_args(ctx, mode, scheduler, maglev_size))
+    _run(ctx, "vip.add", args, _render_vip_one)
+
+
+@vip.command("set")
+@click.argument("endpoint", metavar="VIP:PORT")
+@proto_option
+@click.option("--mode", help="New forwarding mode (new connections only).")
+@click.option("--scheduler", help="New scheduler.")
+@click.option("--maglev-size", help="New Maglev table size, a prime.")
+@json_option
+@click.pass_context
+def vip_set(ctx, endpoint, proto, mode, scheduler, maglev_size):
+    """Change a service's mode or scheduler; existing connections keep theirs."""
+    args = _vip_args(ctx, endpoint, proto)
+    args.update(_mode_args(ctx, mode, scheduler, maglev_size))
+    _run(ctx, "vip.set", args, _render_vip_one)
+
+
+@vip.command("del")
+@click.argument("endpoint", metavar="VIP:PORT")
+@proto_option
+@json_option
+@click.pass_context
+def vip_del(ctx, endpoint, proto):
+    """Remove a virtual service: its traffic is no longer forwarded."""
+    _run(ctx, "vip.del", _vip_args(ctx, endpoint, proto),
+         lambda r: click.echo("deleted %s/%s" % (r["vip"], r["proto"])))
+
+
+@vip.command("list")
+@json_option
+@click.pass_context
+def vip_list(ctx):
+    """List virtual services and their backends."""
+    _run(ctx, "vip.list", {}, _render_vips)
+
+
+# --- backend --------------------------------------------------------------------------------
+
+@main.group()
+@json_option
+def backend():
+    """Backends of a service: add, del, weight."""
+
+
+def _backend_args(ctx, endpoint, real, proto):
+    args = _vip_args(ctx, endpoint, proto)
+    _check(ctx, config.parse_backend, real, "backend")
+    args["backend"] = real
+    return args
+
+
+@backend.command("add")
+@click.argument("endpoint", metavar="VIP:PORT")
+@click.argument("real", metavar="IP[:PORT]")
+@click.option("--weight", default="1", show_default=True, help="0..65535; 0 = no new flows.")
+@proto_option
+@json_option
+@click.pass_context
+def backend_add(ctx, endpoint, real, weight, proto):
+    """Add a backend (port defaults to the VIP's)."""
+    args = _backend_args(ctx, endpoint, real, proto)
+    args["weight"] = _check(ctx, config.check_weight, _int_text(weight))
+    _run(ctx, "backend.add", args, _render_vip_one)
+
+
+@backend.command("del")
+@click.argument("endpoint", metavar="VIP:PORT")
+@click.argument("real", metavar="IP[:PORT]")
+@proto_option
+@json_option
+@click.pass_context
+def backend_del(ctx, endpoint, real, proto):
+    """Remove a backend: new connections avoid it, existing ones finish on it."""
+    _run(ctx, "backend.del", _backend_args(ctx, endpoint, real, proto), _render_vip_one)
+
+
+@backend.command("weight")
+@click.argument("endpoint", metavar="VIP:PORT")
+@click.argument("real", metavar="IP[:PORT]")
+@click.argument("weight", metavar="W")
+@proto_option
+@json_option
+@click.pass_context
+def backend_weight(ctx, endpoint, real, weight, proto):
+    """Set a backend's weight (0 drains it: new connections only)."""
+    args = _backend_args(ctx, endpoint, real, proto)
+    args["weight"] = _check(ctx, config.check_weight, _int_text(weight))
+    _run(ctx, "backend.weight", args, _render_vip_one)
+
+
+# --- conns, stats, status -------------------------------------------------------------------
+
+@main.command()
+@click.option("--vip", "endpoint", metavar="VIP:PORT", help="Only this service.")
+@click.option("--proto", help="Only tcp or udp.")
+@click.option("--limit", help="Show at most N (default 100).")
+@json_option
+@click.pass_context
+def conns(ctx, endpoint, proto, limit):
+    """List connections in the flow table."""
+    args = {}
+    if endpoint is not None:
+        _check(ctx, config.parse_endpoint, endpoint, "vip")
+        args["vip"] = endpoint
+    if proto is not None:
+        args["proto"] = _check(ctx, config.check_proto, proto)
+    if limit is not None:
+        args["limit"] = _check(ctx, config.parse_int, _int_text(limit), "limit", 1, 1_000_000)
+    _run(ctx, "conns", args, _render_conns)
+
+
+@main.command()
+@click.option("--all", "all_", is_flag=True, help="Show zero counters too.")
+@json_option
+@click.pass_context
+def stats(ctx, all_):
+    """Counters, flows and per-backend connections."""
+    _run(ctx, "stats", {"all": True} if all_ else {}, _render_stats)
+
+
+@main.command()
+@json_option
+@click.pass_context
+def status(ctx):
+    """The daemon's status."""
+    _run(ctx, "status", {}, _render_mapping)
+
+
+# --- human output ---------------------------------------------------------------------------
+
+def _table(headers, rows):
+    """Aligned columns: numbers right, text left; no trailing spaces."""
+    numeric = [any(r[i] is not None for r in rows) and
+               all(r[i] is None or isinstance(r[i], (int, float)) for r in rows)
+               for i in range(len(headers))]
+    rows = [["-" if c is None else c for c in r] for r in rows]
+    cols = list(zip(headers, *rows)) if rows else [(h,) for h in headers]
+    widths = [max(len(str(c)) for c in col) for col in cols]
+    out = []
+    for r in [headers] + rows:
+        cells = [str(c).rjust(w) if num else str(c).ljust(w)
+                 for c, w, num in zip(r, widths, numeric)]
+        out.append("  ".join(cells).rstrip())
+    click.echo("\n".join(out))
+
+
+def _sched_text(v):
+    if v["scheduler"] == "maglev" and v.get("maglev_size"):
+        return "maglev/%d" % v["maglev_size"]
+    return v["scheduler"]
+
+
+def _render_vips(vips):
+    if not vips:
+        click.echo("no VIPs")
+        return
+    rows = []
+    for v in vips:
+        head = ["%s/%s" % (v["vip"], v["proto"]), v["mode"], _sched_text(v)]
+        if not v["backends"]:
+            rows.append(head + [None, None])
+        for i, b in enumerate(v["backends"]):
+            rows.append((head if i == 0 else ["", "", ""]) + [b["backend"], b["weight"]])
+    _table(["VIP", "MODE", "SCHEDULER", "BACKEND", "WEIGHT"], rows)
+
+
+def _render_vip_one(v):
+    _render_vips([v])
+
+
+def _render_conns(r):
+    rows = [[c["client"], c["vip"], c["backend"], c["proto"], c["mode"], c["state"],
+             c["age_s"], c["idle_s"], "%d/%d" % (c["packets_fwd"], c["packets_rev"]),
+             "%d/%d" % (c["bytes_fwd"], c["bytes_rev"])] for c in r["conns"]]
+    if rows:
+        _table(["CLIENT", "VIP", "BACKEND", "PROTO", "MODE", "STATE", "AGE_S", "IDLE_S",
+                "PKTS(F/R)", "BYTES(F/R)"], rows)
+    click.echo("%d of %d connections" % (r["shown"], r["total"]))
+
+
+def _render_stats(r):
+    click.echo("flows: %d" % r.get("flow_count", 0))
+    rows = []
+    for v in r.get("vips", []):
+        head = ["%s/%s" % (v["vip"], v["proto"]), v["mode"], v["scheduler"]]
+        if not v["backends"]:
+            rows.append(head + [None, None, None])
+        for i, b in enumerate(v["backends"]):
+            rows.append((head if i == 0 else ["", "", ""]) + [b["backend"], b["weight"],
+                                                              b["conns"]])
+    for d in r.get("draining", []):
+        rows.append(["(removed)", "", "", d["backend"], None, d["conns"]])
+    if rows:
+        click.echo()
+        _table(["VIP", "MODE", "SCHEDULER", "BACKEND", "WEIGHT", "CONNS"], rows)
+    if r.get("counters"):
+        click.echo()
+        _table(["COUNTER", "VALUE"], sorted(r["counters"].items()))
+    rest = {k: v for k, v in r.items()
+            if k not in ("flow_count", "vips", "draining", "counters")}
+    if rest:
+        click.echo()
+        _render_mapping(rest)
+
+
+def _flatten(d, prefix=""):
+    for k, v in d.items():
+        name = "%s.%s" % (prefix, k) if prefix else str(k)
+        if isinstance(v, dict) and v:
+            yield from _flatten(v, name)
+        else:
+            yield name, v
+
+
+def _render_mapping(d):
+    if not isinstance(d, dict):
+        click.echo(json.dumps(d))
+        return
+    items = list(_flatten(d))
+    width = max((len(k) for k, _ in items), default=0)
+    for k, v in items:
+        click.echo("%s  %s" % ((k + ":").ljust(width + 1),
+                               json.dumps(v) if isinstance(v, (list, dict)) else v))
+
+
+if __name__ == "__main__":   # pragma: no cover
+    sys.exit(main())

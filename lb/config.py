@@ -1,0 +1,378 @@
+"""The TOML config of `lbd -c config.toml`, and the small validators the control commands share.
+
+Schema: docs/interfaces.md. Invariants:
+- Every error is an LBError whose field is the dotted path of the bad value, e.g.
+  `vip[0].backend[1].weight: must be an integer 0..65535, got -1`; nothing half-parsed escapes.
+- Unknown keys are errors (a typo must not pass silently), and so are wrong types: TOML
+  booleans are not integers here, and strings are not numbers.
+- The dataclasses keep addresses as canonical dotted strings (what the user wrote, normalised)
+  with host-order int properties (`.ip`) for the fast path; MACs as "aa:bb:cc:dd:ee:ff" with
+  a bytes property.
+- The validators (`parse_ip`, `parse_port`, `parse_endpoint`, `parse_backend`, `check_weight`,
+  `check_proto`, `check_scheduler`, `check_mode`, ...) take the field name to blame, so
+  lb/state.py and lb/cli.py report a bad command argument the same way as a bad config value.
+"""
+import difflib
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from typing import Optional
+
+import modes
+from fastpath import defs
+
+from . import schedulers
+from .errors import LBError
+
+PROTOS = {"tcp": defs.PROTO_TCP, "udp": defs.PROTO_UDP}
+PROTO_NAMES = {v: k for k, v in PROTOS.items()}
+IO_BACKENDS = ("tap", "afpacket")
+MAX_CAPACITY = 16 * 1024 * 1024
+MAX_WEIGHT = 65535
+MAX_TIMEOUT_S = 2_000_000         # the fast path keeps milliseconds in 32 bits
+DEFAULT_CAPACITY = 262144
+DEFAULT_SOCKET = "/run/threeway/lbd.sock"
+DEFAULT_INTERFACE = "lbtap"
+
+
+# --- small validators, shared with lb/state.py and lb/cli.py ---------------------------------
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def parse_ip(value, fld):
+    """Dotted IPv4 string -> host-order int."""
+    if not isinstance(value, str):
+        raise LBError(fld, "must be an IPv4 address string, got %r" % (value,))
+    try:
+        return int(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise LBError(fld, "not an IPv4 address: %r" % (value,)) from None
+
+
+def format_ip(ip):
+    return str(ipaddress.IPv4Address(ip))
+
+
+def format_endpoint(ip, port):
+    return "%s:%d" % (format_ip(ip), port)
+
+
+def parse_port(value, fld):
+    """An int 1..65535."""
+    if not _is_int(value) or not 1 <= value <= 65535:
+        raise LBError(fld, "must be a port number 1..65535, got %r" % (value,))
+    return value
+
+
+def parse_endpoint(value, fld):
+    """"A.B.C.D:PORT" -> (ip, port)."""
+    if not isinstance(value, str) or value.count(":") != 1:
+        raise LBError(fld, "must be IP:PORT like 198.19.100.1:80, got %r" % (value,))
+    host, port = value.split(":")
+    if not port.isdigit():
+        raise LBError(fld, "port must be a number 1..65535, got %r" % (port,))
+    return parse_ip(host, fld), parse_port(int(port), fld)
+
+
+def parse_backend(value, fld):
+    """"IP" or "IP:PORT" -> (ip, port or None)."""
+    if not isinstance(value, str) or value.count(":") > 1:
+        raise LBError(fld, "must be IP or IP:PORT like 198.19.0.11:80, got %r" % (value,))
+    if ":" in value:
+        return parse_endpoint(value, fld)
+    return parse_ip(value, fld), None
+
+
+def parse_mac(value, fld):
+    """"aa:bb:cc:dd:ee:ff" -> 6 bytes."""
+    parts = value.split(":") if isinstance(value, str) else []
+    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+        raise LBError(fld, "must be a MAC like 02:54:57:00:00:02, got %r" % (value,))
+    try:
+        return bytes(int(p, 16) for p in parts)
+    except ValueError:
+        raise LBError(fld, "must be a MAC like 02:54:57:00:00:02, got %r" % (value,)) from None
+
+
+def format_mac(mac):
+    return ":".join("%02x" % b for b in mac)
+
+
+def parse_int(value, fld, lo, hi, what="an integer"):
+    """An int in lo..hi (not a bool, not a string: lb/cli.py converts its text first)."""
+    if not _is_int(value) or not lo <= value <= hi:
+        raise LBError(fld, "must be %s %d..%d, got %r" % (what, lo, hi, value))
+    return value
+
+
+def check_weight(value, fld="weight"):
+    return parse_int(value, fld, 0, MAX_WEIGHT)
+
+
+def check_proto(value, fld="proto"):
+    """"tcp" | "udp" -> the name (use PROTOS[name] for the number)."""
+    if value not in PROTOS:
+        raise LBError(fld, "must be tcp or udp, got %r" % (value,))
+    return value
+
+
+def check_scheduler(value, fld="scheduler"):
+    if value not in schedulers.NAMES:
+        raise LBError(fld, "unknown scheduler %r (have: %s)"
+                      % (value, ", ".join(schedulers.NAMES)))
+    return value
+
+
+def check_mode(value, fld="mode"):
+    """The modes.Mode called value; LBError(fld) if there is none."""
+    if not isinstance(value, str):
+        raise LBError(fld, "must be a mode name, got %r" % (value,))
+    try:
+        return modes.get(value)
+    except LBError as e:
+        raise LBError(fld, e.message) from None
+
+
+def check_maglev_size(value, n_backends=0, fld="maglev_size"):
+    """A prime table size (see schedulers.check_maglev_size)."""
+    schedulers.check_maglev_size(value, n_backends, fld)
+    return value
+
+
+def validate_with_mode(mode, vip_port, proto, backends, prefix=""):
+    """mode.validate(...) with the mode's field names put under `prefix` (e.g. "vip[0].")."""
+    try:
+        mode.validate(vip_port, proto, backends)
+    except LBError as e:
+        raise LBError(prefix + e.field, e.message) from None
+
+
+def check_keys(table, known, path):
+    """LBError for the first key of table not in known (with a close match if there is one)."""
+    if not isinstance(table, dict):
+        raise LBError(path or "config", "must be a table, got %r" % (table,))
+    for k in table:
+        if k not in known:
+            near = difflib.get_close_matches(k, known, 1)
+            hint = " (did you mean %r?)" % near[0] if near else " (known: %s)" % ", ".join(known)
+            raise LBError(_join(path, k), "unknown key" + hint)
+
+
+def _join(path, key):
+    return "%s.%s" % (path, key) if path else key
+
+
+# --- the config ---------------------------------------------------------------------------------
+
+@dataclass
+class IOConfig:
+    backend: str = "tap"                   # tap | afpacket
+    interface: str = DEFAULT_INTERFACE     # tap: device to create; afpacket: interface to bind
+
+
+@dataclass
+class LBConfig:
+    address: str                           # the balancer's own data-plane address
+    mac: Optional[str] = None              # None: the daemon uses the interface's MAC
+    gateway: Optional[str] = None          # next hop for nat replies to clients
+    control_socket: str = DEFAULT_SOCKET
+
+    @property
+    def ip(self):
+        return int(ipaddress.IPv4Address(self.address))
+
+    @property
+    def mac_bytes(self):
+        return None if self.mac is None else parse_mac(self.mac, "lb.mac")
+
+    @property
+    def gateway_ip(self):
+        return None if self.gateway is None else int(ipaddress.IPv4Address(self.gateway))
+
+
+@dataclass
+class FlowsConfig:
+    capacity: int = DEFAULT_CAPACITY
+    timeouts: dict = field(default_factory=lambda: dict(defs.DEFAULT_TIMEOUTS))  # all keys
+
+
+@dataclass
+class BackendConfig:
+    address: str
+    port: int
+    weight: int = 1
+
+    @property
+    def ip(self):
+        return int(ipaddress.IPv4Address(self.address))
+
+    @property
+    def key(self):
+        return "%s:%d" % (self.address, self.port)
+
+
+@dataclass
+class VipConfig:
+    address: str
+    port: int
+    proto: str = "tcp"
+    mode: str = "nat"
+    scheduler: str = "maglev"
+    maglev_size: Optional[int] = None      # set (default 65537) iff scheduler == "maglev"
+    backends: list = field(default_factory=list)   # [BackendConfig]
+
+    @property
+    def ip(self):
+        return int(ipaddress.IPv4Address(self.address))
+
+    @property
+    def key(self):
+        return (self.ip, self.port, PROTOS[self.proto])
+
+
+@dataclass
+class Config:
+    lb: LBConfig
+    io: IOConfig = field(default_factory=IOConfig)
+    flows: FlowsConfig = field(default_factory=FlowsConfig)
+    vips: list = field(default_factory=list)       # [VipConfig]
+    path: Optional[str] = None                     # the file it came from, if any
+
+
+def load(path):
+    """Read and parse a TOML config file; LBError names the file (and line) or the field."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise LBError(str(path), "cannot read config: %s" % (e.strerror or e)) from None
+    except tomllib.TOMLDecodeError as e:
+        # tomllib's message ends with "(at line L, column C)"
+        raise LBError(str(path), "TOML syntax error: %s" % e) from None
+    cfg = parse(data)
+    cfg.path = str(path)
+    return cfg
+
+
+def parse(data):
+    """A Config from the dict of a parsed TOML document; LBError names the bad field."""
+    check_keys(data, ["io", "lb", "flows", "vip"], "")
+    io = _parse_io(data.get("io", {}))
+    if "lb" not in data:
+        raise LBError("lb", "missing section [lb] (the balancer's address)")
+    lb = _parse_lb(data["lb"])
+    flows = _parse_flows(data.get("flows", {}))
+    vips_raw = data.get("vip", [])
+    if not isinstance(vips_raw, list):
+        raise LBError("vip", "must be an array of tables ([[vip]])")
+    vips, seen = [], {}
+    for i, raw in enumerate(vips_raw):
+        path = "vip[%d]" % i
+        v = parse_vip(raw, path)
+        if v.key in seen:
+            raise LBError(path, "duplicate of %s (%s:%d/%s)"
+                          % (seen[v.key], v.address, v.port, v.proto))
+        if v.address == lb.address:
+            raise LBError(path + ".address", "%s is the balancer's own address" % v.address)
+        seen[v.key] = path
+        vips.append(v)
+    return Config(lb=lb, io=io, flows=flows, vips=vips)
+
+
+def _parse_io(raw):
+    check_keys(raw, ["backend", "interface"], "io")
+    io = IOConfig()
+    if "backend" in raw:
+        if raw["backend"] not in IO_BACKENDS:
+            raise LBError("io.backend", "must be one of %s, got %r"
+                          % (", ".join(IO_BACKENDS), raw["backend"]))
+        io.backend = raw["backend"]
+    if "interface" in raw:
+        name = raw["interface"]
+        # IFNAMSIZ is 16 with the terminating NUL
+        if not isinstance(name, str) or not 1 <= len(name) <= 15 or "/" in name or " " in name:
+            raise LBError("io.interface", "must be an interface name of 1..15 characters, "
+                          "got %r" % (name,))
+        io.interface = name
+    return io
+
+
+def _parse_lb(raw):
+    check_keys(raw, ["address", "mac", "gateway", "control_socket"], "lb")
+    if "address" not in raw:
+        raise LBError("lb.address", "missing (the balancer's data-plane IPv4 address)")
+    lb = LBConfig(address=format_ip(parse_ip(raw["address"], "lb.address")))
+    if "mac" in raw:
+        lb.mac = format_mac(parse_mac(raw["mac"], "lb.mac"))
+    if "gateway" in raw:
+        lb.gateway = format_ip(parse_ip(raw["gateway"], "lb.gateway"))
+    if "control_socket" in raw:
+        s = raw["control_socket"]
+        if not isinstance(s, str) or not s:
+            raise LBError("lb.control_socket", "must be a path, got %r" % (s,))
+        lb.control_socket = s
+    return lb
+
+
+def _parse_flows(raw):
+    check_keys(raw, ["capacity", "timeouts"], "flows")
+    fl = FlowsConfig()
+    if "capacity" in raw:
+        fl.capacity = parse_int(raw["capacity"], "flows.capacity", 1, MAX_CAPACITY)
+    t = raw.get("timeouts", {})
+    check_keys(t, list(defs.DEFAULT_TIMEOUTS), "flows.timeouts")
+    for k, v in t.items():
+        fl.timeouts[k] = parse_int(v, "flows.timeouts." + k, 1, MAX_TIMEOUT_S,
+                                   "a number of seconds")
+    return fl
+
+
+def parse_vip(raw, path="vip"):
+    """A VipConfig from one [[vip]] table; fields blamed under `path`."""
+    check_keys(raw, ["address", "port", "proto", "mode", "scheduler", "maglev_size",
+                     "backend"], path)
+    for k in ("address", "port"):
+        if k not in raw:
+            raise LBError(_join(path, k), "missing")
+    address = format_ip(parse_ip(raw["address"], _join(path, "address")))
+    port = parse_port(raw["port"], _join(path, "port"))
+    proto = check_proto(raw.get("proto", "tcp"), _join(path, "proto"))
+    mode = check_mode(raw.get("mode", "nat"), _join(path, "mode"))
+    sched = check_scheduler(raw.get("scheduler", mode.default_scheduler),
+                            _join(path, "scheduler"))
+    braw = raw.get("backend", [])
+    if not isinstance(braw, list):
+        raise LBError(_join(path, "backend"), "must be an array of tables ([[vip.backend]])")
+    backends, seen = [], {}
+    for j, b in enumerate(braw):
+        bpath = "%s.backend[%d]" % (path, j)
+        be = parse_backend_table(b, port, bpath)
+        if be.key in seen:
+            raise LBError(bpath, "duplicate of %s (%s)" % (seen[be.key], be.key))
+        seen[be.key] = bpath
+        backends.append(be)
+    size = None
+    if "maglev_size" in raw:
+        if sched != "maglev":
+            raise LBError(_join(path, "maglev_size"),
+                          "only applies to scheduler maglev (this VIP uses %s)" % sched)
+        size = raw["maglev_size"]
+    if sched == "maglev":
+        size = schedulers.MAGLEV_DEFAULT_SIZE if size is None else size
+        check_maglev_size(size, len(backends), _join(path, "maglev_size"))
+    validate_with_mode(mode, port, proto, [(b.ip, b.port, b.weight) for b in backends],
+                       path + ".")
+    return VipConfig(address=address, port=port, proto=proto, mode=mode.name,
+                     scheduler=sched, maglev_size=size, backends=backends)
+
+
+def parse_backend_table(raw, vip_port, path):
+    check_keys(raw, ["address", "port", "weight"], path)
+    if "address" not in raw:
+        raise LBError(_join(path, "address"), "missing")
+    address = format_ip(parse_ip(raw["address"], _join(path, "address")))
+    port = parse_port(raw["port"], _join(path, "port")) if "port" in raw else vip_port
+    weight = check_weight(raw.get("weight", 1), _join(path, "weight"))
+    return BackendConfig(address=address, port=port, weight=weight)

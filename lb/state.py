@@ -1,0 +1,410 @@
+"""The balancer's service and backend tables, and the control commands that change them.
+
+LBState holds the VIPs (each a config.VipConfig with its BackendConfigs) and the reals table,
+and applies both to a fast-path Engine. Invariants:
+- Atomic commands: a command validates everything, builds the complete new VIP table, its
+  real slots and every ServiceSpec, and only then touches the engine (set_real for new slots,
+  then one set_services with the full list). If anything raises before that, neither this
+  object nor the engine has changed.
+- Reals: one slot per (ip, port), shared by every VIP that uses that backend, idx <
+  defs.MAX_REALS. A slot is reused for another real only when no VIP references it AND
+  engine.real_conns(idx) == 0: after a backend is removed (or set to weight 0) its existing
+  flows stay pinned to the slot and keep going; only new connections avoid it.
+- MACs learnt by learn_neighbor are kept per IP and given to every slot of that IP, now and
+  later. A slot with no MAC yet makes the fast path drop (drop_no_neigh) until it is learnt.
+- Scheduler tables are cached per VIP and rebuilt only when that VIP's backends, weights,
+  scheduler or table size change (a Maglev table costs ~50 ms to build).
+- Mode changes (vip.set) affect new flows only: flows keep the mode pinned at creation.
+The daemon answers `status` itself and sets `extra_stats`; everything else lands in handle().
+"""
+import copy
+import time
+
+import fastpath
+from fastpath import checks, defs
+
+from . import config, schedulers
+from .config import BackendConfig, VipConfig, format_endpoint, format_ip
+from .errors import LBError
+
+MODE_NAMES = {code: name for name, code in defs.MODES.items()}
+DEFAULT_CONNS_LIMIT = 100
+MAX_CONNS_LIMIT = 1_000_000
+
+
+class LBState:
+    """See the module docstring; commands in docs/interfaces.md."""
+
+    def __init__(self, engine, cfg):
+        self.engine = engine
+        self.cfg = cfg
+        self.extra_stats = dict                     # set by the daemon: () -> dict
+        self.clock = lambda: int(time.monotonic() * 1000)   # ms, the engine's now_ms clock
+        self._vips = {}        # (ip, port, proto name) -> VipConfig, in creation order
+        self._slots = {}       # (ip, port) -> real idx: referenced by a VIP, or draining
+        self._free = []        # slots released by gc()
+        self._next = 0         # slots from here on were never used
+        self._tables = {}      # vip key -> (signature, (kind, table, weights))
+        self._macs = {}        # ip -> mac bytes, from learn_neighbor
+        self._local_ip = cfg.lb.ip
+        self._gw_ip = cfg.lb.gateway_ip
+        new = {}
+        for i, v in enumerate(cfg.vips):
+            key = _vip_key(v)
+            if key in new:
+                raise LBError("vip[%d]" % i, "duplicate VIP %s" % _vip_name(v))
+            new[key] = copy.deepcopy(v)
+        self._commit(new)
+
+    # ---- what the daemon asks -----------------------------------------------------------
+    def vip_addresses(self):
+        """VIP IPs (host ints): the daemon answers ARP for them."""
+        return {k[0] for k in self._vips}
+
+    def wanted_neighbors(self):
+        """IPs whose MAC the fast path needs: every real with a slot (draining ones too, their
+        flows still go out) and the gateway."""
+        ips = {ip for ip, _ in self._slots}
+        if self._gw_ip is not None:
+            ips.add(self._gw_ip)
+        return ips
+
+    def learn_neighbor(self, ip, mac):
+        """A MAC for ip (ARP): given to every real slot of that ip, and to the gateway."""
+        mac = bytes(mac)
+        self._macs[ip] = mac
+        for (rip, port), idx in self._slots.items():
+            if rip == ip:
+                self.engine.set_real(idx, rip, port, mac)
+        if ip == self._gw_ip:
+            self.engine.set_gateway(mac)
+
+    def gc(self):
+        """Release slots no VIP references and no flow uses any more; returns how many."""
+        used = self._referenced(self._vips)
+        freed = 0
+        for key, idx in list(self._slots.items()):
+            if key not in used and self.engine.real_conns(idx) == 0:
+                del self._slots[key]
+                self._free.append(idx)
+                freed += 1
+        return freed
+
+    def handle(self, cmd, args):
+        """Run one control command; a JSON-able result, or LBError naming the bad field."""
+        fn = self._COMMANDS.get(cmd)
+        if fn is None:
+            raise LBError("cmd", "unknown command %r (have: %s)"
+                          % (cmd, ", ".join(sorted(self._COMMANDS))))
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise LBError("args", "must be an object")
+        return fn(self, args)
+
+    # ---- commands -----------------------------------------------------------------------
+    def _cmd_vip_add(self, args):
+        _known(args, "vip", "proto", "mode", "scheduler", "maglev_size")
+        ip, port = config.parse_endpoint(_need(args, "vip"), "vip")
+        proto = config.check_proto(_opt(args, "proto", "tcp"))
+        key = (ip, port, proto)
+        if key in self._vips:
+            raise LBError("vip", "%s/%s exists already (vip.del it first, or vip.set)"
+                          % (format_endpoint(ip, port), proto))
+        if ip == self._local_ip:
+            raise LBError("vip", "%s is the balancer's own address" % format_ip(ip))
+        mode = config.check_mode(_opt(args, "mode", "nat"))
+        sched = config.check_scheduler(_opt(args, "scheduler", mode.default_scheduler))
+        size = self._size_arg(args, sched, None, 0)
+        config.validate_with_mode(mode, port, proto, [])
+        v = VipConfig(address=format_ip(ip), port=port, proto=proto, mode=mode.name,
+                      scheduler=sched, maglev_size=size, backends=[])
+        new = dict(self._vips)
+        new[key] = v
+        self._commit(new)
+        return self._vip_view(v)
+
+    def _cmd_vip_set(self, args):
+        """Change a VIP's mode, scheduler or Maglev size; its backends stay. New flows only."""
+        _known(args, "vip", "proto", "mode", "scheduler", "maglev_size")
+        key, old = self._find_vip(args)
+        mode = config.check_mode(_opt(args, "mode", old.mode))
+        sched = config.check_scheduler(_opt(args, "scheduler", old.scheduler))
+        keep = old.maglev_size if sched == "maglev" and "maglev_size" not in args else None
+        size = self._size_arg(args, sched, keep, len(old.backends))
+        config.validate_with_mode(mode, old.port, old.proto, _mode_backends(old.backends))
+        v = copy.deepcopy(old)
+        v.mode, v.scheduler, v.maglev_size = mode.name, sched, size
+        return self._replace(key, v)
+
+    def _cmd_vip_del(self, args):
+        _known(args, "vip", "proto")
+        key, old = self._find_vip(args)
+        new = dict(self._vips)
+        del new[key]
+        self._commit(new)
+        return self._vip_view(old)
+
+    def _cmd_vip_list(self, args):
+        _known(args)
+        return [self._vip_view(v) for v in self._vips.values()]
+
+    def _cmd_backend_add(self, args):
+        _known(args, "vip", "proto", "backend", "weight")
+        key, old = self._find_vip(args)
+        bkey = self._backend_arg(args, old)
+        weight = config.check_weight(_opt(args, "weight", 1))
+        if _find_backend(old, bkey) is not None:
+            raise LBError("backend", "%s is already a backend of %s"
+                          % (format_endpoint(*bkey), _vip_name(old)))
+        v = copy.deepcopy(old)
+        v.backends.append(BackendConfig(address=format_ip(bkey[0]), port=bkey[1], weight=weight))
+        self._check_backends(v)
+        return self._replace(key, v)
+
+    def _cmd_backend_del(self, args):
+        _known(args, "vip", "proto", "backend")
+        key, old = self._find_vip(args)
+        bkey = self._backend_arg(args, old)
+        j = self._existing_backend(old, bkey)
+        v = copy.deepcopy(old)
+        del v.backends[j]
+        self._check_backends(v)
+        return self._replace(key, v)
+
+    def _cmd_backend_weight(self, args):
+        _known(args, "vip", "proto", "backend", "weight")
+        key, old = self._find_vip(args)
+        bkey = self._backend_arg(args, old)
+        weight = config.check_weight(_need(args, "weight"))
+        j = self._existing_backend(old, bkey)
+        v = copy.deepcopy(old)
+        v.backends[j].weight = weight
+        self._check_backends(v)
+        return self._replace(key, v)
+
+    def _cmd_conns(self, args):
+        _known(args, "vip", "proto", "limit")
+        want = None
+        if _opt(args, "vip", None) is not None:
+            want = config.parse_endpoint(args["vip"], "vip")
+        proto = None
+        if _opt(args, "proto", None) is not None:
+            proto = config.PROTOS[config.check_proto(args["proto"])]
+        limit = config.parse_int(_opt(args, "limit", DEFAULT_CONNS_LIMIT), "limit", 1,
+                                 MAX_CONNS_LIMIT)
+        reals = {idx: key for key, idx in self._slots.items()}
+        now = self.clock()
+        out, total = [], 0
+        for (cip, cport, vip, vport, pr, real, mode, state, created, last,
+             pf, prv, bf, br) in self.engine.flows():
+            if want is not None and (vip, vport) != want or proto is not None and pr != proto:
+                continue
+            total += 1
+            if len(out) >= limit:
+                continue
+            rip, rport = reals.get(real, (None, None))
+            out.append({
+                "client": format_endpoint(cip, cport),
+                "vip": format_endpoint(vip, vport),
+                "proto": config.PROTO_NAMES.get(pr, str(pr)),
+                "backend": format_endpoint(rip, rport) if rip is not None else "real#%d" % real,
+                "mode": MODE_NAMES.get(mode, str(mode)),
+                "state": defs.STATE_NAMES[state] if 0 <= state < len(defs.STATE_NAMES)
+                else str(state),
+                "age_s": round(max(0, now - created) / 1000, 3),
+                "idle_s": round(max(0, now - last) / 1000, 3),
+                # fwd: client -> backend, rev: backend -> client (nat/splice; 0 for dsr)
+                "packets_fwd": pf, "packets_rev": prv, "bytes_fwd": bf, "bytes_rev": br,
+            })
+        return {"total": total, "shown": len(out), "conns": out}
+
+    def _cmd_stats(self, args):
+        _known(args, "all")
+        show_all = _opt(args, "all", False)
+        if not isinstance(show_all, bool):
+            raise LBError("all", "must be true or false, got %r" % (show_all,))
+        ctr = self.engine.counters()
+        vips = []
+        for v in self._vips.values():
+            bs = []
+            for b in v.backends:
+                idx = self._slots[(b.ip, b.port)]
+                bs.append({"backend": b.key, "weight": b.weight,
+                           "conns": self.engine.real_conns(idx)})
+            vips.append({"vip": "%s:%d" % (v.address, v.port), "proto": v.proto,
+                         "mode": v.mode, "scheduler": v.scheduler, "backends": bs})
+        used = self._referenced(self._vips)
+        draining = [{"backend": format_endpoint(*k), "conns": self.engine.real_conns(i)}
+                    for k, i in self._slots.items() if k not in used]
+        mode_names = sorted({v.mode for v in self._vips.values()})
+        result = {
+            "counters": ctr if show_all else {k: n for k, n in ctr.items() if n},
+            "flow_count": self.engine.flow_count(),
+            "vips": vips,
+            "draining": [d for d in draining if d["conns"]],
+            "modes": {m: config.check_mode(m).stats(ctr) for m in mode_names},
+        }
+        result.update(self.extra_stats() or {})
+        return result
+
+    _COMMANDS = {
+        "vip.add": _cmd_vip_add, "vip.set": _cmd_vip_set, "vip.del": _cmd_vip_del,
+        "vip.list": _cmd_vip_list, "backend.add": _cmd_backend_add,
+        "backend.del": _cmd_backend_del, "backend.weight": _cmd_backend_weight,
+        "conns": _cmd_conns, "stats": _cmd_stats,
+    }
+
+    # ---- helpers ------------------------------------------------------------------------
+    def _find_vip(self, args):
+        ip, port = config.parse_endpoint(_need(args, "vip"), "vip")
+        proto = config.check_proto(_opt(args, "proto", "tcp"))
+        key = (ip, port, proto)
+        if key not in self._vips:
+            raise LBError("vip", "no VIP %s/%s" % (format_endpoint(ip, port), proto))
+        return key, self._vips[key]
+
+    def _backend_arg(self, args, vip):
+        ip, port = config.parse_backend(_need(args, "backend"), "backend")
+        return ip, vip.port if port is None else port
+
+    def _existing_backend(self, vip, bkey):
+        j = _find_backend(vip, bkey)
+        if j is None:
+            raise LBError("backend", "%s is not a backend of %s"
+                          % (format_endpoint(*bkey), _vip_name(vip)))
+        return j
+
+    def _size_arg(self, args, sched, keep, n_backends):
+        size = _opt(args, "maglev_size", None)
+        if size is not None and sched != "maglev":
+            raise LBError("maglev_size", "only applies to scheduler maglev, not %s" % sched)
+        if sched != "maglev":
+            return None
+        if size is None:
+            size = keep if keep is not None else schedulers.MAGLEV_DEFAULT_SIZE
+        return config.check_maglev_size(size, n_backends)
+
+    def _check_backends(self, v):
+        """The checks a VIP's new backend list must pass (mode, Maglev size)."""
+        if v.scheduler == "maglev":
+            try:
+                config.check_maglev_size(v.maglev_size, len(v.backends))
+            except LBError as e:
+                raise LBError("backend", "%s (maglev_size %d; vip.set a larger one)"
+                              % (e.message, v.maglev_size)) from None
+        config.validate_with_mode(config.check_mode(v.mode), v.port, v.proto,
+                                  _mode_backends(v.backends))
+
+    def _replace(self, key, v):
+        new = dict(self._vips)
+        new[key] = v
+        self._commit(new)
+        return self._vip_view(v)
+
+    @staticmethod
+    def _referenced(vips):
+        return {(b.ip, b.port) for v in vips.values() for b in v.backends}
+
+    def _commit(self, new_vips):
+        """Make new_vips current: slots, tables, engine. Nothing changes if it raises."""
+        slots = dict(self._slots)
+        free = sorted(self._free, reverse=True)
+        nxt = self._next
+        used = self._referenced(new_vips)
+        added = []
+        for v in new_vips.values():
+            for b in v.backends:
+                bkey = (b.ip, b.port)
+                if bkey in slots:
+                    continue
+                if free:
+                    idx = free.pop()
+                elif nxt < defs.MAX_REALS:
+                    idx, nxt = nxt, nxt + 1
+                else:
+                    idx = self._reclaim(slots, used)
+                slots[bkey] = idx
+                added.append((idx, bkey))
+        tables = {}
+        specs = []
+        for key, v in new_vips.items():
+            members = tuple((slots[(b.ip, b.port)], b.key, b.weight) for b in v.backends)
+            sig = (v.scheduler, v.maglev_size, members)
+            cached = self._tables.get(key)
+            if cached is not None and cached[0] == sig:
+                built = cached[1]
+            else:
+                built = schedulers.build(v.scheduler, members, v.maglev_size)
+            tables[key] = (sig, built)
+            kind, table, weights = built
+            mode = config.check_mode(v.mode)
+            specs.append(fastpath.ServiceSpec(v.ip, v.port, config.PROTOS[v.proto], mode.code,
+                                              kind, table, weights, mode.service_flags(v)))
+        if len(specs) > defs.MAX_SERVICES:
+            raise LBError("vip", "at most %d VIPs" % defs.MAX_SERVICES)
+        try:
+            checks.check_specs(specs)
+        except ValueError as e:    # a bug here rather than a user error, but change nothing
+            raise LBError("internal", "service table rejected: %s" % e) from None
+        # From here on nothing is expected to fail: the engine sees the new tables.
+        for idx, (ip, port) in added:
+            self.engine.set_real(idx, ip, port, self._macs.get(ip))
+        self.engine.set_services(specs)
+        self._vips, self._slots, self._next = new_vips, slots, nxt
+        self._free = free
+        self._tables = tables
+
+    def _reclaim(self, slots, used):
+        """A slot of `slots` nobody references and no flow uses (removed from slots)."""
+        for bkey, idx in list(slots.items()):
+            if bkey not in used and self.engine.real_conns(idx) == 0:
+                del slots[bkey]
+                return idx
+        raise LBError("backend", "all %d real slots are in use (removed backends keep "
+                      "theirs while they have connections)" % defs.MAX_REALS)
+
+    def _vip_view(self, v):
+        return {
+            "vip": "%s:%d" % (v.address, v.port), "proto": v.proto, "mode": v.mode,
+            "scheduler": v.scheduler, "maglev_size": v.maglev_size,
+            "backends": [{"backend": b.key, "weight": b.weight,
+                          "real": self._slots.get((b.ip, b.port))} for b in v.backends],
+        }
+
+
+def _vip_key(v):
+    return (v.ip, v.port, v.proto)
+
+
+def _vip_name(v):
+    return "%s:%d/%s" % (v.address, v.port, v.proto)
+
+
+def _find_backend(v, bkey):
+    for j, b in enumerate(v.backends):
+        if (b.ip, b.port) == bkey:
+            return j
+    return None
+
+
+def _mode_backends(backends):
+    return [(b.ip, b.port, b.weight) for b in backends]
+
+
+def _known(args, *names):
+    for k in args:
+        if k not in names:
+            raise LBError(k, "unknown argument (this command takes: %s)"
+                          % (", ".join(names) or "none"))
+
+
+def _need(args, name):
+    if args.get(name) is None:
+        raise LBError(name, "missing")
+    return args[name]
+
+
+def _opt(args, name, default):
+    v = args.get(name)
+    return default if v is None else v
