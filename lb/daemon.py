@@ -1,0 +1,261 @@
+"""lbd: the balancer daemon. `lbd -c config.toml [--pcap-in A --pcap-out B] [--log-level L]`.
+
+One thread, one asyncio loop (DPDK l3fwd's shape):
+
+    readable fd -> up to MAX_BURSTS_PER_WAKE x { rx burst -> engine.process -> tx burst
+                                                  -> punted frames to lb/neigh.py -> send }
+    every 100 ms -> engine.expire; ARP for wanted neighbors (1 s unresolved, 30 s refresh);
+                    state.gc every 5 s
+    control socket -> status here, everything else LBState.handle
+
+Invariants:
+- Python runs per burst, not per frame: the only per-frame Python is for punted frames
+  (ARP, traffic for the LB's own address), found with numpy on batch.verdict.
+- Control commands and timers run in the same loop as the bursts, so a table swap always
+  falls between two bursts.
+- Pcap mode runs the very same Daemon.burst() over a file, with pcap time as `now` (and the
+  timers driven by it), writes what would have been sent to --pcap-out, prints the counters
+  as one JSON object on stdout and exits 0.
+- Exit codes: 0 clean stop (SIGTERM/SIGINT, end of pcap), 2 bad config or arguments,
+  1 any other startup failure (e.g. the interface cannot be opened).
+"""
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+import fastpath
+from fastpath import defs
+
+from . import config as lbconfig
+from .control import ControlServer
+from .errors import LBError
+from .io import PcapIO, open_backend
+from .neigh import Neigh
+from .state import LBState
+
+log = logging.getLogger("lbd")
+
+BATCH_SIZE = 256
+MAX_BURSTS_PER_WAKE = 64      # then yield to the loop: timers and control commands get a turn
+TICK_MS = 100
+GC_MS = 5000
+TAP_MAC_PREFIX = b"\x02\x54\x57"   # locally administered; + the low 3 bytes of the LB address
+
+
+def monotonic_ms():
+    return int(time.monotonic() * 1000)
+
+
+def default_mac(cfg, io):
+    """The LB's MAC when the config names none.
+
+    afpacket: the interface's own MAC (the kernel's neighbors already know it).
+    tap: never the TAP netdev's MAC -- that one belongs to the kernel side of the device (a
+    bridge treats it as its own address and would not forward to us); a locally
+    administered MAC derived from the LB address instead, stable across restarts."""
+    mac = getattr(io, "mac", None)
+    if mac:
+        return bytes(mac)
+    return TAP_MAC_PREFIX + cfg.lb.ip.to_bytes(4, "big")[1:]
+
+
+class Daemon:
+    """The engine, the state, the neighbor logic and one IO backend, driven burst by burst."""
+
+    def __init__(self, cfg, io, clock=monotonic_ms):
+        self.cfg = cfg
+        self.io = io
+        self.clock = clock
+        self.started = time.monotonic()
+        self.mac = cfg.lb.mac_bytes or default_mac(cfg, io)
+        self.engine = fastpath.Engine(cfg.flows.capacity, cfg.flows.timeouts)
+        self.engine.set_local(cfg.lb.ip, self.mac)
+        self.state = LBState(self.engine, cfg)
+        self.state.clock = clock
+        self.state.extra_stats = self.extra_stats
+        self.neigh = Neigh(self.state, cfg.lb.ip, self.mac)
+        self.batch = fastpath.Batch(BATCH_SIZE)
+        self.expire_budget = max(1024, cfg.flows.capacity // 50)
+        self._next_tick = None
+        self._next_gc = None
+        self._last_error_log = 0.0
+        self.loop_stats = {"wakeups": 0, "bursts": 0, "frames": 0, "punts": 0, "ticks": 0,
+                           "expired": 0, "gc_freed": 0, "errors": 0}
+
+    # --- the per-burst path ---------------------------------------------------------------
+    def burst(self):
+        """One burst: rx, process, tx, punts. Returns the number of frames received."""
+        b = self.batch
+        n = self.io.rx(b)
+        if n == 0:
+            return 0
+        now = self.clock()
+        self.timers(now)
+        self.engine.process(b, now)
+        self.io.tx(b)
+        punted = np.flatnonzero(b.verdict[:n] == defs.V_PUNT)
+        if len(punted):
+            self.loop_stats["punts"] += len(punted)
+            for i in punted:
+                out = self.neigh.handle(b.frame(i))
+                if out:
+                    self.io.send(out)
+        self.loop_stats["bursts"] += 1
+        self.loop_stats["frames"] += n
+        return n
+
+    def on_readable(self):
+        self.loop_stats["wakeups"] += 1
+        try:
+            for _ in range(MAX_BURSTS_PER_WAKE):
+                if self.burst() == 0:
+                    break
+        except Exception:
+            self._error("burst failed")
+
+    # --- timers -----------------------------------------------------------------------------
+    def timers(self, now):
+        """Run what is due at `now` (ms). Cheap when nothing is: called per burst and per tick."""
+        if self._next_tick is not None and now < self._next_tick:
+            return
+        self._next_tick = now + TICK_MS
+        self.loop_stats["ticks"] += 1
+        self.loop_stats["expired"] += self.engine.expire(now, self.expire_budget)
+        reqs = self.neigh.due_requests(now)
+        if reqs:
+            self.io.send(reqs)
+        if self._next_gc is None or now >= self._next_gc:
+            self._next_gc = now + GC_MS
+            self.loop_stats["gc_freed"] += self.state.gc() or 0
+
+    def _tick(self, loop):
+        try:
+            self.timers(self.clock())
+        except Exception:
+            self._error("timers failed")
+        loop.call_later(TICK_MS / 1000.0, self._tick, loop)
+
+    def _error(self, what):
+        self.loop_stats["errors"] += 1
+        t = time.monotonic()
+        if t - self._last_error_log >= 1.0:      # a persistent fault must not flood the log
+            self._last_error_log = t
+            log.exception("%s (%d errors so far)", what, self.loop_stats["errors"])
+
+    # --- control ----------------------------------------------------------------------------
+    def handle(self, cmd, args):
+        if cmd == "status":
+            return self.status()
+        return self.state.handle(cmd, args)
+
+    def status(self):
+        return {
+            "pid": os.getpid(),
+            "impl": fastpath.IMPL,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "io": self.io.info(),
+            "lb": {"address": self.cfg.lb.address, "mac": self.mac.hex(":")},
+            "flows": self.engine.flow_count(),
+            "neighbors": self.neigh.neighbors(),
+        }
+
+    def extra_stats(self):
+        return {"io": self.io.counters(), "neigh": self.neigh.counters(),
+                "loop": dict(self.loop_stats)}
+
+    def all_counters(self):
+        return {"impl": fastpath.IMPL, "engine": self.engine.counters(),
+                "flows": self.engine.flow_count(), **self.extra_stats()}
+
+
+async def run_live(d):
+    """Serve until SIGTERM/SIGINT; closes the IO and removes the control socket."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = ControlServer(d.cfg.lb.control_socket, d.handle)
+    await server.start()
+    try:
+        loop.add_reader(d.io.fd, d.on_readable)
+        d._tick(loop)                 # first ARP requests go out now
+        log.info("ready")
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        loop.remove_reader(d.io.fd)
+        await server.close()
+    return 0
+
+
+def run_pcap(d):
+    """Drive the same burst() over the input pcap; the counters as JSON on stdout."""
+    io = d.io
+    while d.burst() or not io.eof:
+        pass
+    io.close()
+    json.dump(d.all_counters(), sys.stdout, indent=1, sort_keys=True)
+    sys.stdout.write("\n")
+    return 0
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="lbd", description="threeway load balancer daemon")
+    p.add_argument("-c", "--config", required=True, help="TOML config file")
+    p.add_argument("--pcap-in", help="read frames from this pcap instead of the interface")
+    p.add_argument("--pcap-out", help="write transmitted frames to this pcap (with --pcap-in)")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    a = p.parse_args(argv)
+    if bool(a.pcap_in) != bool(a.pcap_out):
+        p.error("--pcap-in and --pcap-out go together")
+    return a
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    logging.basicConfig(level=getattr(logging, a.log_level.upper()), stream=sys.stderr,
+                        format="%(asctime)s lbd[%(process)d] %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = lbconfig.load(a.config)
+    except LBError as e:
+        print("lbd: config: %s" % e, file=sys.stderr)
+        return 2
+    pcap = bool(a.pcap_in)
+    try:
+        io = PcapIO(a.pcap_in, a.pcap_out) if pcap else open_backend(cfg.io.backend,
+                                                                      cfg.io.interface)
+    except (OSError, ValueError) as e:
+        where = "pcap" if pcap else "io.interface %r (%s)" % (cfg.io.interface, cfg.io.backend)
+        print("lbd: cannot open %s: %s" % (where, e), file=sys.stderr)
+        return 1
+    try:
+        try:
+            d = Daemon(cfg, io, clock=(lambda: io.burst_ms) if pcap else monotonic_ms)
+        except LBError as e:
+            print("lbd: config: %s" % e, file=sys.stderr)
+            return 2
+        info = io.info()
+        log.info("threeway lbd: impl=%s io=%s interface=%s ifindex=%s address=%s mac=%s "
+                 "vips=%d", fastpath.IMPL, info["backend"], info.get("interface"),
+                 info.get("ifindex"), cfg.lb.address, d.mac.hex(":"), len(cfg.vips))
+        if pcap:
+            return run_pcap(d)
+        try:
+            return asyncio.run(run_live(d))
+        except OSError as e:     # control socket cannot be created
+            print("lbd: %s" % e, file=sys.stderr)
+            return 1
+    finally:
+        io.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""I/O backends of lbd: one batch RX/TX interface over a TAP device, an AF_PACKET socket or
+a pair of pcap files.
+
+Every backend has the same small surface, so the event loop (lb/daemon.py) runs the same
+per-burst code live and offline:
+
+    .fd                     pollable file descriptor, or None (pcap)
+    .rx(batch) -> n         fill a fastpath.Batch with up to batch.size frames; sets batch.n
+    .tx(batch) -> (sent, errors)   send every frame whose verdict is V_TX
+    .send(frames)           send frames Python built (ARP replies, ICMP echo replies)
+    .info() -> dict         backend, interface, ifindex, ...
+    .counters() -> dict     rx/tx frame counts and errors
+    .close()
+
+Invariants:
+- Live backends read and write whole Ethernet frames (no packet-information or virtio-net
+  header), one frame per read()/write(); the per-frame loop is fastpath.rx_burst/tx_burst.
+- Checksums: the TAP is opened without IFF_VNET_HDR, so the kernel offers no checksum
+  offload to it and completes checksums before handing frames over. On AF_PACKET the lab
+  turns the interface's offloads off (a frame with a partial checksum cannot be told apart
+  without PACKET_AUXDATA, and we do not guess).
+- Nothing here touches a frame's content; parsing is the fast path's job.
+"""
+import logging
+import os
+import socket
+
+import dpkt
+import numpy as np
+
+import fastpath
+from fastpath import defs
+
+log = logging.getLogger("lb.io")
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_IGNORE_OUTGOING = 23      # linux/if_packet.h, Linux >= 4.20
+SO_SNDBUFFORCE = 32              # asm-generic/socket.h; root may exceed net.core.*mem_max
+SO_RCVBUFFORCE = 33
+SOCKET_BUF = 8 << 20
+
+
+def _send_frames(fd, frames, counters):
+    """write() each frame; a full queue or a down link costs the frame, not the daemon."""
+    for f in frames:
+        try:
+            os.write(fd, f)
+            counters["send_frames"] += 1
+        except OSError as exc:
+            counters["send_errors"] += 1
+            log.debug("send failed: %s", exc)
+
+
+def _new_counters():
+    return {"rx_frames": 0, "rx_bursts": 0, "tx_frames": 0, "tx_errors": 0,
+            "send_frames": 0, "send_errors": 0}
+
+
+class _LiveIO:
+    backend = ""
+
+    def __init__(self):
+        self._c = _new_counters()
+        self.fd = None
+        self.name = ""
+        self.ifindex = 0
+
+    def rx(self, batch):
+        n = fastpath.rx_burst(self.fd, batch)
+        if n:
+            self._c["rx_frames"] += n
+            self._c["rx_bursts"] += 1
+        return n
+
+    def tx(self, batch):
+        sent, errors = fastpath.tx_burst(self.fd, batch)
+        self._c["tx_frames"] += sent
+        self._c["tx_errors"] += errors
+        return sent, errors
+
+    def send(self, frames):
+        _send_frames(self.fd, frames, self._c)
+
+    def info(self):
+        return {"backend": self.backend, "interface": self.name, "ifindex": self.ifindex}
+
+    def counters(self):
+        return dict(self._c)
+
+
+class TapIO(_LiveIO):
+    """A TAP device created (and owned) by this process: IFF_TAP | IFF_NO_PI, MTU 1500.
+
+    The device disappears when the fd is closed. The lab may move it into another namespace
+    after creation; the fd keeps working, so the name and ifindex recorded at creation are
+    never looked up again."""
+    backend = "tap"
+
+    def __init__(self, name, mtu=1500):
+        super().__init__()
+        import pytun  # only the tap backend needs it
+        self._dev = pytun.TunTapDevice(name=name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
+        try:
+            self._dev.mtu = mtu
+            self._dev.up()
+            self.name = self._dev.name
+            self.ifindex = socket.if_nametoindex(self.name)
+            self.mtu = mtu
+            self.fd = self._dev.fileno()
+            os.set_blocking(self.fd, False)
+        except Exception:
+            self._dev.close()
+            raise
+
+    def info(self):
+        d = super().info()
+        d["mtu"] = self.mtu
+        return d
+
+    def close(self):
+        if self._dev is not None:
+            self._dev.close()
+            self._dev = None
+            self.fd = None
+
+
+class AfPacketIO(_LiveIO):
+    """A raw AF_PACKET socket bound to one existing interface (all ethertypes).
+
+    PACKET_IGNORE_OUTGOING keeps the frames we transmit from being read back. The socket is
+    opened with protocol 0 and then bound with ETH_P_ALL, so it never queues frames of other
+    interfaces in the window between socket() and bind()."""
+    backend = "afpacket"
+
+    def __init__(self, ifname, bufsize=SOCKET_BUF):
+        super().__init__()
+        self.name = ifname
+        self.ifindex = socket.if_nametoindex(ifname)   # OSError if there is no such interface
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF),
+                                 (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, force, bufsize)
+                except PermissionError:   # not root: the sysctl maximum applies
+                    s.setsockopt(socket.SOL_SOCKET, plain, bufsize)
+            s.bind((ifname, ETH_P_ALL))
+            s.setblocking(False)
+        except Exception:
+            s.close()
+            raise
+        self._sock = s
+        self.fd = s.fileno()
+        self.mac = s.getsockname()[4]
+
+    def info(self):
+        d = super().info()
+        d["mac"] = ":".join("%02x" % b for b in self.mac)
+        return d
+
+    def close(self):
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+            self.fd = None
+
+
+class PcapIO:
+    """Offline: frames come from a pcap file, transmitted and Python-made frames go to another.
+
+    A burst holds consecutive frames whose timestamps lie within `window_ms` of the burst's
+    first frame (at most batch.size): frames captured together are processed together, and
+    a frame captured later (e.g. an ARP reply, then a SYN a second later) sees what Python did
+    with the earlier burst, as it would live. `burst_ms` is the pcap time of the burst's last
+    frame in integer milliseconds: the daemon uses it as `now`. Frames written out carry it.
+    Frames longer than the batch's snap are counted (rx_oversize) and skipped. `eof` becomes
+    True when the input is exhausted."""
+    backend = "pcap"
+    fd = None
+
+    def __init__(self, in_path, out_path, window_ms=1.0):
+        self.in_path = in_path
+        self.out_path = out_path
+        self.window = window_ms / 1000.0
+        self._in = open(in_path, "rb")
+        try:
+            try:
+                self._reader = dpkt.pcap.Reader(self._in)
+            except ValueError:
+                self._in.seek(0)
+                self._reader = dpkt.pcapng.Reader(self._in)
+            if self._reader.datalink() != dpkt.pcap.DLT_EN10MB:
+                raise ValueError("%s: link type %d is not Ethernet"
+                                 % (in_path, self._reader.datalink()))
+            self._it = iter(self._reader)
+            self._out = open(out_path, "wb")
+        except Exception:
+            self._in.close()
+            raise
+        self._writer = dpkt.pcap.Writer(self._out, snaplen=65535, linktype=dpkt.pcap.DLT_EN10MB)
+        self._ahead = None
+        self._ts = 0.0
+        self.burst_ms = 0
+        self.eof = False
+        self._c = _new_counters()
+        self._c["rx_oversize"] = 0
+
+    def _next(self):
+        if self._ahead is not None:
+            item, self._ahead = self._ahead, None
+            return item
+        try:
+            return next(self._it)
+        except StopIteration:
+            self.eof = True
+            return None
+
+    def rx(self, batch):
+        n = 0
+        first = None
+        while n < batch.size:
+            item = self._next()
+            if item is None:
+                break
+            ts, frame = item
+            if first is None:
+                first = ts
+            elif ts - first > self.window:
+                self._ahead = item
+                break
+            self._ts = ts
+            if len(frame) > batch.snap:
+                self._c["rx_oversize"] += 1
+                continue
+            batch.buf[n, :len(frame)] = np.frombuffer(frame, np.uint8)
+            batch.lens[n] = len(frame)
+            n += 1
+        batch.n = n
+        batch.verdict[:n] = defs.V_NONE
+        batch.reason[:n] = 0
+        self.burst_ms = int(round(self._ts * 1000))
+        if n:
+            self._c["rx_frames"] += n
+            self._c["rx_bursts"] += 1
+        return n
+
+    def tx(self, batch):
+        sent = 0
+        for i in np.flatnonzero(batch.verdict[:batch.n] == defs.V_TX):
+            self._writer.writepkt(batch.frame(i), ts=self._ts)
+            sent += 1
+        self._c["tx_frames"] += sent
+        return sent, 0
+
+    def send(self, frames):
+        for f in frames:
+            self._writer.writepkt(bytes(f), ts=self._ts)
+            self._c["send_frames"] += 1
+
+    def info(self):
+        return {"backend": "pcap", "interface": None, "ifindex": 0,
+                "pcap_in": self.in_path, "pcap_out": self.out_path}
+
+    def counters(self):
+        return dict(self._c)
+
+    def close(self):
+        if self._out is not None:
+            self._writer.close()      # closes the underlying file too
+            self._out = None
+            self._in.close()
+
+
+def open_backend(backend, interface):
+    """The live backend named in the config: 'tap' creates `interface`, 'afpacket' binds it."""
+    if backend == "tap":
+        return TapIO(interface)
+    if backend == "afpacket":
+        return AfPacketIO(interface)
+    raise ValueError("unknown io backend %r" % (backend,))
+
