@@ -19,7 +19,7 @@ from tools import frames as F
 
 BURST = 256
 NFLOWS = 100_000
-ROUNDS = {"cy": 400, "py": 6}
+ROUNDS = {"cy": 400, "py": 12}
 IMPLS = {"cy": _engine, "py": engine_py}
 
 
