@@ -34,7 +34,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -647,22 +646,13 @@ class Lab:
 
 def lbd_request(sock_path, cmd, args=None, timeout=5.0, quiet=False):
     """One request on lbd's control socket; returns the reply dict. quiet: None on failure."""
+    from lb.cli import ControlUnavailable, request
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(sock_path)
-            s.sendall((json.dumps({"cmd": cmd, "args": args or {}}) + "\n").encode())
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-        reply = json.loads(buf)
+        reply = request(sock_path, cmd, args, timeout=timeout)
         if not reply.get("ok"):
             raise LabError("lbd %s: %s" % (cmd, reply.get("error")))
         return reply
-    except (OSError, ValueError, LabError):
+    except (ControlUnavailable, LabError):
         if quiet:
             return None
         raise

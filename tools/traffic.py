@@ -11,7 +11,6 @@ import argparse
 import hashlib
 import http.client
 import json
-import os
 import socket
 import struct
 import sys

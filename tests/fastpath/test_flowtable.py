@@ -7,7 +7,7 @@ import pytest
 from fastpath import Batch, ServiceSpec, defs
 from tools import frames as F
 
-from .fixtures import B1, B2, B3, CLIENT, GW, LB, VIP1, c2v, make_engine
+from .fixtures import B1, B2, B3, CLIENT, LB, VIP1, c2v, make_engine
 
 NAT80 = (F.ip2int(VIP1), 80, 6)
 

@@ -29,6 +29,7 @@ import uuid
 import dpkt
 import pytest
 
+from lb import cli
 from lb.neigh import checksum
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -223,20 +224,7 @@ print(ok)
 
 
 def request(path, cmd, args=None, timeout=5):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(str(path))
-        s.sendall((json.dumps({"cmd": cmd, "args": args or {}}) + "\n").encode())
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-        return json.loads(buf)
-    finally:
-        s.close()
+    return cli.request(str(path), cmd, args, timeout=timeout)
 
 
 @needs_root
@@ -264,7 +252,7 @@ def test_live_tap_smoke(tmp_path, impl):
             try:
                 st = request(sock, "status")
                 break
-            except (OSError, ValueError):
+            except (cli.ControlUnavailable, OSError, ValueError):
                 time.sleep(0.05)
         assert st is not None, "lbd did not answer: %s" % (proc.communicate(timeout=5),)
         assert st["ok"]
