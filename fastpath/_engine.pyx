@@ -69,6 +69,7 @@ cdef struct Real:
     uint16_t port
     uint8_t mac[6]
     uint8_t has_mac
+    uint8_t down
     int64_t conns
 
 cdef struct Service:
@@ -77,6 +78,7 @@ cdef struct Service:
     uint8_t proto
     uint8_t mode
     uint8_t sched
+    uint8_t flags
     uint32_t off
     uint32_t n
     uint64_t cursor
@@ -308,6 +310,12 @@ cdef class Engine:
         check_real_idx(idx)
         return self.reals[<int>idx].conns
 
+    def set_real_up(self, idx, up):
+        """Health: a down real keeps its flows unless their service has SVC_EXPIRE_NODEST.
+        (Leaving it out of new-flow tables is the control side's job.)"""
+        check_real_idx(idx)
+        self.reals[<int>idx].down = 0 if up else 1
+
     def set_services(self, specs):
         specs = check_specs(specs)
         cdef uint32_t total = sum(len(s.table) for s in specs)
@@ -324,7 +332,7 @@ cdef class Engine:
         for k, s in enumerate(specs):
             sv = &self.svcs[k]
             sv.vip, sv.port, sv.proto, sv.mode, sv.sched = s.vip, s.port, s.proto, s.mode, s.sched
-            sv.off, sv.n, sv.cursor = off, len(s.table), 0
+            sv.off, sv.n, sv.cursor, sv.flags = off, len(s.table), 0, s.flags
             for j in range(sv.n):
                 tab[off + j] = s.table[j]
                 wts[off + j] = s.weights[j] if j < len(s.weights) else 1
@@ -632,6 +640,10 @@ cdef class Engine:
                     # a new connection on a closing flow's ports (tcp_tw_reuse): schedule afresh
                     self._delete(idx)
                     self.ctr[C_FLOW_REUSED] += 1
+                    idx = -1
+                elif self.reals[e.real].down and sv.flags & SVC_EXPIRE_NODEST:
+                    self._delete(idx)
+                    self.ctr[C_FLOW_EXPIRED_NODEST] += 1
                     idx = -1
             if idx < 0:
                 if proto == PROTO_TCP:

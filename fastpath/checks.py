@@ -43,6 +43,8 @@ def check_specs(specs):
         if s.sched not in (defs.SCHED_SEQ, defs.SCHED_HASH5, defs.SCHED_HASHSRC,
                            defs.SCHED_LEASTCONN):
             raise ValueError("unknown scheduler kind %r" % (s.sched,))
+        if not isinstance(s.flags, int) or s.flags & ~defs.SVC_EXPIRE_NODEST or s.flags < 0:
+            raise ValueError("unknown service flags %r" % (s.flags,))
         for r in s.table:
             check_real_idx(r)
         if s.sched == defs.SCHED_LEASTCONN:

@@ -46,6 +46,10 @@ TIMEOUT_KEYS = ["tcp_syn", "tcp_syn", "tcp_established", "tcp_fin_wait", "tcp_ti
 DEFAULT_TIMEOUTS = {"tcp_syn": 60, "tcp_established": 900, "tcp_fin_wait": 120,
                     "tcp_time_wait": 60, "tcp_close": 10, "udp": 300}
 
+# ServiceSpec.flags
+SVC_EXPIRE_NODEST = 1   # a flow whose backend is down is expired on its next packet, which is
+                        # then scheduled afresh (IPVS expire_nodest_conn); else kept until idle
+
 # flow flags
 F_FIN_C = 1   # FIN seen from the client
 F_FIN_S = 2   # FIN seen from the server
@@ -90,6 +94,7 @@ COUNTERS = [
     "flow_expired",           # event: entry freed by timeout (lazily or by expire())
     "flow_evicted",           # event: table full, sampled-LRU victim freed
     "flow_recreated",         # event: non-SYN with no flow re-created by a consistent hash
+    "flow_expired_nodest",    # event: flow to a down backend expired (SVC_EXPIRE_NODEST)
 ]
 C = {name: i for i, name in enumerate(COUNTERS)}
 N_COUNTERS = len(COUNTERS)

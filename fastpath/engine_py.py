@@ -116,14 +116,14 @@ class _Flow:
 
 
 class _Real:
-    __slots__ = ("ip", "port", "mac", "conns")
+    __slots__ = ("ip", "port", "mac", "conns", "down")
 
     def __init__(self):
-        self.ip, self.port, self.mac, self.conns = 0, 0, None, 0
+        self.ip, self.port, self.mac, self.conns, self.down = 0, 0, None, 0, False
 
 
 class _Service:
-    __slots__ = ("vip", "port", "proto", "mode", "sched", "table", "weights", "cursor")
+    __slots__ = ("vip", "port", "proto", "mode", "sched", "table", "weights", "cursor", "flags")
 
 
 class Engine:
@@ -180,12 +180,19 @@ class Engine:
         _check_real_idx(idx)
         return self.reals[idx].conns
 
+    def set_real_up(self, idx, up):
+        """Health: a down real keeps its flows unless their service has SVC_EXPIRE_NODEST.
+        (Leaving it out of new-flow tables is the control side's job.)"""
+        _check_real_idx(idx)
+        self.reals[idx].down = not up
+
     def set_services(self, specs):
         new = {}
         for s in _check_specs(specs):
             sv = _Service()
             sv.vip, sv.port, sv.proto, sv.mode, sv.sched = s.vip, s.port, s.proto, s.mode, s.sched
             sv.table, sv.weights, sv.cursor = list(s.table), list(s.weights), 0
+            sv.flags = s.flags
             new[(s.vip, s.port, s.proto)] = sv
         self.services = new
 
@@ -406,6 +413,10 @@ class Engine:
                     # a new connection on a closing flow's ports (tcp_tw_reuse): schedule afresh
                     self._delete(idx)
                     self.ctr[C["flow_reused"]] += 1
+                    idx = -1
+                elif self.reals[e.real].down and sv.flags & defs.SVC_EXPIRE_NODEST:
+                    self._delete(idx)
+                    self.ctr[C["flow_expired_nodest"]] += 1
                     idx = -1
             if idx < 0:
                 if proto == defs.PROTO_TCP:

@@ -117,7 +117,8 @@ specs = st.lists(st.builds(
     sched=st.sampled_from([defs.SCHED_SEQ, defs.SCHED_HASH5, defs.SCHED_HASHSRC,
                            defs.SCHED_LEASTCONN, 0]),
     table=st.lists(st.integers(-1, 5), max_size=5),
-    weights=st.lists(st.integers(-1, 3), max_size=5)), max_size=4)
+    weights=st.lists(st.integers(-1, 3), max_size=5),
+    flags=st.sampled_from([0, defs.SVC_EXPIRE_NODEST, 2])), max_size=4)
 
 
 @SETTINGS
@@ -126,6 +127,7 @@ def test_control_calls_and_errors_same_on_both_twins(service_list, frames):
     results = []
     for mod in (_engine, engine_py):
         e = make_engine(mod.Engine, ServiceSpec)
+        e.set_real_up(1, False)
         r = [outcome(lambda: e.set_services(service_list))]
         b = Batch(len(frames))
         b.load(frames)

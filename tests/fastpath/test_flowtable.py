@@ -158,3 +158,24 @@ def test_bad_control_calls_raise_and_change_nothing(impl):
     with pytest.raises(ValueError):
         impl.Engine(0)
     assert run(e, [c2v(sport=9, flags=F.TH_ACK)])[0][1] == before[0][1] == "nat_fwd"
+
+
+@pytest.mark.parametrize("expire", [False, True])
+def test_flows_of_a_down_backend_kept_or_expired_by_service_policy(impl, expire):
+    e = make_engine(impl.Engine, ServiceSpec)
+    three_reals(e)
+    flags = defs.SVC_EXPIRE_NODEST if expire else 0
+    e.set_services([ServiceSpec(*NAT80, defs.MODE_NAT, defs.SCHED_HASH5, [0], [1], flags)])
+    run(e, [c2v(sport=1), c2v(sport=1, flags=F.TH_ACK)])
+    e.set_real_up(0, False)
+    # the control side takes the down backend out of the new-flow table
+    e.set_services([ServiceSpec(*NAT80, defs.MODE_NAT, defs.SCHED_HASH5, [1], [1], flags)])
+    out = run(e, [c2v(sport=1, flags=F.TH_ACK)])
+    if expire:   # expired, then re-created on the consistent hash's new choice
+        assert out[0][2][0:6] == B2
+        assert e.counters()["flow_expired_nodest"] == 1 and e.real_conns(0) == 0
+    else:        # kept until idle on its backend
+        assert out[0][2][0:6] == B1
+        assert e.counters()["flow_expired_nodest"] == 0 and e.real_conns(0) == 1
+    e.set_real_up(0, True)
+    assert run(e, [c2v(sport=1, flags=F.TH_ACK)])[0][1] == "nat_fwd"
