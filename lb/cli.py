@@ -3,6 +3,7 @@
     lbctl [--socket PATH] [--json] vip add VIP:PORT [--proto tcp|udp] [--mode nat]
                                           [--scheduler S] [--maglev-size N]
     lbctl vip set VIP:PORT [--proto P] [--mode M] [--scheduler S] [--maglev-size N]
+    lbctl vip mode VIP:PORT MODE [--proto P]    (switch the mode of new connections)
     lbctl vip del VIP:PORT [--proto P]          lbctl vip list
     lbctl backend add VIP:PORT IP[:PORT] [--weight W] [--proto P]
     lbctl backend del VIP:PORT IP[:PORT] [--proto P]
@@ -220,6 +221,20 @@ def vip_set(ctx, endpoint, proto, mode, scheduler, maglev_size):
     """Change a service's mode or scheduler; existing connections keep theirs."""
     args = _vip_args(ctx, endpoint, proto)
     args.update(_mode_args(ctx, mode, scheduler, maglev_size))
+    _run(ctx, "vip.set", args, _render_vip_one)
+
+
+@vip.command("mode")
+@click.argument("endpoint", metavar="VIP:PORT")
+@click.argument("mode", metavar="MODE")
+@proto_option
+@json_option
+@click.pass_context
+def vip_mode(ctx, endpoint, mode, proto):
+    """Switch a running service to MODE (nat, dsr, ...). New connections take the new mode;
+    existing ones finish in the mode they began in."""
+    args = _vip_args(ctx, endpoint, proto)
+    args.update(_mode_args(ctx, mode, None, None))
     _run(ctx, "vip.set", args, _render_vip_one)
 
 

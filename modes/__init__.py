@@ -1,8 +1,8 @@
 """Forwarding modes. Each module exposes MODE, an instance of modes.base.Mode, bound once per VIP."""
 from .base import Mode  # noqa: F401
-from . import nat
+from . import dsr, nat
 
-REGISTRY = {m.name: m for m in (nat.MODE,)}
+REGISTRY = {m.name: m for m in (nat.MODE, dsr.MODE)}
 
 
 def get(name):

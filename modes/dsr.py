@@ -1,0 +1,35 @@
+"""dsr: direct server return by MAC rewrite (IPVS's direct routing, ip_vs_dr_xmit).
+
+Used for large responses: the balancer only sees the client -> server direction (mostly
+ACKs) and the backend answers the client straight through the router. A client frame for
+the VIP leaves with only its Ethernet addresses changed (destination: the chosen backend's
+MAC; source: the LB's); IP and TCP headers are untouched, so:
+- the backend must hold the VIP on its loopback, must not answer ARP for it
+  (arp_ignore=1, arp_announce=2) and must accept packets to it (rp_filter 0 or 2);
+- the backend port must be the VIP port (nothing rewrites it): refused at configuration;
+- the backend must be on the LB's layer-2 segment.
+The default scheduler is maglev: a restarted LB, or another LB instance, sends an existing
+flow to the same backend without any state (and a flow that lost its entry is re-created on
+its next packet by the same hash).
+"""
+from fastpath import defs
+from lb.errors import LBError
+
+from .base import Mode
+
+
+class Dsr(Mode):
+    name = "dsr"
+    code = defs.MODE_DSR
+    default_scheduler = "maglev"
+    counters = ("dsr_fwd",)
+
+    def validate(self, vip_port, proto, backends):
+        for ip, port, _weight in backends:
+            if port != vip_port:
+                raise LBError("backend", "dsr cannot change the port: the backend receives the "
+                              "client's packet unchanged, so it must listen on the VIP port %d, "
+                              "not %d" % (vip_port, port))
+
+
+MODE = Dsr()
