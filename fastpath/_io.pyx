@@ -2,7 +2,8 @@
 """Burst read/write on a frame file descriptor (a TAP fd or a bound AF_PACKET socket), compiled.
 Twin: fastpath/io_py.py. One read() is one frame, one write() is one frame; the loops run
 without the GIL. rx_burst reads until EAGAIN or the batch is full; tx_burst writes every
-frame whose verdict is V_TX and counts the writes the kernel refused instead of raising.
+frame whose verdict is V_TX and returns (sent, errors, bytes sent): writes the kernel refused
+are counted, not raised.
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from posix.unistd cimport read, write
@@ -34,6 +35,7 @@ def tx_burst(int fd, batch):
     cdef uint8_t[::1] verdict = batch.verdict
     cdef int n = batch.n
     cdef int i, sent = 0, errors = 0
+    cdef long long nbytes = 0
     if n < 0 or n > buf.shape[0]:
         raise ValueError("batch.n out of range")
     with nogil:
@@ -42,6 +44,7 @@ def tx_burst(int fd, batch):
                 continue
             if write(fd, &buf[i, 0], lens[i]) == <ssize_t>lens[i]:
                 sent += 1
+                nbytes += lens[i]
             else:
                 errors += 1
-    return sent, errors
+    return sent, errors, nbytes

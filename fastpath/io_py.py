@@ -2,7 +2,8 @@
 
 A TAP fd or a bound AF_PACKET socket: one read() is one frame, one write() is one frame.
 rx_burst reads until EAGAIN or the batch is full; tx_burst writes every frame whose verdict is
-V_TX and counts the writes the kernel refused (ENOBUFS, EAGAIN...) instead of raising.
+V_TX and returns (sent, errors, bytes sent); writes the kernel refused (ENOBUFS, EAGAIN...)
+are counted, not raised.
 """
 import os
 
@@ -28,13 +29,14 @@ def rx_burst(fd, batch):
 
 
 def tx_burst(fd, batch):
-    sent = errors = 0
+    sent = errors = nbytes = 0
     for i in range(batch.n):
         if batch.verdict[i] != defs.V_TX:
             continue
         try:
             os.write(fd, batch.buf[i, :batch.lens[i]].tobytes())
             sent += 1
+            nbytes += int(batch.lens[i])
         except OSError:
             errors += 1
-    return sent, errors
+    return sent, errors, nbytes

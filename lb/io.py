@@ -53,8 +53,8 @@ def _send_frames(fd, frames, counters):
 
 
 def _new_counters():
-    return {"rx_frames": 0, "rx_bursts": 0, "tx_frames": 0, "tx_errors": 0,
-            "send_frames": 0, "send_errors": 0}
+    return {"rx_frames": 0, "rx_bytes": 0, "rx_bursts": 0, "tx_frames": 0, "tx_bytes": 0,
+            "tx_errors": 0, "send_frames": 0, "send_errors": 0}
 
 
 class _LiveIO:
@@ -70,12 +70,14 @@ class _LiveIO:
         n = fastpath.rx_burst(self.fd, batch)
         if n:
             self._c["rx_frames"] += n
+            self._c["rx_bytes"] += int(batch.lens[:n].sum())
             self._c["rx_bursts"] += 1
         return n
 
     def tx(self, batch):
-        sent, errors = fastpath.tx_burst(self.fd, batch)
+        sent, errors, nbytes = fastpath.tx_burst(self.fd, batch)
         self._c["tx_frames"] += sent
+        self._c["tx_bytes"] += nbytes
         self._c["tx_errors"] += errors
         return sent, errors
 

@@ -768,6 +768,28 @@ def exec_(name, node, cmd):
     os.execvp("ip", ["ip", "netns", "exec", ns] + list(cmd))
 
 
+@cli.command("doctor", help="Check backend NODE for dsr duty (VIP on lo, arp_ignore/arp_announce, "
+             "rp_filter, a listener): tools/doctor.py run inside NODE's namespace.")
+@NAME_OPT
+@click.argument("node")
+@click.option("--vip", required=True, help="the VIP address")
+@click.option("--port", type=int, help="the VIP port (checks a listener)")
+@click.option("--json", "as_json", is_flag=True)
+def doctor(name, node, vip, port, as_json):
+    try:
+        ns = Lab(name).ns(node)
+    except LabError as e:
+        raise click.ClickException(str(e))
+    if ns not in _netns_list():
+        raise click.ClickException("no namespace %s (is lab %s up?)" % (ns, name))
+    argv = [sys.executable, "-m", "tools.doctor", "--vip", vip]
+    argv += ["--port", str(port)] if port else []
+    argv += ["--json"] if as_json else []
+    sys.stdout.flush()
+    os.chdir(REPO)
+    os.execvp("ip", ["ip", "netns", "exec", ns] + argv)
+
+
 def main():
     cli(prog_name="lb-lab")
 
