@@ -2,7 +2,7 @@
 Each prints one JSON object on stdout and exits 0 when it ran, whatever it measured (the
 caller judges); every loop is bounded in count and time.
 
-  http URL --count N [--keepalive]       N GETs; tally of X-Backend, statuses, errors
+  http URL --count N [--keepalive] [--seconds T]   N GETs (or T s); X-Backend tally, errors
   echo HOST PORT --bytes N [--seed S]    N random bytes through an echo service; sha256 both ways
   echo-slow HOST PORT --seconds T        one connection, 1 KiB every 20 ms; all echoes checked
   malformed IFACE DST_MAC --count N      a burst of malformed IPv4 frames to DST_MAC (raw socket)
@@ -25,7 +25,10 @@ def cmd_http(a):
     conn = None
     deadline = time.monotonic() + a.timeout
     t0 = time.monotonic()
+    stop = t0 + a.seconds if a.seconds else None
     for _ in range(a.count):
+        if stop is not None and time.monotonic() >= stop:
+            break        # --seconds: a planned end, not an error
         if time.monotonic() > deadline:
             errors.append("deadline")
             break
@@ -180,6 +183,7 @@ def main(argv=None):
     h.add_argument("--count", type=int, default=10)
     h.add_argument("--keepalive", action="store_true")
     h.add_argument("--expect-bytes", type=int)
+    h.add_argument("--seconds", type=float, help="stop after this long (--count stays the cap)")
     h.add_argument("--timeout", type=float, default=60)
     e = sub.add_parser("echo")
     e.add_argument("host")
