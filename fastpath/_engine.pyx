@@ -23,7 +23,7 @@ from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memcmp, memset
 
 from . import defs
-from .checks import check_ip, check_mac, check_port, check_real_idx, check_specs
+from .checks import check_ip, check_mac, check_port, check_real_idx, check_secret, check_specs
 
 include "_defs.pxi"
 
@@ -63,6 +63,26 @@ cdef struct Flow:
     uint64_t pkts_rev
     uint64_t bytes_fwd
     uint64_t bytes_rev
+    # splice (see engine_py._Flow)
+    uint32_t c_isn
+    uint32_t l_isn
+    uint32_t delta
+    uint32_t ts_off
+    uint32_t c_tsval
+    uint32_t b_tsval
+    uint16_t mss
+    uint16_t c_win
+    uint8_t ws_c
+    uint8_t ws_b
+    uint8_t ws_lb
+    uint8_t sopt
+
+cdef struct Opts:
+    int mss
+    int ws
+    int sackok
+    int sack
+    int ts
 
 cdef struct Real:
     uint32_t ip
@@ -161,6 +181,83 @@ def seq_add(uint32_t a, int64_t delta):
     return <uint32_t>(a + <uint32_t>(delta & 0xFFFFFFFFULL))
 
 
+cdef uint32_t _COOKIE_MSS[4]
+_COOKIE_MSS[:] = [536, 1300, 1440, 1460]
+assert list(defs.COOKIE_MSS) == [536, 1300, 1440, 1460]
+
+
+cdef inline int _tcp_options(const uint8_t *f, int start, int end, Opts *o) noexcept nogil:
+    """Offsets of the first MSS, WS, SACK-permitted, SACK and TS options in f[start:end];
+    all -1 and a return of -1 when the options are malformed (as engine_py.tcp_options)."""
+    cdef int i = start, kind, ln
+    o.mss = o.ws = o.sackok = o.sack = o.ts = -1
+    while i < end:
+        kind = f[i]
+        if kind == 0:
+            break
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= end or f[i + 1] < 2 or i + f[i + 1] > end:
+            o.mss = o.ws = o.sackok = o.sack = o.ts = -1
+            return -1
+        if kind == 2 and o.mss < 0:
+            o.mss = i
+        elif kind == 3 and o.ws < 0:
+            o.ws = i
+        elif kind == 4 and o.sackok < 0:
+            o.sackok = i
+        elif kind == 5 and o.sack < 0:
+            o.sack = i
+        elif kind == 8 and o.ts < 0:
+            o.ts = i
+        i += f[i + 1]
+    return 0
+
+
+cdef inline uint16_t _tcp_checksum(const uint8_t *f, int off, int length) noexcept nogil:
+    """Full TCP checksum of f[off:off+length] with the IPv4 pseudo-header of the frame."""
+    cdef uint32_t s = rd16(f + 26) + rd16(f + 28) + rd16(f + 30) + rd16(f + 32) + 6 + length
+    cdef int k
+    for k in range(off, off + length - 1, 2):
+        if k != off + 16:
+            s += rd16(f + k)
+    if length & 1:
+        s += <uint32_t>f[off + length - 1] << 8
+    return <uint16_t>(~_fold(s) & 0xFFFF)
+
+
+cdef inline void _patch32(uint8_t *f, int o, uint32_t v) noexcept nogil:
+    """Write a 32-bit field at frame offset o and patch the TCP checksum, word-aligned or not."""
+    cdef uint16_t old[3]
+    cdef uint16_t c
+    cdef int j
+    if ((o - 34) & 1) == 0:
+        wr16(f + 50, _csum_replace4(rd16(f + 50), rd32(f + o), v))
+        wr32(f + o, v)
+        return
+    for j in range(3):
+        old[j] = rd16(f + o - 1 + 2 * j)
+    wr32(f + o, v)
+    c = rd16(f + 50)
+    for j in range(3):
+        c = _csum_replace2(c, old[j], rd16(f + o - 1 + 2 * j))
+    wr16(f + 50, c)
+
+
+cdef inline void _patch16(uint8_t *f, int o, uint16_t v) noexcept nogil:
+    cdef uint16_t a, b, c
+    if ((o - 34) & 1) == 0:
+        wr16(f + 50, _csum_replace2(rd16(f + 50), rd16(f + o), v))
+        wr16(f + o, v)
+        return
+    a = rd16(f + o - 1)
+    b = rd16(f + o + 1)
+    wr16(f + o, v)
+    c = _csum_replace2(rd16(f + 50), a, rd16(f + o - 1))
+    wr16(f + 50, _csum_replace2(c, b, rd16(f + o + 1)))
+
+
 cdef inline void _rewrite(uint8_t *f, int ip_off, int port_off, uint32_t old_ip,
                           uint16_t old_port, uint32_t new_ip, uint16_t new_port,
                           uint8_t proto) noexcept nogil:
@@ -210,7 +307,7 @@ cdef class Engine:
     cdef uint32_t *freel
     cdef uint32_t nfree, cap, hand, sweep, nused
     cdef uint64_t mask
-    cdef int64_t tmo[8]
+    cdef int64_t tmo[16]
     cdef Real *reals
     cdef Service *svcs
     cdef uint32_t nsvc
@@ -223,6 +320,8 @@ cdef class Engine:
     cdef uint8_t has_gw
     cdef uint64_t *ctr
     cdef uint8_t *vmap
+    cdef uint64_t k0, k1
+    cdef uint32_t newlen
 
     def __cinit__(self, capacity, timeouts=None):
         if not isinstance(capacity, int) or not 1 <= capacity <= (1 << 24):
@@ -255,8 +354,12 @@ cdef class Engine:
         self.vmap[C_NAT_FWD] = V_TX
         self.vmap[C_NAT_REV] = V_TX
         self.vmap[C_DSR_FWD] = V_TX
+        self.vmap[C_SPLICE_SYNACK] = V_TX
+        self.vmap[C_SPLICE_FWD] = V_TX
+        self.vmap[C_SPLICE_REV] = V_TX
         self.vmap[C_PUNT_ARP] = V_PUNT
         self.vmap[C_PUNT_LOCAL] = V_PUNT
+        self.vmap[C_PUNT_SPLICE] = V_PUNT
         self.tab = NULL
         self.wts = NULL
         self.set_timeouts(timeouts or {})
@@ -282,6 +385,11 @@ cdef class Engine:
         cdef bytes m = check_mac(mac)
         self.local_ip = check_ip(ip)
         memcpy(self.local_mac, <const char *>m, 6)
+
+    def set_splice_secret(self, secret):
+        """The SYN-cookie key (16 bytes, random per LB or shared by LBs that must accept
+        each other's cookies)."""
+        self.k0, self.k1 = check_secret(secret)
 
     def set_gateway(self, mac):
         cdef bytes m
@@ -423,9 +531,10 @@ cdef class Engine:
     cdef void _delete(self, uint32_t idx) noexcept nogil:
         cdef Flow *e = &self.fl[idx]
         self._unlink(self.ifwd, e.hf, idx, False)
-        if e.mode != MODE_DSR:
+        if e.flags & F_REV:
             self._unlink(self.irev, e.hr, idx, True)
-        self.reals[e.real].conns -= 1
+        if e.real >= 0:
+            self.reals[e.real].conns -= 1
         e.used = 0
         self.freel[self.nfree] = idx
         self.nfree += 1
@@ -469,6 +578,7 @@ cdef class Engine:
         self._insert(self.ifwd, h, idx)
         if sv.mode != MODE_DSR:
             self._insert(self.irev, e.hr, idx)
+            e.flags |= F_REV
         r.conns += 1
         self.nused += 1
         return idx
@@ -519,6 +629,8 @@ cdef class Engine:
         if n == 0:
             return
         cdef uint32_t stride = buf.shape[1]
+        if stride < 128:
+            raise ValueError("batch snap must be >= 128 (splice builds SYN-ACKs in place)")
         with nogil:
             self._burst(&buf[0, 0], stride, &lens[0], &verdict[0], &reason[0], n, now_ms)
 
@@ -556,7 +668,10 @@ cdef class Engine:
                         tw_prefetch(&self.fl[(v & 0xFFFFFFFFULL) - 1])
             for i in range(m):
                 L = lens[j + i] if lens[j + i] < stride else stride
+                self.newlen = 0
                 r = self._one(base + <size_t>(j + i) * stride, L, now)
+                if self.newlen and self.vmap[r] == V_TX:
+                    lens[j + i] = self.newlen   # a frame made in place (splice SYN-ACK)
                 self.ctr[C_RX_FRAMES] += 1
                 self.ctr[r] += 1
                 verdict[j + i] = self.vmap[r]
@@ -645,6 +760,10 @@ cdef class Engine:
                     self._delete(idx)
                     self.ctr[C_FLOW_EXPIRED_NODEST] += 1
                     idx = -1
+            if idx < 0 and sv.mode == MODE_SPLICE:
+                if proto != PROTO_TCP:
+                    return C_DROP_MODE
+                return self._splice_new(f, n, sv, h, src, dst, sport, dport, tflags, now)
             if idx < 0:
                 if proto == PROTO_TCP:
                     if (tflags & (TH_SYN | TH_ACK | TH_RST)) == TH_SYN:
@@ -668,6 +787,8 @@ cdef class Engine:
                 return self._nat_fwd(f, n, e, tflags, now)
             if e.mode == MODE_DSR:
                 return self._dsr_fwd(f, n, e, tflags, now)
+            if e.mode == MODE_SPLICE:
+                return self._splice_fwd(f, n, e, tflags, now)
             return C_DROP_MODE
         idx = self._find(self.irev, h, src, dst, sport, dport, proto, True)
         if idx < 0:
@@ -679,7 +800,284 @@ cdef class Engine:
             return C_DROP_UNKNOWN_DEST
         if e.mode == MODE_NAT:
             return self._nat_rev(f, n, e, tflags, now)
+        if e.mode == MODE_SPLICE:
+            return self._splice_rev(f, n, e, tflags, now)
         return C_DROP_MODE
+
+    # ---- splice (see fastpath/defs.py for the cookie; modes/splice.py for the Python side) --
+    cdef inline uint32_t _h1(self, uint32_t src, uint32_t dst, uint16_t sport, uint16_t dport) noexcept nogil:
+        return <uint32_t>(_mix64(self.k0 ^ ((<uint64_t>src << 32) | dst)
+                                 ^ _mix64(self.k1 ^ ((<uint64_t>sport << 16) | dport))) & 0xFFFFFFFFULL)
+
+    cdef inline uint32_t _h2(self, uint32_t src, uint32_t dst, uint16_t sport, uint16_t dport,
+                             uint32_t cnt) noexcept nogil:
+        return <uint32_t>(_mix64(self.k1 ^ ((<uint64_t>src << 32) | dst)
+                                 ^ _mix64(self.k0 ^ ((<uint64_t>cnt << 32) | (<uint64_t>sport << 16) | dport)))
+                          & 0xFFFFFF)
+
+    cdef int _splice_new(self, uint8_t *f, uint32_t n, Service *sv, uint64_t h, uint32_t src,
+                         uint32_t dst, uint16_t sport, uint16_t dport, uint8_t tflags,
+                         int64_t now) noexcept nogil:
+        """No flow yet: a SYN gets a cookie SYN-ACK (no state); an ACK with a valid cookie
+        creates the flow in SPL_WAIT and goes up to Python."""
+        cdef uint32_t c_isn, l_isn, c, cnt, data, bits, idx
+        cdef Opts o
+        cdef Flow *e
+        if (tflags & (TH_SYN | TH_ACK | TH_RST)) == TH_SYN:
+            return self._splice_synack(f, src, dst, sport, dport, now)
+        if tflags & TH_RST or not tflags & TH_ACK:
+            return C_SPLICE_BAD_COOKIE
+        c_isn = rd32(f + 38) - 1
+        l_isn = rd32(f + 42) - 1
+        c = l_isn - self._h1(src, dst, sport, dport) - c_isn
+        cnt = c >> 24
+        if ((<uint32_t>(now >> 16) & 0xFF) - cnt) & 0xFF > COOKIE_MAX_AGE:
+            return C_SPLICE_BAD_COOKIE
+        data = (c - self._h2(src, dst, sport, dport, cnt)) & 0xFFFFFF
+        if data >= 4:
+            return C_SPLICE_BAD_COOKIE
+        _tcp_options(f, 54, 34 + (f[46] >> 4) * 4, &o)
+        if o.ts >= 0 and f[o.ts + 1] != 10:
+            o.ts = -1
+        idx = self._alloc(now)
+        e = &self.fl[idx]
+        e.cip, e.vip, e.rip, e.cport, e.vport, e.rport = src, dst, 0, sport, dport, 0
+        e.proto, e.mode, e.state, e.flags, e.real, e.used = 6, MODE_SPLICE, S_SPL_WAIT, 0, -1, 1
+        e.hf, e.hr = h, 0
+        e.created = now
+        e.last = now
+        e.pkts_rev = e.bytes_rev = 0
+        e.c_isn, e.l_isn, e.delta, e.ts_off = c_isn, l_isn, 0, 0
+        e.mss = _COOKIE_MSS[data]
+        if o.ts >= 0:
+            bits = rd32(f + o.ts + 6) & 0x3F          # what our SYN-ACK's TSval carried
+            e.ws_c = bits & 0xF
+            e.sopt = SOPT_TS | (SOPT_SACK if bits & 0x10 else 0)
+            e.c_tsval = rd32(f + o.ts + 2)
+        else:
+            e.ws_c, e.sopt, e.c_tsval = 0xF, 0, 0
+        e.ws_lb = SPLICE_WSCALE if e.ws_c != 0xF else 0
+        e.ws_b, e.b_tsval = 0, 0
+        e.c_win = rd16(f + 48)
+        e.pkts_fwd, e.bytes_fwd = 1, n
+        self._insert(self.ifwd, h, idx)
+        self.nused += 1
+        self.ctr[C_FLOW_CREATED] += 1
+        return C_PUNT_SPLICE
+
+    cdef int _splice_synack(self, uint8_t *f, uint32_t src, uint32_t dst, uint16_t sport,
+                            uint16_t dport, int64_t now) noexcept nogil:
+        cdef Opts o
+        cdef uint8_t opt[40]
+        cdef int ol = 0, k, mssi = 0
+        cdef uint32_t mss = 536, ws = 0xF, c_isn, cookie, my_ts, cnt, s
+        cdef bint sack
+        if _tcp_options(f, 54, 34 + (f[46] >> 4) * 4, &o) < 0:
+            return C_DROP_TCP_BAD_OPTIONS
+        if o.mss >= 0 and f[o.mss + 1] == 4:
+            mss = rd16(f + o.mss + 2)
+        k = 3
+        while k >= 0:
+            if mss >= _COOKIE_MSS[k]:
+                mssi = k
+                break
+            k -= 1
+        c_isn = rd32(f + 38)
+        cnt = <uint32_t>(now >> 16) & 0xFF
+        cookie = (self._h1(src, dst, sport, dport) + c_isn + (cnt << 24)
+                  + ((self._h2(src, dst, sport, dport, cnt) + mssi) & 0xFFFFFF))
+        opt[0] = 2
+        opt[1] = 4
+        wr16(opt + 2, SPLICE_MSS)
+        ol = 4
+        if o.ts >= 0 and f[o.ts + 1] == 10:
+            if o.ws >= 0 and f[o.ws + 1] == 3:
+                ws = f[o.ws + 2] if f[o.ws + 2] < 14 else 14
+            sack = o.sackok >= 0 and f[o.sackok + 1] == 2
+            my_ts = <uint32_t>((now & ~(<int64_t>0x3F)) | ws | (0x10 if sack else 0))
+            if sack:
+                opt[4] = 4
+                opt[5] = 2
+            else:
+                opt[4] = 1
+                opt[5] = 1
+            opt[6] = 8
+            opt[7] = 10
+            wr32(opt + 8, my_ts)
+            memcpy(opt + 12, f + o.ts + 2, 4)
+            ol = 16
+            if ws != 0xF:
+                opt[16] = 1
+                opt[17] = 3
+                opt[18] = 3
+                opt[19] = SPLICE_WSCALE
+                ol = 20
+        memcpy(f, f + 6, 6)
+        memcpy(f + 6, self.local_mac, 6)
+        f[12] = 8
+        f[13] = 0
+        f[14] = 0x45
+        f[15] = 0
+        wr16(f + 16, 40 + ol)
+        wr16(f + 18, 0)
+        wr16(f + 20, 0x4000)
+        f[22] = 64
+        f[23] = 6
+        wr16(f + 24, 0)
+        wr32(f + 26, dst)
+        wr32(f + 30, src)
+        s = 0
+        for k in range(14, 34, 2):
+            s += rd16(f + k)
+        wr16(f + 24, <uint16_t>(~_fold(s) & 0xFFFF))
+        wr16(f + 34, dport)
+        wr16(f + 36, sport)
+        wr32(f + 38, cookie)
+        wr32(f + 42, c_isn + 1)
+        f[46] = ((20 + ol) // 4) << 4
+        f[47] = 0x12
+        wr16(f + 48, 0xFFFF)
+        wr16(f + 50, 0)
+        wr16(f + 52, 0)
+        memcpy(f + 54, opt, ol)
+        wr16(f + 50, _tcp_checksum(f, 34, 20 + ol))
+        self.newlen = 54 + ol
+        return C_SPLICE_SYNACK
+
+    cdef int _splice_fwd(self, uint8_t *f, uint32_t n, Flow *e, uint8_t tflags, int64_t now) noexcept nogil:
+        cdef Opts o
+        cdef Real *r
+        cdef int k, ln
+        _tcp_options(f, 54, 34 + (f[46] >> 4) * 4, &o)
+        if e.state == S_SPL_WAIT or e.state == S_SPL_CONNECTING:
+            # no backend yet: Python buffers the request (and answers RST/FIN)
+            if o.ts >= 0 and f[o.ts + 1] == 10:
+                e.c_tsval = rd32(f + o.ts + 2)
+            e.c_win = rd16(f + 48)
+            e.last = now
+            e.pkts_fwd += 1
+            e.bytes_fwd += n
+            return C_PUNT_SPLICE
+        r = &self.reals[e.real]
+        if not r.has_mac:
+            return C_DROP_NO_NEIGH
+        if f[22] <= 1:
+            return C_DROP_TTL
+        _track(e, tflags, True)
+        _rewrite(f, 30, 36, e.vip, e.vport, e.rip, e.rport, 6)
+        if tflags & TH_ACK:
+            _patch32(f, 42, rd32(f + 42) - e.delta)
+        if e.sopt & SOPT_TS and o.ts >= 0 and f[o.ts + 1] == 10:
+            _patch32(f, o.ts + 6, rd32(f + o.ts + 6) - e.ts_off)
+        if o.sack >= 0:
+            ln = f[o.sack + 1]
+            k = o.sack + 2
+            while k < o.sack + ln - 7:
+                _patch32(f, k, rd32(f + k) - e.delta)
+                _patch32(f, k + 4, rd32(f + k + 4) - e.delta)
+                k += 8
+        memcpy(f, r.mac, 6)
+        memcpy(f + 6, self.local_mac, 6)
+        e.last = now
+        e.pkts_fwd += 1
+        e.bytes_fwd += n
+        return C_SPLICE_FWD
+
+    cdef int _splice_rev(self, uint8_t *f, uint32_t n, Flow *e, uint8_t tflags, int64_t now) noexcept nogil:
+        cdef Opts o
+        cdef int ts, ws
+        cdef uint32_t w
+        _tcp_options(f, 54, 34 + (f[46] >> 4) * 4, &o)
+        ts = o.ts if o.ts >= 0 and f[o.ts + 1] == 10 else -1
+        if e.state == S_SPL_CONNECTING:
+            if (tflags & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK) and rd32(f + 42) == e.c_isn + 1:
+                e.delta = e.l_isn - rd32(f + 38)
+                ws = f[o.ws + 2] if o.ws >= 0 and f[o.ws + 1] == 3 else -1
+                e.ws_b = (ws if ws < 14 else 14) if ws >= 0 and e.ws_c != 0xF else 0
+                if e.sopt & SOPT_TS and ts >= 0:
+                    e.b_tsval = rd32(f + ts + 2)
+                    # the client's view continues from our SYN-ACK's TSval (PAWS)
+                    e.ts_off = <uint32_t>(now + 64) - e.b_tsval
+                e.state = S_ESTABLISHED
+                e.last = now
+                e.pkts_rev += 1
+                e.bytes_rev += n
+                self.ctr[C_SPLICE_ESTABLISHED] += 1
+                return C_PUNT_SPLICE
+            if tflags & TH_RST:
+                return C_PUNT_SPLICE
+            return C_DROP_SPLICE_STATE
+        if e.state == S_SPL_WAIT:
+            return C_DROP_SPLICE_STATE
+        if tflags & TH_SYN:
+            # a retransmitted SYN-ACK: our ACK was lost; Python sends it (and the request) again
+            if ts >= 0:
+                e.b_tsval = rd32(f + ts + 2)
+            e.last = now
+            return C_PUNT_SPLICE
+        if not self.has_gw:
+            return C_DROP_NO_NEIGH
+        if f[22] <= 1:
+            return C_DROP_TTL
+        _track(e, tflags, False)
+        _rewrite(f, 26, 34, e.rip, e.rport, e.vip, e.vport, 6)
+        _patch32(f, 38, rd32(f + 38) + e.delta)
+        if e.ws_b != e.ws_lb:
+            w = (<uint32_t>rd16(f + 48) << e.ws_b) >> e.ws_lb
+            _patch16(f, 48, w if w < 0xFFFF else 0xFFFF)
+        if ts >= 0 and e.sopt & SOPT_TS:
+            _patch32(f, ts + 2, rd32(f + ts + 2) + e.ts_off)
+        memcpy(f, self.gw_mac, 6)
+        memcpy(f + 6, self.local_mac, 6)
+        e.last = now
+        e.pkts_rev += 1
+        e.bytes_rev += n
+        return C_SPLICE_REV
+
+    cdef int32_t _splice_lookup(self, uint32_t cip, uint16_t cport, uint32_t vip, uint16_t vport):
+        cdef uint64_t h = _flow_hash(cip, vip, cport, vport, 6)
+        cdef int32_t idx = self._find(self.ifwd, h, cip, vip, cport, vport, 6, False)
+        if idx >= 0 and self.fl[idx].mode == MODE_SPLICE:
+            return idx
+        return -1
+
+    def splice_flow(self, cip, cport, vip, vport):
+        """The splice state Python needs to talk to the backend as the client, or None."""
+        cdef int32_t idx = self._splice_lookup(cip, cport, vip, vport)
+        if idx < 0:
+            return None
+        cdef Flow *e = &self.fl[idx]
+        return {"state": e.state, "real": e.real, "rip": e.rip, "rport": e.rport,
+                "c_isn": e.c_isn, "l_isn": e.l_isn, "s_isn": <uint32_t>(e.l_isn - e.delta),
+                "mss": e.mss, "ws_c": e.ws_c, "ws_b": e.ws_b, "ws_lb": e.ws_lb,
+                "sopt": e.sopt, "c_tsval": e.c_tsval, "c_win": e.c_win, "b_tsval": e.b_tsval,
+                "ts_off": e.ts_off}
+
+    def splice_bind(self, cip, cport, vip, vport, real, int64_t now_ms):
+        """Bind a flow in SPL_WAIT to a backend: it enters the reverse index (the backend's
+        SYN-ACK will find it) and SPL_CONNECTING. False when there is no such flow."""
+        check_real_idx(real)
+        cdef int32_t idx = self._splice_lookup(cip, cport, vip, vport)
+        if idx < 0 or self.fl[idx].state != S_SPL_WAIT:
+            return False
+        cdef Flow *e = &self.fl[idx]
+        cdef Real *r = &self.reals[<int>real]
+        e.real, e.rip, e.rport = real, r.ip, r.port
+        e.hr = _flow_hash(r.ip, cip, r.port, cport, 6)
+        self._insert(self.irev, e.hr, idx)
+        e.flags |= F_REV
+        r.conns += 1
+        e.state = S_SPL_CONNECTING
+        e.last = now_ms
+        return True
+
+    def splice_drop(self, cip, cport, vip, vport):
+        """Forget a splice flow (refused, redirected, backend never answered)."""
+        cdef int32_t idx = self._splice_lookup(cip, cport, vip, vport)
+        if idx < 0:
+            return False
+        self._delete(idx)
+        return True
 
     # ---- transmit routines (one per mode; IPVS's *_xmit) ---------------------------------
     cdef int _nat_fwd(self, uint8_t *f, uint32_t n, Flow *e, uint8_t tflags, int64_t now) noexcept nogil:

@@ -20,6 +20,13 @@ def check_mac(mac):
     return bytes(mac)
 
 
+def check_secret(secret):
+    """16 bytes -> the two 64-bit keys of the SYN-cookie hash."""
+    if not isinstance(secret, (bytes, bytearray)) or len(secret) != 16:
+        raise ValueError("the splice secret must be 16 bytes")
+    return int.from_bytes(secret[:8], "big"), int.from_bytes(secret[8:], "big")
+
+
 def check_real_idx(idx):
     if not isinstance(idx, int) or not 0 <= idx < defs.MAX_REALS:
         raise ValueError("real index must be 0..%d, got %r" % (defs.MAX_REALS - 1, idx))

@@ -12,7 +12,7 @@ Byte order: addresses and ports cross every API as host integers (198.19.0.2 is
 V_NONE = 0   # not processed (beyond Batch.n)
 V_TX = 1     # rewritten in place; send it out of the data-plane interface
 V_DROP = 2   # dropped; Batch.reason names the counter that was bumped
-V_PUNT = 3   # handed up to Python (ARP, traffic for the LB's own address)
+V_PUNT = 3   # handed up to Python (ARP, traffic for the LB's own address, splice set-up)
 
 # --- forwarding modes (pinned per flow at creation) ----------------------------------------
 MODE_NAT = 1
@@ -39,12 +39,28 @@ S_FIN_WAIT = 3     # a FIN from one side
 S_TIME_WAIT = 4    # FINs from both sides
 S_CLOSE = 5        # RST seen
 S_UDP = 6
-STATE_NAMES = ["SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "TIME_WAIT", "CLOSE", "UDP"]
+S_SPL_WAIT = 7        # splice: cookie valid, reading the request (no backend yet)
+S_SPL_CONNECTING = 8  # splice: SYN sent to the chosen backend, waiting for its SYN-ACK
+STATE_NAMES = ["SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "TIME_WAIT", "CLOSE", "UDP",
+               "SPL_WAIT", "SPL_CONNECTING"]
 # config key (flows.timeouts.<key>) -> state, and defaults in seconds
 TIMEOUT_KEYS = ["tcp_syn", "tcp_syn", "tcp_established", "tcp_fin_wait", "tcp_time_wait",
-                "tcp_close", "udp"]
+                "tcp_close", "udp", "splice_wait", "tcp_syn"]
 DEFAULT_TIMEOUTS = {"tcp_syn": 60, "tcp_established": 900, "tcp_fin_wait": 120,
-                    "tcp_time_wait": 60, "tcp_close": 10, "udp": 300}
+                    "tcp_time_wait": 60, "tcp_close": 10, "udp": 300, "splice_wait": 10}
+
+# --- splice: SYN cookies in the manner of Linux (net/ipv4/syncookies.c) -----------------------
+# ISN = h1(4-tuple) + client ISN + (count << 24) + ((h2(4-tuple, count) + mss index) mod 2^24),
+# count = now_ms >> 16 (a 65.5 s tick; a cookie is good for COOKIE_MAX_AGE ticks). When the
+# client sent timestamps, our TSval carries its window scale (bits 0-3, 0xf = none), SACK
+# permitted (bit 4) and ECN (bit 5, never set: we do not negotiate ECN); without timestamps
+# the SYN-ACK offers only MSS, as Linux does in cookie mode.
+COOKIE_MSS = [536, 1300, 1440, 1460]
+COOKIE_MAX_AGE = 2
+SPLICE_MSS = 1460     # what the LB announces to clients (backends share its layer 2 and MTU)
+SPLICE_WSCALE = 7     # the LB's window scale towards clients; backend windows are rescaled to it
+SOPT_TS = 1           # splice flow options: timestamps negotiated
+SOPT_SACK = 2         # SACK permitted
 
 # ServiceSpec.flags
 SVC_EXPIRE_NODEST = 1   # a flow whose backend is down is expired on its next packet, which is
@@ -53,6 +69,7 @@ SVC_EXPIRE_NODEST = 1   # a flow whose backend is down is expired on its next pa
 # flow flags
 F_FIN_C = 1   # FIN seen from the client
 F_FIN_S = 2   # FIN seen from the server
+F_REV = 4     # the flow is in the reverse index (nat; splice once bound to a backend)
 
 # Eviction when the table is full: the least recently seen of EVICT_SAMPLE entries after a
 # rotating clock hand is evicted (an expired one first) and the new flow is served.
@@ -95,6 +112,14 @@ COUNTERS = [
     "flow_evicted",           # event: table full, sampled-LRU victim freed
     "flow_recreated",         # event: non-SYN with no flow re-created by a consistent hash
     "flow_expired_nodest",    # event: flow to a down backend expired (SVC_EXPIRE_NODEST)
+    "splice_synack",          # SYN to a splice VIP answered with a cookie SYN-ACK (no state)
+    "splice_bad_cookie",      # non-SYN to a splice VIP with no flow and no valid cookie
+    "drop_tcp_bad_options",   # splice: SYN options malformed (length 0/1 or past the header)
+    "punt_splice",            # splice frame for Python: request bytes, backend SYN-ACK, RST
+    "splice_fwd",             # client -> backend, ack/SACK/TSecr translated
+    "splice_rev",             # backend -> client, seq/TSval/window translated
+    "drop_splice_state",      # splice frame that fits no state (e.g. backend data before bind)
+    "splice_established",     # event: backend SYN-ACK recorded, the two halves are spliced
 ]
 C = {name: i for i, name in enumerate(COUNTERS)}
 N_COUNTERS = len(COUNTERS)

@@ -20,12 +20,15 @@ import numpy as np
 
 from . import defs
 from .checks import (check_ip as _check_ip, check_mac as _check_mac, check_port as _check_port,
-                     check_real_idx as _check_real_idx, check_specs as _check_specs)
+                     check_real_idx as _check_real_idx, check_secret as _check_secret,
+                     check_specs as _check_specs)
 from .defs import C
 
 MASK64 = (1 << 64) - 1
-_TX_REASONS = {C["nat_fwd"], C["nat_rev"], C["dsr_fwd"]}
-_PUNT_REASONS = {C["punt_arp"], C["punt_local"]}
+_TX_REASONS = {C["nat_fwd"], C["nat_rev"], C["dsr_fwd"], C["splice_synack"], C["splice_fwd"],
+               C["splice_rev"]}
+_PUNT_REASONS = {C["punt_arp"], C["punt_local"], C["punt_splice"]}
+M32 = 0xFFFFFFFF
 BCAST = b"\xff" * 6
 
 TH_FIN, TH_SYN, TH_RST, TH_ACK = 0x01, 0x02, 0x04, 0x10
@@ -109,7 +112,12 @@ def _put32(f, o, v):
 class _Flow:
     __slots__ = ("cip", "vip", "rip", "cport", "vport", "rport", "proto", "mode", "state",
                  "flags", "real", "used", "hf", "hr", "created", "last",
-                 "pkts_fwd", "pkts_rev", "bytes_fwd", "bytes_rev")
+                 "pkts_fwd", "pkts_rev", "bytes_fwd", "bytes_rev",
+                 # splice: ISNs (client, ours = the cookie), server seq delta, TS offset,
+                 # MSS from the cookie, window scales (client, backend, ours), options,
+                 # the client's latest TSval and window, the backend's latest TSval
+                 "c_isn", "l_isn", "delta", "ts_off", "mss", "ws_c", "ws_b", "ws_lb", "sopt",
+                 "c_tsval", "c_win", "b_tsval")
 
     def __init__(self):
         self.used = 0
@@ -151,6 +159,8 @@ class Engine:
         self.local_mac = b"\0" * 6
         self.gw_mac = None
         self.ctr = [0] * defs.N_COUNTERS
+        self.k0 = self.k1 = 0
+        self._newlen = 0
 
     # ---- control side -------------------------------------------------------------------
     def set_timeouts(self, timeouts):
@@ -166,6 +176,11 @@ class Engine:
     def set_local(self, ip, mac):
         self.local_ip = _check_ip(ip)
         self.local_mac = _check_mac(mac)
+
+    def set_splice_secret(self, secret):
+        """The SYN-cookie key (16 bytes, random per LB or shared by LBs that must accept
+        each other's cookies)."""
+        self.k0, self.k1 = _check_secret(secret)
 
     def set_gateway(self, mac):
         self.gw_mac = None if mac is None else _check_mac(mac)
@@ -267,9 +282,10 @@ class Engine:
     def _delete(self, idx):
         e = self.flows_[idx]
         self._unlink(self.ifwd, e.hf, idx, False)
-        if e.mode != defs.MODE_DSR:
+        if e.flags & defs.F_REV:
             self._unlink(self.irev, e.hr, idx, True)
-        self.reals[e.real].conns -= 1
+        if e.real >= 0:
+            self.reals[e.real].conns -= 1
         e.used = 0
         self.free.append(idx)
         self.nused -= 1
@@ -306,6 +322,7 @@ class Engine:
         self._insert(self.ifwd, h, idx)
         if sv.mode != defs.MODE_DSR:
             self._insert(self.irev, e.hr, idx)
+            e.flags |= defs.F_REV
         r.conns += 1
         self.nused += 1
         return idx
@@ -332,10 +349,13 @@ class Engine:
 
     # ---- per packet ---------------------------------------------------------------------
     def process(self, batch, now_ms):
+        if batch.n and batch.snap < 128:
+            raise ValueError("batch snap must be >= 128 (splice builds SYN-ACKs in place)")
         ctr = self.ctr
         for i in range(batch.n):
             n = min(int(batch.lens[i]), batch.snap)
             f = bytearray(batch.buf[i, :n].tobytes())
+            self._newlen = 0
             reason = self._one(f, n, now_ms)
             ctr[C["rx_frames"]] += 1
             ctr[reason] += 1
@@ -343,7 +363,10 @@ class Engine:
             batch.verdict[i] = v
             batch.reason[i] = reason
             if v == defs.V_TX:
-                batch.buf[i, :n] = np.frombuffer(bytes(f), np.uint8)
+                if self._newlen:      # a frame made in place (splice SYN-ACK) may change size
+                    n = self._newlen
+                    batch.lens[i] = n
+                batch.buf[i, :n] = np.frombuffer(bytes(f[:n]), np.uint8)
 
     def _one(self, f, n, now):
         if n < 14:
@@ -418,6 +441,10 @@ class Engine:
                     self._delete(idx)
                     self.ctr[C["flow_expired_nodest"]] += 1
                     idx = -1
+            if idx < 0 and sv.mode == defs.MODE_SPLICE:
+                if proto != defs.PROTO_TCP:
+                    return C["drop_mode"]
+                return self._splice_new(f, n, sv, h, src, dst, sport, dport, tflags, now)
             if idx < 0:
                 if proto == defs.PROTO_TCP:
                     if (tflags & (TH_SYN | TH_ACK | TH_RST)) == TH_SYN:
@@ -441,6 +468,8 @@ class Engine:
                 return self._nat_fwd(f, n, e, tflags, now)
             if e.mode == defs.MODE_DSR:
                 return self._dsr_fwd(f, n, e, tflags, now)
+            if e.mode == defs.MODE_SPLICE:
+                return self._splice_fwd(f, n, e, tflags, now)
             return C["drop_mode"]
         idx = self._find(self.irev, h, src, dst, sport, dport, proto, True)
         if idx < 0:
@@ -452,6 +481,8 @@ class Engine:
             return C["drop_unknown_dest"]
         if e.mode == defs.MODE_NAT:
             return self._nat_rev(f, n, e, tflags, now)
+        if e.mode == defs.MODE_SPLICE:
+            return self._splice_rev(f, n, e, tflags, now)
         return C["drop_mode"]
 
     # ---- transmit routines (one per mode; IPVS's *_xmit) ---------------------------------
@@ -498,6 +529,291 @@ class Engine:
         e.pkts_fwd += 1
         e.bytes_fwd += n
         return C["dsr_fwd"]
+
+    # ---- splice (see fastpath/defs.py for the cookie; modes/splice.py for the Python side) --
+    def _h1(self, src, dst, sport, dport):
+        return mix64(self.k0 ^ ((src << 32) | dst) ^ mix64(self.k1 ^ ((sport << 16) | dport))) & M32
+
+    def _h2(self, src, dst, sport, dport, cnt):
+        return mix64(self.k1 ^ ((src << 32) | dst)
+                     ^ mix64(self.k0 ^ ((cnt << 32) | (sport << 16) | dport))) & 0xFFFFFF
+
+    def _cookie(self, src, dst, sport, dport, c_isn, cnt, data):
+        return (self._h1(src, dst, sport, dport) + c_isn + (cnt << 24)
+                + ((self._h2(src, dst, sport, dport, cnt) + data) & 0xFFFFFF)) & M32
+
+    def _cookie_check(self, src, dst, sport, dport, c_isn, cookie, now):
+        """The MSS index the cookie carries, or -1 when it is not ours or too old."""
+        c = (cookie - self._h1(src, dst, sport, dport) - c_isn) & M32
+        cnt = c >> 24
+        if (((now >> 16) & 0xFF) - cnt) & 0xFF > defs.COOKIE_MAX_AGE:
+            return -1
+        data = (c - self._h2(src, dst, sport, dport, cnt)) & 0xFFFFFF
+        return data if data < len(defs.COOKIE_MSS) else -1
+
+    def _splice_new(self, f, n, sv, h, src, dst, sport, dport, tflags, now):
+        """No flow yet: a SYN gets a cookie SYN-ACK (no state); an ACK with a valid cookie
+        creates the flow in SPL_WAIT and goes up to Python."""
+        if (tflags & (TH_SYN | TH_ACK | TH_RST)) == TH_SYN:
+            return self._splice_synack(f, src, dst, sport, dport, now)
+        if tflags & TH_RST or not tflags & TH_ACK:
+            return C["splice_bad_cookie"]
+        c_isn = (_u32(f, 38) - 1) & M32
+        l_isn = (_u32(f, 42) - 1) & M32
+        mssi = self._cookie_check(src, dst, sport, dport, c_isn, l_isn, now)
+        if mssi < 0:
+            return C["splice_bad_cookie"]
+        doff = (f[46] >> 4) * 4
+        opts = tcp_options(f, 54, 34 + doff)
+        ts = opts.get(8) if opts is not None else None
+        if ts is not None and f[ts + 1] != 10:
+            ts = None
+        idx = self._alloc(now)
+        e = self.flows_[idx]
+        e.cip, e.vip, e.rip, e.cport, e.vport, e.rport = src, dst, 0, sport, dport, 0
+        e.proto, e.mode, e.state, e.flags, e.real, e.used = 6, defs.MODE_SPLICE, defs.S_SPL_WAIT, 0, -1, 1
+        e.hf, e.hr = h, 0
+        e.created = e.last = now
+        e.pkts_fwd = e.pkts_rev = e.bytes_fwd = e.bytes_rev = 0
+        e.c_isn, e.l_isn, e.delta, e.ts_off = c_isn, l_isn, 0, 0
+        e.mss = defs.COOKIE_MSS[mssi]
+        if ts is not None:
+            bits = _u32(f, ts + 6) & 0x3F          # what our SYN-ACK's TSval carried
+            e.ws_c = bits & 0xF
+            e.sopt = defs.SOPT_TS | (defs.SOPT_SACK if bits & 0x10 else 0)
+            e.c_tsval = _u32(f, ts + 2)
+        else:
+            e.ws_c, e.sopt, e.c_tsval = 0xF, 0, 0
+        e.ws_lb = defs.SPLICE_WSCALE if e.ws_c != 0xF else 0
+        e.ws_b, e.b_tsval = 0, 0
+        e.c_win = _u16(f, 48)
+        e.pkts_fwd, e.bytes_fwd = 1, n
+        self._insert(self.ifwd, h, idx)
+        self.nused += 1
+        self.ctr[C["flow_created"]] += 1
+        return C["punt_splice"]
+
+    def _splice_synack(self, f, src, dst, sport, dport, now):
+        doff = (f[46] >> 4) * 4
+        opts = tcp_options(f, 54, 34 + doff)
+        if opts is None:
+            return C["drop_tcp_bad_options"]
+        mss = _u16(f, opts[2] + 2) if 2 in opts and f[opts[2] + 1] == 4 else 536
+        mssi = 0
+        for k in range(len(defs.COOKIE_MSS) - 1, -1, -1):
+            if mss >= defs.COOKIE_MSS[k]:
+                mssi = k
+                break
+        c_isn = _u32(f, 38)
+        cookie = self._cookie(src, dst, sport, dport, c_isn, (now >> 16) & 0xFF, mssi)
+        o = bytearray([2, 4, defs.SPLICE_MSS >> 8, defs.SPLICE_MSS & 0xFF])
+        if 8 in opts and f[opts[8] + 1] == 10:
+            ws = min(f[opts[3] + 2], 14) if 3 in opts and f[opts[3] + 1] == 3 else 0xF
+            sack = 4 in opts and f[opts[4] + 1] == 2
+            my_ts = ((now & ~0x3F) | ws | (0x10 if sack else 0)) & M32
+            o += bytes([4, 2]) if sack else bytes([1, 1])
+            o += bytes([8, 10]) + my_ts.to_bytes(4, "big") + bytes(f[opts[8] + 2:opts[8] + 6])
+            if ws != 0xF:
+                o += bytes([1, 3, 3, defs.SPLICE_WSCALE])
+        tcp_len = 20 + len(o)
+        f[0:6] = f[6:12]
+        f[6:12] = self.local_mac
+        f[12:14] = b"\x08\x00"
+        f[14:34] = (b"\x45\x00" + (20 + tcp_len).to_bytes(2, "big") + b"\x00\x00\x40\x00\x40\x06\x00\x00"
+                    + dst.to_bytes(4, "big") + src.to_bytes(4, "big"))
+        _put16(f, 24, ~csum_fold(sum(_u16(f, k) for k in range(14, 34, 2))) & 0xFFFF)
+        f[34:54] = (dport.to_bytes(2, "big") + sport.to_bytes(2, "big") + cookie.to_bytes(4, "big")
+                    + ((c_isn + 1) & M32).to_bytes(4, "big") + bytes([(tcp_len // 4) << 4, 0x12])
+                    + b"\xff\xff\x00\x00\x00\x00")
+        f[54:54 + len(o)] = o
+        _put16(f, 50, tcp_checksum(f, 34, tcp_len))
+        self._newlen = 34 + tcp_len
+        return C["splice_synack"]
+
+    def _splice_fwd(self, f, n, e, tflags, now):
+        doff = (f[46] >> 4) * 4
+        opts = tcp_options(f, 54, 34 + doff) or {}
+        if e.state == defs.S_SPL_WAIT or e.state == defs.S_SPL_CONNECTING:
+            # no backend yet: Python buffers the request (and answers RST/FIN)
+            if 8 in opts and f[opts[8] + 1] == 10:
+                e.c_tsval = _u32(f, opts[8] + 2)
+            e.c_win = _u16(f, 48)
+            e.last = now
+            e.pkts_fwd += 1
+            e.bytes_fwd += n
+            return C["punt_splice"]
+        r = self.reals[e.real]
+        if r.mac is None:
+            return C["drop_no_neigh"]
+        if f[22] <= 1:
+            return C["drop_ttl"]
+        _track(e, tflags, True)
+        _rewrite(f, 30, 36, e.vip, e.vport, e.rip, e.rport, 6)
+        if tflags & TH_ACK:
+            _patch32(f, 42, (_u32(f, 42) - e.delta) & M32)
+        if e.sopt & defs.SOPT_TS and 8 in opts and f[opts[8] + 1] == 10:
+            _patch32(f, opts[8] + 6, (_u32(f, opts[8] + 6) - e.ts_off) & M32)
+        if 5 in opts:
+            o, ln = opts[5], f[opts[5] + 1]
+            for k in range(o + 2, o + ln - 7, 8):
+                _patch32(f, k, (_u32(f, k) - e.delta) & M32)
+                _patch32(f, k + 4, (_u32(f, k + 4) - e.delta) & M32)
+        f[0:6] = r.mac
+        f[6:12] = self.local_mac
+        e.last = now
+        e.pkts_fwd += 1
+        e.bytes_fwd += n
+        return C["splice_fwd"]
+
+    def _splice_rev(self, f, n, e, tflags, now):
+        doff = (f[46] >> 4) * 4
+        opts = tcp_options(f, 54, 34 + doff) or {}
+        ts = opts[8] if 8 in opts and f[opts[8] + 1] == 10 else -1
+        if e.state == defs.S_SPL_CONNECTING:
+            if ((tflags & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK)
+                    and _u32(f, 42) == (e.c_isn + 1) & M32):
+                e.delta = (e.l_isn - _u32(f, 38)) & M32
+                ws = f[opts[3] + 2] if 3 in opts and f[opts[3] + 1] == 3 else -1
+                e.ws_b = min(ws, 14) if ws >= 0 and e.ws_c != 0xF else 0
+                if e.sopt & defs.SOPT_TS and ts >= 0:
+                    e.b_tsval = _u32(f, ts + 2)
+                    # the client's view continues from our SYN-ACK's TSval (PAWS)
+                    e.ts_off = (now + 64 - e.b_tsval) & M32
+                e.state = defs.S_ESTABLISHED
+                e.last = now
+                e.pkts_rev += 1
+                e.bytes_rev += n
+                self.ctr[C["splice_established"]] += 1
+                return C["punt_splice"]
+            if tflags & TH_RST:
+                return C["punt_splice"]
+            return C["drop_splice_state"]
+        if e.state == defs.S_SPL_WAIT:
+            return C["drop_splice_state"]
+        if tflags & TH_SYN:
+            # a retransmitted SYN-ACK: our ACK was lost; Python sends it (and the request) again
+            if ts >= 0:
+                e.b_tsval = _u32(f, ts + 2)
+            e.last = now
+            return C["punt_splice"]
+        if self.gw_mac is None:
+            return C["drop_no_neigh"]
+        if f[22] <= 1:
+            return C["drop_ttl"]
+        _track(e, tflags, False)
+        _rewrite(f, 26, 34, e.rip, e.rport, e.vip, e.vport, 6)
+        _patch32(f, 38, (_u32(f, 38) + e.delta) & M32)
+        if e.ws_b != e.ws_lb:
+            w = _u16(f, 48)
+            _patch16(f, 48, min(0xFFFF, (w << e.ws_b) >> e.ws_lb))
+        if ts >= 0 and e.sopt & defs.SOPT_TS:
+            _patch32(f, ts + 2, (_u32(f, ts + 2) + e.ts_off) & M32)
+        f[0:6] = self.gw_mac
+        f[6:12] = self.local_mac
+        e.last = now
+        e.pkts_rev += 1
+        e.bytes_rev += n
+        return C["splice_rev"]
+
+    def _splice_lookup(self, cip, cport, vip, vport):
+        h = flow_hash(cip, vip, cport, vport, 6)
+        idx = self._find(self.ifwd, h, cip, vip, cport, vport, 6, False)
+        if idx >= 0 and self.flows_[idx].mode == defs.MODE_SPLICE:
+            return idx
+        return -1
+
+    def splice_flow(self, cip, cport, vip, vport):
+        """The splice state Python needs to talk to the backend as the client, or None."""
+        idx = self._splice_lookup(cip, cport, vip, vport)
+        if idx < 0:
+            return None
+        e = self.flows_[idx]
+        return {"state": e.state, "real": e.real, "rip": e.rip, "rport": e.rport,
+                "c_isn": e.c_isn, "l_isn": e.l_isn, "s_isn": (e.l_isn - e.delta) & M32,
+                "mss": e.mss, "ws_c": e.ws_c, "ws_b": e.ws_b, "ws_lb": e.ws_lb,
+                "sopt": e.sopt, "c_tsval": e.c_tsval, "c_win": e.c_win, "b_tsval": e.b_tsval,
+                "ts_off": e.ts_off}
+
+    def splice_bind(self, cip, cport, vip, vport, real, now_ms):
+        """Bind a flow in SPL_WAIT to a backend: it enters the reverse index (the backend's
+        SYN-ACK will find it) and SPL_CONNECTING. False when there is no such flow."""
+        _check_real_idx(real)
+        idx = self._splice_lookup(cip, cport, vip, vport)
+        if idx < 0 or self.flows_[idx].state != defs.S_SPL_WAIT:
+            return False
+        e = self.flows_[idx]
+        r = self.reals[real]
+        e.real, e.rip, e.rport = real, r.ip, r.port
+        e.hr = flow_hash(r.ip, cip, r.port, cport, 6)
+        self._insert(self.irev, e.hr, idx)
+        e.flags |= defs.F_REV
+        r.conns += 1
+        e.state = defs.S_SPL_CONNECTING
+        e.last = now_ms
+        return True
+
+    def splice_drop(self, cip, cport, vip, vport):
+        """Forget a splice flow (refused, redirected, backend never answered)."""
+        idx = self._splice_lookup(cip, cport, vip, vport)
+        if idx < 0:
+            return False
+        self._delete(idx)
+        return True
+
+
+def tcp_options(f, start, end):
+    """{kind: offset} of the TCP options in f[start:end] (first of each kind), or None when
+    they are malformed (a length below 2 or running past the header)."""
+    out = {}
+    i = start
+    while i < end:
+        kind = f[i]
+        if kind == 0:
+            break
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= end or f[i + 1] < 2 or i + f[i + 1] > end:
+            return None
+        out.setdefault(kind, i)
+        i += f[i + 1]
+    return out
+
+
+def tcp_checksum(f, off, length):
+    """Full TCP checksum of f[off:off+length] with the IPv4 pseudo-header of the frame."""
+    s = _u16(f, 26) + _u16(f, 28) + _u16(f, 30) + _u16(f, 32) + 6 + length
+    for k in range(off, off + length - 1, 2):
+        if k != off + 16:
+            s += _u16(f, k)
+    if length & 1:
+        s += f[off + length - 1] << 8
+    return ~csum_fold(s) & 0xFFFF
+
+
+def _patch32(f, o, v):
+    """Write a 32-bit field at frame offset o and patch the TCP checksum, word-aligned or not."""
+    if (o - 34) & 1 == 0:
+        _put16(f, 50, csum_replace4(_u16(f, 50), _u32(f, o), v))
+        _put32(f, o, v)
+        return
+    old = [_u16(f, k) for k in range(o - 1, o + 5, 2)]
+    _put32(f, o, v)
+    c = _u16(f, 50)
+    for j, k in enumerate(range(o - 1, o + 5, 2)):
+        c = csum_replace2(c, old[j], _u16(f, k))
+    _put16(f, 50, c)
+
+
+def _patch16(f, o, v):
+    if (o - 34) & 1 == 0:
+        _put16(f, 50, csum_replace2(_u16(f, 50), _u16(f, o), v))
+        _put16(f, o, v)
+        return
+    old = [_u16(f, o - 1), _u16(f, o + 1)]
+    _put16(f, o, v)
+    c = csum_replace2(_u16(f, 50), old[0], _u16(f, o - 1))
+    _put16(f, 50, csum_replace2(c, old[1], _u16(f, o + 1)))
 
 
 def _rewrite(f, ip_off, port_off, old_ip, old_port, new_ip, new_port, proto):

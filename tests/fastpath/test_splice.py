@@ -1,0 +1,213 @@
+"""splice in the fast path, on both twins: the cookie SYN-ACK, the cookie check that creates
+the flow, binding, the backend's SYN-ACK, and translation both ways (seq/ack across 2^32,
+SACK blocks, timestamps, window scale, an odd-aligned option). Expected frames are built
+independently with dpkt (full checksums), so a byte-equal frame also proves the patches."""
+import struct
+
+import pytest
+
+from fastpath import Batch, ServiceSpec, defs
+from tools import frames as F
+
+from .fixtures import B1, CLIENT, GW, LB, REALS, make_engine
+
+VIP = "198.19.100.6"
+SECRET = bytes(range(16))
+NOW = 5_000_000          # ms
+B1_IP, B1_PORT = REALS[0][0], REALS[0][1]
+M32 = 0xFFFFFFFF
+
+
+def opt_ts(tsval, tsecr, lead=b"\x01\x01", tail=b""):
+    return lead + b"\x08\x0a" + struct.pack("!II", tsval, tsecr) + tail
+
+
+def syn_opts(ts=1000, ws=7, sack=True, mss=1460):
+    o = struct.pack("!BBH", 2, 4, mss)
+    if ts is not None:
+        o += (b"\x04\x02" if sack else b"\x01\x01") + b"\x08\x0a" + struct.pack("!II", ts, 0)
+    else:
+        o += b"\x01\x01\x04\x02" if sack else b""
+    if ws is not None:
+        o += b"\x01\x03\x03" + bytes([ws])
+    return o
+
+
+def engine(impl):
+    e = make_engine(impl.Engine, ServiceSpec)
+    e.set_splice_secret(SECRET)
+    e.set_services([ServiceSpec(F.ip2int(VIP), 80, 6, defs.MODE_SPLICE, defs.SCHED_SEQ, [0], [1])])
+    return e
+
+
+def run(e, frame, now=NOW):
+    b = Batch(1)
+    b.load([frame])
+    e.process(b, now)
+    return b.results()[0]
+
+
+def parse(frame):
+    import dpkt
+    return dpkt.ethernet.Ethernet(frame).data.data
+
+
+def tcp_opts(t):
+    import dpkt
+    return dict(dpkt.tcp.parse_opts(t.opts))
+
+
+def handshake(e, sport=40000, c_isn=0x7FFFFFF0, ts=True, ws=7):
+    syn = F.tcp(GW, LB, CLIENT, VIP, sport, 80, flags=F.TH_SYN, seq=c_isn,
+                opts=syn_opts(ts=1000 if ts else None, ws=ws))
+    v, reason, out = run(e, syn)
+    assert (v, reason) == (defs.V_TX, "splice_synack")
+    return c_isn, out
+
+
+def test_syn_gets_a_cookie_synack_and_no_state(impl):
+    e = engine(impl)
+    c_isn, out = handshake(e)
+    assert F.checksums_ok(out) and e.flow_count() == 0
+    assert out[0:6] == GW and out[6:12] == LB
+    t = parse(out)
+    assert (F.int2ip(int.from_bytes(out[26:30], "big")), t.sport, t.dport) == (VIP, 80, 40000)
+    assert t.flags == F.TH_SYN | F.TH_ACK and t.ack == (c_isn + 1) & M32
+    o = tcp_opts(t)
+    assert struct.unpack("!H", o[2])[0] == defs.SPLICE_MSS and o[3] == bytes([defs.SPLICE_WSCALE])
+    assert 4 in o
+    tsval, tsecr = struct.unpack("!II", o[8])
+    assert tsecr == 1000 and tsval & 0x3F == 7 | 0x10     # wscale 7 and SACK in our TSval
+    assert e.counters()["splice_synack"] == 1
+
+
+def test_synack_without_timestamps_offers_only_mss(impl):
+    e = engine(impl)
+    _, out = handshake(e, ts=False)
+    assert set(tcp_opts(parse(out))) == {2}
+
+
+def test_bad_and_stale_cookies_are_dropped(impl):
+    e = engine(impl)
+    c_isn, out = handshake(e)
+    cookie = parse(out).seq
+    ack = F.tcp(GW, LB, CLIENT, VIP, 40000, 80, flags=F.TH_ACK, seq=c_isn + 1, ack=cookie + 2)
+    assert run(e, ack)[1] == "splice_bad_cookie"
+    ok = F.tcp(GW, LB, CLIENT, VIP, 40000, 80, flags=F.TH_ACK, seq=c_isn + 1, ack=(cookie + 1) & M32)
+    assert run(e, ok, now=NOW + 3 * 65536)[1] == "splice_bad_cookie"      # 3 ticks old
+    assert run(e, ok, now=NOW + 65536)[1] == "punt_splice"                 # 1 tick old: fine
+    assert e.flow_count() == 1
+
+
+def test_malformed_syn_options_are_dropped(impl):
+    e = engine(impl)
+    syn = F.tcp(GW, LB, CLIENT, VIP, 1, 80, flags=F.TH_SYN, opts=b"\x02\x00\x00\x00")
+    assert run(e, syn)[1] == "drop_tcp_bad_options"
+
+
+def test_a_spliced_connection_both_ways(impl):
+    e = engine(impl)
+    c_isn, out = handshake(e)
+    cookie = parse(out).seq
+    our_ts = struct.unpack("!II", tcp_opts(parse(out))[8])[0]
+    req = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
+    ack = F.tcp(GW, LB, CLIENT, VIP, 40000, 80, flags=F.TH_ACK | F.TH_PUSH, seq=c_isn + 1,
+                ack=(cookie + 1) & M32, win=502, data=req, opts=opt_ts(1001, our_ts))
+    assert run(e, ack)[:2] == (defs.V_PUNT, "punt_splice")
+    fl = e.splice_flow(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80)
+    assert fl["state"] == defs.S_SPL_WAIT and fl["c_isn"] == c_isn and fl["l_isn"] == cookie
+    assert (fl["mss"], fl["ws_c"], fl["ws_lb"], fl["sopt"]) == (1460, 7, 7, defs.SOPT_TS | defs.SOPT_SACK)
+    assert fl["c_tsval"] == 1001 and fl["c_win"] == 502
+    # data from the backend before binding fits no state
+    assert e.splice_bind(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80, 0, NOW)
+    assert not e.splice_bind(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80, 0, NOW)   # only once
+    s_isn = 0xFFFFFFF0                                     # server sequence wraps 2^32
+    synack = F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000, flags=F.TH_SYN | F.TH_ACK, seq=s_isn,
+                   ack=c_isn + 1, opts=syn_opts(ts=5000, ws=9)[:4] + opt_ts(5000, 1001, lead=b"\x04\x02") + b"\x01\x03\x03\x09")
+    assert run(e, synack)[:2] == (defs.V_PUNT, "punt_splice")
+    fl = e.splice_flow(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80)
+    assert fl["state"] == defs.S_ESTABLISHED and fl["s_isn"] == s_isn and fl["ws_b"] == 9
+    delta = (cookie - s_isn) & M32
+    ts_off = (NOW + 64 - 5000) & M32
+    assert fl["b_tsval"] == 5000 and fl["ts_off"] == ts_off
+
+    # backend -> client: seq + delta, TSval + offset, window 100 << 9 >> 7
+    resp = b"HTTP/1.1 200 OK\r\n\r\nhello"
+    data = F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000, flags=F.TH_ACK | F.TH_PUSH,
+                 seq=(s_isn + 1) & M32, ack=c_isn + 1 + len(req), win=100, data=resp,
+                 opts=opt_ts(5001, 1001))
+    want = F.tcp(LB, GW, VIP, CLIENT, 80, 40000, flags=F.TH_ACK | F.TH_PUSH,
+                 seq=(s_isn + 1 + delta) & M32, ack=c_isn + 1 + len(req), win=400, data=resp,
+                 opts=opt_ts((5001 + ts_off) & M32, 1001), ttl=63)
+    v, reason, got = run(e, data)
+    assert (v, reason) == (defs.V_TX, "splice_rev") and got == want and F.checksums_ok(got)
+
+    # client -> backend: ack - delta, SACK edges - delta, TSecr - offset; odd-aligned TS
+    sack = b"\x01\x01\x05\x0a" + struct.pack("!II", (cookie + 11) & M32, (cookie + 21) & M32)
+    cack = F.tcp(GW, LB, CLIENT, VIP, 40000, 80, flags=F.TH_ACK, seq=c_isn + 1 + len(req),
+                 ack=(cookie + 1 + len(resp)) & M32, win=600,
+                 opts=opt_ts(1002, (5001 + ts_off) & M32, lead=b"\x01", tail=b"\x01") + sack)
+    sack_b = b"\x01\x01\x05\x0a" + struct.pack("!II", (s_isn + 11) & M32, (s_isn + 21) & M32)
+    want = F.tcp(LB, B1, CLIENT, B1_IP, 40000, B1_PORT, flags=F.TH_ACK, seq=c_isn + 1 + len(req),
+                 ack=(s_isn + 1 + len(resp)) & M32, win=600,
+                 opts=opt_ts(1002, 5001, lead=b"\x01", tail=b"\x01") + sack_b, ttl=63)
+    v, reason, got = run(e, cack)
+    assert (v, reason) == (defs.V_TX, "splice_fwd") and got == want and F.checksums_ok(got)
+
+    # FIN both ways, then the flow is closing like any other
+    fin = F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000, flags=F.TH_FIN | F.TH_ACK,
+                seq=(s_isn + 1 + len(resp)) & M32, ack=c_isn + 1 + len(req), opts=opt_ts(5002, 1002))
+    assert run(e, fin)[1] == "splice_rev"
+    cfin = F.tcp(GW, LB, CLIENT, VIP, 40000, 80, flags=F.TH_FIN | F.TH_ACK, seq=c_isn + 1 + len(req),
+                 ack=(cookie + 2 + len(resp)) & M32, opts=opt_ts(1003, (5002 + ts_off) & M32))
+    assert run(e, cfin)[1] == "splice_fwd"
+    assert defs.STATE_NAMES[e.flows()[0][7]] == "TIME_WAIT"
+    c = e.counters()
+    assert c["splice_established"] == 1 and c["flow_created"] == 1
+
+
+def test_retransmitted_backend_synack_goes_up_again(impl):
+    e = engine(impl)
+    c_isn, out = handshake(e)
+    cookie = parse(out).seq
+    run(e, F.tcp(GW, LB, CLIENT, VIP, 40000, 80, flags=F.TH_ACK, seq=c_isn + 1, ack=(cookie + 1) & M32))
+    e.splice_bind(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80, 0, NOW)
+    synack = F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000, flags=F.TH_SYN | F.TH_ACK, seq=77,
+                   ack=c_isn + 1)
+    assert run(e, synack)[1] == "punt_splice"
+    assert run(e, synack)[1] == "punt_splice"
+    assert e.counters()["splice_established"] == 1
+
+
+def test_backend_reset_while_connecting_goes_up_and_drop_forgets(impl):
+    e = engine(impl)
+    c_isn, out = handshake(e)
+    cookie = parse(out).seq
+    run(e, F.tcp(GW, LB, CLIENT, VIP, 40000, 80, flags=F.TH_ACK, seq=c_isn + 1, ack=(cookie + 1) & M32))
+    assert run(e, F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000, flags=F.TH_RST))[1] == "drop_unknown_dest"
+    e.splice_bind(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80, 0, NOW)
+    assert e.real_conns(0) == 1
+    assert run(e, F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000, flags=F.TH_RST | F.TH_ACK,
+                        ack=c_isn + 1))[1] == "punt_splice"
+    assert e.splice_drop(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80)
+    assert e.flow_count() == 0 and e.real_conns(0) == 0
+    assert not e.splice_drop(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80)
+
+
+def test_syn_flood_creates_no_state(impl):
+    e = engine(impl)
+    b = Batch(256)
+    b.load([F.tcp(GW, LB, "198.18.%d.%d" % (k // 250, k % 250 + 1), VIP, 1024 + k, 80,
+                  flags=F.TH_SYN, seq=k, opts=syn_opts()) for k in range(256)])
+    e.process(b, NOW)
+    assert set(b.verdict[:256]) == {defs.V_TX} and e.flow_count() == 0
+    assert all(F.checksums_ok(f) for f in b.frames())
+
+
+@pytest.mark.parametrize("bad", [b"", b"\x05"])
+def test_splice_calls_validate(impl, bad):
+    e = engine(impl)
+    with pytest.raises(ValueError):
+        e.set_splice_secret(bad)
+    with pytest.raises(ValueError):
+        e.splice_bind(1, 2, 3, 4, defs.MAX_REALS, NOW)
