@@ -106,3 +106,97 @@ def test_new_flow(benchmark, fastpath_results, impl):
     pps = BURST / benchmark.stats.stats.median
     benchmark.extra_info["pps"] = pps
     fastpath_results.add(mode="nat", case="new_flow", impl=impl, pps=pps)
+
+
+# ---- splice ------------------------------------------------------------------------------
+SPLICE_VIP = "198.19.100.6"
+
+
+def _splice_engine(impl, nflows):
+    """An engine with nflows spliced flows, each set up through a real cookie handshake."""
+    import struct
+    mod = IMPLS[impl]
+    e = make_engine(mod.Engine, ServiceSpec, capacity=2 * nflows)
+    e.set_splice_secret(b"s" * 16)
+    e.set_services([ServiceSpec(F.ip2int(SPLICE_VIP), 80, 6, defs.MODE_SPLICE, defs.SCHED_SEQ, [0], [1])])
+    ts_syn = b"\x02\x04\x05\xb4\x04\x02\x08\x0a" + struct.pack("!II", 1000, 0) + b"\x01\x03\x03\x07"
+    b = Batch(BURST, snap=128)
+    for base in range(0, nflows, BURST):
+        ks = range(base, min(base + BURST, nflows))
+        syns = []
+        for k in ks:
+            ip, port = client(k)
+            syns.append(F.tcp(GW, LB, ip, SPLICE_VIP, port, 80, flags=F.TH_SYN, seq=k, opts=ts_syn))
+        b.load(syns)
+        e.process(b, 1000)
+        acks = []
+        for k, out in zip(ks, b.frames()):
+            ip, port = client(k)
+            cookie = struct.unpack("!I", out[38:42])[0]
+            tsval = struct.unpack("!I", out[58:62])[0]
+            acks.append(F.tcp(GW, LB, ip, SPLICE_VIP, port, 80, flags=F.TH_ACK, seq=k + 1,
+                              ack=(cookie + 1) & 0xFFFFFFFF,
+                              opts=b"\x01\x01\x08\x0a" + struct.pack("!II", 1001, tsval)))
+        b.load(acks)
+        e.process(b, 1000)
+        synacks = []
+        for k in ks:
+            ip, port = client(k)
+            e.splice_bind(F.ip2int(ip), port, F.ip2int(SPLICE_VIP), 80, 0, 1000)
+            synacks.append(F.tcp(B1MAC, LB, "198.19.0.11", ip, 80, port, flags=F.TH_SYN | F.TH_ACK,
+                                 seq=7 * k, ack=k + 1, opts=ts_syn[:4] + b"\x04\x02\x08\x0a"
+                                 + struct.pack("!II", 5000, 1001) + b"\x01\x03\x03\x09"))
+        b.load(synacks)
+        e.process(b, 1000)
+    assert e.counters()["splice_established"] == nflows
+    return e
+
+
+B1MAC = F.mac("02:00:00:00:0b:01")
+
+
+@pytest.mark.parametrize("impl", ["cy", "py"])
+@pytest.mark.parametrize("direction", ["fwd", "rev"])
+def test_splice_established(benchmark, fastpath_results, impl, direction):
+    import struct
+    n = NFLOWS if impl == "cy" else NFLOWS // 10
+    e = _splice_engine(impl, n)
+    rng = random.Random(2)
+    picks = []
+    for _ in range(64):
+        burst = []
+        for _ in range(BURST):
+            k = rng.randrange(n)
+            ip, port = client(k)
+            ts = b"\x01\x01\x08\x0a" + struct.pack("!II", 1002, 5001)
+            if direction == "fwd":   # client ACKs: ack and TSecr translated
+                burst.append(F.tcp(GW, LB, ip, SPLICE_VIP, port, 80, flags=F.TH_ACK, seq=k + 1,
+                                   ack=12345, opts=ts))
+            else:                    # server data: seq, TSval and window translated
+                burst.append(F.tcp(B1MAC, LB, "198.19.0.11", ip, 80, port, flags=F.TH_ACK,
+                                   seq=7 * k + 1, ack=k + 1, win=300, opts=ts))
+        picks.append(burst)
+    arr, lens = bursts(picks)
+    setup, batch = runner(e, arr, lens, 2000)
+    benchmark.pedantic(e.process, setup=setup, rounds=ROUNDS[impl], iterations=1)
+    assert set(batch.reason[:BURST]) == {defs.C["splice_" + direction]}
+    pps = BURST / benchmark.stats.stats.median
+    fastpath_results.add(mode="splice", case="established " + direction, impl=impl, pps=pps)
+
+
+@pytest.mark.parametrize("impl", ["cy", "py"])
+def test_splice_handshake(benchmark, fastpath_results, impl):
+    """Cookie SYN-ACKs made in place: the SYN-flood path (no state is created)."""
+    import struct
+    e = make_engine(IMPLS[impl].Engine, ServiceSpec)
+    e.set_splice_secret(b"s" * 16)
+    e.set_services([ServiceSpec(F.ip2int(SPLICE_VIP), 80, 6, defs.MODE_SPLICE, defs.SCHED_SEQ, [0], [1])])
+    ts_syn = b"\x02\x04\x05\xb4\x04\x02\x08\x0a" + struct.pack("!II", 1000, 0) + b"\x01\x03\x03\x07"
+    picks = [[F.tcp(GW, LB, client(b * BURST + i)[0], SPLICE_VIP, client(b * BURST + i)[1], 80,
+                    flags=F.TH_SYN, seq=i, opts=ts_syn) for i in range(BURST)] for b in range(16)]
+    arr, lens = bursts(picks)
+    setup, batch = runner(e, arr, lens, 2000)
+    benchmark.pedantic(e.process, setup=setup, rounds=ROUNDS[impl], iterations=1)
+    assert set(batch.reason[:BURST]) == {defs.C["splice_synack"]} and e.flow_count() == 0
+    pps = BURST / benchmark.stats.stats.median
+    fastpath_results.add(mode="splice", case="cookie SYN-ACK", impl=impl, pps=pps)
