@@ -2,7 +2,11 @@
 
     lbctl [--socket PATH] [--json] vip add VIP:PORT [--proto tcp|udp] [--mode nat]
                                           [--scheduler S] [--maglev-size N]
+                                          [--on-backend-down keep|expire]
     lbctl vip set VIP:PORT [--proto P] [--mode M] [--scheduler S] [--maglev-size N]
+                           [--on-backend-down keep|expire|default]
+    lbctl vip health VIP:PORT [--proto P] --check http|tcp|none [--path /P] [--expect N]
+                     [--interval S] [--timeout S] [--rise N] [--fall N]
     lbctl vip mode VIP:PORT MODE [--proto P]    (switch the mode of new connections)
     lbctl vip del VIP:PORT [--proto P]          lbctl vip list
     lbctl backend add VIP:PORT IP[:PORT] [--weight W] [--proto P]
@@ -10,6 +14,7 @@
     lbctl backend weight VIP:PORT IP[:PORT] W [--proto P]
     lbctl conns [--vip VIP:PORT] [--proto P] [--limit N]
     lbctl stats [--all]                         lbctl status
+    lbctl health show                           lbctl health interface NAME | --none
 
 Invariants:
 - Arguments are checked here with the validators of lb/config.py before anything is sent,
@@ -29,6 +34,7 @@ import click
 
 from . import config
 from .errors import LBError
+from .health import health_text
 
 EXIT_DAEMON, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 MAX_REPLY = 64 << 20
@@ -133,9 +139,17 @@ def _int_text(text):
         return text
 
 
+def _float_text(text):
+    """The number a command-line word spells, else the word itself (for the validator)."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return text
+
+
 def _run(ctx, cmd, args, render):
     o = _opts(ctx)
-    args = {k: v for k, v in args.items() if v is not None}
+    args = {k: v for k, v in args.items() if v is not None or cmd == "health.interface"}
     try:
         reply = request(o["socket"], cmd, args)
     except ControlUnavailable as e:
@@ -194,18 +208,33 @@ def _mode_args(ctx, mode, scheduler, maglev_size):
     return {"mode": mode, "scheduler": scheduler, "maglev_size": size}
 
 
+def _obd_arg(ctx, value, allow_default):
+    if value is None:
+        return {}
+    if not (allow_default and value == "default"):
+        _check(ctx, config.check_on_backend_down, value)
+    return {"on_backend_down": value}
+
+
+def obd_option(help_text):
+    return click.option("--on-backend-down", "on_backend_down", metavar="POLICY", help=help_text)
+
+
 @vip.command("add")
 @click.argument("endpoint", metavar="VIP:PORT")
 @proto_option
 @click.option("--mode", default="nat", show_default=True, help="Forwarding mode.")
 @click.option("--scheduler", help="rr, wrr, lc, sh or maglev (default: the mode's).")
 @click.option("--maglev-size", help="Maglev table size, a prime (default 65537).")
+@obd_option("Flows of a backend that health checks take down: keep (until idle) or expire "
+            "(the next packet goes to a live backend). Default: keep for dsr, else expire.")
 @json_option
 @click.pass_context
-def vip_add(ctx, endpoint, proto, mode, scheduler, maglev_size):
+def vip_add(ctx, endpoint, proto, mode, scheduler, maglev_size, on_backend_down):
     """Add a virtual service."""
     args = _vip_args(ctx, endpoint, proto)
     args.update(_mode_args(ctx, mode, scheduler, maglev_size))
+    args.update(_obd_arg(ctx, on_backend_down, False))
     _run(ctx, "vip.add", args, _render_vip_one)
 
 
@@ -215,13 +244,45 @@ def vip_add(ctx, endpoint, proto, mode, scheduler, maglev_size):
 @click.option("--mode", help="New forwarding mode (new connections only).")
 @click.option("--scheduler", help="New scheduler.")
 @click.option("--maglev-size", help="New Maglev table size, a prime.")
+@obd_option("keep, expire, or default (the mode's): what becomes of the flows of a backend "
+            "that health checks take down.")
 @json_option
 @click.pass_context
-def vip_set(ctx, endpoint, proto, mode, scheduler, maglev_size):
-    """Change a service's mode or scheduler; existing connections keep theirs."""
+def vip_set(ctx, endpoint, proto, mode, scheduler, maglev_size, on_backend_down):
+    """Change a service's mode, scheduler or down-backend policy; existing connections keep
+    their mode."""
     args = _vip_args(ctx, endpoint, proto)
     args.update(_mode_args(ctx, mode, scheduler, maglev_size))
+    args.update(_obd_arg(ctx, on_backend_down, True))
     _run(ctx, "vip.set", args, _render_vip_one)
+
+
+@vip.command("health")
+@click.argument("endpoint", metavar="VIP:PORT")
+@proto_option
+@click.option("--check", metavar="KIND", help="http, tcp or none (required).")
+@click.option("--path", help="http: the path to GET (default /).")
+@click.option("--expect", help="http: the status that means up (default 200).")
+@click.option("--interval", help="Seconds between probes of a backend (default 1).")
+@click.option("--timeout", help="Seconds for one probe (default 1).")
+@click.option("--rise", help="Successes in a row that bring a backend up (default 2).")
+@click.option("--fall", help="Failures in a row that take a backend down (default 2).")
+@json_option
+@click.pass_context
+def vip_health(ctx, endpoint, proto, check, path, expect, interval, timeout, rise, fall):
+    """Set the health check of a service's backends. dsr services are probed along the VIP
+    path (needs `lbctl health interface`); others at each backend's address. Options not
+    given keep their current value."""
+    args = _vip_args(ctx, endpoint, proto)
+    if check is None:
+        _fail(ctx, "check", "missing: --check http, tcp or none", EXIT_USAGE)
+    h = {"check": check, "path": path, "expect": _int_text(expect),
+         "interval": _float_text(interval), "timeout": _float_text(timeout),
+         "rise": _int_text(rise), "fall": _int_text(fall)}
+    h = {k: v for k, v in h.items() if v is not None}
+    _check(ctx, config.parse_health_check, h)
+    args.update(h)
+    _run(ctx, "vip.health", args, _render_vip_one)
 
 
 @vip.command("mode")
@@ -311,6 +372,38 @@ def backend_weight(ctx, endpoint, real, weight, proto):
     _run(ctx, "backend.weight", args, _render_vip_one)
 
 
+# --- health ---------------------------------------------------------------------------------
+
+@main.group("health")
+@json_option
+def health_group():
+    """Health checks: show, interface."""
+
+
+@health_group.command("show")
+@json_option
+@click.pass_context
+def health_show(ctx):
+    """Every checked backend: what is probed, its state and why."""
+    _run(ctx, "health.show", {}, _render_health)
+
+
+@health_group.command("interface")
+@click.argument("name", required=False)
+@click.option("--none", "clear", is_flag=True, help="Clear it (no dsr checks then).")
+@json_option
+@click.pass_context
+def health_interface(ctx, name, clear):
+    """Set lbd's management interface, through which dsr services are probed along the VIP
+    path ([health] interface in the config)."""
+    if (name is None) == (not clear):
+        _fail(ctx, "interface", "give an interface name or --none", EXIT_USAGE)
+    if name is not None:
+        _check(ctx, config.check_interface_name, name, "interface")
+    _run(ctx, "health.interface", {"interface": name} if name else {"interface": None},
+         _render_health)
+
+
 # --- conns, stats, status -------------------------------------------------------------------
 
 @main.command()
@@ -373,18 +466,48 @@ def _sched_text(v):
     return v["scheduler"]
 
 
+def _health_cell(b):
+    h = b.get("health")
+    return None if h is None else health_text(h)
+
+
+def _check_text(hc):
+    if hc["check"] == "http":
+        what = "http GET %s expect %d" % (hc["path"], hc["expect"])
+    else:
+        what = "tcp connect"
+    return "%s every %gs, timeout %gs, rise %d, fall %d" % (what, hc["interval"],
+                                                           hc["timeout"], hc["rise"], hc["fall"])
+
+
+def _render_health_notes(vips):
+    """One line per checked VIP under the table (what is probed, the down-backend policy)."""
+    notes = ["%s/%s: %s%s; flows of a down backend: %s"
+             % (v["vip"], v["proto"], _check_text(v["health"]),
+                " along the VIP path" if v["mode"] in config.VIP_PATH_MODES else "",
+                v.get("on_backend_down", "?"))
+             for v in vips if v.get("health")]
+    if notes:
+        click.echo()
+        click.echo("\n".join(notes))
+
+
 def _render_vips(vips):
     if not vips:
         click.echo("no VIPs")
         return
+    checked = any(v.get("health") for v in vips)   # no HEALTH column when nothing is checked
     rows = []
     for v in vips:
         head = ["%s/%s" % (v["vip"], v["proto"]), v["mode"], _sched_text(v)]
         if not v["backends"]:
-            rows.append(head + [None, None])
+            rows.append(head + [None, None] + ([None] if checked else []))
         for i, b in enumerate(v["backends"]):
-            rows.append((head if i == 0 else ["", "", ""]) + [b["backend"], b["weight"]])
-    _table(["VIP", "MODE", "SCHEDULER", "BACKEND", "WEIGHT"], rows)
+            rows.append((head if i == 0 else ["", "", ""]) + [b["backend"], b["weight"]]
+                        + ([_health_cell(b)] if checked else []))
+    _table(["VIP", "MODE", "SCHEDULER", "BACKEND", "WEIGHT"] + (["HEALTH"] if checked else []),
+           rows)
+    _render_health_notes(vips)
 
 
 def _render_vip_one(v):
@@ -404,23 +527,40 @@ def _render_conns(r):
 def _render_stats(r):
     click.echo("flows: %d" % r.get("flow_count", 0))
     rows = []
+    checked = any(v.get("health") for v in r.get("vips", []))
+    extra = [None] if checked else []
     for v in r.get("vips", []):
         head = ["%s/%s" % (v["vip"], v["proto"]), v["mode"], v["scheduler"]]
         if not v["backends"]:
-            rows.append(head + [None, None, None])
+            rows.append(head + [None, None, None] + extra)
         for i, b in enumerate(v["backends"]):
             rows.append((head if i == 0 else ["", "", ""]) + [b["backend"], b["weight"],
-                                                              b["conns"]])
+                                                              b["conns"]]
+                        + ([_health_cell(b)] if checked else []))
     for d in r.get("draining", []):
-        rows.append(["(removed)", "", "", d["backend"], None, d["conns"]])
+        rows.append(["(removed)", "", "", d["backend"], None, d["conns"]] + extra)
     if rows:
         click.echo()
-        _table(["VIP", "MODE", "SCHEDULER", "BACKEND", "WEIGHT", "CONNS"], rows)
+        _table(["VIP", "MODE", "SCHEDULER", "BACKEND", "WEIGHT", "CONNS"]
+               + (["HEALTH"] if checked else []), rows)
     if r.get("counters"):
         click.echo()
         _table(["COUNTER", "VALUE"], sorted(r["counters"].items()))
     rest = {k: v for k, v in r.items()
             if k not in ("flow_count", "vips", "draining", "counters")}
+    if rest:
+        click.echo()
+        _render_mapping(rest)
+
+
+def _render_health(r):
+    click.echo("interface: %s" % (r.get("interface") or "none (dsr services cannot be checked)"))
+    rows = [[b["vip"], b["backend"], b["probe"], health_text(b) if "state" in b else None]
+            for b in r.get("backends", [])]
+    if rows:
+        click.echo()
+        _table(["VIP", "BACKEND", "PROBE", "HEALTH"], rows)
+    rest = {k: v for k, v in r.items() if k not in ("interface", "backends")}
     if rest:
         click.echo()
         _render_mapping(rest)

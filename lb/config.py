@@ -9,8 +9,13 @@ Schema: docs/interfaces.md. Invariants:
   with host-order int properties (`.ip`) for the fast path; MACs as "aa:bb:cc:dd:ee:ff" with
   a bytes property.
 - The validators (`parse_ip`, `parse_port`, `parse_endpoint`, `parse_backend`, `check_weight`,
-  `check_proto`, `check_scheduler`, `check_mode`, ...) take the field name to blame, so
-  lb/state.py and lb/cli.py report a bad command argument the same way as a bad config value.
+  `check_proto`, `check_scheduler`, `check_mode`, `parse_health_check`, ...) take the field
+  name to blame, so lb/state.py and lb/cli.py report a bad command argument the same way as a
+  bad config value.
+- Health checks (lb/health.py runs them): `[health]` holds what is global (the management
+  interface of the VIP-path probes), `[vip.health]` the check of one VIP, and
+  `vip.on_backend_down` what becomes of a down backend's flows (None: the mode's default,
+  see `effective_on_backend_down`).
 """
 import difflib
 import ipaddress
@@ -33,6 +38,16 @@ MAX_TIMEOUT_S = 2_000_000         # the fast path keeps milliseconds in 32 bits
 DEFAULT_CAPACITY = 262144
 DEFAULT_SOCKET = "/run/threeway/lbd.sock"
 DEFAULT_INTERFACE = "lbtap"
+
+HEALTH_CHECKS = ("none", "tcp", "http")
+ON_BACKEND_DOWN = ("keep", "expire")
+# Modes whose probes must go along the VIP path (the backend answers for the VIP itself, so
+# its real address proves nothing about the VIP); lb/health.py says how.
+VIP_PATH_MODES = ("dsr",)
+HEALTH_MIN_S, HEALTH_MAX_S = 0.05, 3600.0
+MAX_RISE_FALL = 100
+MAX_IN_FLIGHT = 4096
+DEFAULT_MAX_IN_FLIGHT = 64
 
 
 # --- small validators, shared with lb/state.py and lb/cli.py ---------------------------------
@@ -135,6 +150,84 @@ def check_mode(value, fld="mode"):
         raise LBError(fld, e.message) from None
 
 
+def parse_seconds(value, fld, lo=HEALTH_MIN_S, hi=HEALTH_MAX_S):
+    """A number of seconds (int or float, not a bool or a string) in lo..hi, as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise LBError(fld, "must be a number of seconds %g..%g, got %r" % (lo, hi, value))
+    return float(value)
+
+
+def check_interface_name(value, fld):
+    # IFNAMSIZ is 16 with the terminating NUL
+    if not isinstance(value, str) or not 1 <= len(value) <= 15 or "/" in value \
+            or any(c.isspace() for c in value):
+        raise LBError(fld, "must be an interface name of 1..15 characters, got %r" % (value,))
+    return value
+
+
+def check_on_backend_down(value, fld="on_backend_down"):
+    if value not in ON_BACKEND_DOWN:
+        raise LBError(fld, "must be keep or expire, got %r" % (value,))
+    return value
+
+
+def effective_on_backend_down(vip):
+    """What a VIP does with flows of a down backend: its own setting, else the mode's default
+    (keep for dsr: the LB cannot tell a live connection from a dead one, and a backend that
+    still holds it may finish it; expire for the others, IPVS's expire_nodest_conn, so the
+    client's next packet goes to a live backend)."""
+    if vip.on_backend_down is not None:
+        return vip.on_backend_down
+    return "keep" if vip.mode == "dsr" else "expire"
+
+
+def parse_health_check(raw, path="", base=None):
+    """A HealthCheck from a [vip.health] table (or the args of vip.health): the keys given
+    replace those of `base` (default: no checks). Fields are blamed as `path.key` (bare `key`
+    when path is ""). path and expect only apply to check = "http"."""
+    check_keys(raw, ["check", "path", "expect", "interval", "timeout", "rise", "fall"], path)
+    hc = HealthCheck() if base is None else HealthCheck(**vars(base))
+    f = lambda k: _join(path, k)   # noqa: E731
+    if "check" in raw:
+        if raw["check"] not in HEALTH_CHECKS:
+            raise LBError(f("check"), "must be one of %s, got %r"
+                          % (", ".join(HEALTH_CHECKS), raw["check"]))
+        hc.check = raw["check"]
+    for k in ("path", "expect"):
+        if k in raw and hc.check != "http":
+            raise LBError(f(k), "only applies to check = \"http\" (this one is %r)" % hc.check)
+    if "path" in raw:
+        p = raw["path"]
+        if (not isinstance(p, str) or not p.startswith("/") or len(p) > 1024
+                or any(ord(c) <= 32 or ord(c) >= 127 for c in p)):
+            raise LBError(f("path"), "must be an absolute URL path like /health (printable "
+                          "ASCII, no spaces, at most 1024 characters), got %r" % (p,))
+        hc.path = p
+    if "expect" in raw:
+        hc.expect = parse_int(raw["expect"], f("expect"), 100, 599, "an HTTP status")
+    for k in ("interval", "timeout"):
+        if k in raw:
+            setattr(hc, k, parse_seconds(raw[k], f(k)))
+    for k in ("rise", "fall"):
+        if k in raw:
+            setattr(hc, k, parse_int(raw[k], f(k), 1, MAX_RISE_FALL, "a count"))
+    return hc
+
+
+def check_health_for_vip(hc, mode, proto, interface, fld="check"):
+    """The checks a VIP's health settings must pass with its mode and protocol."""
+    if hc.check == "none":
+        return
+    if proto != "tcp":
+        raise LBError(fld, "%s checks open a TCP connection; a %s VIP cannot have them (use "
+                      "check = \"none\")" % (hc.check, proto))
+    if mode in VIP_PATH_MODES and interface is None:
+        raise LBError(fld, "a %s VIP is probed along the VIP path (addressed to the VIP, "
+                      "delivered to the backend's MAC), which needs the management interface: "
+                      "set [health] interface (e.g. \"mg0\"), or `lbctl health interface`"
+                      % mode)
+
+
 def check_maglev_size(value, n_backends=0, fld="maglev_size"):
     """A prime table size (see schedulers.check_maglev_size)."""
     schedulers.check_maglev_size(value, n_backends, fld)
@@ -214,6 +307,34 @@ class BackendConfig:
 
 
 @dataclass
+class HealthCheck:
+    """One VIP's active check of each of its backends (lb/health.py)."""
+    check: str = "none"                    # none | tcp | http
+    path: str = "/"                        # http: GET path
+    expect: int = 200                      # http: the status that means up
+    interval: float = 1.0                  # s between the starts of two probes of a backend
+    timeout: float = 1.0                   # s for one probe (connect, request, status line)
+    rise: int = 2                          # consecutive successes that bring a down one up
+    fall: int = 2                          # consecutive failures that take an up one down
+
+    def view(self):
+        if self.check == "none":
+            return None
+        d = {"check": self.check, "interval": self.interval, "timeout": self.timeout,
+             "rise": self.rise, "fall": self.fall}
+        if self.check == "http":
+            d.update(path=self.path, expect=self.expect)
+        return d
+
+
+@dataclass
+class HealthConfig:
+    """[health]: what the checks of every VIP share."""
+    interface: Optional[str] = None        # lbd's management interface (VIP-path probes)
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT   # probes running at once
+
+
+@dataclass
 class VipConfig:
     address: str
     port: int
@@ -222,6 +343,8 @@ class VipConfig:
     scheduler: str = "maglev"
     maglev_size: Optional[int] = None      # set (default 65537) iff scheduler == "maglev"
     backends: list = field(default_factory=list)   # [BackendConfig]
+    health: HealthCheck = field(default_factory=HealthCheck)
+    on_backend_down: Optional[str] = None  # keep | expire | None: the mode's default
 
     @property
     def ip(self):
@@ -237,6 +360,7 @@ class Config:
     lb: LBConfig
     io: IOConfig = field(default_factory=IOConfig)
     flows: FlowsConfig = field(default_factory=FlowsConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     vips: list = field(default_factory=list)       # [VipConfig]
     path: Optional[str] = None                     # the file it came from, if any
 
@@ -258,12 +382,13 @@ def load(path):
 
 def parse(data):
     """A Config from the dict of a parsed TOML document; LBError names the bad field."""
-    check_keys(data, ["io", "lb", "flows", "vip"], "")
+    check_keys(data, ["io", "lb", "flows", "health", "vip"], "")
     io = _parse_io(data.get("io", {}))
     if "lb" not in data:
         raise LBError("lb", "missing section [lb] (the balancer's address)")
     lb = _parse_lb(data["lb"])
     flows = _parse_flows(data.get("flows", {}))
+    health = _parse_health(data.get("health", {}))
     vips_raw = data.get("vip", [])
     if not isinstance(vips_raw, list):
         raise LBError("vip", "must be an array of tables ([[vip]])")
@@ -276,9 +401,11 @@ def parse(data):
                           % (seen[v.key], v.address, v.port, v.proto))
         if v.address == lb.address:
             raise LBError(path + ".address", "%s is the balancer's own address" % v.address)
+        check_health_for_vip(v.health, v.mode, v.proto, health.interface,
+                             path + ".health.check")
         seen[v.key] = path
         vips.append(v)
-    return Config(lb=lb, io=io, flows=flows, vips=vips)
+    return Config(lb=lb, io=io, flows=flows, health=health, vips=vips)
 
 
 def _parse_io(raw):
@@ -290,13 +417,19 @@ def _parse_io(raw):
                           % (", ".join(IO_BACKENDS), raw["backend"]))
         io.backend = raw["backend"]
     if "interface" in raw:
-        name = raw["interface"]
-        # IFNAMSIZ is 16 with the terminating NUL
-        if not isinstance(name, str) or not 1 <= len(name) <= 15 or "/" in name or " " in name:
-            raise LBError("io.interface", "must be an interface name of 1..15 characters, "
-                          "got %r" % (name,))
-        io.interface = name
+        io.interface = check_interface_name(raw["interface"], "io.interface")
     return io
+
+
+def _parse_health(raw):
+    check_keys(raw, ["interface", "max_in_flight"], "health")
+    h = HealthConfig()
+    if "interface" in raw:
+        h.interface = check_interface_name(raw["interface"], "health.interface")
+    if "max_in_flight" in raw:
+        h.max_in_flight = parse_int(raw["max_in_flight"], "health.max_in_flight", 1,
+                                    MAX_IN_FLIGHT)
+    return h
 
 
 def _parse_lb(raw):
@@ -332,7 +465,7 @@ def _parse_flows(raw):
 def parse_vip(raw, path="vip"):
     """A VipConfig from one [[vip]] table; fields blamed under `path`."""
     check_keys(raw, ["address", "port", "proto", "mode", "scheduler", "maglev_size",
-                     "backend"], path)
+                     "on_backend_down", "health", "backend"], path)
     for k in ("address", "port"):
         if k not in raw:
             raise LBError(_join(path, k), "missing")
@@ -364,8 +497,13 @@ def parse_vip(raw, path="vip"):
         check_maglev_size(size, len(backends), _join(path, "maglev_size"))
     validate_with_mode(mode, port, proto, [(b.ip, b.port, b.weight) for b in backends],
                        path + ".")
+    obd = None
+    if "on_backend_down" in raw:
+        obd = check_on_backend_down(raw["on_backend_down"], _join(path, "on_backend_down"))
+    hc = parse_health_check(raw.get("health", {}), _join(path, "health"))
     return VipConfig(address=address, port=port, proto=proto, mode=mode.name,
-                     scheduler=sched, maglev_size=size, backends=backends)
+                     scheduler=sched, maglev_size=size, backends=backends, health=hc,
+                     on_backend_down=obd)
 
 
 def parse_backend_table(raw, vip_port, path):

@@ -7,6 +7,8 @@ One thread, one asyncio loop (DPDK l3fwd's shape):
     every 100 ms -> engine.expire; ARP for wanted neighbors (1 s unresolved, 30 s refresh);
                     state.gc every 5 s
     control socket -> status here, everything else LBState.handle
+    health checks  -> asyncio tasks of lb/health.py (live only): probes through the kernel's
+                      TCP stack, results into LBState, which swaps tables on a transition
 
 Invariants:
 - Python runs per burst, not per frame: the only per-frame Python is for punted frames
@@ -16,8 +18,12 @@ Invariants:
 - Pcap mode runs the very same Daemon.burst() over a file, with pcap time as `now` (and the
   timers driven by it), writes what would have been sent to --pcap-out, prints the counters
   as one JSON object on stdout and exits 0.
-- Exit codes: 0 clean stop (SIGTERM/SIGINT, end of pcap), 2 bad config or arguments,
-  1 any other startup failure (e.g. the interface cannot be opened).
+- Health checks run only live (never in pcap mode, where every backend is up); they are
+  stopped, and their policy routes removed, before lbd exits. Transitions go to the log
+  (stderr): "VIP backend B: down: connect refused (2 failures) [probe]".
+- Exit codes: 0 clean stop (SIGTERM/SIGINT, end of pcap), 2 bad config or arguments (also a
+  [health] interface lbd's namespace does not have), 1 any other startup failure (e.g. the
+  interface cannot be opened).
 """
 import argparse
 import asyncio
@@ -36,6 +42,7 @@ from fastpath import defs
 from . import config as lbconfig
 from .control import ControlServer
 from .errors import LBError
+from .health import HealthMonitor, check_interface
 from .io import PcapIO, open_backend
 from .neigh import Neigh
 from .state import LBState
@@ -80,6 +87,10 @@ class Daemon:
         self.state = LBState(self.engine, cfg)
         self.state.clock = clock
         self.state.extra_stats = self.extra_stats
+        self.health = HealthMonitor(self.state, cfg.health.max_in_flight)
+        self.state.extra_health = self.health.view
+        self.state.on_change = self.health.sync
+        self.state.interface_check = check_interface
         self.neigh = Neigh(self.state, cfg.lb.ip, self.mac)
         self.batch = fastpath.Batch(BATCH_SIZE)
         self.expire_budget = max(1024, cfg.flows.capacity // 50)
@@ -164,11 +175,16 @@ class Daemon:
             "lb": {"address": self.cfg.lb.address, "mac": self.mac.hex(":")},
             "flows": self.engine.flow_count(),
             "neighbors": self.neigh.neighbors(),
+            "health": {"interface": self.state.health_interface,
+                       "checked": len(self.state.health_targets())},
         }
 
     def extra_stats(self):
+        h = self.health.view()
         return {"io": self.io.counters(), "neigh": self.neigh.counters(),
-                "loop": dict(self.loop_stats)}
+                "loop": dict(self.loop_stats),
+                "health": {k: h[k] for k in ("tasks", "probes", "probe_failures",
+                                             "transitions", "in_flight")}}
 
     def all_counters(self):
         return {"impl": fastpath.IMPL, "engine": self.engine.counters(),
@@ -186,12 +202,14 @@ async def run_live(d):
     try:
         loop.add_reader(d.io.fd, d.on_readable)
         d._tick(loop)                 # first ARP requests go out now
+        d.health.start()
         log.info("ready")
         await stop.wait()
         log.info("stopping")
     finally:
         loop.remove_reader(d.io.fd)
         await server.close()
+        await d.health.close()
     return 0
 
 
@@ -229,6 +247,12 @@ def main(argv=None):
         print("lbd: config: %s" % e, file=sys.stderr)
         return 2
     pcap = bool(a.pcap_in)
+    if cfg.health.interface is not None and not pcap:
+        try:
+            check_interface(cfg.health.interface)
+        except LBError as e:
+            print("lbd: config: %s" % e, file=sys.stderr)
+            return 2
     try:
         io = PcapIO(a.pcap_in, a.pcap_out) if pcap else open_backend(cfg.io.backend,
                                                                       cfg.io.interface)

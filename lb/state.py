@@ -15,21 +15,34 @@ and applies both to a fast-path Engine. Invariants:
 - Scheduler tables are cached per VIP and rebuilt only when that VIP's backends, weights,
   scheduler or table size change (a Maglev table costs ~50 ms to build).
 - Mode changes (vip.set) affect new flows only: flows keep the mode pinned at creation.
-The daemon answers `status` itself and sets `extra_stats`; everything else lands in handle().
+- Health (lb/health.py probes, health_report() counts): one BackendHealth per (VIP, backend)
+  of every VIP with checks, kept across commands while that pair exists. A down backend is
+  left out of its VIP's new-flow table like weight 0. The engine's per-real down bit
+  (set_real_up) is set iff every VIP referencing that real checks it and finds it down (an
+  unchecked use counts as up: its flows must not be expired); a slot no VIP references keeps
+  its bit until it is reused, when it starts up. SVC_EXPIRE_NODEST is set on every VIP whose
+  effective on_backend_down is expire (config.effective_on_backend_down).
+The daemon answers `status` itself and sets `extra_stats`, `extra_health`, `on_change` (called
+after every change, so health checks follow) and `interface_check`; everything else lands
+in handle().
 """
 import copy
+import logging
 import time
 
 import fastpath
 from fastpath import checks, defs
 
-from . import config, schedulers
+from . import config, health, schedulers
 from .config import BackendConfig, VipConfig, format_endpoint, format_ip
 from .errors import LBError
 
 MODE_NAMES = {code: name for name, code in defs.MODES.items()}
 DEFAULT_CONNS_LIMIT = 100
 MAX_CONNS_LIMIT = 1_000_000
+HEALTH_ARGS = ("check", "path", "expect", "interval", "timeout", "rise", "fall")
+
+log = logging.getLogger("lbd.state")
 
 
 class LBState:
@@ -39,7 +52,14 @@ class LBState:
         self.engine = engine
         self.cfg = cfg
         self.extra_stats = dict                     # set by the daemon: () -> dict
+        self.extra_health = dict                    # set by the daemon: () -> dict
+        self.on_change = lambda: None               # set by the daemon: health checks follow
+        self.interface_check = lambda name: name    # set by the daemon: LBError if absent
         self.clock = lambda: int(time.monotonic() * 1000)   # ms, the engine's now_ms clock
+        self.wall = time.time                       # s, for "down since 12:01:03"
+        self.health_interface = cfg.health.interface
+        self._health = {}      # (vip key, (ip, port)) -> health.BackendHealth
+        self._slot_down = set()    # real idx the engine has down
         self._vips = {}        # (ip, port, proto name) -> VipConfig, in creation order
         self._slots = {}       # (ip, port) -> real idx: referenced by a VIP, or draining
         self._free = []        # slots released by gc()
@@ -104,7 +124,7 @@ class LBState:
 
     # ---- commands -----------------------------------------------------------------------
     def _cmd_vip_add(self, args):
-        _known(args, "vip", "proto", "mode", "scheduler", "maglev_size")
+        _known(args, "vip", "proto", "mode", "scheduler", "maglev_size", "on_backend_down")
         ip, port = config.parse_endpoint(_need(args, "vip"), "vip")
         proto = config.check_proto(_opt(args, "proto", "tcp"))
         key = (ip, port, proto)
@@ -118,24 +138,61 @@ class LBState:
         size = self._size_arg(args, sched, None, 0)
         config.validate_with_mode(mode, port, proto, [])
         v = VipConfig(address=format_ip(ip), port=port, proto=proto, mode=mode.name,
-                      scheduler=sched, maglev_size=size, backends=[])
+                      scheduler=sched, maglev_size=size, backends=[],
+                      on_backend_down=_obd_arg(args, None))
         new = dict(self._vips)
         new[key] = v
         self._commit(new)
         return self._vip_view(v)
 
     def _cmd_vip_set(self, args):
-        """Change a VIP's mode, scheduler or Maglev size; its backends stay. New flows only."""
-        _known(args, "vip", "proto", "mode", "scheduler", "maglev_size")
+        """Change a VIP's mode, scheduler, Maglev size or on_backend_down ("default": the
+        mode's); its backends stay. New flows only."""
+        _known(args, "vip", "proto", "mode", "scheduler", "maglev_size", "on_backend_down")
         key, old = self._find_vip(args)
         mode = config.check_mode(_opt(args, "mode", old.mode))
         sched = config.check_scheduler(_opt(args, "scheduler", old.scheduler))
         keep = old.maglev_size if sched == "maglev" and "maglev_size" not in args else None
         size = self._size_arg(args, sched, keep, len(old.backends))
         config.validate_with_mode(mode, old.port, old.proto, _mode_backends(old.backends))
+        config.check_health_for_vip(old.health, mode.name, old.proto, self.health_interface,
+                                    "mode")
         v = copy.deepcopy(old)
         v.mode, v.scheduler, v.maglev_size = mode.name, sched, size
+        v.on_backend_down = _obd_arg(args, old.on_backend_down)
         return self._replace(key, v)
+
+    def _cmd_vip_health(self, args):
+        """Set a VIP's health check; the arguments given replace the VIP's current ones."""
+        _known(args, "vip", "proto", *HEALTH_ARGS)
+        key, old = self._find_vip(args)
+        given = {k: args[k] for k in HEALTH_ARGS if args.get(k) is not None}
+        hc = config.parse_health_check(given, "", old.health)
+        config.check_health_for_vip(hc, old.mode, old.proto, self.health_interface)
+        v = copy.deepcopy(old)
+        v.health = hc
+        return self._replace(key, v)
+
+    def _cmd_health_interface(self, args):
+        """Set (or clear, with null) the management interface of VIP-path probes."""
+        _known(args, "interface")
+        name = args.get("interface")
+        if name is not None:
+            self.interface_check(config.check_interface_name(name, "interface"))
+        else:
+            for v in self._vips.values():
+                try:
+                    config.check_health_for_vip(v.health, v.mode, v.proto, None)
+                except LBError as e:
+                    raise LBError("interface", "%s needs it: %s" % (_vip_name(v), e.message)) \
+                        from None
+        self.health_interface = name
+        self._notify()
+        return self._health_view()
+
+    def _cmd_health_show(self, args):
+        _known(args)
+        return self._health_view()
 
     def _cmd_vip_del(self, args):
         _known(args, "vip", "proto")
@@ -231,9 +288,12 @@ class LBState:
             for b in v.backends:
                 idx = self._slots[(b.ip, b.port)]
                 bs.append({"backend": b.key, "weight": b.weight,
-                           "conns": self.engine.real_conns(idx)})
+                           "conns": self.engine.real_conns(idx),
+                           "health": self._backend_health(v, b)})
             vips.append({"vip": "%s:%d" % (v.address, v.port), "proto": v.proto,
-                         "mode": v.mode, "scheduler": v.scheduler, "backends": bs})
+                         "mode": v.mode, "scheduler": v.scheduler,
+                         "on_backend_down": config.effective_on_backend_down(v),
+                         "health": v.health.view(), "backends": bs})
         used = self._referenced(self._vips)
         draining = [{"backend": format_endpoint(*k), "conns": self.engine.real_conns(i)}
                     for k, i in self._slots.items() if k not in used]
@@ -250,10 +310,71 @@ class LBState:
 
     _COMMANDS = {
         "vip.add": _cmd_vip_add, "vip.set": _cmd_vip_set, "vip.del": _cmd_vip_del,
-        "vip.list": _cmd_vip_list, "backend.add": _cmd_backend_add,
+        "vip.list": _cmd_vip_list, "vip.health": _cmd_vip_health,
+        "backend.add": _cmd_backend_add,
         "backend.del": _cmd_backend_del, "backend.weight": _cmd_backend_weight,
         "conns": _cmd_conns, "stats": _cmd_stats,
+        "health.interface": _cmd_health_interface, "health.show": _cmd_health_show,
     }
+
+    # ---- health ---------------------------------------------------------------------------
+    def health_targets(self):
+        """{(vip key, (ip, port)): health.Target} of every backend of every checked VIP."""
+        return {(key, (b.ip, b.port)): health.target_for(v, b)
+                for key, v in self._vips.items() if v.health.check != "none"
+                for b in v.backends}
+
+    def health_report(self, member, ok, detail):
+        """One probe result of member (vip key, (ip, port)). On a transition the VIP's tables
+        are rebuilt and a dict {vip, backend, state, reason} is returned; else None. Results
+        of a member that is no longer checked are ignored."""
+        h = self._health.get(member)
+        if h is None or not h.record(ok, detail, self.wall()):
+            return None
+        v = self._vips[member[0]]
+        try:
+            self._commit(self._vips)
+        except LBError as e:      # nothing changed; say so rather than lose the result
+            log.error("%s: applying a health transition failed: %s", _vip_name(v), e)
+        return {"vip": _vip_name(v), "backend": format_endpoint(*member[1]),
+                "state": h.state, "reason": h.reason}
+
+    def _backend_health(self, v, b):
+        h = self._health.get((_vip_key(v), (b.ip, b.port)))
+        return None if h is None else h.view()
+
+    def _health_view(self):
+        out = []
+        targets = self.health_targets()
+        for member, t in targets.items():
+            v = self._vips[member[0]]
+            h = self._health.get(member)
+            out.append({"vip": _vip_name(v), "backend": format_endpoint(*member[1]),
+                        "probe": health.describe(t), "via_vip": t.via is not None,
+                        **(h.view() if h else {})})
+        return {"interface": self.health_interface, "backends": out,
+                **(self.extra_health() or {})}
+
+    def _new_health(self, new_vips):
+        """The BackendHealth of every checked (VIP, backend) of new_vips: the current ones kept
+        (with the VIP's rise/fall), new ones up."""
+        out = {}
+        now = self.wall()
+        for key, v in new_vips.items():
+            if v.health.check == "none":
+                continue
+            for b in v.backends:
+                m = (key, (b.ip, b.port))
+                h = self._health.get(m) or health.BackendHealth(v.health.rise, v.health.fall, now)
+                h.rise, h.fall = v.health.rise, v.health.fall
+                out[m] = h
+        return out
+
+    def _notify(self):
+        try:
+            self.on_change()
+        except Exception:       # the change is made; the health checks catch up on the next
+            log.exception("on_change failed")
 
     # ---- helpers ------------------------------------------------------------------------
     def _find_vip(self, args):
@@ -326,10 +447,18 @@ class LBState:
                     idx = self._reclaim(slots, used)
                 slots[bkey] = idx
                 added.append((idx, bkey))
+        new_health = self._new_health(new_vips)
+        down = {m for m, h in new_health.items() if not h.up}
         tables = {}
         specs = []
+        uses = {}          # real idx -> [down?] of every VIP that references it
         for key, v in new_vips.items():
-            members = tuple((slots[(b.ip, b.port)], b.key, b.weight) for b in v.backends)
+            for b in v.backends:
+                m = (key, (b.ip, b.port))
+                uses.setdefault(slots[(b.ip, b.port)], []).append(m in down)
+            members = tuple((slots[(b.ip, b.port)], b.key,
+                             0 if (key, (b.ip, b.port)) in down else b.weight)
+                            for b in v.backends)
             sig = (v.scheduler, v.maglev_size, members)
             cached = self._tables.get(key)
             if cached is not None and cached[0] == sig:
@@ -339,21 +468,38 @@ class LBState:
             tables[key] = (sig, built)
             kind, table, weights = built
             mode = config.check_mode(v.mode)
+            flags = mode.service_flags(v)
+            if config.effective_on_backend_down(v) == "expire":
+                flags |= defs.SVC_EXPIRE_NODEST
             specs.append(fastpath.ServiceSpec(v.ip, v.port, config.PROTOS[v.proto], mode.code,
-                                              kind, table, weights, mode.service_flags(v)))
+                                              kind, table, weights, flags))
         if len(specs) > defs.MAX_SERVICES:
             raise LBError("vip", "at most %d VIPs" % defs.MAX_SERVICES)
         try:
             checks.check_specs(specs)
         except ValueError as e:    # a bug here rather than a user error, but change nothing
             raise LBError("internal", "service table rejected: %s" % e) from None
+        slot_down = set(self._slot_down) - {idx for idx, _ in added}
+        for idx, flags in uses.items():
+            if all(flags):
+                slot_down.add(idx)
+            else:
+                slot_down.discard(idx)
         # From here on nothing is expected to fail: the engine sees the new tables.
         for idx, (ip, port) in added:
             self.engine.set_real(idx, ip, port, self._macs.get(ip))
+            if idx in self._slot_down and idx not in slot_down:
+                self.engine.set_real_up(idx, True)     # a reused slot starts up
+        for idx in sorted(slot_down - self._slot_down):
+            self.engine.set_real_up(idx, False)
+        for idx in sorted((self._slot_down - slot_down) - {i for i, _ in added}):
+            self.engine.set_real_up(idx, True)
         self.engine.set_services(specs)
         self._vips, self._slots, self._next = new_vips, slots, nxt
         self._free = free
         self._tables = tables
+        self._health, self._slot_down = new_health, slot_down
+        self._notify()
 
     def _reclaim(self, slots, used):
         """A slot of `slots` nobody references and no flow uses (removed from slots)."""
@@ -368,8 +514,11 @@ class LBState:
         return {
             "vip": "%s:%d" % (v.address, v.port), "proto": v.proto, "mode": v.mode,
             "scheduler": v.scheduler, "maglev_size": v.maglev_size,
+            "on_backend_down": config.effective_on_backend_down(v),
+            "health": v.health.view(),
             "backends": [{"backend": b.key, "weight": b.weight,
-                          "real": self._slots.get((b.ip, b.port))} for b in v.backends],
+                          "real": self._slots.get((b.ip, b.port)),
+                          "health": self._backend_health(v, b)} for b in v.backends],
         }
 
 
@@ -386,6 +535,18 @@ def _find_backend(v, bkey):
         if (b.ip, b.port) == bkey:
             return j
     return None
+
+
+def _obd_arg(args, current):
+    """on_backend_down of vip.add/vip.set: keep | expire | default (None: the mode's)."""
+    value = args.get("on_backend_down")
+    if value is None:
+        return current
+    if value == "default":
+        return None
+    if value not in config.ON_BACKEND_DOWN:
+        raise LBError("on_backend_down", "must be keep, expire or default, got %r" % (value,))
+    return value
 
 
 def _mode_backends(backends):

@@ -687,6 +687,9 @@ control_socket = "%(sock)s"
 
 [flows]
 capacity = 262144
+
+[health]
+interface = "mg0"
 """
 
 

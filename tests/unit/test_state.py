@@ -112,9 +112,11 @@ def listing(st):
 def test_config_applied(st):
     [v] = listing(st)
     assert v == {"vip": "198.19.100.1:80", "proto": "tcp", "mode": "nat", "scheduler": "rr",
-                 "maglev_size": None,
-                 "backends": [{"backend": "198.19.0.11:80", "weight": 1, "real": 0},
-                              {"backend": "198.19.0.12:8080", "weight": 2, "real": 1}]}
+                 "maglev_size": None, "on_backend_down": "expire", "health": None,
+                 "backends": [{"backend": "198.19.0.11:80", "weight": 1, "real": 0,
+                               "health": None},
+                              {"backend": "198.19.0.12:8080", "weight": 2, "real": 1,
+                               "health": None}]}
     assert st.vip_addresses() == {ip(VIP)}
     assert st.wanted_neighbors() == {ip(B1), ip(B2), ip(GW_IP)}
 
@@ -156,7 +158,8 @@ def test_bad_config_raises_lberror(engine):
 def test_vip_add_defaults(st, engine):
     v = st.handle("vip.add", {"vip": "198.19.100.2:443"})
     assert v == {"vip": "198.19.100.2:443", "proto": "tcp", "mode": "nat",
-                 "scheduler": "maglev", "maglev_size": 65537, "backends": []}
+                 "scheduler": "maglev", "maglev_size": 65537, "on_backend_down": "expire",
+                 "health": None, "backends": []}
     assert [c[0] for c in engine.calls] == ["set_services"]
     specs = engine.calls[0][1]
     assert len(specs) == 2
@@ -172,7 +175,8 @@ def test_vip_add_udp_with_options_then_traffic(st, engine):
     assert (v["proto"], v["maglev_size"]) == ("udp", 4093)
     v = st.handle("backend.add", {"vip": VIP + ":53", "proto": "udp", "backend": B3 + ":5353",
                                   "weight": 3})
-    assert v["backends"] == [{"backend": "198.19.0.13:5353", "weight": 3, "real": 2}]
+    assert v["backends"] == [{"backend": "198.19.0.13:5353", "weight": 3, "real": 2,
+                              "health": None}]
     spec = [s for s in engine.calls[-1][1] if s.proto == defs.PROTO_UDP][0]
     assert len(spec.table) == 4093 and set(spec.table) == {2}
 
@@ -199,7 +203,8 @@ def test_vip_del(st, engine):
 
 def test_backend_add_del_weight(st, engine):
     v = st.handle("backend.add", {"vip": VIP + ":80", "proto": "tcp", "backend": B3})
-    assert v["backends"][-1] == {"backend": "198.19.0.13:80", "weight": 1, "real": 2}
+    assert v["backends"][-1] == {"backend": "198.19.0.13:80", "weight": 1, "real": 2,
+                                 "health": None}
     assert engine.calls[0] == ("set_real", 2, ip(B3), 80, MACS[B3])
     assert engine.calls[1][0] == "set_services"
     assert engine.calls[1][1][0].table == [0, 1, 2]
@@ -251,10 +256,11 @@ def test_stats(st, engine):
                              "drop_unknown_dest": 1}
     assert r["flow_count"] == 1
     assert r["vips"] == [{"vip": "198.19.100.1:80", "proto": "tcp", "mode": "nat",
-                          "scheduler": "rr",
-                          "backends": [{"backend": "198.19.0.11:80", "weight": 1, "conns": 1},
+                          "scheduler": "rr", "on_backend_down": "expire", "health": None,
+                          "backends": [{"backend": "198.19.0.11:80", "weight": 1, "conns": 1,
+                                        "health": None},
                                        {"backend": "198.19.0.12:8080", "weight": 2,
-                                        "conns": 0}]}]
+                                        "conns": 0, "health": None}]}]
     assert r["modes"] == {"nat": {"nat_fwd": 1, "nat_rev": 0, "drop_ttl": 0}}
     assert r["io"] == {"rx_bursts": 3}
     assert r["draining"] == []
@@ -373,7 +379,8 @@ def test_removed_backend_keeps_slot_while_it_has_flows(st, engine, monkeypatch):
     assert engine.expire(NOW + 10_000_000, 2048) == 1
     assert engine.real_conns(0) == 0
     v = st.handle("backend.add", {"vip": VIP + ":80", "backend": "198.19.0.14"})
-    assert v["backends"][-1] == {"backend": "198.19.0.14:80", "weight": 1, "real": 0}
+    assert v["backends"][-1] == {"backend": "198.19.0.14:80", "weight": 1, "real": 0,
+                                 "health": None}
 
 
 def test_gc_frees_slots_for_reuse(st, engine):
