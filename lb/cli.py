@@ -8,6 +8,9 @@
     lbctl vip health VIP:PORT [--proto P] --check http|tcp|none [--path /P] [--expect N]
                      [--interval S] [--timeout S] [--rise N] [--fall N]
     lbctl vip mode VIP:PORT MODE [--proto P]    (switch the mode of new connections)
+    lbctl rule add VIP:PORT --kind K [--value V] --pool P [--action forward|redirect] [--index N]
+    lbctl rule del VIP:PORT INDEX               lbctl rule list VIP:PORT
+    lbctl backend add VIP:PORT IP[:PORT] --pool NAME   (splice pools)
     lbctl vip del VIP:PORT [--proto P]          lbctl vip list
     lbctl backend add VIP:PORT IP[:PORT] [--weight W] [--proto P]
     lbctl backend del VIP:PORT IP[:PORT] [--proto P]
@@ -246,14 +249,25 @@ def vip_add(ctx, endpoint, proto, mode, scheduler, maglev_size, on_backend_down)
 @click.option("--maglev-size", help="New Maglev table size, a prime.")
 @obd_option("keep, expire, or default (the mode's): what becomes of the flows of a backend "
             "that health checks take down.")
+@click.option("--splice-limit", help="splice: request bytes read before deciding (64..65536).")
+@click.option("--splice-timeout", help="splice: seconds to wait for them (0.05..60).")
 @json_option
 @click.pass_context
-def vip_set(ctx, endpoint, proto, mode, scheduler, maglev_size, on_backend_down):
+def vip_set(ctx, endpoint, proto, mode, scheduler, maglev_size, on_backend_down, splice_limit,
+            splice_timeout):
     """Change a service's mode, scheduler or down-backend policy; existing connections keep
     their mode."""
     args = _vip_args(ctx, endpoint, proto)
     args.update(_mode_args(ctx, mode, scheduler, maglev_size))
     args.update(_obd_arg(ctx, on_backend_down, True))
+    if splice_limit is not None:
+        args["splice_limit"] = _check(ctx, config.check_splice_limit, _int_text(splice_limit))
+    if splice_timeout is not None:
+        try:
+            t = float(splice_timeout)
+        except ValueError:
+            _fail(ctx, "splice_timeout", "not a number: %r" % splice_timeout, EXIT_USAGE)
+        args["splice_timeout"] = _check(ctx, config.check_splice_timeout, t)
     _run(ctx, "vip.set", args, _render_vip_one)
 
 
@@ -337,13 +351,16 @@ def _backend_args(ctx, endpoint, real, proto):
 @click.argument("endpoint", metavar="VIP:PORT")
 @click.argument("real", metavar="IP[:PORT]")
 @click.option("--weight", default="1", show_default=True, help="0..65535; 0 = no new flows.")
+@click.option("--pool", help="splice: the named pool (default: \"default\").")
 @proto_option
 @json_option
 @click.pass_context
-def backend_add(ctx, endpoint, real, weight, proto):
+def backend_add(ctx, endpoint, real, weight, pool, proto):
     """Add a backend (port defaults to the VIP's)."""
     args = _backend_args(ctx, endpoint, real, proto)
     args["weight"] = _check(ctx, config.check_weight, _int_text(weight))
+    if pool is not None:
+        args["pool"] = _check(ctx, config.check_pool_name, pool)
     _run(ctx, "backend.add", args, _render_vip_one)
 
 
@@ -402,6 +419,76 @@ def health_interface(ctx, name, clear):
         _check(ctx, config.check_interface_name, name, "interface")
     _run(ctx, "health.interface", {"interface": name} if name else {"interface": None},
          _render_health)
+
+
+# --- content rules (splice) ---------------------------------------------------------------
+
+@main.group()
+@json_option
+def rule():
+    """Content rules of a splice VIP (first match wins)."""
+
+
+@rule.command("add")
+@click.argument("endpoint", metavar="VIP:PORT")
+@click.option("--kind", required=True, help="method, path_prefix, host, sni, prefix or default.")
+@click.option("--value", help="What to match (none for default).")
+@click.option("--pool", required=True, help="The pool that gets matching connections.")
+@click.option("--action", default="forward", show_default=True,
+              help="forward, or redirect: answer HTTP with a 302 to the chosen backend.")
+@click.option("--index", help="Insert at this position (default: the end).")
+@proto_option
+@json_option
+@click.pass_context
+def rule_add(ctx, endpoint, kind, value, pool, action, index, proto):
+    """Add a content rule to a splice VIP."""
+    from modes import l7
+    args = _vip_args(ctx, endpoint, proto)
+    spec = {"kind": kind, "pool": pool, "action": action}
+    if value is not None:
+        spec["value"] = value
+    _check(ctx, l7.parse_rule, spec, "")
+    args.update(spec)
+    if index is not None:
+        args["index"] = _int_text(index)
+    _run(ctx, "rule.add", args, _render_rules)
+
+
+@rule.command("del")
+@click.argument("endpoint", metavar="VIP:PORT")
+@click.argument("index")
+@proto_option
+@json_option
+@click.pass_context
+def rule_del(ctx, endpoint, index, proto):
+    """Delete rule INDEX (as `rule list` numbers them)."""
+    args = _vip_args(ctx, endpoint, proto)
+    args["index"] = _int_text(index)
+    _run(ctx, "rule.del", args, _render_rules)
+
+
+@rule.command("list")
+@click.argument("endpoint", metavar="VIP:PORT")
+@proto_option
+@json_option
+@click.pass_context
+def rule_list(ctx, endpoint, proto):
+    """A splice VIP's rules and pools."""
+    _run(ctx, "rule.list", _vip_args(ctx, endpoint, proto), _render_rules)
+
+
+def _render_rules(v):
+    click.echo("%s/%s splice: read up to %d bytes within %.2f s" % (
+        v["vip"], v["proto"], v.get("splice_limit", 0), v.get("splice_timeout", 0)))
+    for r in v.get("rules", []):
+        click.echo("  %d. %s" % (r["index"], r["text"]))
+    pools = {}
+    for b in v["backends"]:
+        pools.setdefault(b.get("pool", "default"), []).append(b["backend"])
+    for name, members in sorted(pools.items()):
+        click.echo("  pool %s: %s" % (name, ", ".join(members)))
+    if "default" in pools and not any(r.get("kind") == "default" for r in v.get("rules", [])):
+        click.echo("  (no rule matched -> pool default)")
 
 
 # --- conns, stats, status -------------------------------------------------------------------

@@ -296,6 +296,7 @@ class BackendConfig:
     address: str
     port: int
     weight: int = 1
+    pool: str = "default"          # splice: the named pool this backend belongs to
 
     @property
     def ip(self):
@@ -345,6 +346,9 @@ class VipConfig:
     backends: list = field(default_factory=list)   # [BackendConfig]
     health: HealthCheck = field(default_factory=HealthCheck)
     on_backend_down: Optional[str] = None  # keep | expire | None: the mode's default
+    rules: list = field(default_factory=list)      # splice: [modes.l7.Rule], first match wins
+    splice_limit: int = 4096                       # splice: request bytes read to decide
+    splice_timeout: float = 3.0                    # splice: seconds to wait for them
 
     @property
     def ip(self):
@@ -465,7 +469,7 @@ def _parse_flows(raw):
 def parse_vip(raw, path="vip"):
     """A VipConfig from one [[vip]] table; fields blamed under `path`."""
     check_keys(raw, ["address", "port", "proto", "mode", "scheduler", "maglev_size",
-                     "on_backend_down", "health", "backend"], path)
+                     "on_backend_down", "health", "backend", "rule", "splice"], path)
     for k in ("address", "port"):
         if k not in raw:
             raise LBError(_join(path, k), "missing")
@@ -501,16 +505,67 @@ def parse_vip(raw, path="vip"):
     if "on_backend_down" in raw:
         obd = check_on_backend_down(raw["on_backend_down"], _join(path, "on_backend_down"))
     hc = parse_health_check(raw.get("health", {}), _join(path, "health"))
+    rules, limit, timeout = parse_splice(raw, mode, backends, path)
     return VipConfig(address=address, port=port, proto=proto, mode=mode.name,
                      scheduler=sched, maglev_size=size, backends=backends, health=hc,
-                     on_backend_down=obd)
+                     on_backend_down=obd, rules=rules, splice_limit=limit,
+                     splice_timeout=timeout)
+
+
+def check_splice_limit(v, fld="splice_limit"):
+    from modes import l7
+    return l7.check_limit(v, fld)
+
+
+def check_splice_timeout(v, fld="splice_timeout"):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.05 <= v <= 60:
+        raise LBError(fld, "must be a number of seconds 0.05..60, got %r" % (v,))
+    return float(v)
+
+
+def pools_of(backends):
+    return {b.pool for b in backends}
+
+
+def parse_splice(raw, mode, backends, path):
+    """[[vip.rule]] and [vip.splice] of a splice VIP: (rules, limit, timeout)."""
+    from modes import l7
+    rraw = raw.get("rule", [])
+    sraw = raw.get("splice", {})
+    if mode.name != "splice":
+        if rraw or sraw:
+            raise LBError(_join(path, "rule" if rraw else "splice"),
+                          "only splice VIPs have content rules (this one is %s)" % mode.name)
+        if any(b.pool != "default" for b in backends):
+            raise LBError(_join(path, "backend"), "only splice VIPs have pools")
+        return [], 4096, 3.0
+    if not isinstance(sraw, dict):
+        raise LBError(_join(path, "splice"), "must be a table")
+    check_keys(sraw, ["limit", "timeout"], _join(path, "splice"))
+    limit = check_splice_limit(sraw.get("limit", 4096), _join(path, "splice.limit"))
+    timeout = check_splice_timeout(sraw.get("timeout", 3.0), _join(path, "splice.timeout"))
+    if not isinstance(rraw, list):
+        raise LBError(_join(path, "rule"), "must be an array of tables ([[vip.rule]])")
+    pools = pools_of(backends)
+    rules = [l7.parse_rule(r, "%s.rule[%d]" % (path, j), pools=pools, limit=limit)
+             for j, r in enumerate(rraw)]
+    l7.RuleSet(rules, limit=limit, field_prefix=path + ".rule")    # order checks
+    return rules, limit, timeout
 
 
 def parse_backend_table(raw, vip_port, path):
-    check_keys(raw, ["address", "port", "weight"], path)
+    check_keys(raw, ["address", "port", "weight", "pool"], path)
     if "address" not in raw:
         raise LBError(_join(path, "address"), "missing")
     address = format_ip(parse_ip(raw["address"], _join(path, "address")))
     port = parse_port(raw["port"], _join(path, "port")) if "port" in raw else vip_port
     weight = check_weight(raw.get("weight", 1), _join(path, "weight"))
-    return BackendConfig(address=address, port=port, weight=weight)
+    pool = check_pool_name(raw.get("pool", "default"), _join(path, "pool"))
+    return BackendConfig(address=address, port=port, weight=weight, pool=pool)
+
+
+def check_pool_name(v, fld="pool"):
+    if not isinstance(v, str) or not v or len(v) > 32 or not all(
+            c.isalnum() or c in "-_." for c in v):
+        raise LBError(fld, "a pool name is 1-32 letters, digits, '-', '_' or '.', got %r" % (v,))
+    return v

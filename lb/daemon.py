@@ -12,7 +12,8 @@ One thread, one asyncio loop (DPDK l3fwd's shape):
 
 Invariants:
 - Python runs per burst, not per frame: the only per-frame Python is for punted frames
-  (ARP, traffic for the LB's own address), found with numpy on batch.verdict.
+  (ARP, traffic for the LB's own address, splice connections being set up), found with
+  numpy on batch.verdict.
 - Control commands and timers run in the same loop as the bursts, so a table swap always
   falls between two bursts.
 - Pcap mode runs the very same Daemon.burst() over a file, with pcap time as `now` (and the
@@ -45,6 +46,7 @@ from .errors import LBError
 from .health import HealthMonitor, check_interface
 from .io import PcapIO, open_backend
 from .neigh import Neigh
+from modes.splice import SpliceManager
 from .state import LBState
 
 log = logging.getLogger("lbd")
@@ -92,6 +94,10 @@ class Daemon:
         self.state.on_change = self.health.sync
         self.state.interface_check = check_interface
         self.neigh = Neigh(self.state, cfg.lb.ip, self.mac)
+        # splice: the SYN-cookie key is random per start (cookies outlive no restart), and
+        # the connections being set up are handled by modes/splice.py
+        self.engine.set_splice_secret(os.urandom(16))
+        self.splice = SpliceManager(self.engine, self.state, self.mac)
         self.batch = fastpath.Batch(BATCH_SIZE)
         self.expire_budget = max(1024, cfg.flows.capacity // 50)
         self._next_tick = None
@@ -114,8 +120,12 @@ class Daemon:
         punted = np.flatnonzero(b.verdict[:n] == defs.V_PUNT)
         if len(punted):
             self.loop_stats["punts"] += len(punted)
+            splice = defs.C["punt_splice"]
             for i in punted:
-                out = self.neigh.handle(b.frame(i))
+                if b.reason[i] == splice:
+                    out = self.splice.handle(b.frame(i), now)
+                else:
+                    out = self.neigh.handle(b.frame(i))
                 if out:
                     self.io.send(out)
         self.loop_stats["bursts"] += 1
@@ -139,7 +149,7 @@ class Daemon:
         self._next_tick = now + TICK_MS
         self.loop_stats["ticks"] += 1
         self.loop_stats["expired"] += self.engine.expire(now, self.expire_budget)
-        reqs = self.neigh.due_requests(now)
+        reqs = self.neigh.due_requests(now) + self.splice.tick(now)
         if reqs:
             self.io.send(reqs)
         if self._next_gc is None or now >= self._next_gc:
@@ -182,6 +192,7 @@ class Daemon:
     def extra_stats(self):
         h = self.health.view()
         return {"io": self.io.counters(), "neigh": self.neigh.counters(),
+                "splice": self.splice.counters(),
                 "loop": dict(self.loop_stats),
                 "health": {k: h[k] for k in ("tasks", "probes", "probe_failures",
                                              "transitions", "in_flight")}}

@@ -33,6 +33,8 @@ import time
 import fastpath
 from fastpath import checks, defs
 
+from modes import l7
+
 from . import config, health, schedulers
 from .config import BackendConfig, VipConfig, format_endpoint, format_ip
 from .errors import LBError
@@ -66,6 +68,7 @@ class LBState:
         self._next = 0         # slots from here on were never used
         self._tables = {}      # vip key -> (signature, (kind, table, weights))
         self._macs = {}        # ip -> mac bytes, from learn_neighbor
+        self._splice = {}      # (vip ip, port) -> SpliceVip, for modes/splice.py
         self._local_ip = cfg.lb.ip
         self._gw_ip = cfg.lb.gateway_ip
         new = {}
@@ -98,6 +101,16 @@ class LBState:
                 self.engine.set_real(idx, rip, port, mac)
         if ip == self._gw_ip:
             self.engine.set_gateway(mac)
+
+    def splice_vip(self, ip, port):
+        """The splice view of a VIP (rules, limit, timeout, pool choice), or None."""
+        return self._splice.get((ip, port))
+
+    def mac_of(self, ip):
+        return self._macs.get(ip)
+
+    def gateway_mac(self):
+        return self._macs.get(self._gw_ip) if self._gw_ip is not None else None
 
     def gc(self):
         """Release slots no VIP references and no flow uses any more; returns how many."""
@@ -148,9 +161,17 @@ class LBState:
     def _cmd_vip_set(self, args):
         """Change a VIP's mode, scheduler, Maglev size or on_backend_down ("default": the
         mode's); its backends stay. New flows only."""
-        _known(args, "vip", "proto", "mode", "scheduler", "maglev_size", "on_backend_down")
+        _known(args, "vip", "proto", "mode", "scheduler", "maglev_size", "on_backend_down",
+               "splice_limit", "splice_timeout")
         key, old = self._find_vip(args)
         mode = config.check_mode(_opt(args, "mode", old.mode))
+        if mode.name != "splice" and (old.rules or any(b.pool != "default" for b in old.backends)):
+            raise LBError("mode", "%s has content rules or pools, which only splice can use: "
+                          "delete them first" % _vip_name(old))
+        limit = config.check_splice_limit(_opt(args, "splice_limit", old.splice_limit))
+        timeout = config.check_splice_timeout(_opt(args, "splice_timeout", old.splice_timeout))
+        if (limit, timeout) != (old.splice_limit, old.splice_timeout) and mode.name != "splice":
+            raise LBError("splice_limit", "only applies to splice VIPs")
         sched = config.check_scheduler(_opt(args, "scheduler", old.scheduler))
         keep = old.maglev_size if sched == "maglev" and "maglev_size" not in args else None
         size = self._size_arg(args, sched, keep, len(old.backends))
@@ -159,7 +180,10 @@ class LBState:
                                     "mode")
         v = copy.deepcopy(old)
         v.mode, v.scheduler, v.maglev_size = mode.name, sched, size
+        v.splice_limit, v.splice_timeout = limit, timeout
         v.on_backend_down = _obd_arg(args, old.on_backend_down)
+        if v.rules:
+            l7.RuleSet(v.rules, limit=limit)
         return self._replace(key, v)
 
     def _cmd_vip_health(self, args):
@@ -207,15 +231,19 @@ class LBState:
         return [self._vip_view(v) for v in self._vips.values()]
 
     def _cmd_backend_add(self, args):
-        _known(args, "vip", "proto", "backend", "weight")
+        _known(args, "vip", "proto", "backend", "weight", "pool")
         key, old = self._find_vip(args)
         bkey = self._backend_arg(args, old)
         weight = config.check_weight(_opt(args, "weight", 1))
+        pool = config.check_pool_name(_opt(args, "pool", "default"))
+        if pool != "default" and old.mode != "splice":
+            raise LBError("pool", "only splice VIPs have pools (%s is %s)" % (_vip_name(old), old.mode))
         if _find_backend(old, bkey) is not None:
             raise LBError("backend", "%s is already a backend of %s"
                           % (format_endpoint(*bkey), _vip_name(old)))
         v = copy.deepcopy(old)
-        v.backends.append(BackendConfig(address=format_ip(bkey[0]), port=bkey[1], weight=weight))
+        v.backends.append(BackendConfig(address=format_ip(bkey[0]), port=bkey[1], weight=weight,
+                                        pool=pool))
         self._check_backends(v)
         return self._replace(key, v)
 
@@ -239,6 +267,42 @@ class LBState:
         v.backends[j].weight = weight
         self._check_backends(v)
         return self._replace(key, v)
+
+    def _splice_vip_arg(self, args):
+        key, old = self._find_vip(args)
+        if old.mode != "splice":
+            raise LBError("vip", "%s is %s: only splice VIPs have content rules"
+                          % (_vip_name(old), old.mode))
+        return key, old
+
+    def _cmd_rule_add(self, args):
+        """Insert a content rule (at `index`, default the end) into a splice VIP."""
+        from modes import l7
+        _known(args, "vip", "proto", "kind", "value", "pool", "action", "redirect_probe", "index")
+        key, old = self._splice_vip_arg(args)
+        spec = {k: args[k] for k in ("kind", "value", "pool", "action", "redirect_probe")
+                if args.get(k) is not None}
+        rule = l7.parse_rule(spec, "", pools=config.pools_of(old.backends), limit=old.splice_limit)
+        index = config.parse_int(_opt(args, "index", len(old.rules)), "index", 0, len(old.rules))
+        v = copy.deepcopy(old)
+        v.rules.insert(index, rule)
+        l7.RuleSet(v.rules, limit=v.splice_limit)     # e.g. a rule after a default: unreachable
+        return self._replace(key, v)
+
+    def _cmd_rule_del(self, args):
+        _known(args, "vip", "proto", "index")
+        key, old = self._splice_vip_arg(args)
+        if not old.rules:
+            raise LBError("index", "%s has no rules" % _vip_name(old))
+        index = config.parse_int(_need(args, "index"), "index", 0, len(old.rules) - 1)
+        v = copy.deepcopy(old)
+        del v.rules[index]
+        return self._replace(key, v)
+
+    def _cmd_rule_list(self, args):
+        _known(args, "vip", "proto")
+        _, old = self._splice_vip_arg(args)
+        return self._vip_view(old)
 
     def _cmd_conns(self, args):
         _known(args, "vip", "proto", "limit")
@@ -265,7 +329,8 @@ class LBState:
                 "client": format_endpoint(cip, cport),
                 "vip": format_endpoint(vip, vport),
                 "proto": config.PROTO_NAMES.get(pr, str(pr)),
-                "backend": format_endpoint(rip, rport) if rip is not None else "real#%d" % real,
+                "backend": format_endpoint(rip, rport) if rip is not None
+                else ("-" if real < 0 else "real#%d" % real),
                 "mode": MODE_NAMES.get(mode, str(mode)),
                 "state": defs.STATE_NAMES[state] if 0 <= state < len(defs.STATE_NAMES)
                 else str(state),
@@ -315,6 +380,7 @@ class LBState:
         "backend.del": _cmd_backend_del, "backend.weight": _cmd_backend_weight,
         "conns": _cmd_conns, "stats": _cmd_stats,
         "health.interface": _cmd_health_interface, "health.show": _cmd_health_show,
+        "rule.add": _cmd_rule_add, "rule.del": _cmd_rule_del, "rule.list": _cmd_rule_list,
     }
 
     # ---- health ---------------------------------------------------------------------------
@@ -451,6 +517,7 @@ class LBState:
         down = {m for m, h in new_health.items() if not h.up}
         tables = {}
         specs = []
+        splice_views = {}
         uses = {}          # real idx -> [down?] of every VIP that references it
         for key, v in new_vips.items():
             for b in v.backends:
@@ -473,6 +540,8 @@ class LBState:
                 flags |= defs.SVC_EXPIRE_NODEST
             specs.append(fastpath.ServiceSpec(v.ip, v.port, config.PROTOS[v.proto], mode.code,
                                               kind, table, weights, flags))
+            if v.mode == "splice":
+                splice_views[(v.ip, v.port)] = SpliceVip(self, v, members)
         if len(specs) > defs.MAX_SERVICES:
             raise LBError("vip", "at most %d VIPs" % defs.MAX_SERVICES)
         try:
@@ -498,6 +567,7 @@ class LBState:
         self._vips, self._slots, self._next = new_vips, slots, nxt
         self._free = free
         self._tables = tables
+        self._splice = splice_views
         self._health, self._slot_down = new_health, slot_down
         self._notify()
 
@@ -516,10 +586,62 @@ class LBState:
             "scheduler": v.scheduler, "maglev_size": v.maglev_size,
             "on_backend_down": config.effective_on_backend_down(v),
             "health": v.health.view(),
-            "backends": [{"backend": b.key, "weight": b.weight,
+            "backends": [{"backend": b.key, "weight": b.weight, "pool": b.pool,
                           "real": self._slots.get((b.ip, b.port)),
                           "health": self._backend_health(v, b)} for b in v.backends],
+            **({"rules": [dict(l7.rule_as_dict(r), index=i, text=l7.format_rule(r))
+                          for i, r in enumerate(v.rules)],
+                "splice_limit": v.splice_limit, "splice_timeout": v.splice_timeout}
+               if v.mode == "splice" else {}),
         }
+
+
+class SpliceVip:
+    """What modes/splice.py needs of one splice VIP: its rules, limit and timeout, and a
+    backend choice per pool (the pool's scheduler table, built like any VIP's). A request
+    that matches no rule goes to the pool named "default" when there is one."""
+
+    def __init__(self, state, v, members):
+        self.engine = state.engine
+        rules = list(v.rules)
+        pools = {}
+        for (idx, key, weight), b in zip(members, v.backends):
+            pools.setdefault(b.pool, []).append((idx, key, weight))
+        if "default" in pools and not any(r.kind == "default" for r in rules):
+            rules.append(l7.Rule("default", "", "default"))
+        self.ruleset = l7.RuleSet(rules, limit=v.splice_limit)
+        self.limit = v.splice_limit
+        self.timeout_ms = int(v.splice_timeout * 1000)
+        self.addr = {idx: (b.ip, b.port) for (idx, _, _), b in zip(members, v.backends)}
+        size = v.maglev_size
+        self.tables = {}
+        for name, mem in pools.items():
+            if v.scheduler == "maglev":
+                size = max(size or 0, schedulers.MAGLEV_DEFAULT_SIZE)
+            self.tables[name] = schedulers.build(v.scheduler, mem, size if v.scheduler == "maglev" else None)
+        self.cursor = {name: 0 for name in pools}
+
+    def choose(self, pool, h, cip):
+        """(real idx, ip, port) of a backend of `pool` for a new flow, or None."""
+        t = self.tables.get(pool)
+        if t is None or not t[1]:
+            return None
+        kind, table, weights = t
+        if kind == defs.SCHED_SEQ:
+            real = table[self.cursor[pool] % len(table)]
+            self.cursor[pool] += 1
+        elif kind == defs.SCHED_HASH5:
+            real = table[h % len(table)]
+        elif kind == defs.SCHED_HASHSRC:
+            real = table[fastpath.mix64(cip) % len(table)]
+        else:
+            best = 0
+            for k in range(1, len(table)):
+                if (self.engine.real_conns(table[k]) * weights[best]
+                        < self.engine.real_conns(table[best]) * weights[k]):
+                    best = k
+            real = table[best]
+        return (real,) + self.addr[real]
 
 
 def _vip_key(v):

@@ -1,8 +1,8 @@
 """Forwarding modes. Each module exposes MODE, an instance of modes.base.Mode, bound once per VIP."""
 from .base import Mode  # noqa: F401
-from . import dsr, nat
+from . import dsr, nat, splice
 
-REGISTRY = {m.name: m for m in (nat.MODE, dsr.MODE)}
+REGISTRY = {m.name: m for m in (nat.MODE, dsr.MODE, splice.MODE)}
 
 
 def get(name):

@@ -113,9 +113,9 @@ def test_config_applied(st):
     [v] = listing(st)
     assert v == {"vip": "198.19.100.1:80", "proto": "tcp", "mode": "nat", "scheduler": "rr",
                  "maglev_size": None, "on_backend_down": "expire", "health": None,
-                 "backends": [{"backend": "198.19.0.11:80", "weight": 1, "real": 0,
+                 "backends": [{"backend": "198.19.0.11:80", "weight": 1, "pool": "default", "real": 0,
                                "health": None},
-                              {"backend": "198.19.0.12:8080", "weight": 2, "real": 1,
+                              {"backend": "198.19.0.12:8080", "weight": 2, "pool": "default", "real": 1,
                                "health": None}]}
     assert st.vip_addresses() == {ip(VIP)}
     assert st.wanted_neighbors() == {ip(B1), ip(B2), ip(GW_IP)}
@@ -175,7 +175,7 @@ def test_vip_add_udp_with_options_then_traffic(st, engine):
     assert (v["proto"], v["maglev_size"]) == ("udp", 4093)
     v = st.handle("backend.add", {"vip": VIP + ":53", "proto": "udp", "backend": B3 + ":5353",
                                   "weight": 3})
-    assert v["backends"] == [{"backend": "198.19.0.13:5353", "weight": 3, "real": 2,
+    assert v["backends"] == [{"backend": "198.19.0.13:5353", "weight": 3, "pool": "default", "real": 2,
                               "health": None}]
     spec = [s for s in engine.calls[-1][1] if s.proto == defs.PROTO_UDP][0]
     assert len(spec.table) == 4093 and set(spec.table) == {2}
@@ -203,7 +203,7 @@ def test_vip_del(st, engine):
 
 def test_backend_add_del_weight(st, engine):
     v = st.handle("backend.add", {"vip": VIP + ":80", "proto": "tcp", "backend": B3})
-    assert v["backends"][-1] == {"backend": "198.19.0.13:80", "weight": 1, "real": 2,
+    assert v["backends"][-1] == {"backend": "198.19.0.13:80", "weight": 1, "pool": "default", "real": 2,
                                  "health": None}
     assert engine.calls[0] == ("set_real", 2, ip(B3), 80, MACS[B3])
     assert engine.calls[1][0] == "set_services"
@@ -379,7 +379,7 @@ def test_removed_backend_keeps_slot_while_it_has_flows(st, engine, monkeypatch):
     assert engine.expire(NOW + 10_000_000, 2048) == 1
     assert engine.real_conns(0) == 0
     v = st.handle("backend.add", {"vip": VIP + ":80", "backend": "198.19.0.14"})
-    assert v["backends"][-1] == {"backend": "198.19.0.14:80", "weight": 1, "real": 0,
+    assert v["backends"][-1] == {"backend": "198.19.0.14:80", "weight": 1, "pool": "default", "real": 0,
                                  "health": None}
 
 

@@ -1,0 +1,403 @@
+"""splice: delayed binding with sequence-number splicing (F5's FastHTTP, done in the open).
+
+Used when the backend must be chosen by content (HTTP method/path/Host, TLS SNI, a byte
+prefix) while the backend still sees the client's own address, and when SYN floods must
+not cost state. The life of a connection:
+
+  client SYN        -> fast path: cookie SYN-ACK, no state (fastpath/defs.py: the cookie)
+  client ACK (+data)-> fast path: cookie valid -> flow SPL_WAIT -> punted here
+  request bytes     -> here: reassembled in sequence order, never acknowledged by us (the
+                       client keeps them until the real server ACKs them), decided by the
+                       VIP's rules (modes/l7.py) once enough is there, at the size limit
+                       or at the timeout
+  decision forward  -> engine.splice_bind(real); we send the backend a SYN as the client
+                       (client address, port, ISN and SYN options as the cookie kept them)
+  backend SYN-ACK   -> fast path records the deltas -> punted here: we ACK it as the client
+                       and replay the request; from now on the fast path translates both ways
+  decision redirect -> we answer the HTTP request ourselves with a 302 to the chosen
+                       backend's own address (layer-7 DSR: large objects go direct), then FIN
+  refused           -> RST to the client (counted)
+
+Losses are covered without timers of our own where TCP already has them: a lost replay is
+resent by the client itself (we never acknowledged its bytes); a lost ACK of the backend's
+SYN-ACK makes the backend resend it, which comes back up here and is answered again. A lost
+SYN to the backend is resent here (1 s, then 2 s); a backend that never answers gets the
+client a RST (splice_backend_timeout).
+
+Python runs here once per new connection (a handful of frames), never per packet of a
+spliced connection.
+"""
+import logging
+import struct
+
+from fastpath import defs
+
+from . import l7
+from .base import Mode
+
+log = logging.getLogger("splice")
+
+M32 = 0xFFFFFFFF
+SYN_RETRIES_MS = (1000, 2000)      # resend the SYN to the backend after these waits
+REPLAY_KEEP_MS = 10000             # keep the request to replay on a repeated SYN-ACK
+
+
+class Splice(Mode):
+    name = "splice"
+    code = defs.MODE_SPLICE
+    default_scheduler = "rr"
+    counters = ("splice_synack", "splice_bad_cookie", "punt_splice", "splice_fwd", "splice_rev",
+                "splice_established", "drop_splice_state", "drop_tcp_bad_options")
+
+    def validate(self, vip_port, proto, backends):
+        from lb.errors import LBError
+        if proto not in ("tcp", defs.PROTO_TCP):
+            raise LBError("proto", "splice works on TCP only")
+
+
+MODE = Splice()
+
+
+# ---- frames made here (rare: a few per connection) -----------------------------------------
+def _csum(data):
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def tcp_frame(dmac, smac, src, dst, sport, dport, seq, ack, flags, win=65535, opts=b"", data=b"",
+              ident=0):
+    """An Ethernet/IPv4/TCP frame with full checksums; addresses are host-order ints."""
+    opts += b"\0" * (-len(opts) % 4)
+    tcp_len = 20 + len(opts) + len(data)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + tcp_len, ident, 0x4000, 64, 6, 0,
+                     src.to_bytes(4, "big"), dst.to_bytes(4, "big"))
+    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq & M32, ack & M32, (20 + len(opts)) // 4 << 4,
+                      flags, win, 0, 0) + opts + data
+    pseudo = src.to_bytes(4, "big") + dst.to_bytes(4, "big") + struct.pack("!BBH", 0, 6, tcp_len)
+    tcp = tcp[:16] + struct.pack("!H", _csum(pseudo + tcp)) + tcp[18:]
+    return dmac + smac + b"\x08\x00" + ip + tcp
+
+
+TH_FIN, TH_SYN, TH_RST, TH_PSH, TH_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+
+
+def parse_tcp(frame):
+    """(src, dst, sport, dport, seq, ack, flags, payload) of a punted IPv4/TCP frame, or None
+    (the fast path bounds-checked it already; this is a second, cheap look)."""
+    if len(frame) < 54 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+        return None
+    ihl = (frame[14] & 15) * 4
+    tot = struct.unpack("!H", frame[16:18])[0]
+    t = 14 + ihl
+    if tot < ihl + 20 or 14 + tot > len(frame):
+        return None
+    doff = (frame[t + 12] >> 4) * 4
+    if doff < 20 or ihl + doff > tot:
+        return None
+    src, dst = struct.unpack("!II", frame[26:34])
+    sport, dport, seq, ack = struct.unpack("!HHII", frame[t:t + 12])
+    return src, dst, sport, dport, seq, ack, frame[t + 13], bytes(frame[t + doff:14 + tot])
+
+
+class Conn:
+    """Python-side state of one splice connection until it is spliced (then the fast path
+    has it all) or refused."""
+    __slots__ = ("key", "segs", "data", "started", "decided", "real", "backend", "syn_at",
+                 "syn_tries", "established_at", "redirect", "fin")
+
+    def __init__(self, key, now):
+        self.key = key                 # (cip, cport, vip, vport)
+        self.segs = {}                 # offset from client ISN+1 -> bytes (out of order)
+        self.data = b""                # in-order request bytes
+        self.started = now
+        self.decided = None
+        self.real = None
+        self.backend = None            # (ip, port, mac)
+        self.syn_at = 0
+        self.syn_tries = 0
+        self.established_at = None
+        self.redirect = None           # the 302 we sent, to resend on a retransmitted request
+        self.fin = False
+
+
+class SpliceManager:
+    """Handles the frames the fast path punts for splice flows, and its timers.
+
+    ctx is the daemon side (lb/state.py implements it):
+      ctx.splice_vip(vip, port) -> object with .ruleset (modes.l7.RuleSet), .limit (bytes),
+          .timeout_ms and .choose(pool, flow_hash, cip) -> (real_idx, ip, port) | None
+      ctx.mac_of(ip) -> bytes | None; ctx.gateway_mac() -> bytes | None
+    """
+
+    def __init__(self, engine, ctx, local_mac):
+        self.engine = engine
+        self.ctx = ctx
+        self.mac = local_mac
+        self.conns = {}
+        self.by_backend = {}           # (cip, cport, rip, rport) -> key, once bound
+        self.now = 0
+        self.c = {k: 0 for k in ("conns", "decided_forward", "decided_redirect", "refused",
+                                 "decided_at_limit", "decided_at_timeout", "syn_sent",
+                                 "syn_retransmitted", "replayed", "replay_repeated",
+                                 "backend_timeout", "backend_reset", "client_reset",
+                                 "no_backend", "no_neigh", "bad_frame", "stray")}
+
+    def counters(self):
+        return dict(self.c, open=len(self.conns))
+
+    # ---- frames up from the fast path ------------------------------------------------------
+    def handle(self, frame, now):
+        self.now = now
+        p = parse_tcp(frame)
+        if p is None:
+            self.c["bad_frame"] += 1
+            return []
+        src, dst, sport, dport, seq, ack, flags, payload = p
+        if self.ctx.splice_vip(dst, dport) is not None:
+            return self._from_client((src, sport, dst, dport), seq, flags, payload, now)
+        return self._from_backend(dst, dport, src, sport, flags, now)
+
+    def _from_client(self, key, seq, flags, payload, now):
+        fl = self.engine.splice_flow(*key)
+        if fl is None:
+            self.c["stray"] += 1
+            return []
+        conn = self.conns.get(key)
+        if conn is None:
+            conn = self.conns[key] = Conn(key, now)
+            self.c["conns"] += 1
+        if flags & TH_RST:
+            self.c["client_reset"] += 1
+            self._forget(key)
+            return []
+        off = (seq - fl["c_isn"] - 1) & M32
+        if payload and off < 1 << 20:
+            conn.segs.setdefault(off, payload)
+            self._reassemble(conn)
+        if flags & TH_FIN:
+            conn.fin = True
+        if conn.redirect is not None:
+            return self._redirect_more(conn, fl, flags, payload)
+        if conn.decided is None:
+            return self._decide(conn, fl, now, final=conn.fin)
+        return []
+
+    def _reassemble(self, conn):
+        while True:
+            nxt = len(conn.data)
+            # a segment may start before the end of what we have (a retransmission that
+            # overlaps): take what is new in it
+            hit = [o for o in conn.segs if o <= nxt < o + len(conn.segs[o])]
+            if not hit:
+                break
+            o = hit[0]
+            conn.data += conn.segs.pop(o)[nxt - o:]
+        for o in [o for o in conn.segs if o + len(conn.segs[o]) <= len(conn.data)]:
+            del conn.segs[o]
+
+    def _decide(self, conn, fl, now, final=False):
+        vip = self.ctx.splice_vip(conn.key[2], conn.key[3])
+        if vip is None:
+            return self._refuse(conn, fl, "VIP gone")
+        data = conn.data[:vip.limit]
+        if len(conn.data) >= vip.limit and not final:
+            final = True
+            self.c["decided_at_limit"] += 1
+        d = vip.ruleset.decide_final(data) if final else vip.ruleset.decide(data)
+        if d is l7.NEED_MORE:
+            return []
+        if isinstance(d, l7.Refuse):
+            return self._refuse(conn, fl, d.reason)
+        conn.decided = d
+        cip, cport, vip_ip, vport = conn.key
+        h = _flow_hash(cip, vip_ip, cport, vport)
+        choice = vip.choose(d.pool, h, cip)
+        if choice is None:
+            self.c["no_backend"] += 1
+            return self._refuse(conn, fl, "pool %s has no usable backend" % d.pool)
+        real, ip, port = choice
+        mac = self.ctx.mac_of(ip)
+        if mac is None:
+            self.c["no_neigh"] += 1
+            return self._refuse(conn, fl, "backend %s MAC not resolved" % ip)
+        conn.real, conn.backend = real, (ip, port, mac)
+        if d.action == "redirect":
+            self.c["decided_redirect"] += 1
+            return self._redirect(conn, fl, vip)
+        if not self.engine.splice_bind(cip, cport, vip_ip, vport, real, now):
+            return self._refuse(conn, fl, "flow gone")
+        self.c["decided_forward"] += 1
+        self.by_backend[(cip, cport, ip, port)] = conn.key
+        conn.syn_at, conn.syn_tries = now, 1
+        self.c["syn_sent"] += 1
+        return [self._syn(conn, fl)]
+
+    def _syn(self, conn, fl):
+        cip, cport, _, _ = conn.key
+        ip, port, mac = conn.backend
+        o = struct.pack("!BBH", 2, 4, fl["mss"])
+        if fl["sopt"] & defs.SOPT_TS:
+            o += (b"\x04\x02" if fl["sopt"] & defs.SOPT_SACK else b"\x01\x01")
+            o += b"\x08\x0a" + struct.pack("!II", fl["c_tsval"], 0)
+        if fl["ws_c"] != 0xF:
+            o += b"\x01\x03\x03" + bytes([fl["ws_c"]])
+        return tcp_frame(mac, self.mac, cip, ip, cport, port, fl["c_isn"], 0, TH_SYN, opts=o)
+
+    def _client_opts(self, fl):
+        if fl["sopt"] & defs.SOPT_TS:
+            return b"\x01\x01\x08\x0a" + struct.pack("!II", fl["c_tsval"], fl["b_tsval"])
+        return b""
+
+    def _from_backend(self, cip, cport, rip, rport, flags, now):
+        key = self.by_backend.get((cip, cport, rip, rport))
+        if key is None or key not in self.conns:
+            self.c["stray"] += 1
+            return []
+        conn = self.conns[key]
+        fl = self.engine.splice_flow(*key)
+        if fl is None:
+            self._forget(key, drop=False)
+            return []
+        if flags & TH_RST:
+            self.c["backend_reset"] += 1
+            out = [self._rst_client(conn, fl)]
+            self._forget(key)
+            return out
+        if fl["state"] == defs.S_SPL_CONNECTING:     # not our SYN-ACK (the fast path checks)
+            return []
+        # the backend's SYN-ACK: ACK it as the client and replay the request
+        if conn.established_at is None:
+            conn.established_at = now
+            self.c["replayed"] += 1
+        else:
+            self.c["replay_repeated"] += 1
+        ip, port, mac = conn.backend
+        opts = self._client_opts(fl)
+        seq = fl["c_isn"] + 1
+        ack = fl["s_isn"] + 1
+        out = [tcp_frame(mac, self.mac, cip, ip, cport, port, seq, ack, TH_ACK, win=fl["c_win"],
+                         opts=opts)]
+        mss = max(64, min(fl["mss"], 1460) - len(opts))
+        data = conn.data
+        for i in range(0, len(data), mss):
+            chunk = data[i:i + mss]
+            last = i + mss >= len(data)
+            out.append(tcp_frame(mac, self.mac, cip, ip, cport, port, seq + i, ack,
+                                 TH_ACK | (TH_PSH if last else 0) | (TH_FIN if last and conn.fin else 0),
+                                 win=fl["c_win"], opts=opts, data=chunk))
+        return out
+
+    # ---- answers of our own ----------------------------------------------------------------
+    def _rst_client(self, conn, fl):
+        cip, cport, vip, vport = conn.key
+        gw = self.ctx.gateway_mac()
+        if gw is None:
+            return b""
+        return tcp_frame(gw, self.mac, vip, cip, vport, cport, fl["l_isn"] + 1,
+                         fl["c_isn"] + 1 + len(conn.data), TH_RST | TH_ACK, win=0)
+
+    def _refuse(self, conn, fl, reason):
+        self.c["refused"] += 1
+        log.debug("splice %s refused: %s", _name(conn.key), reason)
+        out = [self._rst_client(conn, fl)]
+        self._forget(conn.key)
+        return [f for f in out if f]
+
+    def _redirect(self, conn, fl, vip):
+        req = l7.parse_http_request(conn.data, vip.limit)
+        if not isinstance(req, l7.HttpRequest):
+            return self._refuse(conn, fl, "redirect needs an HTTP request")
+        ip, port, _ = conn.backend
+        host = _ipstr(ip) if port == 80 else "%s:%d" % (_ipstr(ip), port)
+        conn.redirect = l7.redirect_response(host, req.path, req.query or "")
+        return self._send_redirect(conn, fl)
+
+    def _send_redirect(self, conn, fl):
+        gw = self.ctx.gateway_mac()
+        if gw is None:
+            return []
+        cip, cport, vip, vport = conn.key
+        return [tcp_frame(gw, self.mac, vip, cip, vport, cport, fl["l_isn"] + 1,
+                          fl["c_isn"] + 1 + len(conn.data), TH_ACK | TH_PSH | TH_FIN,
+                          win=65535, opts=self._our_ts(fl), data=conn.redirect)]
+
+    def _our_ts(self, fl):
+        # our own segments on a cookie connection: keep the client's PAWS happy with a TSval
+        # at or above the SYN-ACK's (the engine's ms clock, like the cookie's)
+        if fl["sopt"] & defs.SOPT_TS:
+            return b"\x01\x01\x08\x0a" + struct.pack("!II", (self.now + 64) & M32, fl["c_tsval"])
+        return b""
+
+    def _redirect_more(self, conn, fl, flags, payload):
+        if flags & TH_FIN or flags & TH_RST:
+            # the client closes after our 302+FIN: ACK its FIN and forget the flow
+            gw = self.ctx.gateway_mac()
+            cip, cport, vip, vport = conn.key
+            out = []
+            if gw is not None and flags & TH_FIN:
+                out.append(tcp_frame(gw, self.mac, vip, cip, vport, cport,
+                                     fl["l_isn"] + 2 + len(conn.redirect),
+                                     fl["c_isn"] + 2 + len(conn.data), TH_ACK, opts=self._our_ts(fl)))
+            self._forget(conn.key)
+            return out
+        if payload:       # the request again: our answer was lost
+            return self._send_redirect(conn, fl)
+        return []
+
+    # ---- timers ----------------------------------------------------------------------------
+    def tick(self, now):
+        self.now = now
+        out = []
+        for key, conn in list(self.conns.items()):
+            fl = self.engine.splice_flow(*key)
+            if fl is None:
+                self._forget(key, drop=False)
+                continue
+            vip = self.ctx.splice_vip(key[2], key[3])
+            if conn.decided is None:
+                if vip is None or now - conn.started >= vip.timeout_ms:
+                    self.c["decided_at_timeout"] += 1
+                    out += self._decide(conn, fl, now, final=True)
+            elif fl["state"] == defs.S_SPL_CONNECTING:
+                waited = now - conn.syn_at
+                if conn.syn_tries <= len(SYN_RETRIES_MS) and waited >= SYN_RETRIES_MS[conn.syn_tries - 1]:
+                    if conn.syn_tries == len(SYN_RETRIES_MS):
+                        self.c["backend_timeout"] += 1
+                        out.append(self._rst_client(conn, fl))
+                        self._forget(key)
+                        continue
+                    conn.syn_tries += 1
+                    conn.syn_at = now
+                    self.c["syn_retransmitted"] += 1
+                    out.append(self._syn(conn, fl))
+            elif conn.redirect is not None:
+                if now - conn.started > REPLAY_KEEP_MS:
+                    self._forget(key)
+            elif conn.established_at is not None and now - conn.established_at > REPLAY_KEEP_MS:
+                self._forget(key, drop=False)
+        return [f for f in out if f]
+
+    def _forget(self, key, drop=True):
+        conn = self.conns.pop(key, None)
+        if conn is not None and conn.backend is not None:
+            self.by_backend.pop((key[0], key[1], conn.backend[0], conn.backend[1]), None)
+        if drop:
+            self.engine.splice_drop(*key)
+
+
+def _flow_hash(cip, vip, cport, vport):
+    import fastpath
+    return fastpath.flow_hash(cip, vip, cport, vport, 6)
+
+
+def _ipstr(ip):
+    return "%d.%d.%d.%d" % (ip >> 24, ip >> 16 & 255, ip >> 8 & 255, ip & 255)
+
+
+def _name(key):
+    return "%s:%d->%s:%d" % (_ipstr(key[0]), key[1], _ipstr(key[2]), key[3])
