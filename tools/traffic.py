@@ -6,6 +6,7 @@ caller judges); every loop is bounded in count and time.
   echo HOST PORT --bytes N [--seed S]    N random bytes through an echo service; sha256 both ways
   echo-slow HOST PORT --seconds T        one connection, 1 KiB every 20 ms; all echoes checked
   malformed IFACE DST_MAC --count N      a burst of malformed IPv4 frames to DST_MAC (raw socket)
+  synflood DST PORT --count N --seconds T   SYNs from spoofed sources (raw IP socket)
 """
 import argparse
 import hashlib
@@ -175,6 +176,44 @@ def cmd_malformed(a):
     return {"sent": sent, "total": sum(sent.values())}
 
 
+def cmd_synflood(a):
+    """SYNs from spoofed sources (random addresses in --net) to DST:PORT, paced, bounded in
+    count and time; raw IP socket, so the kernel routes them like any packet of this host."""
+    import ipaddress
+    import random
+    net = ipaddress.IPv4Network(a.net)
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    dst = socket.inet_aton(a.dst)
+    rng = random.Random(a.seed)
+    sent = 0
+    t0 = time.monotonic()
+    deadline = t0 + a.seconds
+    while sent < a.count and time.monotonic() < deadline:
+        src = socket.inet_aton(str(net[rng.randrange(2, net.num_addresses - 1)]))
+        sport = rng.randrange(1024, 65535)
+        tcp = struct.pack("!HHIIBBHHH", sport, a.port, rng.getrandbits(32), 0, 0x50, 0x02, 65535, 0, 0)
+        pseudo = src + dst + struct.pack("!BBH", 0, 6, len(tcp))
+        tcp = tcp[:16] + struct.pack("!H", _csum(pseudo + tcp)) + tcp[18:]
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, rng.getrandbits(16), 0, 64, 6, 0, src, dst)
+        s.sendto(ip + tcp, (a.dst, 0))
+        sent += 1
+        if a.rate and sent % 100 == 0:          # pace: --rate SYNs per second
+            ahead = sent / a.rate - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+    s.close()
+    return {"sent": sent, "seconds": time.monotonic() - t0}
+
+
+def _csum(data):
+    if len(data) % 2:
+        data += b"\0"
+    v = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while v >> 16:
+        v = (v & 0xFFFF) + (v >> 16)
+    return ~v & 0xFFFF
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="traffic")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -201,9 +240,17 @@ def main(argv=None):
     m.add_argument("--dst-ip", default="198.19.100.1")
     m.add_argument("--count", type=int, default=800)
     m.add_argument("--timeout", type=float, default=10)
+    sf = sub.add_parser("synflood")
+    sf.add_argument("dst")
+    sf.add_argument("port", type=int)
+    sf.add_argument("--net", default="198.18.0.0/16", help="spoofed sources come from here")
+    sf.add_argument("--count", type=int, default=20000)
+    sf.add_argument("--seconds", type=float, default=10)
+    sf.add_argument("--rate", type=float, default=0, help="SYNs per second (0: as fast as it goes)")
+    sf.add_argument("--seed", type=int, default=1)
     a = p.parse_args(argv)
     fn = {"http": cmd_http, "echo": cmd_echo, "echo-slow": cmd_echo_slow,
-          "malformed": cmd_malformed}[a.cmd]
+          "malformed": cmd_malformed, "synflood": cmd_synflood}[a.cmd]
     print(json.dumps(fn(a)), flush=True)
     return 0
 

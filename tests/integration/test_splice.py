@@ -1,0 +1,184 @@
+"""splice end to end: real Linux TCP stacks on both ends, lbd in the middle.
+
+   c1, c2 -- rt (loss injected here when asked: nftables numgen) -- brs -+- lbd
+                                                                        +- b1 (pool default)
+                                                                        +- b2, b3 (pool big)
+   client SYN -> lbd's cookie SYN-ACK; request read by lbd; lbd opens the backend connection
+   as the client (the backend sees the client's address) and splices the two.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from .test_nat import counters, lbctl, traffic
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+VIP = "198.19.100.3"
+B1, B2, B3 = "198.19.0.11", "198.19.0.12", "198.19.0.13"
+
+
+def splice_vip(lab, port, pools, rules=(), scheduler="rr"):
+    """pools: {name: [backend ip, ...]}; rules: [(kind, value, pool, action)]."""
+    ep = "%s:%d" % (VIP, port)
+    lbctl(lab, "vip", "add", ep, "--mode", "splice", "--scheduler", scheduler)
+    for pool, members in pools.items():
+        for b in members:
+            lbctl(lab, "backend", "add", ep, b, "--pool", pool)
+    for kind, value, pool, action in rules:
+        args = ["rule", "add", ep, "--kind", kind, "--pool", pool, "--action", action]
+        if value is not None:
+            args += ["--value", value]
+        lbctl(lab, *args)
+
+
+def loss(lab, percent):
+    """Random loss on everything the router forwards (both directions)."""
+    lab.exec("rt", ["nft", "add table ip twloss; add chain ip twloss lossy { type filter hook "
+                           "forward priority 0; policy accept; }; "
+                           "add rule ip twloss lossy numgen random mod 1000 < %d drop" % (percent * 10)])
+
+
+def test_two_pools_by_path_and_the_backend_sees_the_client(make_lab):
+    lab = make_lab()
+    splice_vip(lab, 80, {"default": [B1], "big": [B2, B3]},
+               [("path_prefix", "/blob", "big", "forward")])
+    r = traffic(lab, "c1", "http", "http://%s/id" % VIP, "--count", "50")
+    assert r["n_errors"] == 0 and r["backends"] == {"b1": 50}, r
+    seen = set()
+    for _ in range(2):
+        out = lab.exec("c1", ["sh", "-c", "curl -sf --max-time 60 -D /dev/stderr http://%s/blob "
+                              "| sha256sum" % VIP], timeout=90)
+        assert out.stdout.split()[0] == lab.topology["blob"]["sha256"]
+        seen |= {l.split(":", 1)[1].strip() for l in out.stderr.splitlines()
+                 if l.lower().startswith("x-backend")}
+    assert seen == {"b2", "b3"}
+    # the backend's socket is connected to the client's own address
+    p = lab.popen("c1", [sys.executable, "-m", "tools.traffic", "echo-slow", VIP, "9000",
+                         "--seconds", "3"], stdout=subprocess.PIPE, text=True)
+    try:
+        splice_vip(lab, 9000, {"default": [B1]})
+    except Exception:
+        p.kill()
+        raise
+    try:
+        local = json.loads(p.stdout.readline())["started"]
+        deadline, peers = time.monotonic() + 5, []
+        while local not in peers and time.monotonic() < deadline:
+            peers = lab.exec("b1", ["ss", "-tnH", "state", "established", "( sport = :9000 )"]
+                             ).stdout.split()
+        assert local in peers and local.startswith("198.18.0.10:")
+        out, _ = p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert json.loads(out.strip().splitlines()[-1])["mismatched"] == 0
+    c = counters(lab)
+    assert c["splice_established"] >= 53 and c["splice_fwd"] > 0 and c["splice_rev"] > 0
+
+
+def test_blob_and_echo_intact_under_one_percent_loss(make_lab):
+    lab = make_lab()
+    splice_vip(lab, 80, {"default": [B1, B2]})
+    splice_vip(lab, 9000, {"default": [B3]})
+    loss(lab, 1)
+    for _ in range(2):
+        out = lab.exec("c1", ["sh", "-c", "curl -sf --retry 3 --max-time 90 http://%s/blob | sha256sum"
+                              % VIP], timeout=200)
+        assert out.stdout.split()[0] == lab.topology["blob"]["sha256"]
+    r = traffic(lab, "c1", "echo", VIP, "9000", "--bytes", str(32 << 20), "--seed", "11",
+                "--timeout", "120", timeout=200)
+    assert r["identical"], r
+    dropped = lab.exec("rt", ["nft", "list", "table", "ip", "twloss"]).stdout
+    assert "drop" in dropped
+    c = counters(lab)
+    assert c["splice_fwd"] > 0 and c["splice_rev"] > 0
+
+
+def _start_tls_server(lab, node, name, certdir):
+    key, crt = os.path.join(certdir, name + ".key"), os.path.join(certdir, name + ".crt")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", crt,
+                    "-subj", "/CN=%s" % name, "-days", "1"], check=True, capture_output=True,
+                   timeout=30)
+    p = lab.popen(node, ["openssl", "s_server", "-accept", "8443", "-cert", crt, "-key", key,
+                         "-www", "-quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if ":8443" in lab.exec(node, ["ss", "-ltnH", "sport = :8443"]).stdout:
+            return p
+        time.sleep(0.05)
+    p.kill()
+    raise AssertionError("openssl s_server on %s did not listen" % node)
+
+
+def test_tls_sni_routes_to_the_right_pool(make_lab):
+    lab = make_lab()
+    servers = []
+    with tempfile.TemporaryDirectory() as certdir:
+        try:
+            servers = [_start_tls_server(lab, "b1", "b1", certdir),
+                       _start_tls_server(lab, "b2", "b2", certdir)]
+            splice_vip(lab, 8443, {"a": [B1], "b": [B2]},
+                       [("sni", "a.example", "a", "forward"), ("sni", "*.b.example", "b", "forward")])
+            for sni, want in (("a.example", "b1"), ("www.b.example", "b2"), ("A.EXAMPLE", "b1")):
+                r = lab.exec("c1", ["sh", "-c", "echo | openssl s_client -connect %s:8443 "
+                                    "-servername %s 2>/dev/null" % (VIP, sni)], timeout=30, check=False)
+                assert "CN = %s" % want in r.stdout or "CN=%s" % want in r.stdout, (sni, r.stdout[-400:])
+            # no rule for this name and no default pool: refused with a RST
+            r = lab.exec("c1", ["sh", "-c", "echo | openssl s_client -connect %s:8443 "
+                                "-servername c.example" % VIP], timeout=30, check=False)
+            assert r.returncode != 0
+            st = lbctl(lab, "stats")
+            assert st["splice"]["refused"] >= 1
+        finally:
+            for p in servers:
+                p.kill()
+                p.wait(timeout=10)
+
+
+def test_syn_flood_leaves_no_state_and_real_clients_connect(make_lab):
+    lab = make_lab(clients=2)
+    splice_vip(lab, 80, {"default": [B1, B2, B3]})
+    before = counters(lab)
+    flood = lab.popen("c2", [sys.executable, "-m", "tools.traffic", "synflood", VIP, "80",
+                             "--count", "30000", "--seconds", "8", "--rate", "6000"],
+                      stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10    # wait until the flood is reaching lbd
+        while counters(lab).get("splice_synack", 0) - before.get("splice_synack", 0) < 1000:
+            assert time.monotonic() < deadline and flood.poll() is None, "no flood arrived"
+        r = traffic(lab, "c1", "http", "http://%s/id" % VIP, "--count", "200")
+        flows_during = lbctl(lab, "stats")["flow_count"]
+        out, _ = flood.communicate(timeout=60)
+    finally:
+        if flood.poll() is None:
+            flood.kill()
+    sent = json.loads(out.strip().splitlines()[-1])["sent"]
+    after = counters(lab)
+    assert r["n_errors"] == 0 and r["requests"] == 200, r
+    assert after["splice_synack"] - before.get("splice_synack", 0) >= sent * 0.95
+    # every flow in the table belongs to a real client connection (200 at most, closing)
+    assert flows_during <= 200
+    assert after["flow_created"] - before.get("flow_created", 0) == 200
+
+
+def test_redirect_action_sends_large_objects_direct(make_lab):
+    lab = make_lab()
+    splice_vip(lab, 80, {"default": [B1], "big": [B2, B3]},
+               [("path_prefix", "/blob", "big", "redirect")])
+    out = lab.exec("c1", ["sh", "-c", "curl -sfL --max-time 60 -w '%%{url_effective} %%{num_redirects}\\n' "
+                          "-o /tmp/twblob http://%s/blob?x=1 && sha256sum /tmp/twblob; rm -f /tmp/twblob"
+                          % VIP], timeout=90)
+    first, second = out.stdout.splitlines()
+    url, redirects = first.split()
+    assert redirects == "1" and url in ("http://%s/blob?x=1" % B2, "http://%s/blob?x=1" % B3)
+    assert second.split()[0] == lab.topology["blob"]["sha256"]
+    assert lbctl(lab, "stats")["splice"]["decided_redirect"] == 1
+    r = traffic(lab, "c1", "http", "http://%s/id" % VIP, "--count", "20")
+    assert r["backends"] == {"b1": 20}
