@@ -34,32 +34,43 @@ ServiceSpec = namedtuple("ServiceSpec", "vip port proto mode sched table weights
 
 
 class Batch:
-    """A burst of frames in one contiguous numpy buffer, shared by RX, process() and TX."""
+    """A burst of frames in one contiguous numpy buffer, shared by RX, process() and TX.
 
-    def __init__(self, size=256, snap=2048):
+    hdr: bytes of virtio-net header in front of every frame (0, or 10 for a TAP opened with
+    IFF_VNET_HDR). A row is what one read() returned: [header][frame]; lens counts both.
+    Byte 0 of the header holds its flags: bit 0 (NEEDS_CSUM) says the frame's L4 checksum is
+    partial (only the pseudo-header sum; the kernel completes it on the way out)."""
+
+    def __init__(self, size=256, snap=2048, hdr=0):
         self.size = size
         self.snap = snap
+        self.hdr = hdr
         self.buf = np.zeros((size, snap), np.uint8)
         self.lens = np.zeros(size, np.uint32)
         self.verdict = np.zeros(size, np.uint8)
         self.reason = np.zeros(size, np.uint16)
         self.n = 0
 
-    def load(self, frames):
-        """Copy frames (bytes-like) into the batch; frames longer than snap raise ValueError."""
+    def load(self, frames, headers=None):
+        """Copy frames (bytes-like) into the batch, after a header each (headers[i], or zeros)
+        when hdr > 0; a row longer than snap raises ValueError."""
         if len(frames) > self.size:
             raise ValueError("%d frames do not fit a batch of %d" % (len(frames), self.size))
         for i, f in enumerate(frames):
-            if len(f) > self.snap:
-                raise ValueError("frame %d is %d bytes, snap is %d" % (i, len(f), self.snap))
-            self.buf[i, :len(f)] = np.frombuffer(bytes(f), np.uint8)
-            self.lens[i] = len(f)
+            row = (bytes(headers[i]) if headers else b"\0" * self.hdr) + bytes(f) if self.hdr else bytes(f)
+            if len(row) > self.snap:
+                raise ValueError("frame %d is %d bytes, snap is %d" % (i, len(row), self.snap))
+            self.buf[i, :len(row)] = np.frombuffer(row, np.uint8)
+            self.lens[i] = len(row)
         self.n = len(frames)
         self.verdict[:] = defs.V_NONE
         self.reason[:] = 0
 
     def frame(self, i):
-        return self.buf[i, :self.lens[i]].tobytes()
+        return self.buf[i, self.hdr:self.lens[i]].tobytes()
+
+    def header(self, i):
+        return self.buf[i, :self.hdr].tobytes()
 
     def frames(self):
         return [self.frame(i) for i in range(self.n)]

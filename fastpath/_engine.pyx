@@ -156,6 +156,17 @@ cdef inline void wr32(uint8_t *p, uint32_t v) noexcept nogil:
     p[3] = v & 0xFF
 
 
+cdef inline uint16_t _csum_partial_replace4(uint16_t ps, uint32_t old, uint32_t new) noexcept nogil:
+    """A partial (offloaded) L4 checksum field holds the pseudo-header sum, not inverted:
+    an address change adds new - old to it (RFC 1624 without the inversions)."""
+    return <uint16_t>_fold(<uint32_t>ps + (~(old >> 16) & 0xFFFF) + (~old & 0xFFFF)
+                           + (new >> 16) + (new & 0xFFFF))
+
+
+def csum_partial_replace4(uint16_t ps, uint32_t old, uint32_t new):
+    return _csum_partial_replace4(ps, old, new)
+
+
 def mix64(uint64_t x):
     return _mix64(x)
 
@@ -227,11 +238,15 @@ cdef inline uint16_t _tcp_checksum(const uint8_t *f, int off, int length) noexce
     return <uint16_t>(~_fold(s) & 0xFFFF)
 
 
-cdef inline void _patch32(uint8_t *f, int o, uint32_t v) noexcept nogil:
-    """Write a 32-bit field at frame offset o and patch the TCP checksum, word-aligned or not."""
+cdef inline void _patch32(uint8_t *f, int o, uint32_t v, bint partial) noexcept nogil:
+    """Write a 32-bit field at frame offset o and patch the TCP checksum, word-aligned or not.
+    A partial checksum is not touched: the kernel sums the header later."""
     cdef uint16_t old[3]
     cdef uint16_t c
     cdef int j
+    if partial:
+        wr32(f + o, v)
+        return
     if ((o - 34) & 1) == 0:
         wr16(f + 50, _csum_replace4(rd16(f + 50), rd32(f + o), v))
         wr32(f + o, v)
@@ -245,8 +260,11 @@ cdef inline void _patch32(uint8_t *f, int o, uint32_t v) noexcept nogil:
     wr16(f + 50, c)
 
 
-cdef inline void _patch16(uint8_t *f, int o, uint16_t v) noexcept nogil:
+cdef inline void _patch16(uint8_t *f, int o, uint16_t v, bint partial) noexcept nogil:
     cdef uint16_t a, b, c
+    if partial:
+        wr16(f + o, v)
+        return
     if ((o - 34) & 1) == 0:
         wr16(f + 50, _csum_replace2(rd16(f + 50), rd16(f + o), v))
         wr16(f + o, v)
@@ -260,8 +278,9 @@ cdef inline void _patch16(uint8_t *f, int o, uint16_t v) noexcept nogil:
 
 cdef inline void _rewrite(uint8_t *f, int ip_off, int port_off, uint32_t old_ip,
                           uint16_t old_port, uint32_t new_ip, uint16_t new_port,
-                          uint8_t proto) noexcept nogil:
-    """Replace one address and one port, decrement TTL, patch IPv4 and L4 checksums."""
+                          uint8_t proto, bint partial) noexcept nogil:
+    """Replace one address and one port, decrement TTL, patch IPv4 and L4 checksums. A
+    partial L4 checksum takes the address change only (the kernel sums the port later)."""
     cdef uint16_t ipc = rd16(f + 24)
     cdef uint16_t ttl_word = rd16(f + 22)
     f[22] -= 1
@@ -272,6 +291,9 @@ cdef inline void _rewrite(uint8_t *f, int ip_off, int port_off, uint32_t old_ip,
     wr16(f + port_off, new_port)
     cdef int co = 50 if proto == PROTO_TCP else 40
     cdef uint16_t l4c = rd16(f + co)
+    if partial:
+        wr16(f + co, _csum_partial_replace4(l4c, old_ip, new_ip))
+        return
     if proto == PROTO_UDP and l4c == 0:
         return  # no UDP checksum: stays absent
     l4c = _csum_replace4(l4c, old_ip, new_ip)
@@ -322,6 +344,7 @@ cdef class Engine:
     cdef uint8_t *vmap
     cdef uint64_t k0, k1
     cdef uint32_t newlen
+    cdef bint partial
 
     def __cinit__(self, capacity, timeouts=None):
         if not isinstance(capacity, int) or not 1 <= capacity <= (1 << 24):
@@ -629,15 +652,17 @@ cdef class Engine:
         if n == 0:
             return
         cdef uint32_t stride = buf.shape[1]
-        if stride < 128:
+        cdef uint32_t hdr = batch.hdr
+        if stride < 128 + hdr:
             raise ValueError("batch snap must be >= 128 (splice builds SYN-ACKs in place)")
         with nogil:
-            self._burst(&buf[0, 0], stride, &lens[0], &verdict[0], &reason[0], n, now_ms)
+            self._burst(&buf[0, 0], stride, hdr, &lens[0], &verdict[0], &reason[0], n, now_ms)
 
-    cdef void _burst(self, uint8_t *base, uint32_t stride, uint32_t *lens, uint8_t *verdict,
-                     uint16_t *reason, int n, int64_t now) noexcept nogil:
+    cdef void _burst(self, uint8_t *base, uint32_t stride, uint32_t hdr, uint32_t *lens,
+                     uint8_t *verdict, uint16_t *reason, int n, int64_t now) noexcept nogil:
         cdef int i, j, m
-        cdef uint32_t L
+        cdef uint32_t L, row
+        cdef uint8_t *rp
         cdef int r
         cdef uint8_t *p
         cdef uint64_t h, v
@@ -649,10 +674,10 @@ cdef class Engine:
         for j in range(0, n, 64):
             m = n - j if n - j < 64 else 64
             for i in range(m):
-                p = base + <size_t>(j + i) * stride
-                L = lens[j + i]
+                p = base + <size_t>(j + i) * stride + hdr
+                L = lens[j + i] - hdr if lens[j + i] > hdr else 0
                 hs[i] = 0
-                if L >= 54 and L <= stride and p[12] == 8 and p[13] == 0 and p[14] == 0x45 and (
+                if L >= 54 and L + hdr <= stride and p[12] == 8 and p[13] == 0 and p[14] == 0x45 and (
                         p[23] == PROTO_TCP or p[23] == PROTO_UDP):
                     h = _flow_hash(rd32(p + 26), rd32(p + 30), rd16(p + 34), rd16(p + 36), p[23])
                     hs[i] = h         # 0 only with probability 2^-64: then no prefetch
@@ -667,11 +692,15 @@ cdef class Engine:
                     if v:
                         tw_prefetch(&self.fl[(v & 0xFFFFFFFFULL) - 1])
             for i in range(m):
-                L = lens[j + i] if lens[j + i] < stride else stride
+                row = lens[j + i] if lens[j + i] < stride else stride
+                L = row - hdr if row > hdr else 0
+                rp = base + <size_t>(j + i) * stride
                 self.newlen = 0
-                r = self._one(base + <size_t>(j + i) * stride, L, now)
+                self.partial = hdr > 0 and row >= hdr and (rp[0] & 1)
+                r = self._one(rp + hdr, L, now)
                 if self.newlen and self.vmap[r] == V_TX:
-                    lens[j + i] = self.newlen   # a frame made in place (splice SYN-ACK)
+                    lens[j + i] = hdr + self.newlen   # a frame made in place (splice SYN-ACK)
+                    memset(rp, 0, hdr)                # complete checksums, no GSO
                 self.ctr[C_RX_FRAMES] += 1
                 self.ctr[r] += 1
                 verdict[j + i] = self.vmap[r]
@@ -964,17 +993,17 @@ cdef class Engine:
         if f[22] <= 1:
             return C_DROP_TTL
         _track(e, tflags, True)
-        _rewrite(f, 30, 36, e.vip, e.vport, e.rip, e.rport, 6)
+        _rewrite(f, 30, 36, e.vip, e.vport, e.rip, e.rport, 6, self.partial)
         if tflags & TH_ACK:
-            _patch32(f, 42, rd32(f + 42) - e.delta)
+            _patch32(f, 42, rd32(f + 42) - e.delta, self.partial)
         if e.sopt & SOPT_TS and o.ts >= 0 and f[o.ts + 1] == 10:
-            _patch32(f, o.ts + 6, rd32(f + o.ts + 6) - e.ts_off)
+            _patch32(f, o.ts + 6, rd32(f + o.ts + 6) - e.ts_off, self.partial)
         if o.sack >= 0:
             ln = f[o.sack + 1]
             k = o.sack + 2
             while k < o.sack + ln - 7:
-                _patch32(f, k, rd32(f + k) - e.delta)
-                _patch32(f, k + 4, rd32(f + k + 4) - e.delta)
+                _patch32(f, k, rd32(f + k) - e.delta, self.partial)
+                _patch32(f, k + 4, rd32(f + k + 4) - e.delta, self.partial)
                 k += 8
         memcpy(f, r.mac, 6)
         memcpy(f + 6, self.local_mac, 6)
@@ -1020,13 +1049,13 @@ cdef class Engine:
         if f[22] <= 1:
             return C_DROP_TTL
         _track(e, tflags, False)
-        _rewrite(f, 26, 34, e.rip, e.rport, e.vip, e.vport, 6)
-        _patch32(f, 38, rd32(f + 38) + e.delta)
+        _rewrite(f, 26, 34, e.rip, e.rport, e.vip, e.vport, 6, self.partial)
+        _patch32(f, 38, rd32(f + 38) + e.delta, self.partial)
         if e.ws_b != e.ws_lb:
             w = (<uint32_t>rd16(f + 48) << e.ws_b) >> e.ws_lb
-            _patch16(f, 48, w if w < 0xFFFF else 0xFFFF)
+            _patch16(f, 48, w if w < 0xFFFF else 0xFFFF, self.partial)
         if ts >= 0 and e.sopt & SOPT_TS:
-            _patch32(f, ts + 2, rd32(f + ts + 2) + e.ts_off)
+            _patch32(f, ts + 2, rd32(f + ts + 2) + e.ts_off, self.partial)
         memcpy(f, self.gw_mac, 6)
         memcpy(f + 6, self.local_mac, 6)
         e.last = now
@@ -1088,7 +1117,7 @@ cdef class Engine:
             return C_DROP_TTL
         if e.proto == PROTO_TCP:
             _track(e, tflags, True)
-        _rewrite(f, 30, 36, e.vip, e.vport, e.rip, e.rport, e.proto)
+        _rewrite(f, 30, 36, e.vip, e.vport, e.rip, e.rport, e.proto, self.partial)
         memcpy(f, r.mac, 6)
         memcpy(f + 6, self.local_mac, 6)
         e.last = now
@@ -1103,7 +1132,7 @@ cdef class Engine:
             return C_DROP_TTL
         if e.proto == PROTO_TCP:
             _track(e, tflags, False)
-        _rewrite(f, 26, 34, e.rip, e.rport, e.vip, e.vport, e.proto)
+        _rewrite(f, 26, 34, e.rip, e.rport, e.vip, e.vport, e.proto, self.partial)
         memcpy(f, self.gw_mac, 6)
         memcpy(f + 6, self.local_mac, 6)
         e.last = now

@@ -85,6 +85,12 @@ def csum_replace4(hc, old, new):
     return ~csum_fold(s) & 0xFFFF
 
 
+def csum_partial_replace4(ps, old, new):
+    """A partial (offloaded) L4 checksum field holds the pseudo-header sum, not inverted:
+    an address change adds new - old to it (RFC 1624 without the inversions)."""
+    return csum_fold(ps + (~(old >> 16) & 0xFFFF) + (~old & 0xFFFF) + (new >> 16) + (new & 0xFFFF))
+
+
 def ip_header_ok(f, off, ihl):
     s = 0
     for k in range(off, off + ihl, 2):
@@ -161,6 +167,7 @@ class Engine:
         self.ctr = [0] * defs.N_COUNTERS
         self.k0 = self.k1 = 0
         self._newlen = 0
+        self._partial = False
 
     # ---- control side -------------------------------------------------------------------
     def set_timeouts(self, timeouts):
@@ -349,13 +356,16 @@ class Engine:
 
     # ---- per packet ---------------------------------------------------------------------
     def process(self, batch, now_ms):
-        if batch.n and batch.snap < 128:
+        hdr = batch.hdr
+        if batch.n and batch.snap < 128 + hdr:
             raise ValueError("batch snap must be >= 128 (splice builds SYN-ACKs in place)")
         ctr = self.ctr
         for i in range(batch.n):
-            n = min(int(batch.lens[i]), batch.snap)
-            f = bytearray(batch.buf[i, :n].tobytes())
+            row = min(int(batch.lens[i]), batch.snap)
+            n = max(0, row - hdr)
+            f = bytearray(batch.buf[i, hdr:hdr + n].tobytes())
             self._newlen = 0
+            self._partial = bool(hdr) and row >= hdr and bool(batch.buf[i, 0] & 1)
             reason = self._one(f, n, now_ms)
             ctr[C["rx_frames"]] += 1
             ctr[reason] += 1
@@ -365,8 +375,9 @@ class Engine:
             if v == defs.V_TX:
                 if self._newlen:      # a frame made in place (splice SYN-ACK) may change size
                     n = self._newlen
-                    batch.lens[i] = n
-                batch.buf[i, :n] = np.frombuffer(bytes(f[:n]), np.uint8)
+                    batch.lens[i] = hdr + n
+                    batch.buf[i, :hdr] = 0     # complete checksums, no GSO
+                batch.buf[i, hdr:hdr + n] = np.frombuffer(bytes(f[:n]), np.uint8)
 
     def _one(self, f, n, now):
         if n < 14:
@@ -494,7 +505,7 @@ class Engine:
             return C["drop_ttl"]
         if e.proto == defs.PROTO_TCP:
             _track(e, tflags, True)
-        _rewrite(f, 30, 36, e.vip, e.vport, e.rip, e.rport, e.proto)
+        _rewrite(f, 30, 36, e.vip, e.vport, e.rip, e.rport, e.proto, self._partial)
         f[0:6] = r.mac
         f[6:12] = self.local_mac
         e.last = now
@@ -509,7 +520,7 @@ class Engine:
             return C["drop_ttl"]
         if e.proto == defs.PROTO_TCP:
             _track(e, tflags, False)
-        _rewrite(f, 26, 34, e.rip, e.rport, e.vip, e.vport, e.proto)
+        _rewrite(f, 26, 34, e.rip, e.rport, e.vip, e.vport, e.proto, self._partial)
         f[0:6] = self.gw_mac
         f[6:12] = self.local_mac
         e.last = now
@@ -648,16 +659,17 @@ class Engine:
         if f[22] <= 1:
             return C["drop_ttl"]
         _track(e, tflags, True)
-        _rewrite(f, 30, 36, e.vip, e.vport, e.rip, e.rport, 6)
+        p = self._partial
+        _rewrite(f, 30, 36, e.vip, e.vport, e.rip, e.rport, 6, p)
         if tflags & TH_ACK:
-            _patch32(f, 42, (_u32(f, 42) - e.delta) & M32)
+            _patch32(f, 42, (_u32(f, 42) - e.delta) & M32, p)
         if e.sopt & defs.SOPT_TS and 8 in opts and f[opts[8] + 1] == 10:
-            _patch32(f, opts[8] + 6, (_u32(f, opts[8] + 6) - e.ts_off) & M32)
+            _patch32(f, opts[8] + 6, (_u32(f, opts[8] + 6) - e.ts_off) & M32, p)
         if 5 in opts:
             o, ln = opts[5], f[opts[5] + 1]
             for k in range(o + 2, o + ln - 7, 8):
-                _patch32(f, k, (_u32(f, k) - e.delta) & M32)
-                _patch32(f, k + 4, (_u32(f, k + 4) - e.delta) & M32)
+                _patch32(f, k, (_u32(f, k) - e.delta) & M32, p)
+                _patch32(f, k + 4, (_u32(f, k + 4) - e.delta) & M32, p)
         f[0:6] = r.mac
         f[6:12] = self.local_mac
         e.last = now
@@ -701,13 +713,14 @@ class Engine:
         if f[22] <= 1:
             return C["drop_ttl"]
         _track(e, tflags, False)
-        _rewrite(f, 26, 34, e.rip, e.rport, e.vip, e.vport, 6)
-        _patch32(f, 38, (_u32(f, 38) + e.delta) & M32)
+        p = self._partial
+        _rewrite(f, 26, 34, e.rip, e.rport, e.vip, e.vport, 6, p)
+        _patch32(f, 38, (_u32(f, 38) + e.delta) & M32, p)
         if e.ws_b != e.ws_lb:
             w = _u16(f, 48)
-            _patch16(f, 48, min(0xFFFF, (w << e.ws_b) >> e.ws_lb))
+            _patch16(f, 48, min(0xFFFF, (w << e.ws_b) >> e.ws_lb), p)
         if ts >= 0 and e.sopt & defs.SOPT_TS:
-            _patch32(f, ts + 2, (_u32(f, ts + 2) + e.ts_off) & M32)
+            _patch32(f, ts + 2, (_u32(f, ts + 2) + e.ts_off) & M32, p)
         f[0:6] = self.gw_mac
         f[6:12] = self.local_mac
         e.last = now
@@ -791,8 +804,12 @@ def tcp_checksum(f, off, length):
     return ~csum_fold(s) & 0xFFFF
 
 
-def _patch32(f, o, v):
-    """Write a 32-bit field at frame offset o and patch the TCP checksum, word-aligned or not."""
+def _patch32(f, o, v, partial=False):
+    """Write a 32-bit field at frame offset o and patch the TCP checksum, word-aligned or not.
+    A partial checksum is not touched: the kernel sums the header later."""
+    if partial:
+        _put32(f, o, v)
+        return
     if (o - 34) & 1 == 0:
         _put16(f, 50, csum_replace4(_u16(f, 50), _u32(f, o), v))
         _put32(f, o, v)
@@ -805,7 +822,10 @@ def _patch32(f, o, v):
     _put16(f, 50, c)
 
 
-def _patch16(f, o, v):
+def _patch16(f, o, v, partial=False):
+    if partial:
+        _put16(f, o, v)
+        return
     if (o - 34) & 1 == 0:
         _put16(f, 50, csum_replace2(_u16(f, 50), _u16(f, o), v))
         _put16(f, o, v)
@@ -816,9 +836,10 @@ def _patch16(f, o, v):
     _put16(f, 50, csum_replace2(c, old[1], _u16(f, o + 1)))
 
 
-def _rewrite(f, ip_off, port_off, old_ip, old_port, new_ip, new_port, proto):
+def _rewrite(f, ip_off, port_off, old_ip, old_port, new_ip, new_port, proto, partial=False):
     """Replace one address (at ip_off) and one port (at port_off), decrement TTL, and patch
-    the IPv4 and L4 checksums incrementally."""
+    the IPv4 and L4 checksums incrementally. A partial L4 checksum (offloaded: it holds the
+    pseudo-header sum) takes the address change only; the port is summed by the kernel."""
     ipc = _u16(f, 24)
     ttl_word = _u16(f, 22)
     f[22] -= 1
@@ -829,6 +850,9 @@ def _rewrite(f, ip_off, port_off, old_ip, old_port, new_ip, new_port, proto):
     _put16(f, port_off, new_port)
     co = 50 if proto == defs.PROTO_TCP else 40
     l4c = _u16(f, co)
+    if partial:
+        _put16(f, co, csum_partial_replace4(l4c, old_ip, new_ip))
+        return
     if proto == defs.PROTO_UDP and l4c == 0:
         return  # no UDP checksum: stays absent
     l4c = csum_replace4(l4c, old_ip, new_ip)

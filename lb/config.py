@@ -263,6 +263,7 @@ def _join(path, key):
 class IOConfig:
     backend: str = "tap"                   # tap | afpacket
     interface: str = DEFAULT_INTERFACE     # tap: device to create; afpacket: interface to bind
+    offload: bool = False                  # tap: vnet headers, GSO superframes, partial checksums
 
 
 @dataclass
@@ -413,7 +414,7 @@ def parse(data):
 
 
 def _parse_io(raw):
-    check_keys(raw, ["backend", "interface"], "io")
+    check_keys(raw, ["backend", "interface", "offload"], "io")
     io = IOConfig()
     if "backend" in raw:
         if raw["backend"] not in IO_BACKENDS:
@@ -422,6 +423,13 @@ def _parse_io(raw):
         io.backend = raw["backend"]
     if "interface" in raw:
         io.interface = check_interface_name(raw["interface"], "io.interface")
+    if "offload" in raw:
+        if not isinstance(raw["offload"], bool):
+            raise LBError("io.offload", "must be true or false, got %r" % (raw["offload"],))
+        if raw["offload"] and io.backend != "tap":
+            raise LBError("io.offload", "only the tap backend reads vnet headers (%s does not); "
+                          "turn the interface's offloads off instead" % io.backend)
+        io.offload = raw["offload"]
     return io
 
 

@@ -98,7 +98,7 @@ class Daemon:
         # the connections being set up are handled by modes/splice.py
         self.engine.set_splice_secret(os.urandom(16))
         self.splice = SpliceManager(self.engine, self.state, self.mac)
-        self.batch = fastpath.Batch(BATCH_SIZE)
+        self.batch = io.new_batch(BATCH_SIZE)
         self.expire_budget = max(1024, cfg.flows.capacity // 50)
         self._next_tick = None
         self._next_gc = None
@@ -266,7 +266,8 @@ def main(argv=None):
             return 2
     try:
         io = PcapIO(a.pcap_in, a.pcap_out) if pcap else open_backend(cfg.io.backend,
-                                                                      cfg.io.interface)
+                                                                      cfg.io.interface,
+                                                                      cfg.io.offload)
     except (OSError, ValueError) as e:
         where = "pcap" if pcap else "io.interface %r (%s)" % (cfg.io.interface, cfg.io.backend)
         print("lbd: cannot open %s: %s" % (where, e), file=sys.stderr)

@@ -21,6 +21,7 @@ Invariants:
   without PACKET_AUXDATA, and we do not guess).
 - Nothing here touches a frame's content; parsing is the fast path's job.
 """
+import fcntl
 import logging
 import os
 import socket
@@ -41,11 +42,18 @@ SO_RCVBUFFORCE = 33
 SOCKET_BUF = 8 << 20
 
 
-def _send_frames(fd, frames, counters):
-    """write() each frame; a full queue or a down link costs the frame, not the daemon."""
+VNET_HDR_LEN = 10         # struct virtio_net_hdr (no mergeable buffers)
+SNAP = 2048               # a batch row: one <= 1514-byte frame ...
+SNAP_OFFLOAD = 65536 + 64  # ... or, with vnet headers, a 64 KiB superframe and its header
+
+
+def _send_frames(fd, frames, counters, hdr=0):
+    """write() each frame; a full queue or a down link costs the frame, not the daemon.
+    Frames made in Python carry complete checksums: their vnet header is all zero."""
+    pre = b"\0" * hdr
     for f in frames:
         try:
-            os.write(fd, f)
+            os.write(fd, pre + f if hdr else f)
             counters["send_frames"] += 1
         except OSError as exc:
             counters["send_errors"] += 1
@@ -65,12 +73,17 @@ class _LiveIO:
         self.fd = None
         self.name = ""
         self.ifindex = 0
+        self.hdr = 0                 # vnet header bytes in front of each frame
+
+    def new_batch(self, size):
+        """A Batch that fits this backend's frames."""
+        return fastpath.Batch(size, SNAP_OFFLOAD if self.hdr else SNAP, self.hdr)
 
     def rx(self, batch):
         n = fastpath.rx_burst(self.fd, batch)
         if n:
             self._c["rx_frames"] += n
-            self._c["rx_bytes"] += int(batch.lens[:n].sum())
+            self._c["rx_bytes"] += int(batch.lens[:n].sum()) - n * self.hdr
             self._c["rx_bursts"] += 1
         return n
 
@@ -82,7 +95,7 @@ class _LiveIO:
         return sent, errors
 
     def send(self, frames):
-        _send_frames(self.fd, frames, self._c)
+        _send_frames(self.fd, frames, self._c, self.hdr)
 
     def info(self):
         return {"backend": self.backend, "interface": self.name, "ifindex": self.ifindex}
@@ -96,14 +109,27 @@ class TapIO(_LiveIO):
 
     The device disappears when the fd is closed. The lab may move it into another namespace
     after creation; the fd keeps working, so the name and ifindex recorded at creation are
-    never looked up again."""
-    backend = "tap"
+    never looked up again.
 
-    def __init__(self, name, mtu=1500):
+    offload=True opens it with IFF_VNET_HDR and TUNSETOFFLOAD (checksum, TSO4, TSO6): every
+    read() then starts with a 10-byte virtio-net header and may carry a GSO superframe of up
+    to 64 KiB whose L4 checksum is partial (header flag NEEDS_CSUM); writes carry the header
+    back, so the kernel segments and completes checksums on the way out. The fast path
+    rewrites headers once per superframe (fastpath.Batch.hdr tells it where frames start)."""
+    backend = "tap"
+    TUNSETOFFLOAD = 0x400454D0
+    TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
+
+    def __init__(self, name, mtu=1500, offload=False):
         super().__init__()
         import pytun  # only the tap backend needs it
-        self._dev = pytun.TunTapDevice(name=name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
+        flags = pytun.IFF_TAP | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if offload else 0)
+        self._dev = pytun.TunTapDevice(name=name, flags=flags)
         try:
+            if offload:
+                fcntl.ioctl(self._dev.fileno(), self.TUNSETOFFLOAD,
+                            self.TUN_F_CSUM | self.TUN_F_TSO4 | self.TUN_F_TSO6)
+                self.hdr = VNET_HDR_LEN
             self._dev.mtu = mtu
             self._dev.up()
             self.name = self._dev.name
@@ -118,6 +144,7 @@ class TapIO(_LiveIO):
     def info(self):
         d = super().info()
         d["mtu"] = self.mtu
+        d["offload"] = bool(self.hdr)
         return d
 
     def close(self):
@@ -181,6 +208,10 @@ class PcapIO:
     True when the input is exhausted."""
     backend = "pcap"
     fd = None
+    hdr = 0
+
+    def new_batch(self, size):
+        return fastpath.Batch(size, SNAP)
 
     def __init__(self, in_path, out_path, window_ms=1.0):
         self.in_path = in_path
@@ -275,10 +306,10 @@ class PcapIO:
             self._in.close()
 
 
-def open_backend(backend, interface):
+def open_backend(backend, interface, offload=False):
     """The live backend named in the config: 'tap' creates `interface`, 'afpacket' binds it."""
     if backend == "tap":
-        return TapIO(interface)
+        return TapIO(interface, offload=offload)
     if backend == "afpacket":
         return AfPacketIO(interface)
     raise ValueError("unknown io backend %r" % (backend,))

@@ -210,7 +210,7 @@ class Lab:
     by `lb-lab up`): `.topology` then comes from its state file.
     """
 
-    def __init__(self, name="tw", backends=3, clients=1, io="tap", start_lbd=True):
+    def __init__(self, name="tw", backends=3, clients=1, io="tap", start_lbd=True, offload=False):
         if not NAME_RE.match(name or ""):
             raise LabError("lab name %r: use 1-20 characters of [A-Za-z0-9_]" % (name,))
         if not 1 <= backends <= MAX_BACKENDS:
@@ -223,6 +223,7 @@ class Lab:
         self.n_backends = backends
         self.n_clients = clients
         self.io = io
+        self.offload = offload          # tap with vnet headers: GSO superframes through lbd
         self.start_lbd = start_lbd
         self.state_dir = os.path.join(STATE_ROOT, "lab-" + name)
         self.state_file = os.path.join(self.state_dir, "state.json")
@@ -455,6 +456,7 @@ class Lab:
         dp_if = "lbtap" if self.io == "tap" else "dp0"
         with open(cfg, "w") as f:
             f.write(LBD_TOML % {"name": P, "io": self.io, "ifname": dp_if, "addr": LB_ADDRESS,
+                                "offload": "true" if self.offload else "false",
                                 "mac": lbmac, "gw": RT_SERVER, "sock": sock})
         lbd_pid, lbd_status = None, None
         if self.start_lbd:
@@ -509,6 +511,7 @@ class Lab:
             "name": P,
             "state_dir": self.state_dir,
             "io": self.io,
+            "offload": self.offload,
             "vip_range": VIP_RANGE,
             "control_socket": sock,
             "lb": {"ns": lb, "address": LB_ADDRESS, "mac": lbmac, "gateway": RT_SERVER,
@@ -678,6 +681,7 @@ LBD_TOML = """\
 [io]
 backend = "%(io)s"
 interface = "%(ifname)s"
+offload = %(offload)s
 
 [lb]
 address = "%(addr)s"
@@ -709,9 +713,13 @@ def cli():
 @click.option("--clients", default=1, show_default=True, type=int)
 @click.option("--io", type=click.Choice(["tap", "afpacket"]), default="tap", show_default=True)
 @click.option("--no-lbd", is_flag=True, help="do not start lbd (test the rest of the lab)")
-def up(name, backends, clients, io, no_lbd):
+@click.option("--offload", is_flag=True, help="tap: vnet headers, GSO superframes through lbd")
+def up(name, backends, clients, io, no_lbd, offload):
+    if offload and io != "tap":
+        raise click.UsageError("--offload needs --io tap")
     try:
-        topo = Lab(name, backends=backends, clients=clients, io=io, start_lbd=not no_lbd).up()
+        topo = Lab(name, backends=backends, clients=clients, io=io, start_lbd=not no_lbd,
+                   offload=offload).up()
     except LabError as e:
         raise click.ClickException(str(e))
     click.echo(json.dumps(topo, indent=2))
