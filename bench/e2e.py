@@ -616,7 +616,8 @@ def offloads(lab):
            ("rt", "eth1", "router, server side"), ("b1", "eth0", "backend (b2, b3 alike)"),
            ("lb", "mg0", "LB kernel side (haproxy)")]
     if io == "tap":
-        ifs.append(("sw", "lbtap", "lbd's TAP (no vnet header)"))
+        ifs.append(("sw", "lbtap", "lbd's TAP (vnet header, GSO)" if lab.topology.get("offload")
+                    else "lbd's TAP (no vnet header)"))
     else:
         ifs += [("lb", "dp0", "lbd's AF_PACKET veth"), ("sw", "lbdp", "its bridge peer")]
     out = {}
@@ -761,7 +762,8 @@ def path_notes(io, http_object):
         "namespace's kernel side, reached from the client through rt), `balance roundrobin` "
         "for :80 and `balance source` for :5201; it connects to the backends from 198.19.0.3."
         % _haproxy_version(),
-        "nat / dsr / splice: lbd (io %s) with VIPs 198.19.100.1 / .2 / .3 added by lbctl; "
+        "nat / dsr / splice: lbd (io %s; with a TAP, vnet headers and TSO/checksum offload "
+        "unless --no-offload) with VIPs 198.19.100.1 / .2 / .3 added by lbctl; "
         "schedulers :80 nat rr, dsr maglev, splice rr; :5201 sh everywhere (iperf3's two "
         "connections must meet one server)." % io,
         "clients: each path has its own client namespace and address (%s), so that no "
@@ -789,6 +791,8 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=None, help="runs per cell (default 3; 1 quick)")
     ap.add_argument("--quick", action="store_true", help="1 run, short durations (~2-3 min)")
     ap.add_argument("--io", choices=["tap", "afpacket"], default="tap")
+    ap.add_argument("--no-offload", action="store_true",
+                    help="tap without vnet headers: one <= 1514-byte frame per read()")
     ap.add_argument("--only", help="comma-separated paths: " + ",".join(PATHS))
     ap.add_argument("--workloads", help="comma-separated: " + ",".join(WORKLOAD_BY_NAME))
     ap.add_argument("--name", default="twe2e", help="lab name")
@@ -806,8 +810,10 @@ def main(argv=None):
     from tools.lab import Lab, LabError
 
     t_start = time.monotonic()
+    offload = a.io == "tap" and not a.no_offload
     meta = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "io": a.io, "runs": runs, "quick": a.quick, "durations": dur._asdict(),
+            "io": a.io + (" + vnet offload" if offload else ""), "runs": runs, "quick": a.quick,
+            "durations": dur._asdict(),
             **machine()}
     skipped, notes = {}, []
     est = estimate_seconds(len(paths), wls, runs, dur)
@@ -815,7 +821,7 @@ def main(argv=None):
           "(plus ~%d s of lab and checks)" % (len(paths), len(wls), runs,
                                               len(paths) * len(wls) * runs, est / 60 + 0.5,
                                               10 + 4 * len(paths)), flush=True)
-    lab = Lab(a.name, backends=3, clients=len(PATHS), io=a.io)
+    lab = Lab(a.name, backends=3, clients=len(PATHS), io=a.io, offload=offload)
     lab.down()            # one left by a crashed run of the same name
     rows = []
     try:
@@ -884,7 +890,7 @@ def main(argv=None):
                             print("[%d/%d] %s %s run %d/%d ... %s%s" % (
                                 k, total, p, w.name, run, runs, shown,
                                 "" if r["value"] is None else extra), flush=True)
-                env = {"date": meta["date"], "io": a.io, "quick": a.quick,
+                env = {"date": meta["date"], "io": meta["io"], "quick": a.quick,
                        "cpu_model": meta["cpu_model"], "ncpu": meta["ncpu"],
                        "http_object": http_object,
                        "offloads": {k2: v["features"] for k2, v in meta["offloads"].items()}}

@@ -26,6 +26,8 @@ import ipaddress
 import logging
 import struct
 
+from fastpath.inet import checksum  # noqa: F401 (also used by the tests)
+
 log = logging.getLogger("lb.neigh")
 
 ETH_HDR = struct.Struct("!6s6sH")
@@ -65,16 +67,6 @@ DROP_REASONS = (
     "proto",             # any other IP protocol
     "internal",          # a bug in this file (logged with its traceback)
 )
-
-
-def checksum(data):
-    """RFC 1071 Internet checksum of `data` (the value to store, host int)."""
-    if len(data) % 2:
-        data += b"\x00"
-    s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def _ip_int(x):

@@ -31,6 +31,7 @@ import logging
 import struct
 
 from fastpath import defs
+from fastpath.inet import checksum
 
 from . import l7
 from .base import Mode
@@ -59,15 +60,6 @@ MODE = Splice()
 
 
 # ---- frames made here (rare: a few per connection) -----------------------------------------
-def _csum(data):
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def tcp_frame(dmac, smac, src, dst, sport, dport, seq, ack, flags, win=65535, opts=b"", data=b"",
               ident=0):
     """An Ethernet/IPv4/TCP frame with full checksums; addresses are host-order ints."""
@@ -75,11 +67,11 @@ def tcp_frame(dmac, smac, src, dst, sport, dport, seq, ack, flags, win=65535, op
     tcp_len = 20 + len(opts) + len(data)
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + tcp_len, ident, 0x4000, 64, 6, 0,
                      src.to_bytes(4, "big"), dst.to_bytes(4, "big"))
-    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
     tcp = struct.pack("!HHIIBBHHH", sport, dport, seq & M32, ack & M32, (20 + len(opts)) // 4 << 4,
                       flags, win, 0, 0) + opts + data
     pseudo = src.to_bytes(4, "big") + dst.to_bytes(4, "big") + struct.pack("!BBH", 0, 6, tcp_len)
-    tcp = tcp[:16] + struct.pack("!H", _csum(pseudo + tcp)) + tcp[18:]
+    tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
     return dmac + smac + b"\x08\x00" + ip + tcp
 
 

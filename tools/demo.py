@@ -1,6 +1,7 @@
 """The main job: bring the lab up, push real traffic through every mode, print what happened,
-take the lab down. `tools/run.sh demo [--io tap|afpacket] [--name P]` (installs and builds
-first); `python3 -m tools.demo` when already built.
+take the lab down. `tools/run.sh demo [--io tap|afpacket] [--no-offload] [--name P]` (installs
+and builds first); `python3 -m tools.demo` when already built. The TAP runs with vnet headers
+(GSO superframes through lbd) unless --no-offload.
 
 Per mode, one VIP (198.19.100.<n>) with the three backends on ports 80, 9000 and 5201:
   http      300 GETs of /id, one connection each    -> which backends answered
@@ -97,10 +98,14 @@ def table(rows, header):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="demo")
     p.add_argument("--io", choices=["tap", "afpacket"], default="tap")
+    p.add_argument("--no-offload", action="store_true",
+                   help="tap without vnet headers (one <= 1514-byte frame per read())")
     p.add_argument("--name", default="twdemo")
     a = p.parse_args(argv)
-    lab = Lab(a.name, backends=3, clients=1, io=a.io)
-    print("== lab up (%s, io=%s)" % (a.name, a.io), flush=True)
+    offload = a.io == "tap" and not a.no_offload
+    lab = Lab(a.name, backends=3, clients=1, io=a.io, offload=offload)
+    print("== lab up (%s, io=%s%s)" % (a.name, a.io, ", vnet offload" if offload else ""),
+          flush=True)
     lab.down()    # a lab of that name left by a crashed run
     failed = False
     try:

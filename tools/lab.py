@@ -758,6 +758,17 @@ def show(name, as_json):
     click.echo("  /blob sha256 %s" % topo["blob"]["sha256"])
 
 
+def _live_ns(name, node):
+    """The namespace of NODE in lab NAME, which must exist (a CLI error otherwise)."""
+    try:
+        ns = Lab(name).ns(node)
+    except LabError as e:
+        raise click.ClickException(str(e))
+    if ns not in _netns_list():
+        raise click.ClickException("no namespace %s (is lab %s up?)" % (ns, name))
+    return ns
+
+
 @cli.command("exec", help="Run CMD in NODE's namespace (sw, rt, lb, c1.., b1..); exits with "
              "CMD's status.", context_settings={"ignore_unknown_options": True,
                                                 "allow_interspersed_args": False})
@@ -769,12 +780,7 @@ def exec_(name, node, cmd):
         cmd = cmd[1:]
     if not cmd:
         raise click.UsageError("missing CMD")
-    try:
-        ns = Lab(name).ns(node)
-    except LabError as e:
-        raise click.ClickException(str(e))
-    if ns not in _netns_list():
-        raise click.ClickException("no namespace %s (is lab %s up?)" % (ns, name))
+    ns = _live_ns(name, node)
     sys.stdout.flush()
     os.execvp("ip", ["ip", "netns", "exec", ns] + list(cmd))
 
@@ -787,12 +793,7 @@ def exec_(name, node, cmd):
 @click.option("--port", type=int, help="the VIP port (checks a listener)")
 @click.option("--json", "as_json", is_flag=True)
 def doctor(name, node, vip, port, as_json):
-    try:
-        ns = Lab(name).ns(node)
-    except LabError as e:
-        raise click.ClickException(str(e))
-    if ns not in _netns_list():
-        raise click.ClickException("no namespace %s (is lab %s up?)" % (ns, name))
+    ns = _live_ns(name, node)
     argv = [sys.executable, "-m", "tools.doctor", "--vip", vip]
     argv += ["--port", str(port)] if port else []
     argv += ["--json"] if as_json else []

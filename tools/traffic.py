@@ -19,6 +19,8 @@ import threading
 import time
 import urllib.parse
 
+from tools.frames import inet_sum
+
 
 def cmd_http(a):
     u = urllib.parse.urlsplit(a.url)
@@ -138,10 +140,7 @@ def malformed_frames(dst_mac, src_mac, dst_ip):
         h = bytearray(struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, tot, 1, off, 64, proto, 0,
                                   socket.inet_aton("198.18.0.10"), socket.inet_aton(dst_ip)) + opts)
         if csum:
-            s = sum(struct.unpack("!%dH" % (len(h) // 2), bytes(h)))
-            while s >> 16:
-                s = (s & 0xFFFF) + (s >> 16)
-            h[10:12] = struct.pack("!H", ~s & 0xFFFF)
+            h[10:12] = struct.pack("!H", ~inet_sum(h) & 0xFFFF)
         return bytes(h)
 
     eth = dst_mac + src_mac + b"\x08\x00"
@@ -193,7 +192,7 @@ def cmd_synflood(a):
         sport = rng.randrange(1024, 65535)
         tcp = struct.pack("!HHIIBBHHH", sport, a.port, rng.getrandbits(32), 0, 0x50, 0x02, 65535, 0, 0)
         pseudo = src + dst + struct.pack("!BBH", 0, 6, len(tcp))
-        tcp = tcp[:16] + struct.pack("!H", _csum(pseudo + tcp)) + tcp[18:]
+        tcp = tcp[:16] + struct.pack("!H", ~inet_sum(pseudo + tcp) & 0xFFFF) + tcp[18:]
         ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, rng.getrandbits(16), 0, 64, 6, 0, src, dst)
         s.sendto(ip + tcp, (a.dst, 0))
         sent += 1
@@ -203,15 +202,6 @@ def cmd_synflood(a):
                 time.sleep(ahead)
     s.close()
     return {"sent": sent, "seconds": time.monotonic() - t0}
-
-
-def _csum(data):
-    if len(data) % 2:
-        data += b"\0"
-    v = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while v >> 16:
-        v = (v & 0xFFFF) + (v >> 16)
-    return ~v & 0xFFFF
 
 
 def main(argv=None):
