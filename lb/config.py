@@ -531,6 +531,13 @@ def check_splice_timeout(v, fld="splice_timeout"):
     return float(v)
 
 
+def check_rule_supported(rule, fld):
+    """The HEAD probe before a redirect is not built yet: refuse it rather than ignore it."""
+    if rule.redirect_probe:
+        raise LBError(fld, "the HEAD probe before a redirect is not implemented; redirect "
+                      "without it (the chosen backend is health-checked if the VIP has checks)")
+
+
 def pools_of(backends):
     return {b.pool for b in backends}
 
@@ -557,6 +564,8 @@ def parse_splice(raw, mode, backends, path):
     pools = pools_of(backends)
     rules = [l7.parse_rule(r, "%s.rule[%d]" % (path, j), pools=pools, limit=limit)
              for j, r in enumerate(rraw)]
+    for j, r in enumerate(rules):
+        check_rule_supported(r, "%s.rule[%d].redirect_probe" % (path, j))
     l7.RuleSet(rules, limit=limit, field_prefix=path + ".rule")    # order checks
     return rules, limit, timeout
 

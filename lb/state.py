@@ -283,6 +283,7 @@ class LBState:
         spec = {k: args[k] for k in ("kind", "value", "pool", "action", "redirect_probe")
                 if args.get(k) is not None}
         rule = l7.parse_rule(spec, "", pools=config.pools_of(old.backends), limit=old.splice_limit)
+        config.check_rule_supported(rule, "redirect_probe")
         index = config.parse_int(_opt(args, "index", len(old.rules)), "index", 0, len(old.rules))
         v = copy.deepcopy(old)
         v.rules.insert(index, rule)
