@@ -99,11 +99,12 @@ def parse_tcp(frame):
 class Conn:
     """Python-side state of one splice connection until it is spliced (then the fast path
     has it all) or refused."""
-    __slots__ = ("key", "segs", "data", "started", "decided", "real", "backend", "syn_at",
-                 "syn_tries", "established_at", "redirect", "fin")
+    __slots__ = ("key", "c_isn", "segs", "data", "started", "decided", "real", "backend",
+                 "syn_at", "syn_tries", "established_at", "redirect", "fin")
 
-    def __init__(self, key, now):
+    def __init__(self, key, c_isn, now):
         self.key = key                 # (cip, cport, vip, vport)
+        self.c_isn = c_isn             # which connection on these ports (ports are reused)
         self.segs = {}                 # offset from client ISN+1 -> bytes (out of order)
         self.data = b""                # in-order request bytes
         self.started = now
@@ -160,8 +161,12 @@ class SpliceManager:
             self.c["stray"] += 1
             return []
         conn = self.conns.get(key)
+        if conn is not None and conn.c_isn != fl["c_isn"]:
+            # an earlier connection on the same ports, kept for replays: it is over
+            self._forget(key, drop=False)
+            conn = None
         if conn is None:
-            conn = self.conns[key] = Conn(key, now)
+            conn = self.conns[key] = Conn(key, fl["c_isn"], now)
             self.c["conns"] += 1
         if flags & TH_RST:
             self.c["client_reset"] += 1
@@ -252,8 +257,9 @@ class SpliceManager:
             return []
         conn = self.conns[key]
         fl = self.engine.splice_flow(*key)
-        if fl is None:
+        if fl is None or fl["c_isn"] != conn.c_isn:
             self._forget(key, drop=False)
+            self.c["stray"] += 1
             return []
         if flags & TH_RST:
             self.c["backend_reset"] += 1
@@ -347,7 +353,7 @@ class SpliceManager:
         out = []
         for key, conn in list(self.conns.items()):
             fl = self.engine.splice_flow(*key)
-            if fl is None:
+            if fl is None or fl["c_isn"] != conn.c_isn:
                 self._forget(key, drop=False)
                 continue
             vip = self.ctx.splice_vip(key[2], key[3])

@@ -182,3 +182,48 @@ def test_redirect_action_sends_large_objects_direct(make_lab):
     assert lbctl(lab, "stats")["splice"]["decided_redirect"] == 1
     r = traffic(lab, "c1", "http", "http://%s/id" % VIP, "--count", "20")
     assert r["backends"] == {"b1": 20}
+
+
+PORT_REUSE = r"""
+import json, socket, sys, time
+vip, times, bodies = sys.argv[1], [], []
+for i in range(20):
+    deadline = time.monotonic() + 2
+    while True:         # the last socket may still be in LAST_ACK for a moment
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.settimeout(5)
+        s.bind(("198.18.0.10", 45000))   # the same client port every time
+        t0 = time.monotonic()
+        try:
+            s.connect((vip, 80))
+            break
+        except OSError:
+            s.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+    s.sendall(b"GET /id HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    times.append(time.monotonic() - t0)
+    bodies.append(data.split(b"\r\n\r\n", 1)[-1].decode().strip())
+print(json.dumps({"times": times, "bodies": bodies}))
+"""
+
+
+def test_a_reused_client_port_is_a_new_connection(make_lab):
+    """Connection: close lets a client reuse its port at once; each reuse is a new splice
+    connection that must be decided afresh (not mistaken for the one before)."""
+    lab = make_lab()
+    splice_vip(lab, 80, {"default": [B1, B2]})
+    r = lab.exec("c1", [sys.executable, "-c", PORT_REUSE, VIP], timeout=120)
+    out = json.loads(r.stdout)
+    assert set(out["bodies"]) <= {"b1", "b2"} and len(out["bodies"]) == 20
+    assert max(out["times"]) < 0.5, out["times"]      # no retransmission timeout on the way
+    assert lbctl(lab, "stats")["splice"]["decided_forward"] == 20
