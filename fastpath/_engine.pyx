@@ -785,7 +785,8 @@ cdef class Engine:
                     self._delete(idx)
                     self.ctr[C_FLOW_REUSED] += 1
                     idx = -1
-                elif self.reals[e.real].down and sv.flags & SVC_EXPIRE_NODEST:
+                elif e.real >= 0 and self.reals[e.real].down and sv.flags & SVC_EXPIRE_NODEST:
+                    # (an unbound splice flow has no real yet: real = -1)
                     self._delete(idx)
                     self.ctr[C_FLOW_EXPIRED_NODEST] += 1
                     idx = -1

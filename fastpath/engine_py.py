@@ -448,7 +448,8 @@ class Engine:
                     self._delete(idx)
                     self.ctr[C["flow_reused"]] += 1
                     idx = -1
-                elif self.reals[e.real].down and sv.flags & defs.SVC_EXPIRE_NODEST:
+                elif e.real >= 0 and self.reals[e.real].down and sv.flags & defs.SVC_EXPIRE_NODEST:
+                    # (an unbound splice flow has no real yet: real = -1)
                     self._delete(idx)
                     self.ctr[C["flow_expired_nodest"]] += 1
                     idx = -1

@@ -27,6 +27,7 @@ client a RST (splice_backend_timeout).
 Python runs here once per new connection (a handful of frames), never per packet of a
 spliced connection.
 """
+import collections
 import logging
 import struct
 
@@ -40,7 +41,7 @@ log = logging.getLogger("splice")
 
 M32 = 0xFFFFFFFF
 SYN_RETRIES_MS = (1000, 2000)      # resend the SYN to the backend after these waits
-REPLAY_KEEP_MS = 10000             # keep the request to replay on a repeated SYN-ACK
+REPLAY_KEEP_MS = 5000              # keep the request to replay on a repeated SYN-ACK
 
 
 class Splice(Mode):
@@ -131,7 +132,9 @@ class SpliceManager:
         self.engine = engine
         self.ctx = ctx
         self.mac = local_mac
-        self.conns = {}
+        self.conns = {}                # key -> Conn: all we know of
+        self.pending = set()           # keys being set up: the only ones the timer visits
+        self.retire = collections.deque()   # (when, key, c_isn) of spliced ones, in time order
         self.by_backend = {}           # (cip, cport, rip, rport) -> key, once bound
         self.now = 0
         self.c = {k: 0 for k in ("conns", "decided_forward", "decided_redirect", "refused",
@@ -141,7 +144,7 @@ class SpliceManager:
                                  "no_backend", "no_neigh", "bad_frame", "stray")}
 
     def counters(self):
-        return dict(self.c, open=len(self.conns))
+        return dict(self.c, open=len(self.conns), setting_up=len(self.pending))
 
     # ---- frames up from the fast path ------------------------------------------------------
     def handle(self, frame, now):
@@ -167,6 +170,7 @@ class SpliceManager:
             conn = None
         if conn is None:
             conn = self.conns[key] = Conn(key, fl["c_isn"], now)
+            self.pending.add(key)
             self.c["conns"] += 1
         if flags & TH_RST:
             self.c["client_reset"] += 1
@@ -271,6 +275,10 @@ class SpliceManager:
         # the backend's SYN-ACK: ACK it as the client and replay the request
         if conn.established_at is None:
             conn.established_at = now
+            # spliced: the fast path has it now; keep the request a while for a repeated
+            # SYN-ACK, out of the timer's way
+            self.pending.discard(key)
+            self.retire.append((now + REPLAY_KEEP_MS, key, conn.c_isn))
             self.c["replayed"] += 1
         else:
             self.c["replay_repeated"] += 1
@@ -349,9 +357,20 @@ class SpliceManager:
 
     # ---- timers ----------------------------------------------------------------------------
     def tick(self, now):
+        """Timers of the connections being set up (a few), then retire spliced ones whose
+        replay window is over (in time order: no scan of everything we keep)."""
         self.now = now
         out = []
-        for key, conn in list(self.conns.items()):
+        while self.retire and self.retire[0][0] <= now:
+            _, key, c_isn = self.retire.popleft()
+            conn = self.conns.get(key)
+            if conn is not None and conn.c_isn == c_isn:
+                self._forget(key, drop=False)
+        for key in list(self.pending):
+            conn = self.conns.get(key)
+            if conn is None:
+                self.pending.discard(key)
+                continue
             fl = self.engine.splice_flow(*key)
             if fl is None or fl["c_isn"] != conn.c_isn:
                 self._forget(key, drop=False)
@@ -376,11 +395,10 @@ class SpliceManager:
             elif conn.redirect is not None:
                 if now - conn.started > REPLAY_KEEP_MS:
                     self._forget(key)
-            elif conn.established_at is not None and now - conn.established_at > REPLAY_KEEP_MS:
-                self._forget(key, drop=False)
         return [f for f in out if f]
 
     def _forget(self, key, drop=True):
+        self.pending.discard(key)
         conn = self.conns.pop(key, None)
         if conn is not None and conn.backend is not None:
             self.by_backend.pop((key[0], key[1], conn.backend[0], conn.backend[1]), None)

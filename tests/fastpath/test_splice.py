@@ -211,3 +211,20 @@ def test_splice_calls_validate(impl, bad):
         e.set_splice_secret(bad)
     with pytest.raises(ValueError):
         e.splice_bind(1, 2, 3, 4, defs.MAX_REALS, NOW)
+
+
+def test_an_unbound_splice_flow_is_not_expired_for_a_down_backend(impl):
+    """Until bound, a splice flow has no backend (real = -1): the expire-nodest policy must
+    not look one up (the compiled engine once read before its reals array here)."""
+    e = engine(impl)
+    e.set_services([ServiceSpec(F.ip2int(VIP), 80, 6, defs.MODE_SPLICE, defs.SCHED_SEQ, [0], [1],
+                                defs.SVC_EXPIRE_NODEST)])
+    e.set_real_up(defs.MAX_REALS - 1, False)      # what the twin's reals[-1] would be
+    c_isn, out = handshake(e)
+    ack = F.tcp(GW, LB, CLIENT, VIP, 40000, 80, flags=F.TH_ACK, seq=c_isn + 1,
+                ack=(parse(out).seq + 1) & M32)
+    assert run(e, ack)[1] == "punt_splice"
+    assert run(e, F.tcp(GW, LB, CLIENT, VIP, 40000, 80, flags=F.TH_ACK, seq=c_isn + 1,
+                        ack=(parse(out).seq + 1) & M32, data=b"GET"))[1] == "punt_splice"
+    c = e.counters()
+    assert c["flow_expired_nodest"] == 0 and c["flow_created"] == 1
