@@ -551,6 +551,18 @@ cdef class Engine:
                 i = j
         tab[i] = 0
 
+    cdef void _insert_rev(self, uint32_t idx) noexcept nogil:
+        """Enter flow idx in the reverse index. An older flow with the same backend-side key
+        (client ip:port to backend ip:port, e.g. a closing flow of another VIP on the same
+        backend) is over: the backend cannot have two connections on one 4-tuple."""
+        cdef Flow *e = &self.fl[idx]
+        cdef int32_t old = self._find(self.irev, e.hr, e.rip, e.cip, e.rport, e.cport, e.proto, True)
+        if old >= 0:
+            self._delete(old)
+            self.ctr[C_FLOW_REV_REPLACED] += 1
+        self._insert(self.irev, e.hr, idx)
+        e.flags |= F_REV
+
     cdef void _delete(self, uint32_t idx) noexcept nogil:
         cdef Flow *e = &self.fl[idx]
         self._unlink(self.ifwd, e.hf, idx, False)
@@ -600,8 +612,7 @@ cdef class Engine:
         e.pkts_fwd = e.pkts_rev = e.bytes_fwd = e.bytes_rev = 0
         self._insert(self.ifwd, h, idx)
         if sv.mode != MODE_DSR:
-            self._insert(self.irev, e.hr, idx)
-            e.flags |= F_REV
+            self._insert_rev(idx)
         r.conns += 1
         self.nused += 1
         return idx
@@ -1094,8 +1105,7 @@ cdef class Engine:
         cdef Real *r = &self.reals[<int>real]
         e.real, e.rip, e.rport = real, r.ip, r.port
         e.hr = _flow_hash(r.ip, cip, r.port, cport, 6)
-        self._insert(self.irev, e.hr, idx)
-        e.flags |= F_REV
+        self._insert_rev(idx)
         r.conns += 1
         e.state = S_SPL_CONNECTING
         e.last = now_ms

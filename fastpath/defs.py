@@ -120,6 +120,8 @@ COUNTERS = [
     "splice_rev",             # backend -> client, seq/TSval/window translated
     "drop_splice_state",      # splice frame that fits no state (e.g. backend data before bind)
     "splice_established",     # event: backend SYN-ACK recorded, the two halves are spliced
+    "flow_rev_replaced",      # event: a new flow took the backend-side key of an older one
+                              # (the backend cannot have two connections on one 4-tuple)
 ]
 C = {name: i for i, name in enumerate(COUNTERS)}
 N_COUNTERS = len(COUNTERS)

@@ -328,11 +328,22 @@ class Engine:
         e.pkts_fwd = e.pkts_rev = e.bytes_fwd = e.bytes_rev = 0
         self._insert(self.ifwd, h, idx)
         if sv.mode != defs.MODE_DSR:
-            self._insert(self.irev, e.hr, idx)
-            e.flags |= defs.F_REV
+            self._insert_rev(idx)
         r.conns += 1
         self.nused += 1
         return idx
+
+    def _insert_rev(self, idx):
+        """Enter flow idx in the reverse index. An older flow with the same backend-side key
+        (client ip:port to backend ip:port, e.g. a closing flow of another VIP on the same
+        backend) is over: the backend cannot have two connections on one 4-tuple."""
+        e = self.flows_[idx]
+        old = self._find(self.irev, e.hr, e.rip, e.cip, e.rport, e.cport, e.proto, True)
+        if old >= 0:
+            self._delete(old)
+            self.ctr[C["flow_rev_replaced"]] += 1
+        self._insert(self.irev, e.hr, idx)
+        e.flags |= defs.F_REV
 
     def _schedule(self, sv, h, src):
         n = len(sv.table)
@@ -759,8 +770,7 @@ class Engine:
         r = self.reals[real]
         e.real, e.rip, e.rport = real, r.ip, r.port
         e.hr = flow_hash(r.ip, cip, r.port, cport, 6)
-        self._insert(self.irev, e.hr, idx)
-        e.flags |= defs.F_REV
+        self._insert_rev(idx)
         r.conns += 1
         e.state = defs.S_SPL_CONNECTING
         e.last = now_ms

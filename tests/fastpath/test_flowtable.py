@@ -179,3 +179,18 @@ def test_flows_of_a_down_backend_kept_or_expired_by_service_policy(impl, expire)
         assert e.counters()["flow_expired_nodest"] == 0 and e.real_conns(0) == 1
     e.set_real_up(0, True)
     assert run(e, [c2v(sport=1, flags=F.TH_ACK)])[0][1] == "nat_fwd"
+
+
+def test_a_new_flow_takes_over_the_backend_side_key_of_an_older_one(impl):
+    """Two VIPs on one backend, one client port: the backend sees one 4-tuple, so the newer
+    flow owns the reverse key and the backend's replies go back as the newer VIP."""
+    from .fixtures import VIP4, b2c
+    e = make_engine(impl.Engine, ServiceSpec)
+    e.set_services([nat_service(defs.SCHED_SEQ, [0]),
+                    ServiceSpec(F.ip2int(VIP4), 80, 6, defs.MODE_NAT, defs.SCHED_SEQ, [0], [1])])
+    run(e, [c2v(sport=5), c2v(sport=5, flags=F.TH_FIN | F.TH_ACK)])      # VIP1, closing
+    run(e, [c2v(vip=VIP4, sport=5)])                                       # VIP4, same port
+    out = run(e, [b2c(sport=5)])
+    assert out[0][1] == "nat_rev" and F.int2ip(int.from_bytes(out[0][2][26:30], "big")) == VIP4
+    c = e.counters()
+    assert c["flow_rev_replaced"] == 1 and e.flow_count() == 1 and e.real_conns(0) == 1

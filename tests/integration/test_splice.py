@@ -227,3 +227,48 @@ def test_a_reused_client_port_is_a_new_connection(make_lab):
     assert set(out["bodies"]) <= {"b1", "b2"} and len(out["bodies"]) == 20
     assert max(out["times"]) < 0.5, out["times"]      # no retransmission timeout on the way
     assert lbctl(lab, "stats")["splice"]["decided_forward"] == 20
+
+
+ONE_REQUEST = r"""
+import json, socket, sys, time
+vip = sys.argv[1]
+deadline = time.monotonic() + 3
+while True:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.settimeout(5)
+    s.bind(("198.18.0.10", 45001))
+    try:
+        s.connect((vip, 80))
+        break
+    except OSError:
+        s.close()
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.01)
+t0 = time.monotonic()
+s.sendall(b"GET /id HTTP/1.1\r\nHost: x\r\n\r\n")      # keep-alive: we close first
+data = b""
+while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < 3:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    data += chunk
+s.close()
+print(json.dumps({"body": data.split(b"\r\n\r\n", 1)[-1].decode().strip(), "s": time.monotonic() - t0}))
+"""
+
+
+def test_nat_then_splice_to_one_backend_from_one_client_port(make_lab):
+    """The backend sees client:45001 -> b1:80 both times; the splice connection must own that
+    backend-side key (the nat flow is closing), or b1's SYN-ACK goes out as the nat VIP.
+    The client closes first, so the backend holds no TIME_WAIT for the 4-tuple: with one,
+    its PAWS check would refuse the next SYN whatever the balancer does, because the client's
+    timestamps differ per destination VIP (kernel DNAT has the same limit; README)."""
+    lab = make_lab()
+    lbctl(lab, "vip", "add", "198.19.100.1:80", "--mode", "nat")
+    lbctl(lab, "backend", "add", "198.19.100.1:80", B1)
+    splice_vip(lab, 80, {"default": [B1]})
+    for vip in ("198.19.100.1", VIP, "198.19.100.1", VIP):
+        out = json.loads(lab.exec("c1", [sys.executable, "-c", ONE_REQUEST, vip], timeout=30).stdout)
+        assert out["body"] == "b1" and out["s"] < 0.5, (vip, out)
