@@ -146,6 +146,14 @@ class Anchors:
 
     # -- haproxy --------------------------------------------------------------------------------
 
+    def haproxy_config(self):
+        """The haproxy.cfg text (a subclass may put its own frontends here)."""
+        return haproxy_cfg(self.backends, self.dir)
+
+    def haproxy_listens(self):
+        """(address, ports) haproxy_up waits for."""
+        return HAPROXY_ADDR, (HTTP, IPERF)
+
     def haproxy_up(self):
         if self.haproxy is not None:
             return self.haproxy.pid
@@ -158,7 +166,7 @@ class Anchors:
             self.added_route = True
         cfg = os.path.join(self.dir, "haproxy.cfg")
         with open(cfg, "w") as f:
-            f.write(haproxy_cfg(self.backends, self.dir))
+            f.write(self.haproxy_config())
         check = self.lab.exec("lb", ["haproxy", "-c", "-q", "-f", cfg], timeout=CMD_TIMEOUT,
                               check=False)
         if check.returncode != 0:
@@ -170,13 +178,14 @@ class Anchors:
                                       start_new_session=True)
         log.close()
         deadline = time.monotonic() + READY_TIMEOUT
-        while not _listening(self.lab, "lb", HAPROXY_ADDR, (HTTP, IPERF)):
+        addr, ports = self.haproxy_listens()
+        while not _listening(self.lab, "lb", addr, ports):
             if self.haproxy.poll() is not None:
                 raise LabError("haproxy exited with %s; %s/haproxy.log:\n    %s"
                                % (self.haproxy.returncode, self.dir, _tail(self.dir)))
             if time.monotonic() > deadline:
                 raise LabError("haproxy not listening on %s after %.0fs"
-                               % (HAPROXY_ADDR, READY_TIMEOUT))
+                               % (addr, READY_TIMEOUT))
             time.sleep(0.05)   # poll interval, bounded by the deadline
         return self.haproxy.pid
 
