@@ -20,24 +20,13 @@ import dpkt
 import pytest
 from click.testing import CliRunner
 
-import fastpath
 from fastpath import defs, engine_py
 from lb import cli, config, health
 from lb.errors import LBError
 from lb.health import BackendHealth, HealthMonitor, PolicyRoutes, Target
 from lb.state import LBState
 
-LB_IP, LB_MAC = "198.19.0.2", bytes.fromhex("025457000002")
-CLIENT_IP = "198.18.0.10"
-VIP = "198.19.100.1"
-B1, B2, B3 = "198.19.0.11", "198.19.0.12", "198.19.0.13"
-MACS = {B1: bytes.fromhex("02545700000b"), B2: bytes.fromhex("02545700000c"),
-        B3: bytes.fromhex("02545700000d")}
-NOW = 1_000_000
-
-
-def ip(s):
-    return int(ipaddress.IPv4Address(s))
+from .test_state import B1, B2, B3, LB_IP, LB_MAC, MACS, VIP, ip, send, tcp_frame
 
 
 # --- the rise/fall state machine -----------------------------------------------------------------
@@ -450,22 +439,6 @@ def succeed(st, b, n=2):
     for _ in range(n):
         out = st.health_report(member(b), True, "HTTP 200") or out
     return out
-
-
-def tcp_frame(sport, flags=dpkt.tcp.TH_SYN, vip=VIP, dport=80):
-    t = dpkt.tcp.TCP(sport=sport, dport=dport, flags=flags, seq=1000, off=5)
-    p = dpkt.ip.IP(src=ipaddress.IPv4Address(CLIENT_IP).packed,
-                   dst=ipaddress.IPv4Address(vip).packed, p=dpkt.ip.IP_PROTO_TCP, ttl=64, data=t)
-    p.len = len(p)
-    return bytes(dpkt.ethernet.Ethernet(dst=LB_MAC, src=bytes.fromhex("020000000001"),
-                                        type=dpkt.ethernet.ETH_TYPE_IP, data=p))
-
-
-def send(engine, *frames, now=NOW):
-    b = fastpath.Batch(size=max(1, len(frames)))
-    b.load(list(frames))
-    engine.process(b, now)
-    return b.results()
 
 
 def dst_ip(result):
