@@ -1,6 +1,6 @@
 """splice against HAProxy with the same content rules, in one lab and one run.
 
-    python3 -m bench.splice_lab [--runs 3] [--quick] [--no-tcp-inspect]
+    python3 -m bench.splice_lab [--runs 3] [--quick] [--no-tcp-inspect] [--workloads new-conns]
 
 ```
  [c1 198.18.0.10] -- rt --> splice 198.19.100.3:80 (lbd, TAP + vnet offload)  \   /blob -> big = b2 + b3
@@ -219,6 +219,8 @@ def render(rows, meta):
           "| workload | " + " | ".join("%s proc %% | per unit | machine %%" % p for p in paths)
           + " |", "|---|" + "---:|---:|---:|" * len(paths)]
     for label, w in WORKLOADS:
+        if not any((label, p) in g for p in paths):
+            continue
         cells = []
         for p in paths:
             r = g.get((label, p))
@@ -270,8 +272,20 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="1 run, short durations")
     ap.add_argument("--no-tcp-inspect", action="store_true",
                     help="leave out HAProxy's mode tcp + inspect-delay variant")
+    ap.add_argument("--workloads", default=None,
+                    help="comma-separated subset of: %s" % ", ".join(
+                        l.replace(" ", "-") for l, _ in WORKLOADS))
     ap.add_argument("--out", default=RESULTS, help="results directory")
     a = ap.parse_args(argv)
+    workloads = WORKLOADS
+    if a.workloads:
+        want = [x.strip().replace("-", " ") for x in a.workloads.split(",") if x.strip()]
+        known = [l for l, _ in WORKLOADS]
+        bad = [x for x in want if x not in known]
+        if bad or not want:
+            raise SystemExit("--workloads: unknown %s (known: %s)" % (
+                ", ".join(bad) or "(none given)", ", ".join(k.replace(" ", "-") for k in known)))
+        workloads = [(l, w) for l, w in WORKLOADS if l in want]
     runs = a.runs if a.runs is not None else (1 if a.quick else 3)
     if not 1 <= runs <= 20:
         raise SystemExit("--runs: 1..20")
@@ -286,7 +300,7 @@ def main(argv=None):
     name = unique_name()
     rows, skipped = [], {}
     print("splice_lab: %d paths x %d workloads x %d run(s); lab %s" % (
-        len(paths), len(WORKLOADS), runs, name), flush=True)
+        len(paths), len(workloads), runs, name), flush=True)
     try:
         with Lab(name, backends=3, clients=2, io="tap", offload=True) as lab:
             topo = lab.topology
@@ -312,8 +326,8 @@ def main(argv=None):
                         skipped[p] = str(e).strip().splitlines()[0][:300]
                         print("  %-12s SKIPPED: %s" % (p, skipped[p]), flush=True)
                 results = {}
-                total, k = len(live) * len(WORKLOADS) * runs, 0
-                for label, w in WORKLOADS:
+                total, k = len(live) * len(workloads) * runs, 0
+                for label, w in workloads:
                     for run in range(1, runs + 1):
                         for p in live:
                             k += 1
@@ -332,7 +346,7 @@ def main(argv=None):
                 env = {"date": meta["date"], "io": meta["io"], "quick": a.quick,
                        "cpu_model": meta["cpu_model"], "ncpu": meta["ncpu"],
                        "http_object": "/1k"}
-                for label, w in WORKLOADS:
+                for label, w in workloads:
                     for p in live:
                         row = make_row(p, w, results[(p, label)], env)
                         row["label"] = label

@@ -20,7 +20,7 @@ Invariants:
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc, calloc, free
-from libc.string cimport memcpy, memcmp, memset
+from libc.string cimport memcpy, memcmp, memmove, memset
 
 from . import defs
 from .checks import check_ip, check_mac, check_port, check_real_idx, check_secret, check_specs
@@ -38,6 +38,7 @@ cdef enum:
     TH_FIN = 0x01
     TH_SYN = 0x02
     TH_RST = 0x04
+    TH_PSH = 0x08
     TH_ACK = 0x10
 
 
@@ -76,6 +77,13 @@ cdef struct Flow:
     uint8_t ws_b
     uint8_t ws_lb
     uint8_t sopt
+    uint16_t rp_len     # splice: the request to replay (rp, malloc'd; NULL once acknowledged)
+    uint8_t *rp
+
+cdef struct WaitQ:      # splice: a flow created by a cookie ACK, for splice_waiting()
+    uint32_t idx
+    uint32_t c_isn
+    int64_t created
 
 cdef struct Opts:
     int mss
@@ -238,6 +246,49 @@ cdef inline uint16_t _tcp_checksum(const uint8_t *f, int off, int length) noexce
     return <uint16_t>(~_fold(s) & 0xFFFF)
 
 
+cdef uint32_t _tcp_frame(uint8_t *f, const uint8_t *dmac, const uint8_t *smac, uint32_t src,
+                         uint32_t dst, uint16_t sport, uint16_t dport, uint32_t seq, uint32_t ack,
+                         uint8_t flags, uint16_t win, const uint8_t *opt, int ol,
+                         const uint8_t *data, int dl) noexcept nogil:
+    """Write an Ethernet/IPv4/TCP frame with complete checksums at f (ol a multiple of 4;
+    TTL 64, DF, IP id 0); returns its length. As engine_py.tcp_frame."""
+    cdef uint32_t s = 0
+    cdef int k
+    cdef int tcp_len = 20 + ol + dl
+    memcpy(f, dmac, 6)
+    memcpy(f + 6, smac, 6)
+    f[12] = 8
+    f[13] = 0
+    f[14] = 0x45
+    f[15] = 0
+    wr16(f + 16, 20 + tcp_len)
+    wr16(f + 18, 0)
+    wr16(f + 20, 0x4000)
+    f[22] = 64
+    f[23] = 6
+    wr16(f + 24, 0)
+    wr32(f + 26, src)
+    wr32(f + 30, dst)
+    for k in range(14, 34, 2):
+        s += rd16(f + k)
+    wr16(f + 24, <uint16_t>(~_fold(s) & 0xFFFF))
+    wr16(f + 34, sport)
+    wr16(f + 36, dport)
+    wr32(f + 38, seq)
+    wr32(f + 42, ack)
+    f[46] = ((20 + ol) // 4) << 4
+    f[47] = flags
+    wr16(f + 48, win)
+    wr16(f + 50, 0)
+    wr16(f + 52, 0)
+    if ol:
+        memcpy(f + 54, opt, ol)
+    if dl:
+        memmove(f + 54 + ol, data, dl)
+    wr16(f + 50, _tcp_checksum(f, 34, tcp_len))
+    return 34 + tcp_len
+
+
 cdef inline void _patch32(uint8_t *f, int o, uint32_t v, bint partial) noexcept nogil:
     """Write a 32-bit field at frame offset o and patch the TCP checksum, word-aligned or not.
     A partial checksum is not touched: the kernel sums the header later."""
@@ -344,7 +395,10 @@ cdef class Engine:
     cdef uint8_t *vmap
     cdef uint64_t k0, k1
     cdef uint32_t newlen
+    cdef uint32_t rowcap
     cdef bint partial
+    cdef WaitQ *waitq
+    cdef uint32_t wq_head, wq_tail, wq_size
 
     def __cinit__(self, capacity, timeouts=None):
         if not isinstance(capacity, int) or not 1 <= capacity <= (1 << 24):
@@ -363,8 +417,13 @@ cdef class Engine:
         self.svc_slot = <int32_t *>malloc(SVC_SLOTS * sizeof(int32_t))
         self.ctr = <uint64_t *>calloc(N_COUNTERS, sizeof(uint64_t))
         self.vmap = <uint8_t *>calloc(N_COUNTERS, sizeof(uint8_t))
+        self.wq_size = SPLICE_WAITQ_MIN
+        while self.wq_size < <uint32_t>capacity:
+            self.wq_size <<= 1
+        self.waitq = <WaitQ *>malloc(self.wq_size * sizeof(WaitQ))
+        self.wq_head = self.wq_tail = 0
         if not (self.fl and self.ifwd and self.irev and self.freel and self.reals and self.svcs
-                and self.svc_slot and self.ctr and self.vmap):
+                and self.svc_slot and self.ctr and self.vmap and self.waitq):
             raise MemoryError()
         cdef uint32_t k
         for k in range(capacity):
@@ -380,6 +439,7 @@ cdef class Engine:
         self.vmap[C_SPLICE_SYNACK] = V_TX
         self.vmap[C_SPLICE_FWD] = V_TX
         self.vmap[C_SPLICE_REV] = V_TX
+        self.vmap[C_SPLICE_REPLAY] = V_TX
         self.vmap[C_PUNT_ARP] = V_PUNT
         self.vmap[C_PUNT_LOCAL] = V_PUNT
         self.vmap[C_PUNT_SPLICE] = V_PUNT
@@ -388,6 +448,11 @@ cdef class Engine:
         self.set_timeouts(timeouts or {})
 
     def __dealloc__(self):
+        cdef uint32_t k
+        if self.fl:
+            for k in range(self.cap):
+                free(self.fl[k].rp)
+        free(self.waitq)
         free(self.fl); free(self.ifwd); free(self.irev); free(self.freel); free(self.reals)
         free(self.svcs); free(self.svc_slot); free(self.ctr); free(self.vmap)
         free(self.tab); free(self.wts)
@@ -570,6 +635,9 @@ cdef class Engine:
             self._unlink(self.irev, e.hr, idx, True)
         if e.real >= 0:
             self.reals[e.real].conns -= 1
+        if e.rp != NULL:
+            free(e.rp)
+            e.rp = NULL
         e.used = 0
         self.freel[self.nfree] = idx
         self.nfree += 1
@@ -707,10 +775,11 @@ cdef class Engine:
                 L = row - hdr if row > hdr else 0
                 rp = base + <size_t>(j + i) * stride
                 self.newlen = 0
+                self.rowcap = stride - hdr
                 self.partial = hdr > 0 and row >= hdr and (rp[0] & 1)
                 r = self._one(rp + hdr, L, now)
                 if self.newlen and self.vmap[r] == V_TX:
-                    lens[j + i] = hdr + self.newlen   # a frame made in place (splice SYN-ACK)
+                    lens[j + i] = hdr + self.newlen   # a frame made in place (splice)
                     memset(rp, 0, hdr)                # complete checksums, no GSO
                 self.ctr[C_RX_FRAMES] += 1
                 self.ctr[r] += 1
@@ -901,10 +970,21 @@ cdef class Engine:
         e.ws_b, e.b_tsval = 0, 0
         e.c_win = rd16(f + 48)
         e.pkts_fwd, e.bytes_fwd = 1, n
+        e.rp, e.rp_len = NULL, 0
         self._insert(self.ifwd, h, idx)
         self.nused += 1
         self.ctr[C_FLOW_CREATED] += 1
-        return C_PUNT_SPLICE
+        if rd16(f + 16) > 20 + (f[46] >> 4) * 4 or tflags & TH_FIN:
+            e.flags = F_SEEN
+            return C_PUNT_SPLICE          # the request (or a FIN) came with the ACK
+        # nothing for Python yet: the request's first segment will be punted; a client that
+        # stays silent is handed up by splice_waiting()
+        if self.wq_tail - self.wq_head == self.wq_size:
+            self.wq_head += 1
+            self.ctr[C_SPLICE_WAITQ_LOST] += 1
+        self.waitq[self.wq_tail & (self.wq_size - 1)] = WaitQ(idx, c_isn, now)
+        self.wq_tail += 1
+        return C_SPLICE_ACCEPTED
 
     cdef int _splice_synack(self, uint8_t *f, uint32_t src, uint32_t dst, uint16_t sport,
                             uint16_t dport, int64_t now) noexcept nogil:
@@ -998,6 +1078,7 @@ cdef class Engine:
             e.last = now
             e.pkts_fwd += 1
             e.bytes_fwd += n
+            e.flags |= F_SEEN
             return C_PUNT_SPLICE
         r = &self.reals[e.real]
         if not r.has_mac:
@@ -1044,18 +1125,27 @@ cdef class Engine:
                 e.pkts_rev += 1
                 e.bytes_rev += n
                 self.ctr[C_SPLICE_ESTABLISHED] += 1
-                return C_PUNT_SPLICE
+                if e.flags & F_INLINE and (o.mss < 0 or f[o.mss + 1] != 4
+                                           or e.rp_len + (12 if e.sopt & SOPT_TS else 0) <= rd16(f + o.mss + 2)):
+                    return self._splice_replay(f, e, rd32(f + 38))
+                return C_PUNT_SPLICE      # a request longer than one segment: Python replays it
             if tflags & TH_RST:
                 return C_PUNT_SPLICE
             return C_DROP_SPLICE_STATE
         if e.state == S_SPL_WAIT:
             return C_DROP_SPLICE_STATE
         if tflags & TH_SYN:
-            # a retransmitted SYN-ACK: our ACK was lost; Python sends it (and the request) again
+            # a retransmitted SYN-ACK: our ACK was lost; answer it (and replay) again
             if ts >= 0:
                 e.b_tsval = rd32(f + ts + 2)
             e.last = now
+            if (e.flags & F_INLINE and tflags & TH_ACK and rd32(f + 42) == e.c_isn + 1
+                    and rd32(f + 38) == e.l_isn - e.delta):
+                return self._splice_replay(f, e, rd32(f + 38))
             return C_PUNT_SPLICE
+        if e.rp != NULL and tflags & TH_ACK and <int32_t>(rd32(f + 42) - e.c_isn - 1) > 0:
+            free(e.rp)            # the backend has the request: no SYN-ACK will come again
+            e.rp = NULL
         if not self.has_gw:
             return C_DROP_NO_NEIGH
         if f[22] <= 1:
@@ -1074,6 +1164,64 @@ cdef class Engine:
         e.pkts_rev += 1
         e.bytes_rev += n
         return C_SPLICE_REV
+
+    cdef int _splice_replay(self, uint8_t *f, Flow *e, uint32_t s_isn) noexcept nogil:
+        """Turn the backend's SYN-ACK (in f) into our answer as the client: ACK, and the
+        client's request when we still hold it (with the client's FIN if it sent one)."""
+        cdef Real *r = &self.reals[e.real]
+        cdef uint8_t opt[12]
+        cdef int ol = 0
+        cdef uint8_t fl = TH_ACK
+        if not r.has_mac:
+            return C_DROP_NO_NEIGH
+        if e.sopt & SOPT_TS:
+            opt[0] = 1
+            opt[1] = 1
+            opt[2] = 8
+            opt[3] = 10
+            wr32(opt + 4, e.c_tsval)
+            wr32(opt + 8, e.b_tsval)
+            ol = 12
+        if e.rp != NULL:
+            fl = fl | TH_PSH | (TH_FIN if e.flags & F_RP_FIN else 0)
+        if 54 + ol + (e.rp_len if e.rp != NULL else 0) > self.rowcap:
+            return C_PUNT_SPLICE
+        self.newlen = _tcp_frame(f, r.mac, self.local_mac, e.cip, e.rip, e.cport, e.rport,
+                                 e.c_isn + 1, s_isn + 1, fl, e.c_win, opt, ol,
+                                 e.rp, e.rp_len if e.rp != NULL else 0)
+        return C_SPLICE_REPLAY
+
+    cdef bytes _splice_syn(self, Flow *e):
+        """Our SYN to the backend as the client: its address, port, ISN and SYN options as
+        the cookie kept them."""
+        cdef uint8_t f[80]
+        cdef uint8_t opt[20]
+        cdef int ol = 4
+        cdef uint32_t L
+        opt[0] = 2
+        opt[1] = 4
+        wr16(opt + 2, e.mss)
+        if e.sopt & SOPT_TS:
+            if e.sopt & SOPT_SACK:
+                opt[4] = 4
+                opt[5] = 2
+            else:
+                opt[4] = 1
+                opt[5] = 1
+            opt[6] = 8
+            opt[7] = 10
+            wr32(opt + 8, e.c_tsval)
+            wr32(opt + 12, 0)
+            ol = 16
+        if e.ws_c != 0xF:
+            opt[ol] = 1
+            opt[ol + 1] = 3
+            opt[ol + 2] = 3
+            opt[ol + 3] = e.ws_c
+            ol += 4
+        L = _tcp_frame(f, self.reals[e.real].mac, self.local_mac, e.cip, e.rip, e.cport,
+                       e.rport, e.c_isn, 0, TH_SYN, 65535, opt, ol, NULL, 0)
+        return f[:L]
 
     cdef int32_t _splice_lookup(self, uint32_t cip, uint16_t cport, uint32_t vip, uint16_t vport):
         cdef uint64_t h = _flow_hash(cip, vip, cport, vport, 6)
@@ -1094,13 +1242,19 @@ cdef class Engine:
                 "sopt": e.sopt, "c_tsval": e.c_tsval, "c_win": e.c_win, "b_tsval": e.b_tsval,
                 "ts_off": e.ts_off}
 
-    def splice_bind(self, cip, cport, vip, vport, real, int64_t now_ms):
+    def splice_bind(self, cip, cport, vip, vport, real, int64_t now_ms, request=b"", fin=False):
         """Bind a flow in SPL_WAIT to a backend: it enters the reverse index (the backend's
-        SYN-ACK will find it) and SPL_CONNECTING. False when there is no such flow."""
+        SYN-ACK will find it) and SPL_CONNECTING. Returns our SYN to the backend (a whole
+        frame), or None when there is no such flow or the backend's MAC is unknown.
+
+        request (and fin: the client's FIN follows it) is what to replay. When it fits in one
+        segment the fast path keeps it and answers the backend's SYN-ACK itself (counter
+        splice_replay); otherwise that SYN-ACK is punted and Python replays."""
         check_real_idx(real)
+        cdef const uint8_t[::1] req = request
         cdef int32_t idx = self._splice_lookup(cip, cport, vip, vport)
-        if idx < 0 or self.fl[idx].state != S_SPL_WAIT:
-            return False
+        if idx < 0 or self.fl[idx].state != S_SPL_WAIT or not self.reals[<int>real].has_mac:
+            return None
         cdef Flow *e = &self.fl[idx]
         cdef Real *r = &self.reals[<int>real]
         e.real, e.rip, e.rport = real, r.ip, r.port
@@ -1109,7 +1263,43 @@ cdef class Engine:
         r.conns += 1
         e.state = S_SPL_CONNECTING
         e.last = now_ms
-        return True
+        e.flags |= F_SEEN
+        if len(req) + (12 if e.sopt & SOPT_TS else 0) <= e.mss:
+            e.flags |= F_INLINE | (F_RP_FIN if fin else 0)
+            if len(req):
+                e.rp = <uint8_t *>malloc(len(req))
+                if e.rp == NULL:
+                    raise MemoryError()
+                memcpy(e.rp, &req[0], len(req))
+            e.rp_len = len(req)
+        return self._splice_syn(e)
+
+    def splice_syn(self, cip, cport, vip, vport):
+        """Our SYN to the backend again (it was lost), or None when the flow is not waiting
+        for the backend's SYN-ACK."""
+        cdef int32_t idx = self._splice_lookup(cip, cport, vip, vport)
+        if idx < 0 or self.fl[idx].state != S_SPL_CONNECTING or not self.reals[self.fl[idx].real].has_mac:
+            return None
+        return self._splice_syn(&self.fl[idx])
+
+    def splice_waiting(self, int64_t now_ms):
+        """Flows whose client has sent nothing since its cookie ACK, SPLICE_WAIT_HANDOFF_MS or
+        longer ago, and that Python has not seen: [(cip, cport, vip, vport, created_ms)].
+        They count as seen from now on. Flows that moved on are skipped."""
+        out = []
+        cdef WaitQ *w
+        cdef Flow *e
+        while self.wq_head != self.wq_tail:
+            w = &self.waitq[self.wq_head & (self.wq_size - 1)]
+            if now_ms - w.created < SPLICE_WAIT_HANDOFF_MS:
+                break
+            self.wq_head += 1
+            e = &self.fl[w.idx]
+            if (e.used and e.mode == MODE_SPLICE and e.state == S_SPL_WAIT and e.c_isn == w.c_isn
+                    and e.created == w.created and not e.flags & F_SEEN):
+                e.flags |= F_SEEN
+                out.append((e.cip, e.cport, e.vip, e.vport, e.created))
+        return out
 
     def splice_drop(self, cip, cport, vip, vport):
         """Forget a splice flow (refused, redirected, backend never answered)."""

@@ -70,6 +70,17 @@ SVC_EXPIRE_NODEST = 1   # a flow whose backend is down is expired on its next pa
 F_FIN_C = 1   # FIN seen from the client
 F_FIN_S = 2   # FIN seen from the server
 F_REV = 4     # the flow is in the reverse index (nat; splice once bound to a backend)
+F_SEEN = 8    # splice: Python has seen this flow (a frame of it was punted, or it was waiting)
+F_INLINE = 16  # splice: the fast path answers the backend's SYN-ACK itself (ACK + the request)
+F_RP_FIN = 32  # splice: the replayed request ends with the client's FIN
+
+# splice: a flow whose client has sent nothing for this long is handed to Python by
+# Engine.splice_waiting() (a server-speaks-first protocol, or an idle client: the VIP's
+# timeout decides it). The queue of such candidates holds the flow capacity rounded up to a
+# power of two, at least SPLICE_WAITQ_MIN (entries of flows that moved on wait there too);
+# when it is full the oldest is dropped (counter splice_waitq_lost)
+SPLICE_WAIT_HANDOFF_MS = 100
+SPLICE_WAITQ_MIN = 4096
 
 # Eviction when the table is full: the least recently seen of EVICT_SAMPLE entries after a
 # rotating clock hand is evicted (an expired one first) and the new flow is served.
@@ -122,6 +133,10 @@ COUNTERS = [
     "splice_established",     # event: backend SYN-ACK recorded, the two halves are spliced
     "flow_rev_replaced",      # event: a new flow took the backend-side key of an older one
                               # (the backend cannot have two connections on one 4-tuple)
+    "splice_accepted",        # valid cookie ACK without data: the flow exists, nothing to do
+    "splice_replay",          # backend SYN-ACK answered in place: ACK + the client's request
+    "splice_waitq_lost",      # event: the wait queue was full; a silent client is left to
+                              # the splice_wait timeout instead of the VIP's decision timeout
 ]
 C = {name: i for i, name in enumerate(COUNTERS)}
 N_COUNTERS = len(COUNTERS)

@@ -16,6 +16,8 @@ Invariants (shared with the compiled engine):
 - Full table: the least recently seen of EVICT_SAMPLE entries after a rotating clock hand is
   evicted (an expired one first); the new flow is always served.
 """
+import collections
+
 import numpy as np
 
 from . import defs
@@ -26,12 +28,12 @@ from .defs import C
 
 MASK64 = (1 << 64) - 1
 _TX_REASONS = {C["nat_fwd"], C["nat_rev"], C["dsr_fwd"], C["splice_synack"], C["splice_fwd"],
-               C["splice_rev"]}
+               C["splice_rev"], C["splice_replay"]}
 _PUNT_REASONS = {C["punt_arp"], C["punt_local"], C["punt_splice"]}
 M32 = 0xFFFFFFFF
 BCAST = b"\xff" * 6
 
-TH_FIN, TH_SYN, TH_RST, TH_ACK = 0x01, 0x02, 0x04, 0x10
+TH_FIN, TH_SYN, TH_RST, TH_PSH, TH_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 
 
 def mix64(x):
@@ -123,10 +125,14 @@ class _Flow:
                  # MSS from the cookie, window scales (client, backend, ours), options,
                  # the client's latest TSval and window, the backend's latest TSval
                  "c_isn", "l_isn", "delta", "ts_off", "mss", "ws_c", "ws_b", "ws_lb", "sopt",
-                 "c_tsval", "c_win", "b_tsval")
+                 "c_tsval", "c_win", "b_tsval",
+                 # the request to replay (None once the backend acknowledged it)
+                 "rp", "rp_len")
 
     def __init__(self):
         self.used = 0
+        self.rp = None
+        self.rp_len = 0
 
 
 class _Real:
@@ -167,7 +173,12 @@ class Engine:
         self.ctr = [0] * defs.N_COUNTERS
         self.k0 = self.k1 = 0
         self._newlen = 0
+        self._rowcap = 0
         self._partial = False
+        self.waitq = collections.deque()     # (idx, c_isn, created): see splice_waiting()
+        self.wq_size = defs.SPLICE_WAITQ_MIN
+        while self.wq_size < capacity:
+            self.wq_size <<= 1
 
     # ---- control side -------------------------------------------------------------------
     def set_timeouts(self, timeouts):
@@ -293,6 +304,7 @@ class Engine:
             self._unlink(self.irev, e.hr, idx, True)
         if e.real >= 0:
             self.reals[e.real].conns -= 1
+        e.rp = None
         e.used = 0
         self.free.append(idx)
         self.nused -= 1
@@ -376,6 +388,7 @@ class Engine:
             n = max(0, row - hdr)
             f = bytearray(batch.buf[i, hdr:hdr + n].tobytes())
             self._newlen = 0
+            self._rowcap = batch.snap - hdr
             self._partial = bool(hdr) and row >= hdr and bool(batch.buf[i, 0] & 1)
             reason = self._one(f, n, now_ms)
             ctr[C["rx_frames"]] += 1
@@ -611,10 +624,20 @@ class Engine:
         e.ws_b, e.b_tsval = 0, 0
         e.c_win = _u16(f, 48)
         e.pkts_fwd, e.bytes_fwd = 1, n
+        e.rp, e.rp_len = None, 0
         self._insert(self.ifwd, h, idx)
         self.nused += 1
         self.ctr[C["flow_created"]] += 1
-        return C["punt_splice"]
+        if _u16(f, 16) > 20 + doff or tflags & TH_FIN:
+            e.flags = defs.F_SEEN
+            return C["punt_splice"]          # the request (or a FIN) came with the ACK
+        # nothing for Python yet: the request's first segment will be punted; a client that
+        # stays silent is handed up by splice_waiting()
+        if len(self.waitq) == self.wq_size:
+            self.waitq.popleft()
+            self.ctr[C["splice_waitq_lost"]] += 1
+        self.waitq.append((idx, c_isn, now))
+        return C["splice_accepted"]
 
     def _splice_synack(self, f, src, dst, sport, dport, now):
         doff = (f[46] >> 4) * 4
@@ -664,6 +687,7 @@ class Engine:
             e.last = now
             e.pkts_fwd += 1
             e.bytes_fwd += n
+            e.flags |= defs.F_SEEN
             return C["punt_splice"]
         r = self.reals[e.real]
         if r.mac is None:
@@ -708,18 +732,27 @@ class Engine:
                 e.pkts_rev += 1
                 e.bytes_rev += n
                 self.ctr[C["splice_established"]] += 1
-                return C["punt_splice"]
+                tsl = 12 if e.sopt & defs.SOPT_TS else 0
+                if e.flags & defs.F_INLINE and (2 not in opts or f[opts[2] + 1] != 4
+                                                or e.rp_len + tsl <= _u16(f, opts[2] + 2)):
+                    return self._splice_replay(f, e, _u32(f, 38))
+                return C["punt_splice"]   # a request longer than one segment: Python replays it
             if tflags & TH_RST:
                 return C["punt_splice"]
             return C["drop_splice_state"]
         if e.state == defs.S_SPL_WAIT:
             return C["drop_splice_state"]
         if tflags & TH_SYN:
-            # a retransmitted SYN-ACK: our ACK was lost; Python sends it (and the request) again
+            # a retransmitted SYN-ACK: our ACK was lost; answer it (and replay) again
             if ts >= 0:
                 e.b_tsval = _u32(f, ts + 2)
             e.last = now
+            if (e.flags & defs.F_INLINE and tflags & TH_ACK and _u32(f, 42) == (e.c_isn + 1) & M32
+                    and _u32(f, 38) == (e.l_isn - e.delta) & M32):
+                return self._splice_replay(f, e, _u32(f, 38))
             return C["punt_splice"]
+        if e.rp is not None and tflags & TH_ACK and 0 < ((_u32(f, 42) - e.c_isn - 1) & M32) < 1 << 31:
+            e.rp = None           # the backend has the request: no SYN-ACK will come again
         if self.gw_mac is None:
             return C["drop_no_neigh"]
         if f[22] <= 1:
@@ -740,6 +773,40 @@ class Engine:
         e.bytes_rev += n
         return C["splice_rev"]
 
+    def _splice_replay(self, f, e, s_isn):
+        """Turn the backend's SYN-ACK (in f) into our answer as the client: ACK, and the
+        client's request when we still hold it (with the client's FIN if it sent one)."""
+        r = self.reals[e.real]
+        if r.mac is None:
+            return C["drop_no_neigh"]
+        opt = b""
+        if e.sopt & defs.SOPT_TS:
+            opt = b"\x01\x01\x08\x0a" + e.c_tsval.to_bytes(4, "big") + e.b_tsval.to_bytes(4, "big")
+        fl = TH_ACK
+        data = b""
+        if e.rp is not None:
+            fl |= TH_PSH | (TH_FIN if e.flags & defs.F_RP_FIN else 0)
+            data = e.rp
+        if 54 + len(opt) + len(data) > self._rowcap:
+            return C["punt_splice"]
+        out = tcp_frame(r.mac, self.local_mac, e.cip, e.rip, e.cport, e.rport, e.c_isn + 1,
+                        s_isn + 1, fl, e.c_win, opt, data)
+        f[:len(out)] = out
+        self._newlen = len(out)
+        return C["splice_replay"]
+
+    def _splice_syn(self, e):
+        """Our SYN to the backend as the client: its address, port, ISN and SYN options as
+        the cookie kept them."""
+        o = bytes([2, 4]) + e.mss.to_bytes(2, "big")
+        if e.sopt & defs.SOPT_TS:
+            o += bytes([4, 2]) if e.sopt & defs.SOPT_SACK else bytes([1, 1])
+            o += bytes([8, 10]) + e.c_tsval.to_bytes(4, "big") + bytes(4)
+        if e.ws_c != 0xF:
+            o += bytes([1, 3, 3, e.ws_c])
+        return bytes(tcp_frame(self.reals[e.real].mac, self.local_mac, e.cip, e.rip, e.cport,
+                               e.rport, e.c_isn, 0, TH_SYN, 65535, o))
+
     def _splice_lookup(self, cip, cport, vip, vport):
         h = flow_hash(cip, vip, cport, vport, 6)
         idx = self._find(self.ifwd, h, cip, vip, cport, vport, 6, False)
@@ -759,13 +826,19 @@ class Engine:
                 "sopt": e.sopt, "c_tsval": e.c_tsval, "c_win": e.c_win, "b_tsval": e.b_tsval,
                 "ts_off": e.ts_off}
 
-    def splice_bind(self, cip, cport, vip, vport, real, now_ms):
+    def splice_bind(self, cip, cport, vip, vport, real, now_ms, request=b"", fin=False):
         """Bind a flow in SPL_WAIT to a backend: it enters the reverse index (the backend's
-        SYN-ACK will find it) and SPL_CONNECTING. False when there is no such flow."""
+        SYN-ACK will find it) and SPL_CONNECTING. Returns our SYN to the backend (a whole
+        frame), or None when there is no such flow or the backend's MAC is unknown.
+
+        request (and fin: the client's FIN follows it) is what to replay. When it fits in one
+        segment the fast path keeps it and answers the backend's SYN-ACK itself (counter
+        splice_replay); otherwise that SYN-ACK is punted and Python replays."""
         _check_real_idx(real)
+        req = bytes(memoryview(request))
         idx = self._splice_lookup(cip, cport, vip, vport)
-        if idx < 0 or self.flows_[idx].state != defs.S_SPL_WAIT:
-            return False
+        if idx < 0 or self.flows_[idx].state != defs.S_SPL_WAIT or self.reals[real].mac is None:
+            return None
         e = self.flows_[idx]
         r = self.reals[real]
         e.real, e.rip, e.rport = real, r.ip, r.port
@@ -774,7 +847,36 @@ class Engine:
         r.conns += 1
         e.state = defs.S_SPL_CONNECTING
         e.last = now_ms
-        return True
+        e.flags |= defs.F_SEEN
+        if len(req) + (12 if e.sopt & defs.SOPT_TS else 0) <= e.mss:
+            e.flags |= defs.F_INLINE | (defs.F_RP_FIN if fin else 0)
+            e.rp = req if req else None
+            e.rp_len = len(req)
+        return self._splice_syn(e)
+
+    def splice_syn(self, cip, cport, vip, vport):
+        """Our SYN to the backend again (it was lost), or None when the flow is not waiting
+        for the backend's SYN-ACK."""
+        idx = self._splice_lookup(cip, cport, vip, vport)
+        if (idx < 0 or self.flows_[idx].state != defs.S_SPL_CONNECTING
+                or self.reals[self.flows_[idx].real].mac is None):
+            return None
+        return self._splice_syn(self.flows_[idx])
+
+    def splice_waiting(self, now_ms):
+        """Flows whose client has sent nothing since its cookie ACK, SPLICE_WAIT_HANDOFF_MS or
+        longer ago, and that Python has not seen: [(cip, cport, vip, vport, created_ms)].
+        They count as seen from now on. Flows that moved on are skipped."""
+        out = []
+        q = self.waitq
+        while q and now_ms - q[0][2] >= defs.SPLICE_WAIT_HANDOFF_MS:
+            idx, c_isn, created = q.popleft()
+            e = self.flows_[idx]
+            if (e.used and e.mode == defs.MODE_SPLICE and e.state == defs.S_SPL_WAIT
+                    and e.c_isn == c_isn and e.created == created and not e.flags & defs.F_SEEN):
+                e.flags |= defs.F_SEEN
+                out.append((e.cip, e.cport, e.vip, e.vport, e.created))
+        return out
 
     def splice_drop(self, cip, cport, vip, vport):
         """Forget a splice flow (refused, redirected, backend never answered)."""
@@ -802,6 +904,20 @@ def tcp_options(f, start, end):
         out.setdefault(kind, i)
         i += f[i + 1]
     return out
+
+
+def tcp_frame(dmac, smac, src, dst, sport, dport, seq, ack, flags, win, opt=b"", data=b""):
+    """An Ethernet/IPv4/TCP frame with complete checksums (opt a multiple of 4 bytes; TTL 64,
+    DF, IP id 0), as a bytearray."""
+    tcp_len = 20 + len(opt) + len(data)
+    f = bytearray(dmac + smac + b"\x08\x00\x45\x00" + (20 + tcp_len).to_bytes(2, "big")
+                  + b"\x00\x00\x40\x00\x40\x06\x00\x00" + src.to_bytes(4, "big") + dst.to_bytes(4, "big")
+                  + sport.to_bytes(2, "big") + dport.to_bytes(2, "big") + (seq & M32).to_bytes(4, "big")
+                  + (ack & M32).to_bytes(4, "big") + bytes([(20 + len(opt)) // 4 << 4, flags])
+                  + win.to_bytes(2, "big") + b"\x00\x00\x00\x00" + opt + data)
+    _put16(f, 24, ~csum_fold(sum(_u16(f, k) for k in range(14, 34, 2))) & 0xFFFF)
+    _put16(f, 50, tcp_checksum(f, 34, tcp_len))
+    return f
 
 
 def tcp_checksum(f, off, length):

@@ -5,27 +5,31 @@ prefix) while the backend still sees the client's own address, and when SYN floo
 not cost state. The life of a connection:
 
   client SYN        -> fast path: cookie SYN-ACK, no state (fastpath/defs.py: the cookie)
-  client ACK (+data)-> fast path: cookie valid -> flow SPL_WAIT -> punted here
+  client ACK        -> fast path: cookie valid -> flow SPL_WAIT, nothing handed up; a client
+                       silent for SPLICE_WAIT_HANDOFF_MS comes here by engine.splice_waiting()
   request bytes     -> here: reassembled in sequence order, never acknowledged by us (the
                        client keeps them until the real server ACKs them), decided by the
                        VIP's rules (modes/l7.py) once enough is there, at the size limit
                        or at the timeout
-  decision forward  -> engine.splice_bind(real); we send the backend a SYN as the client
-                       (client address, port, ISN and SYN options as the cookie kept them)
-  backend SYN-ACK   -> fast path records the deltas -> punted here: we ACK it as the client
-                       and replay the request; from now on the fast path translates both ways
+  decision forward  -> engine.splice_bind(real, request) makes our SYN to the backend as the
+                       client (client address, port, ISN and SYN options as the cookie kept
+                       them); we send it
+  backend SYN-ACK   -> fast path records the deltas and answers it itself: ACK + the request
+                       (one segment); a longer request is punted here and replayed by us. From
+                       now on the fast path translates both ways
   decision redirect -> we answer the HTTP request ourselves with a 302 to the chosen
                        backend's own address (layer-7 DSR: large objects go direct), then FIN
   refused           -> RST to the client (counted)
 
 Losses are covered without timers of our own where TCP already has them: a lost replay is
 resent by the client itself (we never acknowledged its bytes); a lost ACK of the backend's
-SYN-ACK makes the backend resend it, which comes back up here and is answered again. A lost
+SYN-ACK makes the backend resend it, which the fast path (or, for a long request, we) answer
+again. A lost
 SYN to the backend is resent here (1 s, then 2 s); a backend that never answers gets the
 client a RST (splice_backend_timeout).
 
-Python runs here once per new connection (a handful of frames), never per packet of a
-spliced connection.
+Python runs here once per new connection (the request's first segment, and one SYN made by
+the engine), never per packet of a spliced connection.
 """
 import collections
 import logging
@@ -141,7 +145,8 @@ class SpliceManager:
                                  "decided_at_limit", "decided_at_timeout", "syn_sent",
                                  "syn_retransmitted", "replayed", "replay_repeated",
                                  "backend_timeout", "backend_reset", "client_reset",
-                                 "no_backend", "no_neigh", "bad_frame", "stray")}
+                                 "no_backend", "no_neigh", "bad_frame", "stray", "silent",
+                                 "spliced_inline")}
 
     def counters(self):
         return dict(self.c, open=len(self.conns), setting_up=len(self.pending))
@@ -230,24 +235,16 @@ class SpliceManager:
         if d.action == "redirect":
             self.c["decided_redirect"] += 1
             return self._redirect(conn, fl, vip)
-        if not self.engine.splice_bind(cip, cport, vip_ip, vport, real, now):
-            return self._refuse(conn, fl, "flow gone")
+        # the engine makes the SYN and keeps a one-segment request: it answers the backend's
+        # SYN-ACK itself (ACK + the request), so we only see that SYN-ACK for longer requests
+        syn = self.engine.splice_bind(cip, cport, vip_ip, vport, real, now, conn.data, conn.fin)
+        if syn is None:
+            return self._refuse(conn, fl, "flow gone or backend MAC unknown")
         self.c["decided_forward"] += 1
         self.by_backend[(cip, cport, ip, port)] = conn.key
         conn.syn_at, conn.syn_tries = now, 1
         self.c["syn_sent"] += 1
-        return [self._syn(conn, fl)]
-
-    def _syn(self, conn, fl):
-        cip, cport, _, _ = conn.key
-        ip, port, mac = conn.backend
-        o = struct.pack("!BBH", 2, 4, fl["mss"])
-        if fl["sopt"] & defs.SOPT_TS:
-            o += (b"\x04\x02" if fl["sopt"] & defs.SOPT_SACK else b"\x01\x01")
-            o += b"\x08\x0a" + struct.pack("!II", fl["c_tsval"], 0)
-        if fl["ws_c"] != 0xF:
-            o += b"\x01\x03\x03" + bytes([fl["ws_c"]])
-        return tcp_frame(mac, self.mac, cip, ip, cport, port, fl["c_isn"], 0, TH_SYN, opts=o)
+        return [syn]
 
     def _client_opts(self, fl):
         if fl["sopt"] & defs.SOPT_TS:
@@ -361,6 +358,16 @@ class SpliceManager:
         replay window is over (in time order: no scan of everything we keep)."""
         self.now = now
         out = []
+        for cip, cport, vip, vport, created in self.engine.splice_waiting(now):
+            # a client silent since its handshake: the VIP's timeout decides it (a protocol
+            # where the server speaks first goes to the default pool with nothing to replay)
+            key = (cip, cport, vip, vport)
+            fl = self.engine.splice_flow(*key)
+            if fl is not None and key not in self.conns:
+                self.conns[key] = Conn(key, fl["c_isn"], created)
+                self.pending.add(key)
+                self.c["conns"] += 1
+                self.c["silent"] += 1
         while self.retire and self.retire[0][0] <= now:
             _, key, c_isn = self.retire.popleft()
             conn = self.conns.get(key)
@@ -391,10 +398,14 @@ class SpliceManager:
                     conn.syn_tries += 1
                     conn.syn_at = now
                     self.c["syn_retransmitted"] += 1
-                    out.append(self._syn(conn, fl))
+                    out.append(self.engine.splice_syn(*key))
             elif conn.redirect is not None:
                 if now - conn.started > REPLAY_KEEP_MS:
                     self._forget(key)
+            elif conn.established_at is None:
+                # spliced, and the fast path replayed the request: nothing left for us
+                self.c["spliced_inline"] += 1
+                self._forget(key, drop=False)
         return [f for f in out if f]
 
     def _forget(self, key, drop=True):

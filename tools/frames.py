@@ -39,12 +39,15 @@ def eth(dst, src, payload, etype=0x0800):
 
 
 def tcp(smac, dmac, src, dst, sport, dport, flags=TH_ACK, seq=1000, ack=0, data=b"", ttl=64,
-        win=65535, opts=b""):
+        win=65535, opts=b"", ident=1, df=False):
     t = dpkt.tcp.TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, win=win, data=data)
     if opts:
         t.opts = opts
         t.off = 5 + len(opts) // 4
-    return eth(dmac, smac, _ip(src, dst, 6, t, ttl=ttl))
+    ip = _ip(src, dst, 6, t, ttl=ttl, ident=ident)
+    if df:
+        ip.df = 1
+    return eth(dmac, smac, ip)
 
 
 def udp(smac, dmac, src, dst, sport, dport, data=b"", ttl=64, zero_csum=False):

@@ -40,8 +40,11 @@ segment = st.tuples(st.booleans(), st.sampled_from([F.TH_ACK, F.TH_ACK | F.TH_PU
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(c_isn=st.integers(0, M32), s_isn=st.integers(0, M32), syn_opt=st.lists(opt_piece, max_size=5),
        ack_opt=st.lists(opt_piece, max_size=4), bsyn_opt=st.lists(opt_piece, max_size=5),
-       segs=st.lists(segment, max_size=12), bind=st.booleans(), dt=st.integers(0, 300_000))
-def test_splice_connections_same_on_both_twins(c_isn, s_isn, syn_opt, ack_opt, bsyn_opt, segs, bind, dt):
+       segs=st.lists(segment, max_size=12), bind=st.booleans(), dt=st.integers(0, 300_000),
+       first=st.sampled_from([b"", b"GET / HTTP/1.0\r\n\r\n"]), req=st.binary(max_size=1600),
+       fin=st.booleans(), synacks=st.integers(1, 3))
+def test_splice_connections_same_on_both_twins(c_isn, s_isn, syn_opt, ack_opt, bsyn_opt, segs, bind,
+                                               dt, first, req, fin, synacks):
     outs = []
     for mod in (_engine, engine_py):
         e = make_engine(mod.Engine, ServiceSpec)
@@ -62,11 +65,14 @@ def test_splice_connections_same_on_both_twins(c_isn, s_isn, syn_opt, ack_opt, b
         cookie = struct.unpack("!I", out[38:42])[0] if v == defs.V_TX else 0
         now += dt
         run(F.tcp(GW, LB, CLIENT, VIP, 40000, 80, flags=F.TH_ACK, seq=(c_isn + 1) & M32,
-                  ack=(cookie + 1) & M32, data=b"GET / HTTP/1.0\r\n\r\n", opts=options(ack_opt)))
+                  ack=(cookie + 1) & M32, data=first, opts=options(ack_opt)))
+        log.append(e.splice_waiting(now + defs.SPLICE_WAIT_HANDOFF_MS))
         if bind:
-            log.append(e.splice_bind(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80, 0, now))
-            run(F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000, flags=F.TH_SYN | F.TH_ACK, seq=s_isn,
-                      ack=(c_isn + 1) & M32, opts=options(bsyn_opt)))
+            log.append(e.splice_bind(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80, 0, now, req, fin))
+            log.append(e.splice_syn(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80))
+            for _ in range(synacks):      # the backend resends it when our answer is lost
+                run(F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000, flags=F.TH_SYN | F.TH_ACK,
+                          seq=s_isn, ack=(c_isn + 1) & M32, opts=options(bsyn_opt)))
         for from_client, flags, seq, ack, win, opt, data in segs:
             now += 7
             if from_client:

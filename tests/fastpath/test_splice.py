@@ -95,7 +95,7 @@ def test_bad_and_stale_cookies_are_dropped(impl):
     assert run(e, ack)[1] == "splice_bad_cookie"
     ok = F.tcp(GW, LB, CLIENT, VIP, 40000, 80, flags=F.TH_ACK, seq=c_isn + 1, ack=(cookie + 1) & M32)
     assert run(e, ok, now=NOW + 3 * 65536)[1] == "splice_bad_cookie"      # 3 ticks old
-    assert run(e, ok, now=NOW + 65536)[1] == "punt_splice"                 # 1 tick old: fine
+    assert run(e, ok, now=NOW + 65536)[1] == "splice_accepted"             # 1 tick old: fine
     assert e.flow_count() == 1
 
 
@@ -118,13 +118,21 @@ def test_a_spliced_connection_both_ways(impl):
     assert fl["state"] == defs.S_SPL_WAIT and fl["c_isn"] == c_isn and fl["l_isn"] == cookie
     assert (fl["mss"], fl["ws_c"], fl["ws_lb"], fl["sopt"]) == (1460, 7, 7, defs.SOPT_TS | defs.SOPT_SACK)
     assert fl["c_tsval"] == 1001 and fl["c_win"] == 502
-    # data from the backend before binding fits no state
-    assert e.splice_bind(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80, 0, NOW)
-    assert not e.splice_bind(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80, 0, NOW)   # only once
+    # binding makes our SYN to the backend as the client: its address, port, ISN, options
+    syn = e.splice_bind(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80, 0, NOW, req)
+    assert syn == F.tcp(LB, B1, CLIENT, B1_IP, 40000, B1_PORT, flags=F.TH_SYN, seq=c_isn, ident=0,
+                        df=True, opts=syn_opts(ts=1001, ws=7))
+    assert e.splice_syn(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80) == syn       # to resend it
+    assert e.splice_bind(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80, 0, NOW) is None   # only once
     s_isn = 0xFFFFFFF0                                     # server sequence wraps 2^32
     synack = F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000, flags=F.TH_SYN | F.TH_ACK, seq=s_isn,
                    ack=c_isn + 1, opts=syn_opts(ts=5000, ws=9)[:4] + opt_ts(5000, 1001, lead=b"\x04\x02") + b"\x01\x03\x03\x09")
-    assert run(e, synack)[:2] == (defs.V_PUNT, "punt_splice")
+    # the backend's SYN-ACK becomes our ACK as the client, carrying the request
+    replay = F.tcp(LB, B1, CLIENT, B1_IP, 40000, B1_PORT, flags=F.TH_ACK | F.TH_PUSH,
+                   seq=c_isn + 1, ack=(s_isn + 1) & M32, win=502, data=req, ident=0, df=True,
+                   opts=opt_ts(1001, 5000))
+    assert run(e, synack) == (defs.V_TX, "splice_replay", replay)
+    assert e.splice_syn(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80) is None
     fl = e.splice_flow(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80)
     assert fl["state"] == defs.S_ESTABLISHED and fl["s_isn"] == s_isn and fl["ws_b"] == 9
     delta = (cookie - s_isn) & M32
@@ -166,17 +174,108 @@ def test_a_spliced_connection_both_ways(impl):
     assert c["splice_established"] == 1 and c["flow_created"] == 1
 
 
-def test_retransmitted_backend_synack_goes_up_again(impl):
-    e = engine(impl)
-    c_isn, out = handshake(e)
+def bound(e, request=b"", fin=False, ts=True):
+    c_isn, out = handshake(e, ts=ts)
     cookie = parse(out).seq
-    run(e, F.tcp(GW, LB, CLIENT, VIP, 40000, 80, flags=F.TH_ACK, seq=c_isn + 1, ack=(cookie + 1) & M32))
-    e.splice_bind(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80, 0, NOW)
+    assert run(e, F.tcp(GW, LB, CLIENT, VIP, 40000, 80, flags=F.TH_ACK, seq=c_isn + 1,
+                        ack=(cookie + 1) & M32, win=300))[1] == "splice_accepted"
+    assert e.splice_bind(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80, 0, NOW, request, fin)
+    return c_isn
+
+
+def test_retransmitted_backend_synack_is_answered_again_until_the_request_is_acked(impl):
+    e = engine(impl)
+    req = b"GET / HTTP/1.0\r\n\r\n"
+    c_isn = bound(e, req, fin=True, ts=False)
+    synack = F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000, flags=F.TH_SYN | F.TH_ACK, seq=77,
+                   ack=c_isn + 1)
+    want = F.tcp(LB, B1, CLIENT, B1_IP, 40000, B1_PORT, flags=F.TH_ACK | F.TH_PUSH | F.TH_FIN,
+                 seq=c_isn + 1, ack=78, win=300, data=req, ident=0, df=True)
+    assert run(e, synack) == (defs.V_TX, "splice_replay", want)
+    assert run(e, synack) == (defs.V_TX, "splice_replay", want)     # our answer was lost
+    # a SYN-ACK that is not the backend's (another ISN) is not answered
+    assert run(e, F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000, flags=F.TH_SYN | F.TH_ACK,
+                        seq=99, ack=c_isn + 1))[1] == "punt_splice"
+    # once the backend acknowledged the request, a late SYN-ACK gets a bare ACK
+    ack = F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000, flags=F.TH_ACK, seq=78,
+                ack=c_isn + 2 + len(req))
+    assert run(e, ack)[1] == "splice_rev"
+    bare = F.tcp(LB, B1, CLIENT, B1_IP, 40000, B1_PORT, flags=F.TH_ACK, seq=c_isn + 1, ack=78,
+                 win=300, ident=0, df=True)
+    assert run(e, synack) == (defs.V_TX, "splice_replay", bare)
+    c = e.counters()
+    assert c["splice_established"] == 1 and c["splice_replay"] == 3
+
+
+def test_a_request_longer_than_a_segment_is_replayed_by_python(impl):
+    e = engine(impl)
+    c_isn = bound(e, b"x" * 1461)            # one byte more than the client's MSS
     synack = F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000, flags=F.TH_SYN | F.TH_ACK, seq=77,
                    ack=c_isn + 1)
     assert run(e, synack)[1] == "punt_splice"
     assert run(e, synack)[1] == "punt_splice"
     assert e.counters()["splice_established"] == 1
+
+
+def test_a_backend_with_a_smaller_mss_gets_the_request_from_python(impl):
+    e = engine(impl)
+    c_isn = bound(e, b"x" * 600)
+    synack = F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000, flags=F.TH_SYN | F.TH_ACK, seq=77,
+                   ack=c_isn + 1, opts=struct.pack("!BBH", 2, 4, 536))
+    assert run(e, synack)[1] == "punt_splice"
+
+
+def test_a_replay_that_does_not_fit_the_row_goes_up(impl):
+    e = engine(impl)
+    c_isn = bound(e, b"x" * 1400)
+    b = Batch(1, snap=1024)
+    b.load([F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000, flags=F.TH_SYN | F.TH_ACK, seq=77,
+                  ack=c_isn + 1)])
+    e.process(b, NOW)
+    assert b.results()[0][1] == "punt_splice"
+
+
+def test_silent_clients_are_handed_up_once_after_a_while(impl):
+    e = engine(impl)
+    c_isn, out = handshake(e)
+    cookie = parse(out).seq
+    ack = F.tcp(GW, LB, CLIENT, VIP, 40000, 80, flags=F.TH_ACK, seq=c_isn + 1, ack=(cookie + 1) & M32)
+    assert run(e, ack)[:2] == (defs.V_DROP, "splice_accepted")
+    # a second client sends its request: it is punted, so never handed up as silent
+    c2, out2 = handshake(e, sport=40001)
+    run(e, F.tcp(GW, LB, CLIENT, VIP, 40001, 80, flags=F.TH_ACK, seq=c2 + 1,
+                 ack=(parse(out2).seq + 1) & M32))
+    assert run(e, F.tcp(GW, LB, CLIENT, VIP, 40001, 80, flags=F.TH_ACK, seq=c2 + 1,
+                        ack=(parse(out2).seq + 1) & M32, data=b"GET"))[1] == "punt_splice"
+    assert e.splice_waiting(NOW + defs.SPLICE_WAIT_HANDOFF_MS - 1) == []
+    key = (F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80)
+    assert e.splice_waiting(NOW + defs.SPLICE_WAIT_HANDOFF_MS) == [key + (NOW,)]
+    assert e.splice_waiting(NOW + 10 * defs.SPLICE_WAIT_HANDOFF_MS) == []
+
+
+def test_the_wait_queue_drops_its_oldest_when_full(impl):
+    size = defs.SPLICE_WAITQ_MIN
+    e = make_engine(impl.Engine, ServiceSpec, capacity=size)
+    e.set_splice_secret(SECRET)
+    e.set_services([ServiceSpec(F.ip2int(VIP), 80, 6, defs.MODE_SPLICE, defs.SCHED_SEQ, [0], [1])])
+    # cookies are deterministic per 4-tuple and ISN: make them with the engine, then ACK them
+    frames = []
+    b = Batch(256)
+    for k0 in range(0, size + 1, 256):
+        syns = [F.tcp(GW, LB, CLIENT, VIP, 1024 + k, 80, flags=F.TH_SYN, seq=k)
+                for k in range(k0, min(k0 + 256, size + 1))]
+        b.load(syns)
+        e.process(b, NOW)
+        frames += [F.tcp(GW, LB, CLIENT, VIP, 1024 + k0 + i, 80, flags=F.TH_ACK, seq=k0 + i + 1,
+                         ack=(parse(f).seq + 1) & M32) for i, f in enumerate(b.frames())]
+    for k0 in range(0, len(frames), 256):
+        b.load(frames[k0:k0 + 256])
+        e.process(b, NOW)
+    assert e.counters()["splice_waitq_lost"] == 1
+    got = e.splice_waiting(NOW + defs.SPLICE_WAIT_HANDOFF_MS)
+    # one flow more than the queue holds: the oldest entry (port 1024) was dropped (and the
+    # table, as full, evicted that flow for the last one)
+    assert len(got) == size and got[0][1] == 1025 and got[-1][1] == 1024 + size
 
 
 def test_backend_reset_while_connecting_goes_up_and_drop_forgets(impl):
@@ -223,7 +322,7 @@ def test_an_unbound_splice_flow_is_not_expired_for_a_down_backend(impl):
     c_isn, out = handshake(e)
     ack = F.tcp(GW, LB, CLIENT, VIP, 40000, 80, flags=F.TH_ACK, seq=c_isn + 1,
                 ack=(parse(out).seq + 1) & M32)
-    assert run(e, ack)[1] == "punt_splice"
+    assert run(e, ack)[1] == "splice_accepted"
     assert run(e, F.tcp(GW, LB, CLIENT, VIP, 40000, 80, flags=F.TH_ACK, seq=c_isn + 1,
                         ack=(parse(out).seq + 1) & M32, data=b"GET"))[1] == "punt_splice"
     c = e.counters()

@@ -786,3 +786,28 @@ def test_work_is_bounded_when_bytes_trickle_in():
             d = rs.decide(data[:i])
         assert isinstance(d, Decision)
         assert time.perf_counter() - t < 1.5, data[:20]
+
+
+# --- the one-regex fast path of parse_http_request against the line-by-line parser ------------
+
+_piece = st.sampled_from([b"GET", b"POST", b"OPTIONS", b"CONNECT", b"G\xc3T", b" ", b"  ", b"/",
+                          b"/a?b#c", b"*", b"http://h/x", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0",
+                          b"\r\n", b"\n", b"\r", b"\r\n\r\n", b"\n\n", b"Host:", b"host: a",
+                          b"HOST: B.", b"X-A: v", b":", b"\t", b" x", b"\x00", b"\xa0", b"\xff",
+                          b"a" * 40, b"Host: [::1]:80", b"Content-Length: 3"])
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.one_of(st.lists(_piece, max_size=24).map(b"".join), st.binary(max_size=200)),
+       st.integers(64, 400))
+def test_the_regex_fast_path_agrees_with_the_line_parser(data, limit):
+    assert l7.parse_http_request(data, limit) == l7._parse_http_request_lines(data, limit)
+
+
+@pytest.mark.parametrize("data", [
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"\r\n\nGET /x?y HTTP/1.0\n\n",
+    b"GET / HTTP/1.1\r\nA: 1\r\na: 2\r\nHost:  b  \r\n\r\n", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n", b"GET http://h:8/p HTTP/1.1\r\nHost: z\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1\r\n folded\r\n\r\n"])
+def test_the_fast_path_on_known_heads(data):
+    assert l7.parse_http_request(data) == l7._parse_http_request_lines(data)

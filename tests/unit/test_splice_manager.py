@@ -1,0 +1,162 @@
+"""modes/splice.py's SpliceManager over a real engine (both twins), frame by frame: what
+Python does for a new connection now that the engine makes the SYN and answers the backend's
+SYN-ACK itself, a client that stays silent, a request longer than a segment, and a backend
+that never answers. The lab tests (tests/integration/test_splice.py) do the same with real
+TCP stacks; these pin the division of labour between the engine and Python."""
+import struct
+
+import pytest
+
+from fastpath import Batch, ServiceSpec, defs, engine_py
+from modes import l7
+from modes.splice import SpliceManager
+from tools import frames as F
+
+from tests.fastpath.fixtures import B1, CLIENT, GW, LB, REALS, make_engine
+
+try:
+    from fastpath import _engine
+except ImportError:
+    _engine = None
+
+VIP = "198.19.100.6"
+NOW = 5_000_000
+M32 = 0xFFFFFFFF
+B1_IP, B1_PORT = REALS[0][0], REALS[0][1]
+REQ = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+class Vip:
+    def __init__(self, rules, timeout_ms=1000, limit=4096):
+        self.ruleset = l7.RuleSet(rules, limit=limit)
+        self.limit = limit
+        self.timeout_ms = timeout_ms
+
+    def choose(self, pool, h, cip):
+        return (0, F.ip2int(B1_IP), B1_PORT)
+
+
+class Ctx:
+    """The daemon side SpliceManager talks to (lb/state.py in lbd)."""
+
+    def __init__(self, vip):
+        self.vip = vip
+
+    def splice_vip(self, ip, port):
+        return self.vip if (ip, port) == (F.ip2int(VIP), 80) else None
+
+    def mac_of(self, ip):
+        return B1 if ip == F.ip2int(B1_IP) else None
+
+    def gateway_mac(self):
+        return GW
+
+
+@pytest.fixture(params=["cy", "py"])
+def mod(request):
+    if request.param == "cy" and _engine is None:
+        pytest.fail("the compiled fast path is not built")
+    return _engine if request.param == "cy" else engine_py
+
+
+def setup(mod, rules=(l7.Rule("default", "", "default"),), timeout_ms=1000):
+    e = make_engine(mod.Engine, ServiceSpec)
+    e.set_splice_secret(bytes(16))
+    e.set_services([ServiceSpec(F.ip2int(VIP), 80, 6, defs.MODE_SPLICE, defs.SCHED_SEQ, [0], [1])])
+    return e, SpliceManager(e, Ctx(Vip(list(rules), timeout_ms)), LB)
+
+
+def run(e, sm, frame, now=NOW):
+    """One frame through the engine; punted frames through the manager. (verdict, reason,
+    frame out, frames Python made)."""
+    b = Batch(1)
+    b.load([frame])
+    e.process(b, now)
+    v, reason, out = b.results()[0]
+    made = sm.handle(out, now) if v == defs.V_PUNT else []
+    return v, reason, out, made
+
+
+def connect(e, sm, sport=40000, c_isn=1000):
+    syn = F.tcp(GW, LB, CLIENT, VIP, sport, 80, flags=F.TH_SYN, seq=c_isn,
+                opts=struct.pack("!BBH", 2, 4, 1460))
+    cookie = struct.unpack("!I", run(e, sm, syn)[2][38:42])[0]
+    v, reason, _, made = run(e, sm, F.tcp(GW, LB, CLIENT, VIP, sport, 80, seq=c_isn + 1,
+                                          ack=(cookie + 1) & M32))
+    assert (reason, made) == ("splice_accepted", [])       # Python sees no bare ACK
+    return cookie
+
+
+def test_a_new_connection_costs_python_one_frame_in_and_one_out(mod):
+    e, sm = setup(mod)
+    cookie = connect(e, sm)
+    v, reason, _, made = run(e, sm, F.tcp(GW, LB, CLIENT, VIP, 40000, 80, flags=F.TH_ACK | F.TH_PUSH,
+                                          seq=1001, ack=(cookie + 1) & M32, win=700, data=REQ))
+    assert reason == "punt_splice" and len(made) == 1
+    syn = made[0]
+    assert syn[0:6] == B1 and F.checksums_ok(syn)
+    assert (syn[47], struct.unpack("!I", syn[38:42])[0]) == (F.TH_SYN, 1000)
+    # the backend's SYN-ACK never reaches Python: the engine answers with ACK + request
+    v, reason, out, made = run(e, sm, F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000,
+                                            flags=F.TH_SYN | F.TH_ACK, seq=9, ack=1001))
+    assert (v, reason, made) == (defs.V_TX, "splice_replay", [])
+    assert out.endswith(REQ) and out[47] == F.TH_ACK | F.TH_PUSH and F.checksums_ok(out)
+    assert sm.counters()["setting_up"] == 1
+    sm.tick(NOW + 100)                 # the next tick lets go of it: the fast path has it all
+    c = sm.counters()
+    assert (c["open"], c["setting_up"], c["spliced_inline"], c["replayed"]) == (0, 0, 1, 0)
+
+
+def test_a_request_longer_than_a_segment_is_replayed_by_python(mod):
+    e, sm = setup(mod, rules=[l7.Rule("host", "a", "p1")])
+    cookie = connect(e, sm)
+    # the Host rule needs the whole head, which comes in two segments
+    head1 = b"GET / HTTP/1.1\r\nX-Pad: " + b"p" * 1000
+    head2 = b"\r\nHost: a\r\n" + b"X-More: " + b"q" * 600 + b"\r\n\r\n"
+    big = head1 + head2
+    assert run(e, sm, F.tcp(GW, LB, CLIENT, VIP, 40000, 80, seq=1001, ack=(cookie + 1) & M32,
+                            data=head1))[3] == []
+    made = run(e, sm, F.tcp(GW, LB, CLIENT, VIP, 40000, 80, seq=1001 + len(head1),
+                            ack=(cookie + 1) & M32, data=head2))[3]
+    assert len(made) == 1 and made[0][47] == F.TH_SYN       # decided: the SYN
+    v, reason, _, made = run(e, sm, F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000,
+                                          flags=F.TH_SYN | F.TH_ACK, seq=9, ack=1001))
+    assert reason == "punt_splice"
+    # the ACK, then what Python had at the decision, in segments
+    assert [f[47] & 0x1F for f in made][0] == F.TH_ACK and len(made) >= 3
+    payload = b"".join(f[54:] for f in made[1:])
+    assert payload == big and all(F.checksums_ok(f) for f in made)
+    assert sm.counters()["replayed"] == 1
+
+
+def test_a_silent_client_is_decided_at_the_vips_timeout(mod):
+    e, sm = setup(mod, timeout_ms=300)
+    connect(e, sm)
+    assert sm.tick(NOW + 50) == [] and sm.counters()["open"] == 0
+    assert sm.tick(NOW + 150) == []                        # handed up, not yet timed out
+    assert sm.counters()["silent"] == 1 and sm.counters()["setting_up"] == 1
+    out = sm.tick(NOW + 300)                               # the default pool takes it
+    assert len(out) == 1 and out[0][47] == F.TH_SYN
+    assert sm.counters()["decided_at_timeout"] == 1
+
+
+def test_a_silent_client_without_a_default_pool_is_reset(mod):
+    e, sm = setup(mod, rules=[l7.Rule("path_prefix", "/a", "p1")], timeout_ms=200)
+    connect(e, sm)
+    sm.tick(NOW + 100)
+    out = sm.tick(NOW + 200)
+    assert len(out) == 1 and out[0][47] & F.TH_RST and out[0][0:6] == GW
+    assert e.flow_count() == 0 and sm.counters()["refused"] == 1
+
+
+def test_a_backend_that_never_answers_gets_the_syn_again_then_the_client_a_reset(mod):
+    e, sm = setup(mod)
+    cookie = connect(e, sm)
+    syn = run(e, sm, F.tcp(GW, LB, CLIENT, VIP, 40000, 80, seq=1001, ack=(cookie + 1) & M32,
+                           data=REQ))[3][0]
+    assert sm.tick(NOW + 999) == []
+    assert sm.tick(NOW + 1000) == [syn]                    # SYN_RETRIES_MS: 1 s, then 2 s more
+    assert sm.tick(NOW + 2999) == []
+    out = sm.tick(NOW + 3000)
+    assert len(out) == 1 and out[0][47] & F.TH_RST
+    assert sm.counters()["backend_timeout"] == 1 and e.flow_count() == 0
