@@ -29,8 +29,11 @@ else:
             "on purpose." % exc) from exc
     IMPL = "cy"
 
-ServiceSpec = namedtuple("ServiceSpec", "vip port proto mode sched table weights flags",
-                         defaults=(0,))
+ServiceSpec = namedtuple("ServiceSpec", "vip port proto mode sched table weights flags l7",
+                         defaults=(0, None))
+# splice content rules for the fast path (fastpath/defs.py L7_*): limit (bytes that count),
+# rules: ((kind, arg bytes, pool index), ...) in order, pools: ((sched, table, weights), ...)
+L7Spec = namedtuple("L7Spec", "limit rules pools")
 
 
 class Batch:

@@ -80,10 +80,11 @@ cdef struct Flow:
     uint16_t rp_len     # splice: the request to replay (rp, malloc'd; NULL once acknowledged)
     uint8_t *rp
 
-cdef struct WaitQ:      # splice: a flow created by a cookie ACK, for splice_waiting()
+cdef struct WaitQ:      # splice: a flow Python may have to look at, for splice_waiting()
     uint32_t idx
     uint32_t c_isn
     int64_t created
+    int64_t at          # when it was queued (its cookie ACK, or its binding here)
 
 cdef struct Opts:
     int mss
@@ -110,6 +111,23 @@ cdef struct Service:
     uint32_t off
     uint32_t n
     uint64_t cursor
+    uint32_t l7_off     # splice content rules: self.l7r[l7_off:l7_off + l7_n]
+    uint32_t l7_n
+    uint32_t l7_limit
+
+cdef struct L7Rule:
+    uint32_t kind
+    uint32_t pool       # index into Engine.pools
+    uint32_t off        # argument: Engine.blob[off:off + len]
+    uint32_t len
+
+cdef struct HttpView:   # what the rules read of a request head
+    const uint8_t *method
+    int mlen
+    const uint8_t *path
+    int plen
+    int hlen            # -1: no usable Host (None in modes/l7.py)
+    uint8_t host[256]
 
 
 # ---- hashing, checksums, serial numbers (each has a Python wrapper for the tests) ---------
@@ -289,6 +307,113 @@ cdef uint32_t _tcp_frame(uint8_t *f, const uint8_t *dmac, const uint8_t *smac, u
     return 34 + tcp_len
 
 
+cdef inline bint _tchar(uint8_t c) noexcept nogil:
+    """RFC 9110 token character (modes/l7.py _TCHAR)."""
+    if (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122):
+        return True
+    return (c == 33 or c == 35 or c == 36 or c == 37 or c == 38 or c == 39 or c == 42 or c == 43
+            or c == 45 or c == 46 or c == 94 or c == 95 or c == 96 or c == 124 or c == 126)
+
+
+cdef inline int _eol(const uint8_t *d, int i, int m) noexcept nogil:
+    """Index after a CRLF or LF at i, or -1."""
+    if i < m and d[i] == 10:
+        return i + 1
+    if i + 1 < m and d[i] == 13 and d[i + 1] == 10:
+        return i + 2
+    return -1
+
+
+cdef int _http_head(const uint8_t *d, int m, HttpView *v) noexcept nogil:
+    """1 when d[:m] starts with a complete HTTP/1.0 or 1.1 request head that modes/l7.py
+    parse_http_request accepts, with an origin-form target and a Host (if any) of plain
+    ASCII; v then holds its method, path and normalized host. 0 otherwise (then the rules
+    are Python's to apply)."""
+    cdef int i = 0, s, ns, vs, ve, nh = 0, hv_s = -1, hv_e = -1, k, c
+    while True:
+        k = _eol(d, i, m)
+        if k < 0:
+            break
+        i = k
+    s = i
+    while i < m and _tchar(d[i]) and i - s <= HTTP_MAX_METHOD:
+        i += 1
+    if i == s or i - s > HTTP_MAX_METHOD or i >= m or d[i] != 32:
+        return 0
+    v.method, v.mlen = d + s, i - s
+    i += 1
+    s = i
+    while i < m and 0x21 <= d[i] <= 0x7E:
+        i += 1
+    if i == s or i >= m or d[i] != 32 or d[s] != 47:        # '/': origin-form only
+        return 0
+    v.path = d + s
+    v.plen = 0
+    while s + v.plen < i and d[s + v.plen] != 63 and d[s + v.plen] != 35:   # '?' '#'
+        v.plen += 1
+    i += 1
+    if i + 8 > m or memcmp(d + i, b"HTTP/1.", 7) != 0 or (d[i + 7] != 48 and d[i + 7] != 49):
+        return 0
+    i = _eol(d, i + 8, m)
+    if i < 0:
+        return 0
+    while True:
+        k = _eol(d, i, m)
+        if k >= 0:
+            break                                              # the blank line
+        ns = i
+        while i < m and _tchar(d[i]):
+            i += 1
+        if i == ns or i >= m or d[i] != 58:                     # ':'
+            return 0
+        vs = i + 1
+        i = vs
+        while i < m and (d[i] == 9 or 0x20 <= d[i] <= 0x7E or d[i] >= 0x80):
+            i += 1
+        ve = i
+        i = _eol(d, i, m)
+        if i < 0:
+            return 0
+        nh += 1
+        if nh > HTTP_MAX_HEADERS:
+            return 0
+        if (vs - 1 - ns == 4 and (d[ns] | 32) == 104 and (d[ns + 1] | 32) == 111
+                and (d[ns + 2] | 32) == 115 and (d[ns + 3] | 32) == 116):      # "host"
+            if hv_s >= 0:
+                return 0                                       # duplicate Host: Invalid
+            hv_s, hv_e = vs, ve
+    v.hlen = -1
+    if hv_s < 0:
+        return 1
+    while hv_s < hv_e and (d[hv_s] == 32 or d[hv_s] == 9):
+        hv_s += 1
+    while hv_e > hv_s and (d[hv_e - 1] == 32 or d[hv_e - 1] == 9):
+        hv_e -= 1
+    if hv_e - hv_s > HTTP_MAX_HOST:
+        return 0
+    for k in range(hv_s, hv_e):
+        c = d[k]
+        if c >= 0x80:
+            return 0
+        v.host[k - hv_s] = c + 32 if 65 <= c <= 90 else c
+    k = hv_e - hv_s
+    if k == 0:
+        return 1
+    if v.host[0] == 91:                                        # '[': IPv6 literal
+        return 0
+    s = 0
+    while s < k and v.host[s] != 58:                           # ':'
+        s += 1
+    for c in range(s + 1, k):
+        if not 48 <= v.host[c] <= 57:
+            return 1                                           # a port that is not digits
+    if s > 0 and v.host[s - 1] == 46:                          # a trailing dot
+        s -= 1
+    if s > 0:
+        v.hlen = s
+    return 1
+
+
 cdef inline void _patch32(uint8_t *f, int o, uint32_t v, bint partial) noexcept nogil:
     """Write a 32-bit field at frame offset o and patch the TCP checksum, word-aligned or not.
     A partial checksum is not touched: the kernel sums the header later."""
@@ -398,6 +523,9 @@ cdef class Engine:
     cdef uint32_t rowcap
     cdef bint partial
     cdef WaitQ *waitq
+    cdef L7Rule *l7r
+    cdef Service *pools
+    cdef uint8_t *blob
     cdef uint32_t wq_head, wq_tail, wq_size
 
     def __cinit__(self, capacity, timeouts=None):
@@ -440,11 +568,15 @@ cdef class Engine:
         self.vmap[C_SPLICE_FWD] = V_TX
         self.vmap[C_SPLICE_REV] = V_TX
         self.vmap[C_SPLICE_REPLAY] = V_TX
+        self.vmap[C_SPLICE_DECIDED] = V_TX
         self.vmap[C_PUNT_ARP] = V_PUNT
         self.vmap[C_PUNT_LOCAL] = V_PUNT
         self.vmap[C_PUNT_SPLICE] = V_PUNT
         self.tab = NULL
         self.wts = NULL
+        self.l7r = NULL
+        self.pools = NULL
+        self.blob = NULL
         self.set_timeouts(timeouts or {})
 
     def __dealloc__(self):
@@ -456,6 +588,7 @@ cdef class Engine:
         free(self.fl); free(self.ifwd); free(self.irev); free(self.freel); free(self.reals)
         free(self.svcs); free(self.svc_slot); free(self.ctr); free(self.vmap)
         free(self.tab); free(self.wts)
+        free(self.l7r); free(self.pools); free(self.blob)
 
     # ---- control side -------------------------------------------------------------------
     def set_timeouts(self, timeouts):
@@ -514,12 +647,22 @@ cdef class Engine:
 
     def set_services(self, specs):
         specs = check_specs(specs)
-        cdef uint32_t total = sum(len(s.table) for s in specs)
+        l7s = [s.l7 for s in specs if s.l7 is not None]
+        cdef uint32_t total = (sum(len(s.table) for s in specs)
+                               + sum(len(p[1]) for l in l7s for p in l.pools))
+        cdef uint32_t nrules = sum(len(l.rules) for l in l7s)
+        cdef uint32_t npools = sum(len(l.pools) for l in l7s)
+        cdef uint32_t nblob = sum(len(r[1]) for l in l7s for r in l.rules)
         cdef int32_t *tab = <int32_t *>malloc((total + 1) * sizeof(int32_t))
         cdef int32_t *wts = <int32_t *>malloc((total + 1) * sizeof(int32_t))
-        if tab == NULL or wts == NULL:
-            free(tab); free(wts)
+        cdef L7Rule *l7r = <L7Rule *>malloc((nrules + 1) * sizeof(L7Rule))
+        cdef Service *pools = <Service *>calloc(npools + 1, sizeof(Service))
+        cdef uint8_t *blob = <uint8_t *>malloc(nblob + 1)
+        if tab == NULL or wts == NULL or l7r == NULL or pools == NULL or blob == NULL:
+            free(tab); free(wts); free(l7r); free(pools); free(blob)
             raise MemoryError()
+        cdef uint32_t roff = 0, poff = 0, boff = 0, p0
+        cdef const uint8_t[::1] arg
         cdef uint32_t off = 0, k, j
         cdef uint64_t key
         cdef Service *sv
@@ -533,13 +676,34 @@ cdef class Engine:
                 tab[off + j] = s.table[j]
                 wts[off + j] = s.weights[j] if j < len(s.weights) else 1
             off += sv.n
+            sv.l7_off, sv.l7_n, sv.l7_limit = roff, 0, 0
+            if s.l7 is not None:
+                p0 = poff
+                for sched, table, weights in s.l7.pools:
+                    pools[poff].sched, pools[poff].off, pools[poff].n = sched, off, len(table)
+                    pools[poff].cursor = 0
+                    for j in range(len(table)):
+                        tab[off + j] = table[j]
+                        wts[off + j] = weights[j] if j < len(weights) else 1
+                    off += len(table)
+                    poff += 1
+                for kind, a, pool in s.l7.rules:
+                    l7r[roff].kind, l7r[roff].pool = kind, p0 + pool
+                    l7r[roff].off, l7r[roff].len = boff, len(a)
+                    if len(a):
+                        arg = a
+                        memcpy(blob + boff, &arg[0], len(a))
+                    boff += len(a)
+                    roff += 1
+                sv.l7_n, sv.l7_limit = len(s.l7.rules), s.l7.limit
             key = _mix64((<uint64_t>sv.vip << 24) | (<uint64_t>sv.port << 8) | sv.proto)
             j = key & (SVC_SLOTS - 1)
             while self.svc_slot[j] >= 0:
                 j = (j + 1) & (SVC_SLOTS - 1)
             self.svc_slot[j] = k
-        free(self.tab); free(self.wts)
+        free(self.tab); free(self.wts); free(self.l7r); free(self.pools); free(self.blob)
         self.tab, self.wts, self.nsvc = tab, wts, len(specs)
+        self.l7r, self.pools, self.blob = l7r, pools, blob
 
     def counters(self):
         return {name: self.ctr[i] for i, name in enumerate(defs.COUNTERS)}
@@ -898,7 +1062,7 @@ cdef class Engine:
             if e.mode == MODE_DSR:
                 return self._dsr_fwd(f, n, e, tflags, now)
             if e.mode == MODE_SPLICE:
-                return self._splice_fwd(f, n, e, tflags, now)
+                return self._splice_fwd(f, n, e, sv, tflags, now)
             return C_DROP_MODE
         idx = self._find(self.irev, h, src, dst, sport, dport, proto, True)
         if idx < 0:
@@ -931,6 +1095,7 @@ cdef class Engine:
         """No flow yet: a SYN gets a cookie SYN-ACK (no state); an ACK with a valid cookie
         creates the flow in SPL_WAIT and goes up to Python."""
         cdef uint32_t c_isn, l_isn, c, cnt, data, bits, idx
+        cdef int k
         cdef Opts o
         cdef Flow *e
         if (tflags & (TH_SYN | TH_ACK | TH_RST)) == TH_SYN:
@@ -975,15 +1140,15 @@ cdef class Engine:
         self.nused += 1
         self.ctr[C_FLOW_CREATED] += 1
         if rd16(f + 16) > 20 + (f[46] >> 4) * 4 or tflags & TH_FIN:
+            if sv.l7_n:
+                k = self._l7_bind(f, e, sv, tflags, now)
+                if k:
+                    return k
             e.flags = F_SEEN
             return C_PUNT_SPLICE          # the request (or a FIN) came with the ACK
         # nothing for Python yet: the request's first segment will be punted; a client that
         # stays silent is handed up by splice_waiting()
-        if self.wq_tail - self.wq_head == self.wq_size:
-            self.wq_head += 1
-            self.ctr[C_SPLICE_WAITQ_LOST] += 1
-        self.waitq[self.wq_tail & (self.wq_size - 1)] = WaitQ(idx, c_isn, now)
-        self.wq_tail += 1
+        self._waitq_push(idx, now)
         return C_SPLICE_ACCEPTED
 
     cdef int _splice_synack(self, uint8_t *f, uint32_t src, uint32_t dst, uint16_t sport,
@@ -1065,19 +1230,25 @@ cdef class Engine:
         self.newlen = 54 + ol
         return C_SPLICE_SYNACK
 
-    cdef int _splice_fwd(self, uint8_t *f, uint32_t n, Flow *e, uint8_t tflags, int64_t now) noexcept nogil:
+    cdef int _splice_fwd(self, uint8_t *f, uint32_t n, Flow *e, Service *sv, uint8_t tflags,
+                         int64_t now) noexcept nogil:
         cdef Opts o
         cdef Real *r
         cdef int k, ln
         _tcp_options(f, 54, 34 + (f[46] >> 4) * 4, &o)
         if e.state == S_SPL_WAIT or e.state == S_SPL_CONNECTING:
-            # no backend yet: Python buffers the request (and answers RST/FIN)
+            # no backend yet: the VIP's rules decide here, or Python buffers the request
+            # (and answers RST/FIN)
             if o.ts >= 0 and f[o.ts + 1] == 10:
                 e.c_tsval = rd32(f + o.ts + 2)
             e.c_win = rd16(f + 48)
             e.last = now
             e.pkts_fwd += 1
             e.bytes_fwd += n
+            if e.state == S_SPL_WAIT and sv.l7_n and not e.flags & F_SEEN:
+                k = self._l7_bind(f, e, sv, tflags, now)
+                if k:
+                    return k
             e.flags |= F_SEEN
             return C_PUNT_SPLICE
         r = &self.reals[e.real]
@@ -1125,8 +1296,8 @@ cdef class Engine:
                 e.pkts_rev += 1
                 e.bytes_rev += n
                 self.ctr[C_SPLICE_ESTABLISHED] += 1
-                if e.flags & F_INLINE and (o.mss < 0 or f[o.mss + 1] != 4
-                                           or e.rp_len + (12 if e.sopt & SOPT_TS else 0) <= rd16(f + o.mss + 2)):
+                if e.flags & F_INLINE:
+                    # (one segment within the client's MSS, as the client itself sent it)
                     return self._splice_replay(f, e, rd32(f + 38))
                 return C_PUNT_SPLICE      # a request longer than one segment: Python replays it
             if tflags & TH_RST:
@@ -1165,6 +1336,123 @@ cdef class Engine:
         e.bytes_rev += n
         return C_SPLICE_REV
 
+    cdef void _waitq_push(self, uint32_t idx, int64_t now) noexcept nogil:
+        if self.wq_tail - self.wq_head == self.wq_size:
+            self.wq_head += 1
+            self.ctr[C_SPLICE_WAITQ_LOST] += 1
+        self.waitq[self.wq_tail & (self.wq_size - 1)] = WaitQ(idx, self.fl[idx].c_isn,
+                                                            self.fl[idx].created, now)
+        self.wq_tail += 1
+
+    cdef void _bind(self, Flow *e, int32_t real, int64_t now) noexcept nogil:
+        cdef Real *r = &self.reals[real]
+        e.real, e.rip, e.rport = real, r.ip, r.port
+        e.hr = _flow_hash(r.ip, e.cip, r.port, e.cport, 6)
+        self._insert_rev(<uint32_t>(e - self.fl))
+        r.conns += 1
+        e.state = S_SPL_CONNECTING
+        e.last = now
+
+    cdef int _l7_bind(self, uint8_t *f, Flow *e, Service *sv, uint8_t tflags,
+                      int64_t now) noexcept nogil:
+        """The request's first segment, in f: decide it by the VIP's rules, bind the flow, keep
+        the segment to replay and turn f into our SYN to the backend. 0 when any of it cannot
+        be done here (Python then gets the segment)."""
+        cdef uint32_t doff = (f[46] >> 4) * 4
+        cdef int dl = <int>rd16(f + 16) - 20 - <int>doff
+        cdef const uint8_t *d = f + 34 + doff
+        cdef int pool, m
+        cdef int32_t real
+        cdef uint8_t *rp
+        if (dl <= 0 or tflags & (TH_SYN | TH_RST | TH_FIN) or not tflags & TH_ACK
+                or rd32(f + 38) != e.c_isn + 1
+                or dl + (12 if e.sopt & SOPT_TS else 0) > e.mss):
+            return 0
+        m = dl if <uint32_t>dl < sv.l7_limit else <int>sv.l7_limit
+        pool = self._l7_match(d, m, sv)
+        if pool < 0:
+            return 0
+        real = self._schedule(&self.pools[pool], e.hf, e.cip)
+        if real < 0 or not self.reals[real].has_mac:
+            return 0
+        rp = <uint8_t *>malloc(dl)
+        if rp == NULL:
+            return 0
+        memcpy(rp, d, dl)
+        self._bind(e, real, now)
+        e.flags |= F_INLINE
+        e.rp, e.rp_len = rp, dl
+        self._waitq_push(<uint32_t>(e - self.fl), now)   # Python resends a lost SYN
+        self.newlen = self._syn_into(f, e)
+        return C_SPLICE_DECIDED
+
+    cdef int _l7_match(self, const uint8_t *d, int m, Service *sv) noexcept nogil:
+        """The pool of the first rule that matches d[:m] (modes/l7.py RuleSet.decide), or -1
+        when none does or it is not certain yet (a prefix still arriving, a head incomplete
+        or not plain)."""
+        cdef HttpView hv
+        cdef int http = -1
+        cdef uint32_t k
+        cdef L7Rule *r
+        cdef const uint8_t *a
+        for k in range(sv.l7_n):
+            r = &self.l7r[sv.l7_off + k]
+            a = self.blob + r.off
+            if r.kind == L7_DEFAULT:
+                return r.pool
+            if r.kind == L7_PREFIX:
+                if <uint32_t>m >= r.len:
+                    if memcmp(d, a, r.len) == 0:
+                        return r.pool
+                elif memcmp(d, a, m) == 0:
+                    return -1                     # may still match: Python waits for more
+                continue
+            if http < 0:
+                http = _http_head(d, m, &hv)
+            if http == 0:
+                return -1
+            if r.kind == L7_METHOD:
+                if <uint32_t>hv.mlen == r.len and memcmp(hv.method, a, r.len) == 0:
+                    return r.pool
+            elif r.kind == L7_PATH:
+                if <uint32_t>hv.plen >= r.len and memcmp(hv.path, a, r.len) == 0:
+                    return r.pool
+            elif r.kind == L7_HOST:
+                if hv.hlen >= 0 and <uint32_t>hv.hlen == r.len and memcmp(hv.host, a, r.len) == 0:
+                    return r.pool
+            elif r.kind == L7_HOST_SUFFIX:
+                if (hv.hlen > <int>r.len and hv.host[0] != 46   # '.'
+                        and memcmp(hv.host + hv.hlen - r.len, a, r.len) == 0):
+                    return r.pool
+        return -1
+
+    cdef uint32_t _syn_into(self, uint8_t *f, Flow *e) noexcept nogil:
+        cdef uint8_t opt[20]
+        cdef int ol = 4
+        opt[0] = 2
+        opt[1] = 4
+        wr16(opt + 2, e.mss)
+        if e.sopt & SOPT_TS:
+            if e.sopt & SOPT_SACK:
+                opt[4] = 4
+                opt[5] = 2
+            else:
+                opt[4] = 1
+                opt[5] = 1
+            opt[6] = 8
+            opt[7] = 10
+            wr32(opt + 8, e.c_tsval)
+            wr32(opt + 12, 0)
+            ol = 16
+        if e.ws_c != 0xF:
+            opt[ol] = 1
+            opt[ol + 1] = 3
+            opt[ol + 2] = 3
+            opt[ol + 3] = e.ws_c
+            ol += 4
+        return _tcp_frame(f, self.reals[e.real].mac, self.local_mac, e.cip, e.rip, e.cport,
+                          e.rport, e.c_isn, 0, TH_SYN, 65535, opt, ol, NULL, 0)
+
     cdef int _splice_replay(self, uint8_t *f, Flow *e, uint32_t s_isn) noexcept nogil:
         """Turn the backend's SYN-ACK (in f) into our answer as the client: ACK, and the
         client's request when we still hold it (with the client's FIN if it sent one)."""
@@ -1195,32 +1483,7 @@ cdef class Engine:
         """Our SYN to the backend as the client: its address, port, ISN and SYN options as
         the cookie kept them."""
         cdef uint8_t f[80]
-        cdef uint8_t opt[20]
-        cdef int ol = 4
-        cdef uint32_t L
-        opt[0] = 2
-        opt[1] = 4
-        wr16(opt + 2, e.mss)
-        if e.sopt & SOPT_TS:
-            if e.sopt & SOPT_SACK:
-                opt[4] = 4
-                opt[5] = 2
-            else:
-                opt[4] = 1
-                opt[5] = 1
-            opt[6] = 8
-            opt[7] = 10
-            wr32(opt + 8, e.c_tsval)
-            wr32(opt + 12, 0)
-            ol = 16
-        if e.ws_c != 0xF:
-            opt[ol] = 1
-            opt[ol + 1] = 3
-            opt[ol + 2] = 3
-            opt[ol + 3] = e.ws_c
-            ol += 4
-        L = _tcp_frame(f, self.reals[e.real].mac, self.local_mac, e.cip, e.rip, e.cport,
-                       e.rport, e.c_isn, 0, TH_SYN, 65535, opt, ol, NULL, 0)
+        cdef uint32_t L = self._syn_into(f, e)
         return f[:L]
 
     cdef int32_t _splice_lookup(self, uint32_t cip, uint16_t cport, uint32_t vip, uint16_t vport):
@@ -1256,13 +1519,7 @@ cdef class Engine:
         if idx < 0 or self.fl[idx].state != S_SPL_WAIT or not self.reals[<int>real].has_mac:
             return None
         cdef Flow *e = &self.fl[idx]
-        cdef Real *r = &self.reals[<int>real]
-        e.real, e.rip, e.rport = real, r.ip, r.port
-        e.hr = _flow_hash(r.ip, cip, r.port, cport, 6)
-        self._insert_rev(idx)
-        r.conns += 1
-        e.state = S_SPL_CONNECTING
-        e.last = now_ms
+        self._bind(e, real, now_ms)
         e.flags |= F_SEEN
         if len(req) + (12 if e.sopt & SOPT_TS else 0) <= e.mss:
             e.flags |= F_INLINE | (F_RP_FIN if fin else 0)
@@ -1274,6 +1531,17 @@ cdef class Engine:
             e.rp_len = len(req)
         return self._splice_syn(e)
 
+    def splice_by_backend(self, cip, cport, rip, rport):
+        """(cip, cport, vip, vport) of the splice flow bound to backend rip:rport for this
+        client address and port, or None."""
+        cdef uint32_t c = check_ip(cip), r = check_ip(rip)
+        cdef uint16_t cp = check_port(cport), rp = check_port(rport)
+        cdef int32_t idx = self._find(self.irev, _flow_hash(r, c, rp, cp, 6), r, c, rp, cp, 6, True)
+        if idx < 0 or self.fl[idx].mode != MODE_SPLICE:
+            return None
+        cdef Flow *e = &self.fl[idx]
+        return (e.cip, e.cport, e.vip, e.vport)
+
     def splice_syn(self, cip, cport, vip, vport):
         """Our SYN to the backend again (it was lost), or None when the flow is not waiting
         for the backend's SYN-ACK."""
@@ -1283,22 +1551,25 @@ cdef class Engine:
         return self._splice_syn(&self.fl[idx])
 
     def splice_waiting(self, int64_t now_ms):
-        """Flows whose client has sent nothing since its cookie ACK, SPLICE_WAIT_HANDOFF_MS or
-        longer ago, and that Python has not seen: [(cip, cport, vip, vport, created_ms)].
-        They count as seen from now on. Flows that moved on are skipped."""
+        """Flows Python has not seen that may need it, SPLICE_WAIT_HANDOFF_MS or longer after
+        they were queued: a client silent since its cookie ACK (SPL_WAIT), or a flow bound
+        here whose backend has not answered yet (SPL_CONNECTING: our SYN may be lost).
+        [(cip, cport, vip, vport, queued_ms)]; they count as seen from now on. Flows that
+        moved on are skipped."""
         out = []
         cdef WaitQ *w
         cdef Flow *e
         while self.wq_head != self.wq_tail:
             w = &self.waitq[self.wq_head & (self.wq_size - 1)]
-            if now_ms - w.created < SPLICE_WAIT_HANDOFF_MS:
+            if now_ms - w.at < SPLICE_WAIT_HANDOFF_MS:
                 break
             self.wq_head += 1
             e = &self.fl[w.idx]
-            if (e.used and e.mode == MODE_SPLICE and e.state == S_SPL_WAIT and e.c_isn == w.c_isn
-                    and e.created == w.created and not e.flags & F_SEEN):
+            if (e.used and e.mode == MODE_SPLICE and e.c_isn == w.c_isn and e.created == w.created
+                    and (e.state == S_SPL_WAIT or e.state == S_SPL_CONNECTING)
+                    and not e.flags & F_SEEN):
                 e.flags |= F_SEEN
-                out.append((e.cip, e.cport, e.vip, e.vport, e.created))
+                out.append((e.cip, e.cport, e.vip, e.vport, w.at))
         return out
 
     def splice_drop(self, cip, cport, vip, vport):

@@ -47,15 +47,38 @@ def check_specs(specs):
         seen.add(key)
         if s.mode not in defs.MODES.values():
             raise ValueError("unknown mode %r" % (s.mode,))
-        if s.sched not in (defs.SCHED_SEQ, defs.SCHED_HASH5, defs.SCHED_HASHSRC,
-                           defs.SCHED_LEASTCONN):
-            raise ValueError("unknown scheduler kind %r" % (s.sched,))
         if not isinstance(s.flags, int) or s.flags & ~defs.SVC_EXPIRE_NODEST or s.flags < 0:
             raise ValueError("unknown service flags %r" % (s.flags,))
-        for r in s.table:
-            check_real_idx(r)
-        if s.sched == defs.SCHED_LEASTCONN:
-            if len(s.weights) != len(s.table) or any(
-                    not isinstance(w, int) or w <= 0 for w in s.weights):
-                raise ValueError("lc needs a positive weight per candidate")
+        _check_table(s.sched, s.table, s.weights)
+        if s.l7 is not None:
+            _check_l7(s)
     return specs
+
+
+def _check_table(sched, table, weights):
+    if sched not in (defs.SCHED_SEQ, defs.SCHED_HASH5, defs.SCHED_HASHSRC, defs.SCHED_LEASTCONN):
+        raise ValueError("unknown scheduler kind %r" % (sched,))
+    for r in table:
+        check_real_idx(r)
+    if sched == defs.SCHED_LEASTCONN:
+        if len(weights) != len(table) or any(not isinstance(w, int) or w <= 0 for w in weights):
+            raise ValueError("lc needs a positive weight per candidate")
+
+
+def _check_l7(s):
+    l7 = s.l7
+    if s.mode != defs.MODE_SPLICE:
+        raise ValueError("content rules need a splice service")
+    if not isinstance(l7.limit, int) or not 1 <= l7.limit <= 65536:
+        raise ValueError("l7 limit must be 1..65536, got %r" % (l7.limit,))
+    if len(l7.rules) > defs.L7_MAX_RULES or len(l7.pools) > defs.L7_MAX_POOLS:
+        raise ValueError("at most %d rules and %d pools" % (defs.L7_MAX_RULES, defs.L7_MAX_POOLS))
+    for kind, arg, pool in l7.rules:
+        if kind not in defs.L7_KINDS:
+            raise ValueError("unknown l7 rule kind %r" % (kind,))
+        if not isinstance(arg, bytes) or len(arg) > defs.L7_MAX_ARG:
+            raise ValueError("l7 rule argument must be bytes of at most %d" % defs.L7_MAX_ARG)
+        if not isinstance(pool, int) or not 0 <= pool < len(l7.pools):
+            raise ValueError("l7 rule pool %r out of range" % (pool,))
+    for sched, table, weights in l7.pools:
+        _check_table(sched, table, weights)

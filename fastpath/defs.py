@@ -62,6 +62,26 @@ SPLICE_WSCALE = 7     # the LB's window scale towards clients; backend windows a
 SOPT_TS = 1           # splice flow options: timestamps negotiated
 SOPT_SACK = 2         # SACK permitted
 
+# splice: content rules the fast path decides itself (ServiceSpec.l7, an L7Spec). A VIP whose
+# rules are all of these kinds, all forwarding, gets them; the first data segment of a
+# connection is then decided, bound and answered with our SYN to the backend in the fast
+# path when its head is complete and well-formed (modes/l7.py has the reference semantics,
+# tests/differential holds the three together). Anything else -- an incomplete or odd head,
+# no rule matching, an empty pool, a request longer than a segment -- goes up to Python.
+L7_DEFAULT = 1        # arg b""
+L7_PREFIX = 2         # arg: the raw bytes the payload starts with
+L7_METHOD = 3         # arg: the method, exactly
+L7_PATH = 4           # arg: a prefix of the path (the target before ? or #; origin-form only)
+L7_HOST = 5           # arg: the normalized Host, exactly (lowercase, no port, no trailing dot)
+L7_HOST_SUFFIX = 6    # arg: ".example.com": a Host strictly below it
+L7_KINDS = (L7_DEFAULT, L7_PREFIX, L7_METHOD, L7_PATH, L7_HOST, L7_HOST_SUFFIX)
+L7_MAX_RULES = 64
+L7_MAX_POOLS = 64
+L7_MAX_ARG = 4096
+HTTP_MAX_METHOD = 32  # as modes/l7.py MAX_METHOD
+HTTP_MAX_HEADERS = 100  # as modes/l7.py MAX_HEADERS
+HTTP_MAX_HOST = 255
+
 # ServiceSpec.flags
 SVC_EXPIRE_NODEST = 1   # a flow whose backend is down is expired on its next packet, which is
                         # then scheduled afresh (IPVS expire_nodest_conn); else kept until idle
@@ -137,6 +157,8 @@ COUNTERS = [
     "splice_replay",          # backend SYN-ACK answered in place: ACK + the client's request
     "splice_waitq_lost",      # event: the wait queue was full; a silent client is left to
                               # the splice_wait timeout instead of the VIP's decision timeout
+    "splice_decided",         # the request's first segment decided by the VIP's rules in the
+                              # fast path: bound, and rewritten into our SYN to the backend
 ]
 C = {name: i for i, name in enumerate(COUNTERS)}
 N_COUNTERS = len(COUNTERS)

@@ -28,7 +28,8 @@ from .defs import C
 
 MASK64 = (1 << 64) - 1
 _TX_REASONS = {C["nat_fwd"], C["nat_rev"], C["dsr_fwd"], C["splice_synack"], C["splice_fwd"],
-               C["splice_rev"], C["splice_replay"]}
+               C["splice_rev"], C["splice_replay"],
+               C["splice_decided"]}
 _PUNT_REASONS = {C["punt_arp"], C["punt_local"], C["punt_splice"]}
 M32 = 0xFFFFFFFF
 BCAST = b"\xff" * 6
@@ -127,9 +128,11 @@ class _Flow:
                  "c_isn", "l_isn", "delta", "ts_off", "mss", "ws_c", "ws_b", "ws_lb", "sopt",
                  "c_tsval", "c_win", "b_tsval",
                  # the request to replay (None once the backend acknowledged it)
-                 "rp", "rp_len")
+                 "rp", "rp_len",
+                 "idx")          # its own index in the table
 
-    def __init__(self):
+    def __init__(self, idx=0):
+        self.idx = idx
         self.used = 0
         self.rp = None
         self.rp_len = 0
@@ -143,7 +146,8 @@ class _Real:
 
 
 class _Service:
-    __slots__ = ("vip", "port", "proto", "mode", "sched", "table", "weights", "cursor", "flags")
+    __slots__ = ("vip", "port", "proto", "mode", "sched", "table", "weights", "cursor", "flags",
+                 "l7_rules", "l7_limit")      # rules: [(kind, arg, pool _Service)]
 
 
 class Engine:
@@ -159,7 +163,7 @@ class Engine:
         self.mask = size - 1
         self.ifwd = [0] * size
         self.irev = [0] * size
-        self.flows_ = [_Flow() for _ in range(capacity)]
+        self.flows_ = [_Flow(i) for i in range(capacity)]
         self.free = list(range(capacity - 1, -1, -1))
         self.hand = 0
         self.sweep = 0
@@ -226,6 +230,15 @@ class Engine:
             sv.vip, sv.port, sv.proto, sv.mode, sv.sched = s.vip, s.port, s.proto, s.mode, s.sched
             sv.table, sv.weights, sv.cursor = list(s.table), list(s.weights), 0
             sv.flags = s.flags
+            sv.l7_rules, sv.l7_limit = [], 0
+            if s.l7 is not None:
+                pools = []
+                for sched, table, weights in s.l7.pools:
+                    p = _Service()
+                    p.sched, p.table, p.weights, p.cursor = sched, list(table), list(weights), 0
+                    pools.append(p)
+                sv.l7_rules = [(kind, bytes(arg), pools[pool]) for kind, arg, pool in s.l7.rules]
+                sv.l7_limit = s.l7.limit
             new[(s.vip, s.port, s.proto)] = sv
         self.services = new
 
@@ -505,7 +518,7 @@ class Engine:
             if e.mode == defs.MODE_DSR:
                 return self._dsr_fwd(f, n, e, tflags, now)
             if e.mode == defs.MODE_SPLICE:
-                return self._splice_fwd(f, n, e, tflags, now)
+                return self._splice_fwd(f, n, e, sv, tflags, now)
             return C["drop_mode"]
         idx = self._find(self.irev, h, src, dst, sport, dport, proto, True)
         if idx < 0:
@@ -629,14 +642,15 @@ class Engine:
         self.nused += 1
         self.ctr[C["flow_created"]] += 1
         if _u16(f, 16) > 20 + doff or tflags & TH_FIN:
+            if sv.l7_rules:
+                k = self._l7_bind(f, e, sv, tflags, now)
+                if k:
+                    return k
             e.flags = defs.F_SEEN
             return C["punt_splice"]          # the request (or a FIN) came with the ACK
         # nothing for Python yet: the request's first segment will be punted; a client that
         # stays silent is handed up by splice_waiting()
-        if len(self.waitq) == self.wq_size:
-            self.waitq.popleft()
-            self.ctr[C["splice_waitq_lost"]] += 1
-        self.waitq.append((idx, c_isn, now))
+        self._waitq_push(idx, now)
         return C["splice_accepted"]
 
     def _splice_synack(self, f, src, dst, sport, dport, now):
@@ -676,17 +690,22 @@ class Engine:
         self._newlen = 34 + tcp_len
         return C["splice_synack"]
 
-    def _splice_fwd(self, f, n, e, tflags, now):
+    def _splice_fwd(self, f, n, e, sv, tflags, now):
         doff = (f[46] >> 4) * 4
         opts = tcp_options(f, 54, 34 + doff) or {}
         if e.state == defs.S_SPL_WAIT or e.state == defs.S_SPL_CONNECTING:
-            # no backend yet: Python buffers the request (and answers RST/FIN)
+            # no backend yet: the VIP's rules decide here, or Python buffers the request
+            # (and answers RST/FIN)
             if 8 in opts and f[opts[8] + 1] == 10:
                 e.c_tsval = _u32(f, opts[8] + 2)
             e.c_win = _u16(f, 48)
             e.last = now
             e.pkts_fwd += 1
             e.bytes_fwd += n
+            if e.state == defs.S_SPL_WAIT and sv.l7_rules and not e.flags & defs.F_SEEN:
+                k = self._l7_bind(f, e, sv, tflags, now)
+                if k:
+                    return k
             e.flags |= defs.F_SEEN
             return C["punt_splice"]
         r = self.reals[e.real]
@@ -732,9 +751,8 @@ class Engine:
                 e.pkts_rev += 1
                 e.bytes_rev += n
                 self.ctr[C["splice_established"]] += 1
-                tsl = 12 if e.sopt & defs.SOPT_TS else 0
-                if e.flags & defs.F_INLINE and (2 not in opts or f[opts[2] + 1] != 4
-                                                or e.rp_len + tsl <= _u16(f, opts[2] + 2)):
+                if e.flags & defs.F_INLINE:
+                    # (one segment within the client's MSS, as the client itself sent it)
                     return self._splice_replay(f, e, _u32(f, 38))
                 return C["punt_splice"]   # a request longer than one segment: Python replays it
             if tflags & TH_RST:
@@ -772,6 +790,48 @@ class Engine:
         e.pkts_rev += 1
         e.bytes_rev += n
         return C["splice_rev"]
+
+    def _waitq_push(self, idx, now):
+        if len(self.waitq) == self.wq_size:
+            self.waitq.popleft()
+            self.ctr[C["splice_waitq_lost"]] += 1
+        e = self.flows_[idx]
+        self.waitq.append((idx, e.c_isn, e.created, now))
+
+    def _bind(self, e, real, now):
+        r = self.reals[real]
+        e.real, e.rip, e.rport = real, r.ip, r.port
+        e.hr = flow_hash(r.ip, e.cip, r.port, e.cport, 6)
+        self._insert_rev(e.idx)
+        r.conns += 1
+        e.state = defs.S_SPL_CONNECTING
+        e.last = now
+
+    def _l7_bind(self, f, e, sv, tflags, now):
+        """The request's first segment, in f: decide it by the VIP's rules, bind the flow, keep
+        the segment to replay and turn f into our SYN to the backend. 0 when any of it cannot
+        be done here (Python then gets the segment)."""
+        doff = (f[46] >> 4) * 4
+        dl = _u16(f, 16) - 20 - doff
+        if (dl <= 0 or tflags & (TH_SYN | TH_RST | TH_FIN) or not tflags & TH_ACK
+                or _u32(f, 38) != (e.c_isn + 1) & M32
+                or dl + (12 if e.sopt & defs.SOPT_TS else 0) > e.mss):
+            return 0
+        d = bytes(f[34 + doff:34 + doff + dl])
+        pool = _l7_match(d[:sv.l7_limit], sv.l7_rules)
+        if pool is None:
+            return 0
+        real = self._schedule(pool, e.hf, e.cip)
+        if real < 0 or self.reals[real].mac is None:
+            return 0
+        self._bind(e, real, now)
+        e.flags |= defs.F_INLINE
+        e.rp, e.rp_len = d, dl
+        self._waitq_push(e.idx, now)        # Python resends a lost SYN
+        syn = self._splice_syn(e)
+        f[:len(syn)] = syn
+        self._newlen = len(syn)
+        return C["splice_decided"]
 
     def _splice_replay(self, f, e, s_isn):
         """Turn the backend's SYN-ACK (in f) into our answer as the client: ACK, and the
@@ -840,19 +900,24 @@ class Engine:
         if idx < 0 or self.flows_[idx].state != defs.S_SPL_WAIT or self.reals[real].mac is None:
             return None
         e = self.flows_[idx]
-        r = self.reals[real]
-        e.real, e.rip, e.rport = real, r.ip, r.port
-        e.hr = flow_hash(r.ip, cip, r.port, cport, 6)
-        self._insert_rev(idx)
-        r.conns += 1
-        e.state = defs.S_SPL_CONNECTING
-        e.last = now_ms
+        self._bind(e, real, now_ms)
         e.flags |= defs.F_SEEN
         if len(req) + (12 if e.sopt & defs.SOPT_TS else 0) <= e.mss:
             e.flags |= defs.F_INLINE | (defs.F_RP_FIN if fin else 0)
             e.rp = req if req else None
             e.rp_len = len(req)
         return self._splice_syn(e)
+
+    def splice_by_backend(self, cip, cport, rip, rport):
+        """(cip, cport, vip, vport) of the splice flow bound to backend rip:rport for this
+        client address and port, or None."""
+        c, r = _check_ip(cip), _check_ip(rip)
+        cp, rp = _check_port(cport), _check_port(rport)
+        idx = self._find(self.irev, flow_hash(r, c, rp, cp, 6), r, c, rp, cp, 6, True)
+        if idx < 0 or self.flows_[idx].mode != defs.MODE_SPLICE:
+            return None
+        e = self.flows_[idx]
+        return (e.cip, e.cport, e.vip, e.vport)
 
     def splice_syn(self, cip, cport, vip, vport):
         """Our SYN to the backend again (it was lost), or None when the flow is not waiting
@@ -864,18 +929,21 @@ class Engine:
         return self._splice_syn(self.flows_[idx])
 
     def splice_waiting(self, now_ms):
-        """Flows whose client has sent nothing since its cookie ACK, SPLICE_WAIT_HANDOFF_MS or
-        longer ago, and that Python has not seen: [(cip, cport, vip, vport, created_ms)].
-        They count as seen from now on. Flows that moved on are skipped."""
+        """Flows Python has not seen that may need it, SPLICE_WAIT_HANDOFF_MS or longer after
+        they were queued: a client silent since its cookie ACK (SPL_WAIT), or a flow bound
+        here whose backend has not answered yet (SPL_CONNECTING: our SYN may be lost).
+        [(cip, cport, vip, vport, queued_ms)]; they count as seen from now on. Flows that
+        moved on are skipped."""
         out = []
         q = self.waitq
-        while q and now_ms - q[0][2] >= defs.SPLICE_WAIT_HANDOFF_MS:
-            idx, c_isn, created = q.popleft()
+        while q and now_ms - q[0][3] >= defs.SPLICE_WAIT_HANDOFF_MS:
+            idx, c_isn, created, at = q.popleft()
             e = self.flows_[idx]
-            if (e.used and e.mode == defs.MODE_SPLICE and e.state == defs.S_SPL_WAIT
-                    and e.c_isn == c_isn and e.created == created and not e.flags & defs.F_SEEN):
+            if (e.used and e.mode == defs.MODE_SPLICE and e.c_isn == c_isn and e.created == created
+                    and e.state in (defs.S_SPL_WAIT, defs.S_SPL_CONNECTING)
+                    and not e.flags & defs.F_SEEN):
                 e.flags |= defs.F_SEEN
-                out.append((e.cip, e.cport, e.vip, e.vport, e.created))
+                out.append((e.cip, e.cport, e.vip, e.vport, at))
         return out
 
     def splice_drop(self, cip, cport, vip, vport):
@@ -904,6 +972,122 @@ def tcp_options(f, start, end):
         out.setdefault(kind, i)
         i += f[i + 1]
     return out
+
+
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _eol(d, i, m):
+    """Index after a CRLF or LF at i, or -1."""
+    if i < m and d[i] == 10:
+        return i + 1
+    if i + 1 < m and d[i] == 13 and d[i + 1] == 10:
+        return i + 2
+    return -1
+
+
+def _http_head(d, m):
+    """(method, path, host or None) when d[:m] starts with a complete HTTP/1.0 or 1.1 request
+    head that modes/l7.py parse_http_request accepts, with an origin-form target and a Host
+    (if any) of plain ASCII; else None (then the rules are Python's to apply)."""
+    i = 0
+    while True:
+        k = _eol(d, i, m)
+        if k < 0:
+            break
+        i = k
+    s = i
+    while i < m and d[i] in _TCHAR and i - s <= defs.HTTP_MAX_METHOD:
+        i += 1
+    if i == s or i - s > defs.HTTP_MAX_METHOD or i >= m or d[i] != 32:
+        return None
+    method = d[s:i]
+    i += 1
+    s = i
+    while i < m and 0x21 <= d[i] <= 0x7E:
+        i += 1
+    if i == s or i >= m or d[i] != 32 or d[s] != 47:
+        return None
+    path = d[s:i]
+    for c in (b"?", b"#"):
+        path = path.split(c, 1)[0]
+    i += 1
+    if i + 8 > m or d[i:i + 7] != b"HTTP/1." or d[i + 7] not in (48, 49):
+        return None
+    i = _eol(d, i + 8, m)
+    if i < 0:
+        return None
+    nh, host = 0, None
+    while _eol(d, i, m) < 0:
+        ns = i
+        while i < m and d[i] in _TCHAR:
+            i += 1
+        if i == ns or i >= m or d[i] != 58:
+            return None
+        vs = i = i + 1
+        while i < m and (d[i] == 9 or 0x20 <= d[i] <= 0x7E or d[i] >= 0x80):
+            i += 1
+        ve = i
+        i = _eol(d, i, m)
+        if i < 0:
+            return None
+        nh += 1
+        if nh > defs.HTTP_MAX_HEADERS:
+            return None
+        if d[ns:vs - 1].lower() == b"host":
+            if host is not None:
+                return None
+            host = d[vs:ve]
+    if host is None:
+        return method, path, None
+    host = host.strip(b" \t")
+    if len(host) > defs.HTTP_MAX_HOST or any(c >= 0x80 for c in host):
+        return None
+    host = host.lower()
+    if not host:
+        return method, path, None
+    if host[0] == 91:
+        return None
+    name, colon, port = host.partition(b":")
+    if colon and port and not port.isdigit():
+        return method, path, None
+    if name.endswith(b"."):
+        name = name[:-1]
+    return method, path, name or None
+
+
+def _l7_match(d, rules):
+    """The pool of the first rule that matches d (modes/l7.py RuleSet.decide), or None when
+    none does or it is not certain yet."""
+    http = False
+    for kind, a, pool in rules:
+        if kind == defs.L7_DEFAULT:
+            return pool
+        if kind == defs.L7_PREFIX:
+            if len(d) >= len(a):
+                if d.startswith(a):
+                    return pool
+            elif a.startswith(d):
+                return None
+            continue
+        if http is False:
+            http = _http_head(d, len(d))
+        if http is None:
+            return None
+        method, path, host = http
+        if kind == defs.L7_METHOD:
+            if method == a:
+                return pool
+        elif kind == defs.L7_PATH:
+            if path.startswith(a):
+                return pool
+        elif kind == defs.L7_HOST:
+            if host is not None and host == a:
+                return pool
+        elif kind == defs.L7_HOST_SUFFIX:
+            if host is not None and len(host) > len(a) and host.endswith(a) and host[0] != 46:
+                return pool
+    return None
 
 
 def tcp_frame(dmac, smac, src, dst, sport, dport, seq, ack, flags, win, opt=b"", data=b""):

@@ -539,10 +539,12 @@ class LBState:
             flags = mode.service_flags(v)
             if config.effective_on_backend_down(v) == "expire":
                 flags |= defs.SVC_EXPIRE_NODEST
-            specs.append(fastpath.ServiceSpec(v.ip, v.port, config.PROTOS[v.proto], mode.code,
-                                              kind, table, weights, flags))
+            l7spec = None
             if v.mode == "splice":
-                splice_views[(v.ip, v.port)] = SpliceVip(self, v, members)
+                view = splice_views[(v.ip, v.port)] = SpliceVip(self, v, members)
+                l7spec = view.l7spec
+            specs.append(fastpath.ServiceSpec(v.ip, v.port, config.PROTOS[v.proto], mode.code,
+                                              kind, table, weights, flags, l7spec))
         if len(specs) > defs.MAX_SERVICES:
             raise LBError("vip", "at most %d VIPs" % defs.MAX_SERVICES)
         try:
@@ -621,6 +623,22 @@ class SpliceVip:
                 size = max(size or 0, schedulers.MAGLEV_DEFAULT_SIZE)
             self.tables[name] = schedulers.build(v.scheduler, mem, size if v.scheduler == "maglev" else None)
         self.cursor = {name: 0 for name in pools}
+        self.l7spec = self._fast_path_rules()
+
+    def _fast_path_rules(self):
+        """The rules and pools for the fast path to decide first segments itself, or None
+        when a rule is Python's alone (then every decision is made in modes/splice.py)."""
+        rules = self.ruleset.fast_rules()
+        if rules is None:
+            return None
+        names = []
+        for _, _, pool in rules:
+            if pool not in names:
+                names.append(pool)
+        empty = (defs.SCHED_SEQ, (), ())        # a pool with no backend: Python refuses
+        pools = tuple(tuple(self.tables[n]) if n in self.tables else empty for n in names)
+        return fastpath.L7Spec(self.limit, tuple((k, a, names.index(p)) for k, a, p in rules),
+                               pools)
 
     def choose(self, pool, h, cip):
         """(real idx, ip, port) of a backend of `pool` for a new flow, or None."""

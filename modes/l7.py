@@ -53,6 +53,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
+from fastpath import defs as _fdefs
 from lb.errors import LBError
 
 DEFAULT_LIMIT = 4096
@@ -601,6 +602,31 @@ class RuleSet:
 
     def __len__(self):
         return len(self.rules)
+
+    def fast_rules(self):
+        """The rules as the fast path applies them itself (fastpath/defs.py L7_*):
+        [(kind, arg bytes, pool name)] in order, or None when one of them is Python's alone
+        (sni, or a redirect). Where the fast path decides, it decides as decide() would."""
+        out = []
+        for rule, _, arg in self._compiled:
+            if rule.action != "forward":
+                return None
+            k = rule.kind
+            if k == "default":
+                out.append((_fdefs.L7_DEFAULT, b"", rule.pool))
+            elif k == "prefix":
+                out.append((_fdefs.L7_PREFIX, arg, rule.pool))
+            elif k == "method":
+                out.append((_fdefs.L7_METHOD, arg.encode("utf-8"), rule.pool))
+            elif k == "path_prefix":
+                out.append((_fdefs.L7_PATH, arg.encode("utf-8"), rule.pool))
+            elif k == "host":
+                exact, suffix = arg
+                out.append((_fdefs.L7_HOST, exact.encode("utf-8"), rule.pool) if exact is not None
+                           else (_fdefs.L7_HOST_SUFFIX, suffix.encode("utf-8"), rule.pool))
+            else:
+                return None
+        return out
 
     def decide(self, data):
         """Decision | NEED_MORE | Refuse("no rule matched"). Never NEED_MORE once

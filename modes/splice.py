@@ -45,6 +45,7 @@ log = logging.getLogger("splice")
 
 M32 = 0xFFFFFFFF
 SYN_RETRIES_MS = (1000, 2000)      # resend the SYN to the backend after these waits
+ENGINE_DECIDED = "decided by the fast path's rules"   # Conn.decided of an adopted flow
 REPLAY_KEEP_MS = 5000              # keep the request to replay on a repeated SYN-ACK
 
 
@@ -146,7 +147,7 @@ class SpliceManager:
                                  "syn_retransmitted", "replayed", "replay_repeated",
                                  "backend_timeout", "backend_reset", "client_reset",
                                  "no_backend", "no_neigh", "bad_frame", "stray", "silent",
-                                 "spliced_inline")}
+                                 "spliced_inline", "adopted")}
 
     def counters(self):
         return dict(self.c, open=len(self.conns), setting_up=len(self.pending))
@@ -163,6 +164,19 @@ class SpliceManager:
             return self._from_client((src, sport, dst, dport), seq, flags, payload, now)
         return self._from_backend(dst, dport, src, sport, flags, now)
 
+    def _adopt(self, key, fl, at):
+        """A flow the fast path decided and bound itself (its rules matched the request's
+        first segment there): from now on our timers watch its backend's answer."""
+        conn = self.conns[key] = Conn(key, fl["c_isn"], at)
+        conn.decided = ENGINE_DECIDED
+        conn.real = fl["real"]
+        conn.backend = (fl["rip"], fl["rport"], self.ctx.mac_of(fl["rip"]))
+        conn.syn_at, conn.syn_tries = at, 1
+        self.by_backend[(key[0], key[1], fl["rip"], fl["rport"])] = key
+        self.pending.add(key)
+        self.c["adopted"] += 1
+        return conn
+
     def _from_client(self, key, seq, flags, payload, now):
         fl = self.engine.splice_flow(*key)
         if fl is None:
@@ -173,6 +187,8 @@ class SpliceManager:
             # an earlier connection on the same ports, kept for replays: it is over
             self._forget(key, drop=False)
             conn = None
+        if conn is None and fl["state"] == defs.S_SPL_CONNECTING:
+            conn = self._adopt(key, fl, now)    # e.g. the client resends its request
         if conn is None:
             conn = self.conns[key] = Conn(key, fl["c_isn"], now)
             self.pending.add(key)
@@ -253,6 +269,11 @@ class SpliceManager:
 
     def _from_backend(self, cip, cport, rip, rport, flags, now):
         key = self.by_backend.get((cip, cport, rip, rport))
+        if key is None:
+            key = self.engine.splice_by_backend(cip, cport, rip, rport)
+            fl = self.engine.splice_flow(*key) if key is not None else None
+            if fl is not None and fl["state"] == defs.S_SPL_CONNECTING and key not in self.conns:
+                self._adopt(key, fl, now)       # bound in the fast path; RST from the backend
         if key is None or key not in self.conns:
             self.c["stray"] += 1
             return []
@@ -358,16 +379,21 @@ class SpliceManager:
         replay window is over (in time order: no scan of everything we keep)."""
         self.now = now
         out = []
-        for cip, cport, vip, vport, created in self.engine.splice_waiting(now):
-            # a client silent since its handshake: the VIP's timeout decides it (a protocol
-            # where the server speaks first goes to the default pool with nothing to replay)
+        for cip, cport, vip, vport, at in self.engine.splice_waiting(now):
             key = (cip, cport, vip, vport)
             fl = self.engine.splice_flow(*key)
-            if fl is not None and key not in self.conns:
-                self.conns[key] = Conn(key, fl["c_isn"], created)
-                self.pending.add(key)
-                self.c["conns"] += 1
-                self.c["silent"] += 1
+            if fl is None or key in self.conns:
+                continue
+            if fl["state"] == defs.S_SPL_CONNECTING:
+                # bound in the fast path, and its backend has not answered yet
+                self._adopt(key, fl, at)
+                continue
+            # a client silent since its handshake: the VIP's timeout decides it (a protocol
+            # where the server speaks first goes to the default pool with nothing to replay)
+            self.conns[key] = Conn(key, fl["c_isn"], at)
+            self.pending.add(key)
+            self.c["conns"] += 1
+            self.c["silent"] += 1
         while self.retire and self.retire[0][0] <= now:
             _, key, c_isn = self.retire.popleft()
             conn = self.conns.get(key)

@@ -217,14 +217,6 @@ def test_a_request_longer_than_a_segment_is_replayed_by_python(impl):
     assert e.counters()["splice_established"] == 1
 
 
-def test_a_backend_with_a_smaller_mss_gets_the_request_from_python(impl):
-    e = engine(impl)
-    c_isn = bound(e, b"x" * 600)
-    synack = F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000, flags=F.TH_SYN | F.TH_ACK, seq=77,
-                   ack=c_isn + 1, opts=struct.pack("!BBH", 2, 4, 536))
-    assert run(e, synack)[1] == "punt_splice"
-
-
 def test_a_replay_that_does_not_fit_the_row_goes_up(impl):
     e = engine(impl)
     c_isn = bound(e, b"x" * 1400)

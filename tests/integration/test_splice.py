@@ -226,7 +226,8 @@ def test_a_reused_client_port_is_a_new_connection(make_lab):
     out = json.loads(r.stdout)
     assert set(out["bodies"]) <= {"b1", "b2"} and len(out["bodies"]) == 20
     assert max(out["times"]) < 0.5, out["times"]      # no retransmission timeout on the way
-    assert lbctl(lab, "stats")["splice"]["decided_forward"] == 20
+    st = lbctl(lab, "stats")      # decided by the fast path (plain heads) or by Python
+    assert st["counters"].get("splice_decided", 0) + st["splice"]["decided_forward"] == 20
 
 
 ONE_REQUEST = r"""

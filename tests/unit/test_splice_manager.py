@@ -160,3 +160,51 @@ def test_a_backend_that_never_answers_gets_the_syn_again_then_the_client_a_reset
     out = sm.tick(NOW + 3000)
     assert len(out) == 1 and out[0][47] & F.TH_RST
     assert sm.counters()["backend_timeout"] == 1 and e.flow_count() == 0
+
+
+def setup_fast(mod):
+    """A VIP whose rules the fast path applies itself (default pool = backend 0)."""
+    from fastpath import L7Spec
+    e = make_engine(mod.Engine, ServiceSpec)
+    e.set_splice_secret(bytes(16))
+    e.set_services([ServiceSpec(F.ip2int(VIP), 80, 6, defs.MODE_SPLICE, defs.SCHED_SEQ, [0], [1],
+                                0, L7Spec(4096, ((defs.L7_DEFAULT, b"", 0),),
+                                          ((defs.SCHED_SEQ, (0,), (1,)),)))])
+    return e, SpliceManager(e, Ctx(Vip([l7.Rule("default", "", "default")])), LB)
+
+
+def test_a_connection_decided_in_the_fast_path_costs_python_nothing(mod):
+    e, sm = setup_fast(mod)
+    cookie = connect(e, sm)
+    v, reason, out, made = run(e, sm, F.tcp(GW, LB, CLIENT, VIP, 40000, 80, seq=1001,
+                                            ack=(cookie + 1) & M32, data=REQ))
+    assert (v, reason, made) == (defs.V_TX, "splice_decided", []) and out[47] == F.TH_SYN
+    v, reason, out, made = run(e, sm, F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000,
+                                            flags=F.TH_SYN | F.TH_ACK, seq=9, ack=1001))
+    assert (reason, made) == ("splice_replay", []) and out.endswith(REQ)
+    assert sm.tick(NOW + 100) == [] and sm.counters()["open"] == 0
+    assert sm.counters()["conns"] == sm.counters()["adopted"] == 0
+
+
+def test_python_adopts_a_fast_path_flow_whose_backend_is_slow_and_resends_the_syn(mod):
+    e, sm = setup_fast(mod)
+    cookie = connect(e, sm)
+    syn = run(e, sm, F.tcp(GW, LB, CLIENT, VIP, 40000, 80, seq=1001, ack=(cookie + 1) & M32,
+                           data=REQ))[2]
+    assert sm.tick(NOW + 100) == [] and sm.counters()["adopted"] == 1
+    assert sm.tick(NOW + 1000) == [syn]
+    # the client resends its request meanwhile: nothing to do, it is decided
+    assert run(e, sm, F.tcp(GW, LB, CLIENT, VIP, 40000, 80, seq=1001, ack=(cookie + 1) & M32,
+                            data=REQ), now=NOW + 1100)[3] == []
+    assert sm.counters()["refused"] == 0
+
+
+def test_a_backend_reset_of_a_fast_path_flow_resets_the_client(mod):
+    e, sm = setup_fast(mod)
+    cookie = connect(e, sm)
+    run(e, sm, F.tcp(GW, LB, CLIENT, VIP, 40000, 80, seq=1001, ack=(cookie + 1) & M32, data=REQ))
+    v, reason, _, made = run(e, sm, F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000,
+                                          flags=F.TH_RST | F.TH_ACK, ack=1001))
+    assert reason == "punt_splice" and len(made) == 1
+    assert made[0][47] & F.TH_RST and made[0][0:6] == GW
+    assert sm.counters()["backend_reset"] == 1 and e.flow_count() == 0

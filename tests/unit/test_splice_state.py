@@ -91,3 +91,18 @@ def test_toml_rules_and_pools():
         with pytest.raises(LBError) as e:
             config.parse({"lb": {"address": LB_IP}, "vip": [raw]})
         assert e.value.field == field, e.value
+
+
+def test_plain_rules_go_down_to_the_fast_path_and_sni_keeps_them_up(st):
+    from fastpath import defs
+    st.handle("rule.add", {"vip": SV, "kind": "path_prefix", "value": "/blob", "pool": "big"})
+    sp = st.splice_vip(ip("198.19.100.3"), 80).l7spec
+    assert sp.limit == st.splice_vip(ip("198.19.100.3"), 80).limit
+    # the rule, then the default pool's implicit rule; pools in the order rules name them
+    assert sp.rules == ((defs.L7_PATH, b"/blob", 0), (defs.L7_DEFAULT, b"", 1))
+    (k0, t0, _), (k1, t1, _) = sp.pools
+    assert sorted(t0) == sorted(st._slots[(ip(b), 80)] for b in (B2, B3))
+    assert list(t1) == [st._slots[(ip(B1), 80)]]
+    st.handle("rule.add", {"vip": SV, "kind": "sni", "value": "a.example", "pool": "big",
+                           "index": 0})
+    assert st.splice_vip(ip("198.19.100.3"), 80).l7spec is None
