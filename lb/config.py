@@ -263,7 +263,7 @@ def _join(path, key):
 class IOConfig:
     backend: str = "tap"                   # tap | afpacket
     interface: str = DEFAULT_INTERFACE     # tap: device to create; afpacket: interface to bind
-    offload: bool = False                  # tap: vnet headers, GSO superframes, partial checksums
+    offload: bool = False                  # vnet headers, GSO superframes, partial checksums
 
 
 @dataclass
@@ -424,11 +424,10 @@ def _parse_io(raw):
     if "interface" in raw:
         io.interface = check_interface_name(raw["interface"], "io.interface")
     if "offload" in raw:
+        # both backends read vnet headers: tap with IFF_VNET_HDR, afpacket PACKET_VNET_HDR
         if not isinstance(raw["offload"], bool):
-            raise LBError("io.offload", "must be true or false, got %r" % (raw["offload"],))
-        if raw["offload"] and io.backend != "tap":
-            raise LBError("io.offload", "only the tap backend reads vnet headers (%s does not); "
-                          "turn the interface's offloads off instead" % io.backend)
+            raise LBError("io.offload", "must be true or false (virtio-net headers and GSO "
+                          "superframes on the %s backend), got %r" % (io.backend, raw["offload"]))
         io.offload = raw["offload"]
     return io
 

@@ -223,7 +223,7 @@ class Lab:
         self.n_backends = backends
         self.n_clients = clients
         self.io = io
-        self.offload = offload          # tap with vnet headers: GSO superframes through lbd
+        self.offload = offload          # vnet headers (tap, afpacket): GSO superframes through lbd
         self.start_lbd = start_lbd
         self.state_dir = os.path.join(STATE_ROOT, "lab-" + name)
         self.state_file = os.path.join(self.state_dir, "state.json")
@@ -413,9 +413,11 @@ class Lab:
             # no IP and ARP off: the kernel of P-lb never answers on the data plane
             lb_cmds += "link set dp0 arp off\nlink set dp0 up\n"
         steps[lb] = [(["ip", "-n", lb, "-batch", "-"], lb_cmds)]
-        if self.io == "afpacket":
+        if self.io == "afpacket" and not self.offload:
             # offloads off on both ends: the raw socket sees <= 1514-byte frames with full
-            # checksums; features a device cannot change are ignored (exit status too)
+            # checksums; features a device cannot change are ignored (exit status too).
+            # With offload, dp0 and lbdp keep the kernel's defaults (TSO/GSO/csum on, GRO
+            # off): lbd reads vnet headers, GSO superframes arrive as their senders made them
             off = "rx off tx off tso off gso off gro off sg off"
             steps[lb].append(["sh", "-c", "ip netns exec %s ethtool -K dp0 %s || true"
                               % (lb, off)])
@@ -713,10 +715,9 @@ def cli():
 @click.option("--clients", default=1, show_default=True, type=int)
 @click.option("--io", type=click.Choice(["tap", "afpacket"]), default="tap", show_default=True)
 @click.option("--no-lbd", is_flag=True, help="do not start lbd (test the rest of the lab)")
-@click.option("--offload", is_flag=True, help="tap: vnet headers, GSO superframes through lbd")
+@click.option("--offload", is_flag=True, help="vnet headers (tap: IFF_VNET_HDR, afpacket: "
+              "PACKET_VNET_HDR and the veth's default offloads): GSO superframes through lbd")
 def up(name, backends, clients, io, no_lbd, offload):
-    if offload and io != "tap":
-        raise click.UsageError("--offload needs --io tap")
     try:
         topo = Lab(name, backends=backends, clients=clients, io=io, start_lbd=not no_lbd,
                    offload=offload).up()

@@ -170,6 +170,8 @@ def _small_maglev(d):
     (_set(["lb", "gatway"], "198.19.0.1"), "lb.gatway", "did you mean 'gateway'"),
     (_set(["io", "backend"], "pcap"), "io.backend", "tap, afpacket"),
     (_set(["io", "interface"], "x" * 16), "io.interface", "1..15"),
+    (_set(["io", "offload"], "yes"), "io.offload", "must be true or false"),
+    (_set(["io", "offload"], 1), "io.offload", "got 1"),
     (_set(["flows", "capacity"], 0), "flows.capacity", "1..16777216"),
     (_set(["flows", "capacity"], 16 * 1024 * 1024 + 1), "flows.capacity", "1..16777216"),
     (_set(["flows", "capacity"], 2.5), "flows.capacity", "2.5"),
@@ -189,6 +191,14 @@ def test_errors_name_the_field(mutate, field, needle):
     assert e.field == field
     assert needle in e.message, e.message
     assert str(e).startswith(field + ": ")
+
+
+@pytest.mark.parametrize("backend", ["tap", "afpacket"])
+@pytest.mark.parametrize("offload", [True, False])
+def test_offload_on_either_backend(backend, offload):
+    d = good_dict()
+    d["io"].update(backend=backend, interface="dp0", offload=offload)
+    assert config.parse(d).io == config.IOConfig(backend, "dp0", offload)
 
 
 def test_duplicate_vip():

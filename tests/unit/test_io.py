@@ -139,6 +139,7 @@ def test_afpacket_rx_tx_and_ignore_outgoing(netns, impl):
     assert res["impl"] == impl
     assert res["info"]["backend"] == "afpacket" and res["info"]["interface"] == "vA"
     assert res["info"]["ifindex"] > 0 and res["info"]["mac"] == "02:00:00:00:00:0a"
+    assert res["info"]["offload"] is False
     assert res["rx"] == ["hello-from-B"]
     assert res["tx"] == [2, 0]
     assert sorted(res["peer_got"]) == ["sent-by-py", "tx-1", "tx-2"]
@@ -146,6 +147,144 @@ def test_afpacket_rx_tx_and_ignore_outgoing(netns, impl):
     c = res["counters"]
     assert c["tx_frames"] == 2 and c["send_frames"] == 1 and c["tx_errors"] == 0
     assert c["rx_frames"] >= 1
+
+
+OFFLOAD_CHILD = r"""
+import json, select, socket, struct
+import fastpath
+from fastpath import defs
+from fastpath.inet import checksum
+from lb.io import AfPacketIO, SNAP_OFFLOAD, VNET_HDR_LEN
+
+A_MAC, B_MAC = bytes.fromhex("02000000000a"), bytes.fromhex("02000000000b")
+SRC, DST = socket.inet_aton("198.19.255.1"), socket.inet_aton("198.19.255.2")
+MSS, SEQ = 1448, 1000
+PAYLOAD = bytes(i * 7 % 251 for i in range(4000))       # 3 segments: 1448 + 1448 + 1104
+
+def tcp_frame(dst, src, payload, partial):
+    # Ethernet + IPv4 + TCP (20 bytes); partial: the checksum field holds the pseudo-header
+    # sum over the whole L4 length (what the kernel's GSO expects), else the full checksum
+    l4len = 20 + len(payload)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + l4len, 1, 0x4000, 64, 6, 0, SRC, DST)
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    tcp = struct.pack("!HHIIBBHHH", 40000, 9000, SEQ, 1, 5 << 4, 0x18, 65535, 0, 0)
+    pseudo = SRC + DST + struct.pack("!BBH", 0, 6, l4len)
+    c = (~checksum(pseudo) & 0xFFFF) if partial else checksum(pseudo + tcp + payload)
+    return dst + src + b"\x08\x00" + ip + tcp[:16] + struct.pack("!H", c) + tcp[18:] + payload
+
+def vnet(flags=0, gso_type=0, hdr_len=0, gso_size=0, csum_start=0, csum_offset=0):
+    return struct.pack("<BBHHHH", flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
+
+GSO = vnet(1, 1, 54, MSS, 34, 16)          # NEEDS_CSUM, TCPV4
+
+def fields(h):
+    return dict(zip(("flags", "gso_type", "hdr_len", "gso_size", "csum_start", "csum_offset"),
+                    struct.unpack("<BBHHHH", h)))
+
+def wait(fd, ms=2000):
+    p = select.poll(); p.register(fd, select.POLLIN)
+    return bool(p.poll(ms))
+
+io = AfPacketIO("vA", offload=True)
+inject = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)      # sends only (protocol 0)
+inject.setsockopt(263, 15, 1)                                      # PACKET_VNET_HDR
+inject.bind(("vB", 0))
+peer = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+peer.setsockopt(263, 23, 1)                                        # PACKET_IGNORE_OUTGOING
+peer.bind(("vB", 0)); peer.settimeout(2)
+batch = io.new_batch(8)
+res = {"info": io.info(), "impl": fastpath.IMPL, "hdr": batch.hdr, "snap": batch.snap,
+       "snap_expected": SNAP_OFFLOAD}
+
+# B -> A: a GSO superframe (vB keeps TSO, so it reaches vA whole), then a plain frame
+sent_super = tcp_frame(A_MAC, B_MAC, PAYLOAD, partial=True)
+sent_plain = tcp_frame(A_MAC, B_MAC, b"plain", partial=False)
+inject.send(GSO + sent_super)
+inject.send(vnet() + sent_plain)
+rows = []
+while len(rows) < 2 and wait(io.fd):
+    n = io.rx(batch)
+    rows += [(batch.header(i), batch.frame(i)) for i in range(n)]
+res["rx"] = [{"header": fields(h), "len": len(f), "same": f == s}
+             for (h, f), s in zip(rows, (sent_super, sent_plain))]
+
+# A -> B: tx() of a superframe with its header (vA has TSO and tx csum off: the kernel
+# segments and completes checksums in software), a DATA_VALID frame, a dropped one
+batch.load([tcp_frame(B_MAC, A_MAC, PAYLOAD, partial=True),
+            tcp_frame(B_MAC, A_MAC, b"valid", partial=False),
+            tcp_frame(B_MAC, A_MAC, b"dropped", partial=False)],
+           headers=[GSO, vnet(flags=2), vnet()])
+batch.verdict[:3] = [defs.V_TX, defs.V_TX, defs.V_DROP]
+res["tx"] = list(io.tx(batch))
+io.send([tcp_frame(B_MAC, A_MAC, b"by-python", partial=False)])
+segs = []
+try:
+    while len(segs) < 5:
+        f = peer.recv(65536)
+        if f[6:12] == A_MAC:
+            segs.append(f)
+except socket.timeout:
+    pass
+out = []
+for f in segs:
+    ip, l4 = f[14:34], f[34:]
+    tot = struct.unpack("!H", ip[2:4])[0]
+    l4 = f[34:14 + tot]
+    pseudo = ip[12:20] + struct.pack("!BBH", 0, 6, len(l4))
+    out.append({"seq": struct.unpack("!I", l4[4:8])[0], "payload": l4[20:].hex(),
+                "ip_csum_ok": checksum(ip) == 0, "tcp_csum_ok": checksum(pseudo + l4) == 0})
+res["peer_got"] = out
+res["payload_hex"] = PAYLOAD.hex()
+
+# PACKET_IGNORE_OUTGOING holds with vnet headers too
+wait(io.fd, 300)
+back = 0
+while io.rx(batch):
+    back += sum(1 for i in range(batch.n) if batch.frame(i)[6:12] == A_MAC)
+res["read_back"] = back
+res["counters"] = io.counters()
+io.close()
+print(json.dumps(res))
+"""
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("ethtool") is None, reason="needs ethtool")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_afpacket_vnet_headers_superframes_both_ways(netns, impl):
+    ns = netns()
+    sh("ip", "-n", ns, "link", "add", "vA", "address", "02:00:00:00:00:0a", "type", "veth",
+       "peer", "name", "vB", "address", "02:00:00:00:00:0b")
+    # vA transmits without TSO and checksum offload, so what lbd writes is segmented and
+    # checksummed by the kernel before vB sees it; vB keeps its defaults (TSO on)
+    sh("ip", "netns", "exec", ns, "ethtool", "-K", "vA", "tx", "off", "tso", "off")
+    for dev in ("vA", "vB"):
+        sh("ip", "-n", ns, "link", "set", dev, "up")
+    res = run_in_ns(ns, OFFLOAD_CHILD, impl)
+    assert res["impl"] == impl
+    assert res["info"]["offload"] is True and res["hdr"] == 10
+    assert res["snap"] == res["snap_expected"]
+    # read: the superframe whole, with the header the engine expects (csum_start counts from
+    # the Ethernet header; the checksum field holds the pseudo-header sum)
+    sup, plain = res["rx"]
+    assert sup["same"] and sup["len"] == 14 + 20 + 20 + 4000
+    h = sup["header"]
+    assert h["flags"] & 1 and h["gso_type"] == 1 and h["gso_size"] == 1448
+    assert (h["csum_start"], h["csum_offset"]) == (34, 16)
+    assert plain["same"] and plain["header"]["gso_type"] == 0
+    assert not plain["header"]["flags"] & 1
+    # write: the superframe left as three MSS segments with complete checksums, then the
+    # DATA_VALID frame and the Python-made frame (zero header) unchanged
+    assert res["tx"] == [2, 0]
+    got = res["peer_got"]
+    assert [g["seq"] for g in got] == [1000, 2448, 3896, 1000, 1000]
+    assert "".join(g["payload"] for g in got[:3]) == res["payload_hex"]
+    assert [bytes.fromhex(g["payload"]) for g in got[3:]] == [b"valid", b"by-python"]
+    assert all(g["ip_csum_ok"] and g["tcp_csum_ok"] for g in got), got
+    assert res["read_back"] == 0
+    c = res["counters"]
+    assert c["rx_frames"] == 2 and c["rx_gso"] == 1 and c["rx_needs_csum"] == 1
+    assert c["tx_frames"] == 2 and c["send_frames"] == 1 and c["tx_errors"] == 0
 
 
 def test_afpacket_unknown_interface():
