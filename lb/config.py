@@ -264,6 +264,7 @@ class IOConfig:
     backend: str = "tap"                   # tap | afpacket
     interface: str = DEFAULT_INTERFACE     # tap: device to create; afpacket: interface to bind
     offload: bool = False                  # vnet headers, GSO superframes, partial checksums
+    workers: int = 1                       # data-plane threads; > 1: one TAP queue each (tap only)
 
 
 @dataclass
@@ -414,7 +415,7 @@ def parse(data):
 
 
 def _parse_io(raw):
-    check_keys(raw, ["backend", "interface", "offload"], "io")
+    check_keys(raw, ["backend", "interface", "offload", "workers"], "io")
     io = IOConfig()
     if "backend" in raw:
         if raw["backend"] not in IO_BACKENDS:
@@ -429,6 +430,12 @@ def _parse_io(raw):
             raise LBError("io.offload", "must be true or false (virtio-net headers and GSO "
                           "superframes on the %s backend), got %r" % (io.backend, raw["offload"]))
         io.offload = raw["offload"]
+    if "workers" in raw:
+        io.workers = parse_int(raw["workers"], "io.workers", 1, 16)   # threads = TAP queues
+        if io.workers > 1 and io.backend != "tap":
+            raise LBError("io.workers", "%d workers need the tap backend (a multi-queue TAP "
+                          "steers each flow to one worker); %s has one queue: use workers = 1"
+                          % (io.workers, io.backend))
     return io
 
 

@@ -22,6 +22,10 @@ Invariants:
 - Health checks run only live (never in pcap mode, where every backend is up); they are
   stopped, and their policy routes removed, before lbd exits. Transitions go to the log
   (stderr): "VIP backend B: down: connect refused (2 failures) [probe]".
+- [io] workers = N > 1 (live, tap only): lb/workers.py's WorkerDaemon, a subclass of the
+  Daemon: N threads each run this burst loop on one queue of a multi-queue TAP with an
+  engine of its own; this loop keeps the control socket, health checks, ARP/ICMP and gc.
+  workers = 1 (the default) is the single-thread path described above, unchanged.
 - Exit codes: 0 clean stop (SIGTERM/SIGINT, end of pcap), 2 bad config or arguments (also a
   [health] interface lbd's namespace does not have), 1 any other startup failure (e.g. the
   interface cannot be opened).
@@ -79,12 +83,26 @@ class Daemon:
     """The engine, the state, the neighbor logic and one IO backend, driven burst by burst."""
 
     def __init__(self, cfg, io, clock=monotonic_ms):
+        self._control_side(cfg, io, clock, fastpath.Engine(cfg.flows.capacity,
+                                                           cfg.flows.timeouts))
+        self.splice = SpliceManager(self.engine, self.state, self.mac)
+        self.batch = io.new_batch(BATCH_SIZE)
+        self.expire_budget = max(1024, cfg.flows.capacity // 50)
+        self._next_tick = None
+        self._next_gc = None
+        self._last_error_log = 0.0
+        self.loop_stats = {"wakeups": 0, "bursts": 0, "frames": 0, "punts": 0, "ticks": 0,
+                           "expired": 0, "gc_freed": 0, "errors": 0}
+
+    def _control_side(self, cfg, io, clock, engine):
+        """What every daemon has: the engine (or lb/workers.py's EngineGroup, which has the
+        same control methods), the state, health checks, neighbors, the splice secret."""
         self.cfg = cfg
         self.io = io
         self.clock = clock
         self.started = time.monotonic()
         self.mac = cfg.lb.mac_bytes or default_mac(cfg, io)
-        self.engine = fastpath.Engine(cfg.flows.capacity, cfg.flows.timeouts)
+        self.engine = engine
         self.engine.set_local(cfg.lb.ip, self.mac)
         self.state = LBState(self.engine, cfg)
         self.state.clock = clock
@@ -97,14 +115,6 @@ class Daemon:
         # splice: the SYN-cookie key is random per start (cookies outlive no restart), and
         # the connections being set up are handled by modes/splice.py
         self.engine.set_splice_secret(os.urandom(16))
-        self.splice = SpliceManager(self.engine, self.state, self.mac)
-        self.batch = io.new_batch(BATCH_SIZE)
-        self.expire_budget = max(1024, cfg.flows.capacity // 50)
-        self._next_tick = None
-        self._next_gc = None
-        self._last_error_log = 0.0
-        self.loop_stats = {"wakeups": 0, "bursts": 0, "frames": 0, "punts": 0, "ticks": 0,
-                           "expired": 0, "gc_freed": 0, "errors": 0}
 
     # --- the per-burst path ---------------------------------------------------------------
     def burst(self):
@@ -131,6 +141,13 @@ class Daemon:
         self.loop_stats["bursts"] += 1
         self.loop_stats["frames"] += n
         return n
+
+    def start(self, loop):
+        """Start moving frames (run_live, once the loop runs)."""
+        loop.add_reader(self.io.fd, self.on_readable)
+
+    def stop(self, loop):
+        loop.remove_reader(self.io.fd)
 
     def on_readable(self):
         self.loop_stats["wakeups"] += 1
@@ -211,14 +228,14 @@ async def run_live(d):
     server = ControlServer(d.cfg.lb.control_socket, d.handle)
     await server.start()
     try:
-        loop.add_reader(d.io.fd, d.on_readable)
+        d.start(loop)
         d._tick(loop)                 # first ARP requests go out now
         d.health.start()
         log.info("ready")
         await stop.wait()
         log.info("stopping")
     finally:
-        loop.remove_reader(d.io.fd)
+        d.stop(loop)
         await server.close()
         await d.health.close()
     return 0
@@ -267,21 +284,31 @@ def main(argv=None):
     try:
         io = PcapIO(a.pcap_in, a.pcap_out) if pcap else open_backend(cfg.io.backend,
                                                                       cfg.io.interface,
-                                                                      cfg.io.offload)
+                                                                      cfg.io.offload,
+                                                                      cfg.io.workers)
     except (OSError, ValueError) as e:
         where = "pcap" if pcap else "io.interface %r (%s)" % (cfg.io.interface, cfg.io.backend)
         print("lbd: cannot open %s: %s" % (where, e), file=sys.stderr)
         return 1
     try:
         try:
-            d = Daemon(cfg, io, clock=(lambda: io.burst_ms) if pcap else monotonic_ms)
+            if pcap or cfg.io.workers == 1:
+                # a pcap is one stream of frames: one loop, whatever io.workers says
+                d = Daemon(cfg, io, clock=(lambda: io.burst_ms) if pcap else monotonic_ms)
+            else:
+                from .workers import WorkerDaemon
+                d = WorkerDaemon(cfg, io)
         except LBError as e:
             print("lbd: config: %s" % e, file=sys.stderr)
             return 2
+        except OSError as e:      # e.g. workers: the steering program cannot be attached
+            print("lbd: cannot start: %s" % e, file=sys.stderr)
+            return 1
         info = io.info()
         log.info("threeway lbd: impl=%s io=%s interface=%s ifindex=%s address=%s mac=%s "
-                 "vips=%d", fastpath.IMPL, info["backend"], info.get("interface"),
-                 info.get("ifindex"), cfg.lb.address, d.mac.hex(":"), len(cfg.vips))
+                 "vips=%d workers=%d", fastpath.IMPL, info["backend"], info.get("interface"),
+                 info.get("ifindex"), cfg.lb.address, d.mac.hex(":"), len(cfg.vips),
+                 len(getattr(d, "workers", ())) or 1)
         if pcap:
             return run_pcap(d)
         try:

@@ -115,20 +115,34 @@ class TapIO(_LiveIO):
     read() then starts with a 10-byte virtio-net header and may carry a GSO superframe of up
     to 64 KiB whose L4 checksum is partial (header flag NEEDS_CSUM); writes carry the header
     back, so the kernel segments and completes checksums on the way out. The fast path
-    rewrites headers once per superframe (fastpath.Batch.hdr tells it where frames start)."""
+    rewrites headers once per superframe (fastpath.Batch.hdr tells it where frames start).
+
+    queues=N > 1 (lb/workers.py): the device is made with IFF_MULTI_QUEUE and opened N times
+    (same name, same flags, so every queue has the same vnet-header setting); `.queues` holds
+    one TapQueue per fd, each with its own counters, for the worker that owns it. Which queue
+    a frame goes to is the steering program's choice (lb/steer.py), attached through `.fd`
+    (queue 0's). The device goes when the last queue is closed. With queues=1 `.queues` is
+    [self] and nothing else differs."""
     backend = "tap"
     TUNSETOFFLOAD = 0x400454D0
     TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
+    IFF_MULTI_QUEUE = 0x0100          # linux/if_tun.h (pytun may not export it)
 
-    def __init__(self, name, mtu=1500, offload=False):
+    def __init__(self, name, mtu=1500, offload=False, queues=1):
         super().__init__()
         import pytun  # only the tap backend needs it
         flags = pytun.IFF_TAP | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if offload else 0)
+        if queues > 1:
+            flags |= self.IFF_MULTI_QUEUE
         self._dev = pytun.TunTapDevice(name=name, flags=flags)
+        self._more = []               # the devices of queues 1.. (multi-queue only)
         try:
+            for _ in range(queues - 1):
+                self._more.append(pytun.TunTapDevice(name=self._dev.name, flags=flags))
             if offload:
-                fcntl.ioctl(self._dev.fileno(), self.TUNSETOFFLOAD,
-                            self.TUN_F_CSUM | self.TUN_F_TSO4 | self.TUN_F_TSO6)
+                for dev in [self._dev] + self._more:
+                    fcntl.ioctl(dev.fileno(), self.TUNSETOFFLOAD,
+                                self.TUN_F_CSUM | self.TUN_F_TSO4 | self.TUN_F_TSO6)
                 self.hdr = VNET_HDR_LEN
             self._dev.mtu = mtu
             self._dev.up()
@@ -137,21 +151,62 @@ class TapIO(_LiveIO):
             self.mtu = mtu
             self.fd = self._dev.fileno()
             os.set_blocking(self.fd, False)
+            self.queues = [self]
+            if queues > 1:
+                self.queues = [TapQueue(dev.fileno(), self.hdr, i)
+                               for i, dev in enumerate([self._dev] + self._more)]
+                for q in self.queues[1:]:
+                    os.set_blocking(q.fd, False)
         except Exception:
-            self._dev.close()
+            for dev in [self._dev] + self._more:
+                dev.close()
             raise
 
     def info(self):
         d = super().info()
         d["mtu"] = self.mtu
         d["offload"] = bool(self.hdr)
+        d["queues"] = len(self.queues)
         return d
+
+    def counters(self):
+        """With several queues: the sum over the queues and this object's own sends (frames
+        the main thread writes, e.g. ARP), plus `queues`: {"q0": counters of queue 0, ...}."""
+        if len(self.queues) == 1:
+            return dict(self._c)
+        per = [q.counters() for q in self.queues]
+        total = dict(self._c)
+        for c in per:
+            for k, v in c.items():
+                total[k] += v
+        total["queues"] = {"q%d" % i: c for i, c in enumerate(per)}
+        return total
 
     def close(self):
         if self._dev is not None:
+            for dev in self._more:
+                dev.close()
+            self._more = []
             self._dev.close()
             self._dev = None
             self.fd = None
+            for q in self.queues:
+                q.fd = None
+
+
+class TapQueue(_LiveIO):
+    """One queue of a multi-queue TapIO: the same batch interface on its own fd, with its own
+    counters (one thread uses it). The TapIO owns and closes the fd."""
+    backend = "tap"
+
+    def __init__(self, fd, hdr, index):
+        super().__init__()
+        self.fd = fd
+        self.hdr = hdr
+        self.index = index
+
+    def info(self):
+        return {"backend": "tap", "queue": self.index}
 
 
 class AfPacketIO(_LiveIO):
@@ -339,10 +394,11 @@ class PcapIO:
             self._in.close()
 
 
-def open_backend(backend, interface, offload=False):
-    """The live backend named in the config: 'tap' creates `interface`, 'afpacket' binds it."""
+def open_backend(backend, interface, offload=False, queues=1):
+    """The live backend named in the config: 'tap' creates `interface` (with `queues` queues),
+    'afpacket' binds it."""
     if backend == "tap":
-        return TapIO(interface, offload=offload)
+        return TapIO(interface, offload=offload, queues=queues)
     if backend == "afpacket":
         return AfPacketIO(interface, offload=offload)
     raise ValueError("unknown io backend %r" % (backend,))

@@ -210,7 +210,8 @@ class Lab:
     by `lb-lab up`): `.topology` then comes from its state file.
     """
 
-    def __init__(self, name="tw", backends=3, clients=1, io="tap", start_lbd=True, offload=False):
+    def __init__(self, name="tw", backends=3, clients=1, io="tap", start_lbd=True, offload=False,
+                 workers=1):
         if not NAME_RE.match(name or ""):
             raise LabError("lab name %r: use 1-20 characters of [A-Za-z0-9_]" % (name,))
         if not 1 <= backends <= MAX_BACKENDS:
@@ -219,11 +220,14 @@ class Lab:
             raise LabError("clients: must be 1..%d, got %r" % (MAX_CLIENTS, clients))
         if io not in ("tap", "afpacket"):
             raise LabError("io: must be tap or afpacket, got %r" % (io,))
+        if not (isinstance(workers, int) and 1 <= workers <= 16) or workers > 1 and io != "tap":
+            raise LabError("workers: 1..16, more than 1 only with io tap; got %r" % (workers,))
         self.name = name
         self.n_backends = backends
         self.n_clients = clients
         self.io = io
         self.offload = offload          # vnet headers (tap, afpacket): GSO superframes through lbd
+        self.workers = workers          # lbd's [io] workers: data-plane threads (TAP queues)
         self.start_lbd = start_lbd
         self.state_dir = os.path.join(STATE_ROOT, "lab-" + name)
         self.state_file = os.path.join(self.state_dir, "state.json")
@@ -459,6 +463,7 @@ class Lab:
         with open(cfg, "w") as f:
             f.write(LBD_TOML % {"name": P, "io": self.io, "ifname": dp_if, "addr": LB_ADDRESS,
                                 "offload": "true" if self.offload else "false",
+                                "workers": self.workers,
                                 "mac": lbmac, "gw": RT_SERVER, "sock": sock})
         lbd_pid, lbd_status = None, None
         if self.start_lbd:
@@ -514,6 +519,7 @@ class Lab:
             "state_dir": self.state_dir,
             "io": self.io,
             "offload": self.offload,
+            "workers": self.workers,
             "vip_range": VIP_RANGE,
             "control_socket": sock,
             "lb": {"ns": lb, "address": LB_ADDRESS, "mac": lbmac, "gateway": RT_SERVER,
@@ -684,6 +690,7 @@ LBD_TOML = """\
 backend = "%(io)s"
 interface = "%(ifname)s"
 offload = %(offload)s
+workers = %(workers)d
 
 [lb]
 address = "%(addr)s"
@@ -717,10 +724,14 @@ def cli():
 @click.option("--no-lbd", is_flag=True, help="do not start lbd (test the rest of the lab)")
 @click.option("--offload", is_flag=True, help="vnet headers (tap: IFF_VNET_HDR, afpacket: "
               "PACKET_VNET_HDR and the veth's default offloads): GSO superframes through lbd")
-def up(name, backends, clients, io, no_lbd, offload):
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 16),
+              help="lbd's data-plane threads (tap: one TAP queue each)")
+def up(name, backends, clients, io, no_lbd, offload, workers):
+    if workers > 1 and io != "tap":
+        raise click.UsageError("--workers > 1 needs --io tap")
     try:
         topo = Lab(name, backends=backends, clients=clients, io=io, start_lbd=not no_lbd,
-                   offload=offload).up()
+                   offload=offload, workers=workers).up()
     except LabError as e:
         raise click.ClickException(str(e))
     click.echo(json.dumps(topo, indent=2))

@@ -254,3 +254,35 @@ def test_validators_reject_naming_field(fn, args, field):
     with pytest.raises(LBError) as ei:
         fn(*args)
     assert ei.value.field == field
+
+
+# --- [io] workers --------------------------------------------------------------------------
+
+def test_io_workers_default_and_values():
+    assert config.parse(good_dict()).io.workers == 1
+    for n in (1, 2, 16):
+        d = good_dict()
+        d["io"]["workers"] = n
+        assert config.parse(d).io.workers == n
+
+
+@pytest.mark.parametrize("value,needle", [
+    (0, "1..16, got 0"), (17, "1..16, got 17"), (-1, "got -1"), (True, "True"),
+    ("2", "'2'"), (2.0, "2.0"),
+])
+def test_io_workers_bad_values_name_the_field(value, needle):
+    e = errors_of(_set(["io", "workers"], value))
+    assert e.field == "io.workers" and needle in e.message, e.message
+
+
+def test_io_workers_need_the_tap_backend():
+    def afpacket(n):
+        def mutate(d):
+            d["io"]["backend"] = "afpacket"
+            d["io"]["workers"] = n
+        return mutate
+    e = errors_of(afpacket(2))
+    assert e.field == "io.workers" and "tap backend" in e.message and "afpacket" in e.message
+    d = good_dict()
+    afpacket(1)(d)
+    assert config.parse(d).io.workers == 1          # one worker: any backend

@@ -1,0 +1,360 @@
+"""Several data-plane workers: `[io] workers = N` (N > 1, tap backend).
+
+```
+                 multi-queue TAP (lb/io.py TapIO, IFF_MULTI_QUEUE, one fd per queue)
+   kernel --frame--> steering program (lb/steer.py): queue = hash(client ip, port) % N
+                        |                         |
+                  [worker 0 thread]         [worker 1 thread]  ...   each: poll(fd, 100 ms),
+                   Engine 0 (flows)          Engine 1 (flows)        bursts of rx -> process
+                   SpliceManager 0           SpliceManager 1         -> tx -> splice punts,
+                   expire / splice timers    expire / splice timers  its own timers
+                        \\ ARP / ICMP punts (copies) /
+                         +--> main thread (asyncio, lb/daemon.py's loop): lb/neigh.py, LBState,
+                              control socket, health checks, gc; answers go out on queue 0
+   control: LBState -> EngineGroup -> every engine, each under its worker's lock
+```
+
+Invariants:
+- A flow lives on one worker: the steering key is the client endpoint, the same in both
+  directions of nat, dsr and splice. Each worker's engine holds only its own flows; the
+  group's counters, flows and flow counts are sums/concatenations over the workers.
+- Capacity: each engine gets ceil(flows.capacity / N) entries, so `flows.capacity` keeps
+  meaning the whole balancer's table (and its memory). The hash spreads clients evenly; a
+  worker that fills up evicts by the engine's own policy, as one engine would.
+- Control changes land between bursts: a worker holds its lock for one burst (rx, process,
+  tx, splice punts) or one timer run; EngineGroup takes each worker's lock in turn for every
+  write. Lock-free reads (real_conns, counters, flow_count) read plain integers the other
+  thread may be updating: a value a burst old at worst.
+- Steering follows the services: EngineGroup.set_services attaches the program for the new
+  set of VIP addresses before any engine sees the new table.
+- LBState and lb/neigh.py are touched by the main thread only: workers hand ARP and
+  local-address punts over with loop.call_soon_threadsafe and never wait for the main
+  thread, so the main thread taking a worker's lock cannot deadlock. Each worker's
+  SpliceManager reads the state (splice_vip, mac_of, choose) like lbd's single loop does.
+- One splice secret for all engines (a cookie one worker made is valid on every worker).
+- Shutdown: stop flags, then join (every poll returns within TICK_MS); the fds are closed by
+  the IO backend afterwards.
+"""
+import ctypes
+import logging
+import math
+import select
+import threading
+import time
+
+import numpy as np
+
+import fastpath
+from fastpath import defs
+from modes.splice import SpliceManager
+
+from .daemon import (BATCH_SIZE, GC_MS, MAX_BURSTS_PER_WAKE, TICK_MS, Daemon,
+                     monotonic_ms)
+from .steer import Steering
+
+log = logging.getLogger("lbd.workers")
+
+JOIN_TIMEOUT_S = 5.0
+PR_SET_NAME = 15
+
+
+def _name_thread(name):
+    """The OS thread name (ps -L, top -H): lbd-w0, lbd-w1 ..."""
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+class EngineGroup:
+    """The fastpath.Engine control surface over the workers' engines (what LBState, the
+    daemon and lbctl use). Writes go to every engine under its worker's lock; reads sum."""
+
+    def __init__(self, workers, steering=None):
+        self.workers = workers
+        self.steering = steering
+        self.steer_errors = 0
+
+    def _each(self, fn):
+        for w in self.workers:
+            with w.lock:
+                fn(w.engine)
+
+    # --- writes -------------------------------------------------------------------------
+    def set_local(self, ip, mac):
+        self._each(lambda e: e.set_local(ip, mac))
+
+    def set_gateway(self, mac):
+        self._each(lambda e: e.set_gateway(mac))
+
+    def set_real(self, idx, ip, port, mac):
+        self._each(lambda e: e.set_real(idx, ip, port, mac))
+
+    def set_real_up(self, idx, up):
+        self._each(lambda e: e.set_real_up(idx, up))
+
+    def set_splice_secret(self, secret):
+        self._each(lambda e: e.set_splice_secret(secret))
+
+    def set_timeouts(self, timeouts):
+        self._each(lambda e: e.set_timeouts(timeouts))
+
+    def set_services(self, specs):
+        specs = list(specs)
+        if self.steering is not None:
+            vips = {s.vip for s in specs}
+            if self.steering.vips is None:
+                self.steering.update(vips)     # the first one: lbd does not start without it
+            else:
+                try:
+                    self.steering.update(vips)
+                except OSError as e:
+                    # the tables change anyway (the command is committed); flows to a new
+                    # VIP address may then meet two workers. Loud, and counted.
+                    self.steer_errors += 1
+                    log.error("steering program for %d VIP addresses not attached: %s",
+                              len(vips), e)
+        self._each(lambda e: e.set_services(specs))
+
+    def expire(self, now_ms, budget):
+        n = 0
+        for w in self.workers:
+            with w.lock:
+                n += w.engine.expire(now_ms, budget)
+        return n
+
+    # --- reads --------------------------------------------------------------------------
+    def real_conns(self, idx):
+        return sum(w.engine.real_conns(idx) for w in self.workers)
+
+    def counters(self):
+        total = None
+        for w in self.workers:
+            c = w.engine.counters()
+            if total is None:
+                total = c
+            else:
+                for k, v in c.items():
+                    total[k] += v
+        return total
+
+    def flow_count(self):
+        return sum(w.engine.flow_count() for w in self.workers)
+
+    def flows(self):
+        out = []
+        for w in self.workers:
+            with w.lock:
+                out += w.engine.flows()
+        return out
+
+
+class Worker:
+    """One data-plane thread: one TAP queue, one engine, one splice manager, its timers."""
+
+    def __init__(self, index, io, engine, clock, expire_budget, punt_sink):
+        self.index = index
+        self.io = io                       # lb/io.py TapQueue
+        self.engine = engine
+        self.clock = clock
+        self.expire_budget = expire_budget
+        self.punt_sink = punt_sink         # callable(list of frame bytes), thread-safe
+        self.splice = None                 # SpliceManager, set once the state exists
+        self.lock = threading.Lock()
+        self.batch = io.new_batch(BATCH_SIZE)
+        self.running = False
+        self.thread = None
+        self._next_tick = None
+        self._last_error_log = 0.0
+        self.stats = {"wakeups": 0, "bursts": 0, "frames": 0, "punts": 0, "punts_up": 0,
+                      "ticks": 0, "expired": 0, "errors": 0}
+
+    # --- the thread ---------------------------------------------------------------------
+    def start(self):
+        self.running = True
+        self.thread = threading.Thread(target=self.run, name="lbd-w%d" % self.index,
+                                       daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.running = False
+
+    def join(self, timeout=JOIN_TIMEOUT_S):
+        if self.thread is not None:
+            self.thread.join(timeout)
+            if self.thread.is_alive():
+                log.error("worker %d did not stop within %.0f s", self.index, timeout)
+
+    def run(self):
+        _name_thread("lbd-w%d" % self.index)
+        poller = select.poll()
+        poller.register(self.io.fd, select.POLLIN)
+        while self.running:
+            try:
+                ready = poller.poll(TICK_MS)
+            except OSError:            # the fd is gone: this worker is over (view: alive)
+                self._error("worker %d: poll failed, stopping" % self.index)
+                break
+            up = []
+            try:
+                if ready:
+                    self.stats["wakeups"] += 1
+                    for _ in range(MAX_BURSTS_PER_WAKE):
+                        with self.lock:
+                            n = self.burst(up)
+                        if n == 0:
+                            break
+                else:
+                    with self.lock:
+                        self.timers(self.clock())
+            except Exception:
+                self._error("worker %d: burst failed" % self.index)
+            if up:
+                self.stats["punts_up"] += len(up)
+                try:
+                    self.punt_sink(up)
+                except RuntimeError:       # the loop is closing: nobody to answer ARP
+                    pass
+
+    # --- under self.lock -----------------------------------------------------------------
+    def burst(self, up):
+        """Daemon.burst on this worker's queue; ARP/ICMP punts are appended to `up`."""
+        b = self.batch
+        n = self.io.rx(b)
+        if n == 0:
+            return 0
+        now = self.clock()
+        self.timers(now)
+        self.engine.process(b, now)
+        self.io.tx(b)
+        punted = np.flatnonzero(b.verdict[:n] == defs.V_PUNT)
+        if len(punted):
+            self.stats["punts"] += len(punted)
+            splice = defs.C["punt_splice"]
+            for i in punted:
+                if b.reason[i] == splice:
+                    out = self.splice.handle(b.frame(i), now)
+                    if out:
+                        self.io.send(out)
+                else:
+                    up.append(b.frame(i))
+        self.stats["bursts"] += 1
+        self.stats["frames"] += n
+        return n
+
+    def timers(self, now):
+        if self._next_tick is not None and now < self._next_tick:
+            return
+        self._next_tick = now + TICK_MS
+        self.stats["ticks"] += 1
+        self.stats["expired"] += self.engine.expire(now, self.expire_budget)
+        out = self.splice.tick(now)
+        if out:
+            self.io.send(out)
+
+    def _error(self, what):
+        self.stats["errors"] += 1
+        t = time.monotonic()
+        if t - self._last_error_log >= 1.0:
+            self._last_error_log = t
+            log.exception("%s (%d errors so far)", what, self.stats["errors"])
+
+    def view(self):
+        return dict(self.stats, worker=self.index, flows=self.engine.flow_count(),
+                    alive=self.thread is not None and self.thread.is_alive(),
+                    io=self.io.counters())
+
+
+class WorkerDaemon(Daemon):
+    """lbd with N workers (see the module docstring). The main thread runs lb/daemon.py's
+    loop for everything but the frames: control socket, health, ARP/ICMP punts, gc."""
+
+    def __init__(self, cfg, io, clock=monotonic_ms):
+        queues = getattr(io, "queues", [io])
+        n = len(queues)
+        if n < 2:
+            raise ValueError("WorkerDaemon needs a multi-queue IO backend, got %d queue" % n)
+        cap = max(1, math.ceil(cfg.flows.capacity / n))
+        self.workers = [Worker(i, q, fastpath.Engine(cap, cfg.flows.timeouts), clock,
+                               max(1024, cap // 50), self._punt_sink)
+                        for i, q in enumerate(queues)]
+        self.steering = Steering(io.fd)
+        self._loop = None
+        self._control_side(cfg, io, clock, EngineGroup(self.workers, self.steering))
+        for w in self.workers:
+            w.splice = SpliceManager(w.engine, self.state, self.mac)
+        self.capacity_per_worker = cap
+        self._next_tick = None
+        self._next_gc = None
+        self._last_error_log = 0.0
+        self.loop_stats = {"ticks": 0, "gc_freed": 0, "errors": 0, "punts": 0}
+
+    # --- frames from the workers ---------------------------------------------------------
+    def _punt_sink(self, frames):
+        """Called by a worker thread: hand ARP/ICMP punts to the main thread."""
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._punts, frames)
+
+    def _punts(self, frames):
+        self.loop_stats["punts"] += len(frames)
+        try:
+            for f in frames:
+                out = self.neigh.handle(f)
+                if out:
+                    self.io.send(out)
+        except Exception:
+            self._error("punted frames failed")
+
+    def burst(self):
+        raise RuntimeError("WorkerDaemon: the workers run the bursts")
+
+    def start(self, loop):
+        self._loop = loop
+        for w in self.workers:
+            w.start()
+
+    def stop(self, loop):
+        for w in self.workers:
+            w.stop()
+        for w in self.workers:
+            w.join()
+        self._loop = None
+
+    # --- timers of the main thread (the workers expire flows and run splice timers) -------
+    def timers(self, now):
+        if self._next_tick is not None and now < self._next_tick:
+            return
+        self._next_tick = now + TICK_MS
+        self.loop_stats["ticks"] += 1
+        reqs = self.neigh.due_requests(now)
+        if reqs:
+            self.io.send(reqs)
+        if self._next_gc is None or now >= self._next_gc:
+            self._next_gc = now + GC_MS
+            self.loop_stats["gc_freed"] += self.state.gc() or 0
+
+    # --- views ---------------------------------------------------------------------------
+    def status(self):
+        d = super().status()
+        d["workers"] = len(self.workers)
+        return d
+
+    def extra_stats(self):
+        h = self.health.view()
+        views = [w.view() for w in self.workers]
+        splice = {}
+        for w in self.workers:
+            for k, v in w.splice.counters().items():
+                splice[k] = splice.get(k, 0) + v
+        loop = dict(self.loop_stats)
+        for k in ("wakeups", "bursts", "frames", "expired"):
+            loop[k] = sum(v[k] for v in views)
+        loop["errors"] += sum(v["errors"] for v in views)
+        loop["workers"] = {"w%d" % v["worker"]: v for v in views}
+        return {"io": self.io.counters(), "neigh": self.neigh.counters(), "splice": splice,
+                "steering": dict(self.steering.counters(),
+                                 errors=self.engine.steer_errors),
+                "loop": loop,
+                "health": {k: h[k] for k in ("tasks", "probes", "probe_failures",
+                                             "transitions", "in_flight")}}
