@@ -13,12 +13,16 @@ per-burst code live and offline:
     .close()
 
 Invariants:
-- Live backends read and write whole Ethernet frames (no packet-information or virtio-net
-  header), one frame per read()/write(); the per-frame loop is fastpath.rx_burst/tx_burst.
-- Checksums: the TAP is opened without IFF_VNET_HDR, so the kernel offers no checksum
-  offload to it and completes checksums before handing frames over. On AF_PACKET the lab
-  turns the interface's offloads off (a frame with a partial checksum cannot be told apart
-  without PACKET_AUXDATA, and we do not guess).
+- Live backends read and write one frame per read()/write() (no packet-information header);
+  the per-frame loop is fastpath.rx_burst/tx_burst, draining the fd until EAGAIN.
+- Checksums and offload: with offload (TAP IFF_VNET_HDR + TUNSETOFFLOAD, AF_PACKET
+  PACKET_VNET_HDR) every frame carries a 10-byte virtio-net header, which tells a partial
+  checksum (NEEDS_CSUM) and a GSO superframe apart; the engine keeps their semantics and the
+  kernel segments and completes them on the way out. Without offload the TAP gets only
+  complete checksums, and on AF_PACKET the lab turns the interface's offloads off (without
+  the header a partial checksum cannot be told apart, and we do not guess).
+- Several workers (TapIO queues > 1): one fd per TAP queue (TapQueue), each read and written
+  by one worker thread only (lb/workers.py).
 - Nothing here touches a frame's content; parsing is the fast path's job.
 """
 import fcntl

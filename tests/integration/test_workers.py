@@ -103,7 +103,8 @@ def test_nat_dsr_splice_on_two_workers(make_lab):
     c = stats["counters"]
     assert c["nat_fwd"] > 0 and c["nat_rev"] > 0 and c["dsr_fwd"] > 0
     assert c["splice_fwd"] > 0 and c["splice_rev"] > 0
-    assert stats["splice"]["decided_forward"] >= REQUESTS + 1
+    # decided in the fast path (plain heads) or by Python
+    assert stats["splice"]["decided_forward"] + c.get("splice_decided", 0) >= REQUESTS + 1
     check_no_wrong_worker(stats)
     assert stats["steering"]["vip_addresses"] == 3 and stats["steering"]["errors"] == 0
 
