@@ -5,6 +5,8 @@
 Cases (frames of 64 bytes, bursts of 256):
 - established: 100k flows in the table; each burst carries 256 packets of random flows.
 - new_flow: every packet is a SYN of a flow not seen before (table large enough not to evict).
+- splice: established both ways (seq/ack/TS/window translated), cookie SYN-ACKs, and a new
+  connection's first segment decided by content rules (bound, rewritten into the backend SYN).
 Timing covers engine.process() only; restoring the burst's bytes is done in untimed setup.
 """
 import random
@@ -200,3 +202,42 @@ def test_splice_handshake(benchmark, fastpath_results, impl):
     assert set(batch.reason[:BURST]) == {defs.C["splice_synack"]} and e.flow_count() == 0
     pps = BURST / benchmark.stats.stats.median
     fastpath_results.add(mode="splice", case="cookie SYN-ACK", impl=impl, pps=pps)
+
+
+@pytest.mark.parametrize("impl", ["cy", "py"])
+def test_splice_decide(benchmark, fastpath_results, impl):
+    """A new connection's first segment decided by content rules in the fast path: matched
+    (a path_prefix rule, then the default), scheduled in its pool, bound, kept for the
+    replay and rewritten in place into our SYN to the backend. Each round is a burst of 256
+    fresh connections (their handshakes are made untimed)."""
+    import struct
+    from fastpath import L7Spec
+    nb = 48 if impl == "cy" else 4
+    n = nb * BURST
+    e = make_engine(IMPLS[impl].Engine, ServiceSpec, capacity=2 * n)
+    e.set_splice_secret(b"s" * 16)
+    seq = defs.SCHED_SEQ
+    e.set_services([ServiceSpec(F.ip2int(SPLICE_VIP), 80, 6, defs.MODE_SPLICE, seq, [0], [1], 0,
+                                L7Spec(4096, ((defs.L7_PATH, b"/blob", 1), (defs.L7_DEFAULT, b"", 0)),
+                                       ((seq, (0,), (1,)), (seq, (1, 2), (1, 1)))))])
+    reqs = (b"GET /blob HTTP/1.1\r\nHost: a\r\n\r\n", b"GET /id HTTP/1.1\r\nHost: a\r\n\r\n")
+    b = Batch(BURST, snap=128)
+    picks = []
+    for base in range(0, n, BURST):
+        ks = range(base, base + BURST)
+        b.load([F.tcp(GW, LB, client(k)[0], SPLICE_VIP, client(k)[1], 80, flags=F.TH_SYN, seq=k)
+                for k in ks])
+        e.process(b, 1000)
+        cookies = [struct.unpack("!I", f[38:42])[0] for f in b.frames()]
+        b.load([F.tcp(GW, LB, client(k)[0], SPLICE_VIP, client(k)[1], 80, seq=k + 1,
+                      ack=(c + 1) & 0xFFFFFFFF) for k, c in zip(ks, cookies)])
+        e.process(b, 1000)
+        picks.append([F.tcp(GW, LB, client(k)[0], SPLICE_VIP, client(k)[1], 80,
+                            flags=F.TH_ACK | F.TH_PUSH, seq=k + 1, ack=(c + 1) & 0xFFFFFFFF,
+                            data=reqs[k % 2]) for k, c in zip(ks, cookies)])
+    arr, lens = bursts(picks)
+    setup, batch = runner(e, arr, lens, 1001)
+    benchmark.pedantic(e.process, setup=setup, rounds=nb, iterations=1)
+    assert e.counters()["splice_decided"] == n
+    pps = BURST / benchmark.stats.stats.median
+    fastpath_results.add(mode="splice", case="first segment decided", impl=impl, pps=pps)
