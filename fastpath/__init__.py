@@ -53,6 +53,7 @@ class Batch:
         self.verdict = np.zeros(size, np.uint8)
         self.reason = np.zeros(size, np.uint16)
         self.n = 0
+        self.rx_bytes = 0       # bytes rx_burst read into it last time, headers included
 
     def load(self, frames, headers=None):
         """Copy frames (bytes-like) into the batch, after a header each (headers[i], or zeros)

@@ -895,6 +895,8 @@ cdef class Engine:
 
     # ---- per packet ---------------------------------------------------------------------
     def process(self, batch, int64_t now_ms):
+        """Every frame of the batch: verdict, reason, rewritten in place. Returns how many
+        frames were punted (V_PUNT), so the caller looks for them only when there are some."""
         cdef uint8_t[:, ::1] buf = batch.buf
         cdef uint32_t[::1] lens = batch.lens
         cdef uint8_t[::1] verdict = batch.verdict
@@ -903,13 +905,17 @@ cdef class Engine:
         if n < 0 or n > buf.shape[0] or n > lens.shape[0] or n > verdict.shape[0] or n > reason.shape[0]:
             raise ValueError("batch.n out of range")
         if n == 0:
-            return
+            return 0
         cdef uint32_t stride = buf.shape[1]
         cdef uint32_t hdr = batch.hdr
         if stride < 128 + hdr:
             raise ValueError("batch snap must be >= 128 (splice builds SYN-ACKs in place)")
+        cdef int i, punts = 0
         with nogil:
             self._burst(&buf[0, 0], stride, hdr, &lens[0], &verdict[0], &reason[0], n, now_ms)
+            for i in range(n):
+                punts += verdict[i] == V_PUNT
+        return punts
 
     cdef void _burst(self, uint8_t *base, uint32_t stride, uint32_t hdr, uint32_t *lens,
                      uint8_t *verdict, uint16_t *reason, int n, int64_t now) noexcept nogil:

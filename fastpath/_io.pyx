@@ -18,14 +18,17 @@ def rx_burst(int fd, batch):
     cdef size_t snap = buf.shape[1]
     cdef int n = 0
     cdef ssize_t r
+    cdef long long nbytes = 0
     with nogil:
         while n < size:
             r = read(fd, &buf[n, 0], snap)
             if r <= 0:
                 break       # EAGAIN (non-blocking fd drained), EOF or error: end of burst
             lens[n] = <uint32_t>r
+            nbytes += r
             n += 1
     batch.n = n
+    batch.rx_bytes = nbytes
     return n
 
 

@@ -392,10 +392,13 @@ class Engine:
 
     # ---- per packet ---------------------------------------------------------------------
     def process(self, batch, now_ms):
+        """Every frame of the batch: verdict, reason, rewritten in place. Returns how many
+        frames were punted (V_PUNT), so the caller looks for them only when there are some."""
         hdr = batch.hdr
         if batch.n and batch.snap < 128 + hdr:
             raise ValueError("batch snap must be >= 128 (splice builds SYN-ACKs in place)")
         ctr = self.ctr
+        punts = 0
         for i in range(batch.n):
             row = min(int(batch.lens[i]), batch.snap)
             n = max(0, row - hdr)
@@ -408,6 +411,7 @@ class Engine:
             ctr[reason] += 1
             v = verdict_of(reason)
             batch.verdict[i] = v
+            punts += v == defs.V_PUNT
             batch.reason[i] = reason
             if v == defs.V_TX:
                 if self._newlen:      # a frame made in place (splice SYN-ACK) may change size
@@ -415,6 +419,7 @@ class Engine:
                     batch.lens[i] = hdr + n
                     batch.buf[i, :hdr] = 0     # complete checksums, no GSO
                 batch.buf[i, hdr:hdr + n] = np.frombuffer(bytes(f[:n]), np.uint8)
+        return punts
 
     def _one(self, f, n, now):
         if n < 14:

@@ -13,7 +13,7 @@ from . import defs
 
 
 def rx_burst(fd, batch):
-    n = 0
+    n = nbytes = 0
     while n < batch.size:
         try:
             data = os.read(fd, batch.snap)
@@ -23,8 +23,10 @@ def rx_burst(fd, batch):
             break
         batch.buf[n, :len(data)] = np.frombuffer(data, np.uint8)
         batch.lens[n] = len(data)
+        nbytes += len(data)
         n += 1
     batch.n = n
+    batch.rx_bytes = nbytes
     return n
 
 

@@ -125,10 +125,10 @@ class Daemon:
             return 0
         now = self.clock()
         self.timers(now)
-        self.engine.process(b, now)
+        npunt = self.engine.process(b, now)
         self.io.tx(b)
-        punted = np.flatnonzero(b.verdict[:n] == defs.V_PUNT)
-        if len(punted):
+        if npunt:
+            punted = np.flatnonzero(b.verdict[:n] == defs.V_PUNT)
             self.loop_stats["punts"] += len(punted)
             splice = defs.C["punt_splice"]
             for i in punted:

@@ -87,7 +87,7 @@ class _LiveIO:
         n = fastpath.rx_burst(self.fd, batch)
         if n:
             self._c["rx_frames"] += n
-            self._c["rx_bytes"] += int(batch.lens[:n].sum()) - n * self.hdr
+            self._c["rx_bytes"] += batch.rx_bytes - n * self.hdr
             self._c["rx_bursts"] += 1
         return n
 

@@ -194,3 +194,17 @@ def test_a_new_flow_takes_over_the_backend_side_key_of_an_older_one(impl):
     assert out[0][1] == "nat_rev" and F.int2ip(int.from_bytes(out[0][2][26:30], "big")) == VIP4
     c = e.counters()
     assert c["flow_rev_replaced"] == 1 and e.flow_count() == 1 and e.real_conns(0) == 1
+
+
+def test_process_returns_how_many_frames_it_punted(impl):
+    """lbd looks for punted frames only when process() says there are some."""
+    from .fixtures import GW
+    e = make_engine(impl.Engine, ServiceSpec)
+    b = Batch(4)
+    arp = F.eth(F.mac("ff:ff:ff:ff:ff:ff"), GW, b"\0" * 28, etype=0x0806)
+    b.load([c2v(), arp, c2v(sport=40001), arp])
+    assert e.process(b, 1000) == 2
+    b.load([c2v(sport=40002)])
+    assert e.process(b, 1000) == 0
+    b.n = 0
+    assert e.process(b, 1000) == 0

@@ -99,7 +99,9 @@ batch = fastpath.Batch(32)
 got = []
 while wait(io.fd) and not ours(got):
     io.rx(batch); got += batch.frames()
+    assert batch.rx_bytes == sum(len(f) for f in batch.frames())   # counted by rx_burst
 res["rx"] = [f[14:26].decode() for f in ours(got)]
+res["rx_bytes_read"] = sum(len(f) for f in got)
 
 # A -> B: tx() sends only V_TX frames; send() sends Python-made frames
 batch.load([frame(B_MAC, A_MAC, b"tx-1"), frame(B_MAC, A_MAC, b"dropped"),
@@ -146,7 +148,7 @@ def test_afpacket_rx_tx_and_ignore_outgoing(netns, impl):
     assert res["read_back"] == 0
     c = res["counters"]
     assert c["tx_frames"] == 2 and c["send_frames"] == 1 and c["tx_errors"] == 0
-    assert c["rx_frames"] >= 1
+    assert c["rx_frames"] >= 1 and c["rx_bytes"] >= res["rx_bytes_read"]
 
 
 OFFLOAD_CHILD = r"""
