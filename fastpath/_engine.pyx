@@ -1171,8 +1171,9 @@ cdef class Engine:
                             uint16_t dport, int64_t now) noexcept nogil:
         cdef Opts o
         cdef uint8_t opt[40]
+        cdef uint8_t peer[6]
         cdef int ol = 0, k, mssi = 0
-        cdef uint32_t mss = 536, ws = 0xF, c_isn, cookie, my_ts, cnt, s
+        cdef uint32_t mss = 536, ws = 0xF, c_isn, cookie, my_ts, cnt
         cdef bint sack
         if _tcp_options(f, 54, 34 + (f[46] >> 4) * 4, &o) < 0:
             return C_DROP_TCP_BAD_OPTIONS
@@ -1214,36 +1215,9 @@ cdef class Engine:
                 opt[18] = 3
                 opt[19] = SPLICE_WSCALE
                 ol = 20
-        memcpy(f, f + 6, 6)
-        memcpy(f + 6, self.local_mac, 6)
-        f[12] = 8
-        f[13] = 0
-        f[14] = 0x45
-        f[15] = 0
-        wr16(f + 16, 40 + ol)
-        wr16(f + 18, 0)
-        wr16(f + 20, 0x4000)
-        f[22] = 64
-        f[23] = 6
-        wr16(f + 24, 0)
-        wr32(f + 26, dst)
-        wr32(f + 30, src)
-        s = 0
-        for k in range(14, 34, 2):
-            s += rd16(f + k)
-        wr16(f + 24, <uint16_t>(~_fold(s) & 0xFFFF))
-        wr16(f + 34, dport)
-        wr16(f + 36, sport)
-        wr32(f + 38, cookie)
-        wr32(f + 42, c_isn + 1)
-        f[46] = ((20 + ol) // 4) << 4
-        f[47] = 0x12
-        wr16(f + 48, 0xFFFF)
-        wr16(f + 50, 0)
-        wr16(f + 52, 0)
-        memcpy(f + 54, opt, ol)
-        wr16(f + 50, _tcp_checksum(f, 34, 20 + ol))
-        self.newlen = 54 + ol
+        memcpy(peer, f + 6, 6)                   # the SYN's source MAC: our next hop back
+        self.newlen = _tcp_frame(f, peer, self.local_mac, dst, src, dport, sport, cookie,
+                                 c_isn + 1, TH_SYN | TH_ACK, 0xFFFF, opt, ol, NULL, 0)
         return C_SPLICE_SYNACK
 
     cdef int _splice_fwd(self, uint8_t *f, uint32_t n, Flow *e, Service *sv, uint8_t tflags,

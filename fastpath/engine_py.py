@@ -680,19 +680,10 @@ class Engine:
             o += bytes([8, 10]) + my_ts.to_bytes(4, "big") + bytes(f[opts[8] + 2:opts[8] + 6])
             if ws != 0xF:
                 o += bytes([1, 3, 3, defs.SPLICE_WSCALE])
-        tcp_len = 20 + len(o)
-        f[0:6] = f[6:12]
-        f[6:12] = self.local_mac
-        f[12:14] = b"\x08\x00"
-        f[14:34] = (b"\x45\x00" + (20 + tcp_len).to_bytes(2, "big") + b"\x00\x00\x40\x00\x40\x06\x00\x00"
-                    + dst.to_bytes(4, "big") + src.to_bytes(4, "big"))
-        _put16(f, 24, ~csum_fold(sum(_u16(f, k) for k in range(14, 34, 2))) & 0xFFFF)
-        f[34:54] = (dport.to_bytes(2, "big") + sport.to_bytes(2, "big") + cookie.to_bytes(4, "big")
-                    + ((c_isn + 1) & M32).to_bytes(4, "big") + bytes([(tcp_len // 4) << 4, 0x12])
-                    + b"\xff\xff\x00\x00\x00\x00")
-        f[54:54 + len(o)] = o
-        _put16(f, 50, tcp_checksum(f, 34, tcp_len))
-        self._newlen = 34 + tcp_len
+        out = tcp_frame(bytes(f[6:12]), self.local_mac, dst, src, dport, sport, cookie, c_isn + 1,
+                        TH_SYN | TH_ACK, 0xFFFF, bytes(o))
+        f[:len(out)] = out
+        self._newlen = len(out)
         return C["splice_synack"]
 
     def _splice_fwd(self, f, n, e, sv, tflags, now):

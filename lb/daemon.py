@@ -79,6 +79,22 @@ def default_mac(cfg, io):
     return TAP_MAC_PREFIX + cfg.lb.ip.to_bytes(4, "big")[1:]
 
 
+def handle_punts(batch, n, splice, now, send, other):
+    """The burst's punted frames (there are some: process() said so): splice frames to the
+    SpliceManager, whose answers go out with send(frames); every other one to other(frame).
+    Returns how many there were."""
+    punted = np.flatnonzero(batch.verdict[:n] == defs.V_PUNT)
+    code = defs.C["punt_splice"]
+    for i in punted:
+        if batch.reason[i] == code:
+            out = splice.handle(batch.frame(i), now)
+            if out:
+                send(out)
+        else:
+            other(batch.frame(i))
+    return len(punted)
+
+
 class Daemon:
     """The engine, the state, the neighbor logic and one IO backend, driven burst by burst."""
 
@@ -128,19 +144,16 @@ class Daemon:
         npunt = self.engine.process(b, now)
         self.io.tx(b)
         if npunt:
-            punted = np.flatnonzero(b.verdict[:n] == defs.V_PUNT)
-            self.loop_stats["punts"] += len(punted)
-            splice = defs.C["punt_splice"]
-            for i in punted:
-                if b.reason[i] == splice:
-                    out = self.splice.handle(b.frame(i), now)
-                else:
-                    out = self.neigh.handle(b.frame(i))
-                if out:
-                    self.io.send(out)
+            self.loop_stats["punts"] += handle_punts(b, n, self.splice, now, self.io.send,
+                                                     self._to_neigh)
         self.loop_stats["bursts"] += 1
         self.loop_stats["frames"] += n
         return n
+
+    def _to_neigh(self, frame):
+        out = self.neigh.handle(frame)
+        if out:
+            self.io.send(out)
 
     def start(self, loop):
         """Start moving frames (run_live, once the loop runs)."""

@@ -42,13 +42,10 @@ import select
 import threading
 import time
 
-import numpy as np
-
 import fastpath
-from fastpath import defs
 from modes.splice import SpliceManager
 
-from .daemon import (BATCH_SIZE, GC_MS, MAX_BURSTS_PER_WAKE, TICK_MS, Daemon,
+from .daemon import (BATCH_SIZE, GC_MS, MAX_BURSTS_PER_WAKE, TICK_MS, Daemon, handle_punts,
                      monotonic_ms)
 from .steer import Steering
 
@@ -228,16 +225,7 @@ class Worker:
         npunt = self.engine.process(b, now)
         self.io.tx(b)
         if npunt:
-            punted = np.flatnonzero(b.verdict[:n] == defs.V_PUNT)
-            self.stats["punts"] += len(punted)
-            splice = defs.C["punt_splice"]
-            for i in punted:
-                if b.reason[i] == splice:
-                    out = self.splice.handle(b.frame(i), now)
-                    if out:
-                        self.io.send(out)
-                else:
-                    up.append(b.frame(i))
+            self.stats["punts"] += handle_punts(b, n, self.splice, now, self.io.send, up.append)
         self.stats["bursts"] += 1
         self.stats["frames"] += n
         return n
