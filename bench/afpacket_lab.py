@@ -23,17 +23,15 @@ Invariants: lab names are unique and every lab is downed on the way out, also on
 every load has a fixed duration or count and every command a timeout (Bench's own); no
 timing is asserted anywhere.
 """
-import argparse
 import contextlib
 import datetime
-import json
 import os
 import subprocess
 import sys
 import time
 
-from bench.e2e import (FULL, QUICK, WORKLOAD_BY_NAME, Bench, Failed, _fmt, _pct, machine,
-                       make_row, median, offloads)
+from bench.e2e import (WORKLOAD_BY_NAME, Bench, Failed, _fmt, _pct, machine, make_row, median,
+                       offloads, write_report, lab_argparser, lab_runs)
 from tools.lab import Lab, LabError, unique_name
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -97,15 +95,8 @@ def render(rows, meta):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="bench.afpacket_lab", description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", type=int, default=None, help="runs per cell (default 3; 1 quick)")
-    ap.add_argument("--quick", action="store_true", help="1 run, short durations")
-    ap.add_argument("--out", default=RESULTS, help="results directory")
-    a = ap.parse_args(argv)
-    runs = a.runs if a.runs is not None else (1 if a.quick else 3)
-    if not 1 <= runs <= 20:
-        raise SystemExit("--runs: 1..20")
-    dur = QUICK if a.quick else FULL
+    a = lab_argparser("bench.afpacket_lab", __doc__.split("\n")[0], RESULTS).parse_args(argv)
+    runs, dur = lab_runs(a)
     t_start = time.monotonic()
     meta = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "runs": runs, "quick": a.quick, "durations": dur._asdict(),
@@ -168,16 +159,7 @@ def main(argv=None):
     except (LabError, Failed) as e:
         print("afpacket_lab failed: %s" % e, file=sys.stderr)
         return 1
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "afpacket.json"), "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    md = render(rows, meta)
-    with open(os.path.join(a.out, "afpacket.md"), "w") as f:
-        f.write(md)
-    print()
-    print(md)
-    print("wrote %s/afpacket.json, afpacket.md in %.0f s" % (a.out, time.monotonic() - t_start))
-    return 0 if rows else 1
+    return write_report(a.out, "afpacket", meta, rows, render(rows, meta), t_start)
 
 
 if __name__ == "__main__":

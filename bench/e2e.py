@@ -786,6 +786,53 @@ def _haproxy_version():
         return "?"
 
 
+
+
+def cpu_per_unit(key, kind, runs):
+    """Median CPU-seconds in runs[i][key] per unit served: µs per request (wrk) or s per GB."""
+    vals = []
+    for r in runs:
+        s = r.get(key)
+        if s is None or r.get("value") is None:
+            continue
+        if kind == "wrk" and r.get("requests"):
+            vals.append(1e6 * s / r["requests"])
+        elif kind != "wrk" and r.get("served_bytes"):
+            vals.append(s / (r["served_bytes"] / 1e9))
+    return median(vals)
+
+
+def lab_argparser(prog, description, results):
+    """The options every lab report shares: --runs, --quick, --out."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap.add_argument("--runs", type=int, default=None, help="runs per cell (default 3; 1 quick)")
+    ap.add_argument("--quick", action="store_true", help="1 run, short durations")
+    ap.add_argument("--out", default=results, help="results directory")
+    return ap
+
+
+def lab_runs(a):
+    """(runs, durations) from lab_argparser's options; SystemExit on a bad --runs."""
+    runs = a.runs if a.runs is not None else (1 if a.quick else 3)
+    if not 1 <= runs <= 20:
+        raise SystemExit("--runs: 1..20")
+    return runs, (QUICK if a.quick else FULL)
+
+
+def write_report(out, stem, meta, rows, md, t_start):
+    """The labs' reports (splice_lab, afpacket_lab, workers_lab): <stem>.json holds meta and
+    every row, <stem>.md the rendered tables, which are printed too. 0 if there were rows."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, stem + ".json"), "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    with open(os.path.join(out, stem + ".md"), "w") as f:
+        f.write(md)
+    print()
+    print(md)
+    print("wrote %s/%s.json, %s.md in %.0f s" % (out, stem, stem, time.monotonic() - t_start))
+    return 0 if rows else 1
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="bench.e2e", description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=None, help="runs per cell (default 3; 1 quick)")

@@ -24,17 +24,15 @@ Invariants: one lab with a unique name, downed on exit (also on failure); haprox
 and stopped here by its pid (tools/anchors.py's Anchors.haproxy_down); every command has a
 timeout, every load a fixed duration or count.
 """
-import argparse
 import datetime
-import json
 import os
 import subprocess
 import sys
 import time
 
 from bench import e2e
-from bench.e2e import (FULL, QUICK, WORKLOAD_BY_NAME, WRK_CONNS, Bench, Failed, _fmt, _pct,
-                       _ratio, machine, make_row, median, offloads)
+from bench.e2e import (WORKLOAD_BY_NAME, WRK_CONNS, Bench, Failed, _fmt, _pct, _ratio, machine,
+                       make_row, offloads, write_report, lab_argparser, lab_runs, cpu_per_unit)
 from tools.anchors import Anchors
 from tools.lab import LB_MGMT, Lab, LabError, unique_name
 
@@ -165,17 +163,7 @@ class SpliceBench(Bench):
 
 def balancer_per_unit(path, kind, runs):
     """Median CPU of the balancer's own process per unit: µs per request (wrk) or s per GB."""
-    key = "lbd_s" if path == "splice" else "haproxy_s"
-    vals = []
-    for r in runs:
-        s = r.get(key)
-        if s is None or r.get("value") is None:
-            continue
-        if kind == "wrk" and r.get("requests"):
-            vals.append(1e6 * s / r["requests"])
-        elif kind != "wrk" and r.get("served_bytes"):
-            vals.append(s / (r["served_bytes"] / 1e9))
-    return median(vals)
+    return cpu_per_unit("lbd_s" if path == "splice" else "haproxy_s", kind, runs)
 
 
 def render(rows, meta):
@@ -267,15 +255,12 @@ def render(rows, meta):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="bench.splice_lab", description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", type=int, default=None, help="runs per cell (default 3; 1 quick)")
-    ap.add_argument("--quick", action="store_true", help="1 run, short durations")
+    ap = lab_argparser("bench.splice_lab", __doc__.split("\n")[0], RESULTS)
     ap.add_argument("--no-tcp-inspect", action="store_true",
                     help="leave out HAProxy's mode tcp + inspect-delay variant")
     ap.add_argument("--workloads", default=None,
                     help="comma-separated subset of: %s" % ", ".join(
                         l.replace(" ", "-") for l, _ in WORKLOADS))
-    ap.add_argument("--out", default=RESULTS, help="results directory")
     a = ap.parse_args(argv)
     workloads = WORKLOADS
     if a.workloads:
@@ -286,10 +271,7 @@ def main(argv=None):
             raise SystemExit("--workloads: unknown %s (known: %s)" % (
                 ", ".join(bad) or "(none given)", ", ".join(k.replace(" ", "-") for k in known)))
         workloads = [(l, w) for l, w in WORKLOADS if l in want]
-    runs = a.runs if a.runs is not None else (1 if a.quick else 3)
-    if not 1 <= runs <= 20:
-        raise SystemExit("--runs: 1..20")
-    dur = QUICK if a.quick else FULL
+    runs, dur = lab_runs(a)
     paths = [p for p in PATHS if not (a.no_tcp_inspect and p == "haproxy-tcp")]
     t_start = time.monotonic()
     meta = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -360,17 +342,7 @@ def main(argv=None):
         print("splice_lab failed: %s" % e, file=sys.stderr)
         return 1
     meta["skipped"] = skipped
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "splice_lab.json"), "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    md = render(rows, meta)
-    with open(os.path.join(a.out, "splice_lab.md"), "w") as f:
-        f.write(md)
-    print()
-    print(md)
-    print("wrote %s/splice_lab.json, splice_lab.md in %.0f s" % (a.out,
-                                                                time.monotonic() - t_start))
-    return 0 if rows else 1
+    return write_report(a.out, "splice_lab", meta, rows, render(rows, meta), t_start)
 
 
 if __name__ == "__main__":

@@ -27,18 +27,16 @@ Medians of the runs go to bench/results/workers.json and workers.md.
 Invariants: two labs with unique names, both downed on the way out (also on failure); every
 command has a timeout, every load a fixed duration; nothing asserts a timing.
 """
-import argparse
 import datetime
-import json
 import os
 import resource
 import subprocess
 import sys
 import time
 
-from bench.e2e import (FULL, QUICK, WORKLOAD_BY_NAME, WRK_CONNS, Bench, Failed, _fmt, _pct,
-                       _read, machine, make_row, median, offloads, parse_pid_stat,
-                       pick_http_object)
+from bench.e2e import (WORKLOAD_BY_NAME, WRK_CONNS, Bench, Failed, _fmt, _pct, _read, machine,
+                       make_row, median, offloads, parse_pid_stat, pick_http_object,
+                       write_report, lab_argparser, lab_runs, cpu_per_unit)
 from tools.lab import Lab, LabError, unique_name
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -231,28 +229,12 @@ def render(rows, meta):
 
 
 def lbd_per_unit(kind, runs):
-    vals = []
-    for r in runs:
-        s = r.get("lbd_s")
-        if s is None or r.get("value") is None:
-            continue
-        if kind == "wrk" and r.get("requests"):
-            vals.append(1e6 * s / r["requests"])
-        elif kind != "wrk" and r.get("served_bytes"):
-            vals.append(s / (r["served_bytes"] / 1e9))
-    return median(vals)
+    return cpu_per_unit("lbd_s", kind, runs)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="bench.workers_lab", description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", type=int, default=None, help="runs per cell (default 3; 1 quick)")
-    ap.add_argument("--quick", action="store_true", help="1 run, short durations")
-    ap.add_argument("--out", default=RESULTS, help="results directory")
-    a = ap.parse_args(argv)
-    runs = a.runs if a.runs is not None else (1 if a.quick else 3)
-    if not 1 <= runs <= 20:
-        raise SystemExit("--runs: 1..20")
-    dur = QUICK if a.quick else FULL
+    a = lab_argparser("bench.workers_lab", __doc__.split("\n")[0], RESULTS).parse_args(argv)
+    runs, dur = lab_runs(a)
     t_start = time.monotonic()
     meta = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "io": "tap + vnet offload", "runs": runs, "quick": a.quick,
@@ -345,16 +327,7 @@ def main(argv=None):
             {k: v for k, v in meta["lbd_counters_at_end"][2].items() if v} or "none",
             meta["workers_frames_at_end"]),
     ]
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "workers.json"), "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    md = render(rows, meta)
-    with open(os.path.join(a.out, "workers.md"), "w") as f:
-        f.write(md)
-    print()
-    print(md)
-    print("wrote %s/workers.json, workers.md in %.0f s" % (a.out, time.monotonic() - t_start))
-    return 0 if rows else 1
+    return write_report(a.out, "workers", meta, rows, render(rows, meta), t_start)
 
 
 if __name__ == "__main__":

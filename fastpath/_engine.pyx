@@ -262,6 +262,20 @@ cdef inline void _tcp_options_fast(const uint8_t *f, Opts *o) noexcept nogil:
     _tcp_options(f, 54, 34 + (f[46] >> 4) * 4, o)
 
 
+cdef inline void _sack_ts(uint8_t *o, bint sack, uint32_t tsval, uint32_t tsecr) noexcept nogil:
+    """12 option bytes of a SYN: SACK-permitted (or two NOPs) and a timestamp."""
+    if sack:
+        o[0] = 4
+        o[1] = 2
+    else:
+        o[0] = 1
+        o[1] = 1
+    o[2] = 8
+    o[3] = 10
+    wr32(o + 4, tsval)
+    wr32(o + 8, tsecr)
+
+
 cdef inline uint16_t _tcp_checksum(const uint8_t *f, int off, int length) noexcept nogil:
     """Full TCP checksum of f[off:off+length] with the IPv4 pseudo-header of the frame."""
     cdef uint32_t s = rd16(f + 26) + rd16(f + 28) + rd16(f + 30) + rd16(f + 32) + 6 + length
@@ -1198,16 +1212,7 @@ cdef class Engine:
                 ws = f[o.ws + 2] if f[o.ws + 2] < 14 else 14
             sack = o.sackok >= 0 and f[o.sackok + 1] == 2
             my_ts = <uint32_t>((now & ~(<int64_t>0x3F)) | ws | (0x10 if sack else 0))
-            if sack:
-                opt[4] = 4
-                opt[5] = 2
-            else:
-                opt[4] = 1
-                opt[5] = 1
-            opt[6] = 8
-            opt[7] = 10
-            wr32(opt + 8, my_ts)
-            memcpy(opt + 12, f + o.ts + 2, 4)
+            _sack_ts(opt + 4, sack, my_ts, rd32(f + o.ts + 2))
             ol = 16
             if ws != 0xF:
                 opt[16] = 1
@@ -1423,16 +1428,7 @@ cdef class Engine:
         opt[1] = 4
         wr16(opt + 2, e.mss)
         if e.sopt & SOPT_TS:
-            if e.sopt & SOPT_SACK:
-                opt[4] = 4
-                opt[5] = 2
-            else:
-                opt[4] = 1
-                opt[5] = 1
-            opt[6] = 8
-            opt[7] = 10
-            wr32(opt + 8, e.c_tsval)
-            wr32(opt + 12, 0)
+            _sack_ts(opt + 4, e.sopt & SOPT_SACK, e.c_tsval, 0)
             ol = 16
         if e.ws_c != 0xF:
             opt[ol] = 1
