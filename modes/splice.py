@@ -147,7 +147,7 @@ class SpliceManager:
                                  "syn_retransmitted", "replayed", "replay_repeated",
                                  "backend_timeout", "backend_reset", "client_reset",
                                  "no_backend", "no_neigh", "bad_frame", "stray", "silent",
-                                 "spliced_inline", "adopted")}
+                                 "spliced_inline", "adopted", "late")}
 
     def counters(self):
         return dict(self.c, open=len(self.conns), setting_up=len(self.pending))
@@ -189,6 +189,11 @@ class SpliceManager:
             conn = None
         if conn is None and fl["state"] == defs.S_SPL_CONNECTING:
             conn = self._adopt(key, fl, now)    # e.g. the client resends its request
+        elif conn is None and fl["state"] != defs.S_SPL_WAIT:
+            # bound by the fast path, and spliced since this frame was punted (the backend's
+            # SYN-ACK came in the same burst): the fast path has it; the client resends
+            self.c["late"] += 1
+            return []
         if conn is None:
             conn = self.conns[key] = Conn(key, fl["c_isn"], now)
             self.pending.add(key)

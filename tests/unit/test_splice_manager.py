@@ -208,3 +208,25 @@ def test_a_backend_reset_of_a_fast_path_flow_resets_the_client(mod):
     assert reason == "punt_splice" and len(made) == 1
     assert made[0][47] & F.TH_RST and made[0][0:6] == GW
     assert sm.counters()["backend_reset"] == 1 and e.flow_count() == 0
+
+
+def test_a_frame_punted_while_connecting_and_handled_after_the_splice_is_left_alone(mod):
+    """One burst: the client's second segment (punted: the flow is CONNECTING), then the
+    backend's SYN-ACK (the flow is spliced). Python handles the punted frame after the whole
+    burst, when the flow is already ESTABLISHED: it must not decide it again (and reset the
+    client, as it once did under loss in the lab)."""
+    e, sm = setup_fast(mod)
+    cookie = connect(e, sm)
+    assert run(e, sm, F.tcp(GW, LB, CLIENT, VIP, 40000, 80, seq=1001, ack=(cookie + 1) & M32,
+                            data=REQ))[1] == "splice_decided"
+    b = Batch(2)
+    b.load([F.tcp(GW, LB, CLIENT, VIP, 40000, 80, seq=1001 + len(REQ), ack=(cookie + 1) & M32,
+                  data=b"more"),
+            F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000, flags=F.TH_SYN | F.TH_ACK, seq=9,
+                  ack=1001)])
+    e.process(b, NOW)
+    (v0, r0, punted), (v1, r1, _) = b.results()
+    assert (r0, r1) == ("punt_splice", "splice_replay")
+    assert sm.handle(punted, NOW) == []
+    assert e.splice_flow(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80)["state"] == defs.S_ESTABLISHED
+    assert sm.counters()["late"] == 1 and sm.counters()["refused"] == 0
