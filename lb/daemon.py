@@ -166,7 +166,9 @@ class Daemon:
         self.loop_stats["wakeups"] += 1
         try:
             for _ in range(MAX_BURSTS_PER_WAKE):
-                if self.burst() == 0:
+                # a burst short of the batch ended on EAGAIN: the fd is drained, and another
+                # read would only say so again (epoll wakes us when more comes)
+                if self.burst() < self.batch.size:
                     break
         except Exception:
             self._error("burst failed")

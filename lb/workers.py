@@ -199,7 +199,7 @@ class Worker:
                     for _ in range(MAX_BURSTS_PER_WAKE):
                         with self.lock:
                             n = self.burst(up)
-                        if n == 0:
+                        if n < self.batch.size:     # drained (see Daemon.on_readable)
                             break
                 else:
                     with self.lock:
