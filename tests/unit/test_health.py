@@ -26,7 +26,7 @@ from lb.errors import LBError
 from lb.health import BackendHealth, HealthMonitor, PolicyRoutes, Target
 from lb.state import LBState
 
-from .test_state import B1, B2, B3, LB_IP, LB_MAC, MACS, VIP, ip, send, tcp_frame
+from .test_state import B1, B2, B3, LB_IP, LB_MAC, MACS, VIP, SpyEngine, ip, send, tcp_frame
 
 
 # --- the rise/fall state machine -----------------------------------------------------------------
@@ -373,32 +373,9 @@ def test_cli_daemon_refuses_dsr_check_without_interface(ctl):
 
 # --- LBState -------------------------------------------------------------------------------------
 
-class SpyEngine:
-    def __init__(self, engine):
-        self._e = engine
-        self.calls = []
-
-    def __getattr__(self, name):
-        attr = getattr(self._e, name)
-        if name.startswith("set_"):
-            def record(*a):
-                self.calls.append((name,) + a)
-                return attr(*a)
-            return record
-        return attr
-
-
-try:
-    from fastpath import _engine
-except ImportError:
-    _engine = None
-
-
-@pytest.fixture(params=["cy", "py"])
-def engine(request):
-    if request.param == "cy" and _engine is None:
-        pytest.fail("the compiled fast path is not built")
-    e = (_engine if request.param == "cy" else engine_py).Engine(4096)
+@pytest.fixture
+def engine(impl):
+    e = impl.Engine(4096)
     e.set_local(ip(LB_IP), LB_MAC)
     return SpyEngine(e)
 

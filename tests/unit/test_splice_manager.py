@@ -5,19 +5,13 @@ that never answers. The lab tests (tests/integration/test_splice.py) do the same
 TCP stacks; these pin the division of labour between the engine and Python."""
 import struct
 
-import pytest
-
-from fastpath import Batch, ServiceSpec, defs, engine_py
+from fastpath import Batch, ServiceSpec, defs
 from modes import l7
 from modes.splice import SpliceManager
 from tools import frames as F
 
 from tests.fastpath.fixtures import B1, CLIENT, GW, LB, REALS, make_engine
 
-try:
-    from fastpath import _engine
-except ImportError:
-    _engine = None
 
 VIP = "198.19.100.6"
 NOW = 5_000_000
@@ -52,15 +46,8 @@ class Ctx:
         return GW
 
 
-@pytest.fixture(params=["cy", "py"])
-def mod(request):
-    if request.param == "cy" and _engine is None:
-        pytest.fail("the compiled fast path is not built")
-    return _engine if request.param == "cy" else engine_py
-
-
-def setup(mod, rules=(l7.Rule("default", "", "default"),), timeout_ms=1000):
-    e = make_engine(mod.Engine, ServiceSpec)
+def setup(impl, rules=(l7.Rule("default", "", "default"),), timeout_ms=1000):
+    e = make_engine(impl.Engine, ServiceSpec)
     e.set_splice_secret(bytes(16))
     e.set_services([ServiceSpec(F.ip2int(VIP), 80, 6, defs.MODE_SPLICE, defs.SCHED_SEQ, [0], [1])])
     return e, SpliceManager(e, Ctx(Vip(list(rules), timeout_ms)), LB)
@@ -87,8 +74,8 @@ def connect(e, sm, sport=40000, c_isn=1000):
     return cookie
 
 
-def test_a_new_connection_costs_python_one_frame_in_and_one_out(mod):
-    e, sm = setup(mod)
+def test_a_new_connection_costs_python_one_frame_in_and_one_out(impl):
+    e, sm = setup(impl)
     cookie = connect(e, sm)
     v, reason, _, made = run(e, sm, F.tcp(GW, LB, CLIENT, VIP, 40000, 80, flags=F.TH_ACK | F.TH_PUSH,
                                           seq=1001, ack=(cookie + 1) & M32, win=700, data=REQ))
@@ -107,8 +94,8 @@ def test_a_new_connection_costs_python_one_frame_in_and_one_out(mod):
     assert (c["open"], c["setting_up"], c["spliced_inline"], c["replayed"]) == (0, 0, 1, 0)
 
 
-def test_a_request_longer_than_a_segment_is_replayed_by_python(mod):
-    e, sm = setup(mod, rules=[l7.Rule("host", "a", "p1")])
+def test_a_request_longer_than_a_segment_is_replayed_by_python(impl):
+    e, sm = setup(impl, rules=[l7.Rule("host", "a", "p1")])
     cookie = connect(e, sm)
     # the Host rule needs the whole head, which comes in two segments
     head1 = b"GET / HTTP/1.1\r\nX-Pad: " + b"p" * 1000
@@ -129,8 +116,8 @@ def test_a_request_longer_than_a_segment_is_replayed_by_python(mod):
     assert sm.counters()["replayed"] == 1
 
 
-def test_a_silent_client_is_decided_at_the_vips_timeout(mod):
-    e, sm = setup(mod, timeout_ms=300)
+def test_a_silent_client_is_decided_at_the_vips_timeout(impl):
+    e, sm = setup(impl, timeout_ms=300)
     connect(e, sm)
     assert sm.tick(NOW + 50) == [] and sm.counters()["open"] == 0
     assert sm.tick(NOW + 150) == []                        # handed up, not yet timed out
@@ -140,8 +127,8 @@ def test_a_silent_client_is_decided_at_the_vips_timeout(mod):
     assert sm.counters()["decided_at_timeout"] == 1
 
 
-def test_a_silent_client_without_a_default_pool_is_reset(mod):
-    e, sm = setup(mod, rules=[l7.Rule("path_prefix", "/a", "p1")], timeout_ms=200)
+def test_a_silent_client_without_a_default_pool_is_reset(impl):
+    e, sm = setup(impl, rules=[l7.Rule("path_prefix", "/a", "p1")], timeout_ms=200)
     connect(e, sm)
     sm.tick(NOW + 100)
     out = sm.tick(NOW + 200)
@@ -149,8 +136,8 @@ def test_a_silent_client_without_a_default_pool_is_reset(mod):
     assert e.flow_count() == 0 and sm.counters()["refused"] == 1
 
 
-def test_a_backend_that_never_answers_gets_the_syn_again_then_the_client_a_reset(mod):
-    e, sm = setup(mod)
+def test_a_backend_that_never_answers_gets_the_syn_again_then_the_client_a_reset(impl):
+    e, sm = setup(impl)
     cookie = connect(e, sm)
     syn = run(e, sm, F.tcp(GW, LB, CLIENT, VIP, 40000, 80, seq=1001, ack=(cookie + 1) & M32,
                            data=REQ))[3][0]
@@ -162,10 +149,10 @@ def test_a_backend_that_never_answers_gets_the_syn_again_then_the_client_a_reset
     assert sm.counters()["backend_timeout"] == 1 and e.flow_count() == 0
 
 
-def setup_fast(mod):
+def setup_fast(impl):
     """A VIP whose rules the fast path applies itself (default pool = backend 0)."""
     from fastpath import L7Spec
-    e = make_engine(mod.Engine, ServiceSpec)
+    e = make_engine(impl.Engine, ServiceSpec)
     e.set_splice_secret(bytes(16))
     e.set_services([ServiceSpec(F.ip2int(VIP), 80, 6, defs.MODE_SPLICE, defs.SCHED_SEQ, [0], [1],
                                 0, L7Spec(4096, ((defs.L7_DEFAULT, b"", 0),),
@@ -173,8 +160,8 @@ def setup_fast(mod):
     return e, SpliceManager(e, Ctx(Vip([l7.Rule("default", "", "default")])), LB)
 
 
-def test_a_connection_decided_in_the_fast_path_costs_python_nothing(mod):
-    e, sm = setup_fast(mod)
+def test_a_connection_decided_in_the_fast_path_costs_python_nothing(impl):
+    e, sm = setup_fast(impl)
     cookie = connect(e, sm)
     v, reason, out, made = run(e, sm, F.tcp(GW, LB, CLIENT, VIP, 40000, 80, seq=1001,
                                             ack=(cookie + 1) & M32, data=REQ))
@@ -186,8 +173,8 @@ def test_a_connection_decided_in_the_fast_path_costs_python_nothing(mod):
     assert sm.counters()["conns"] == sm.counters()["adopted"] == 0
 
 
-def test_python_adopts_a_fast_path_flow_whose_backend_is_slow_and_resends_the_syn(mod):
-    e, sm = setup_fast(mod)
+def test_python_adopts_a_fast_path_flow_whose_backend_is_slow_and_resends_the_syn(impl):
+    e, sm = setup_fast(impl)
     cookie = connect(e, sm)
     syn = run(e, sm, F.tcp(GW, LB, CLIENT, VIP, 40000, 80, seq=1001, ack=(cookie + 1) & M32,
                            data=REQ))[2]
@@ -199,8 +186,8 @@ def test_python_adopts_a_fast_path_flow_whose_backend_is_slow_and_resends_the_sy
     assert sm.counters()["refused"] == 0
 
 
-def test_a_backend_reset_of_a_fast_path_flow_resets_the_client(mod):
-    e, sm = setup_fast(mod)
+def test_a_backend_reset_of_a_fast_path_flow_resets_the_client(impl):
+    e, sm = setup_fast(impl)
     cookie = connect(e, sm)
     run(e, sm, F.tcp(GW, LB, CLIENT, VIP, 40000, 80, seq=1001, ack=(cookie + 1) & M32, data=REQ))
     v, reason, _, made = run(e, sm, F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000,
@@ -210,12 +197,12 @@ def test_a_backend_reset_of_a_fast_path_flow_resets_the_client(mod):
     assert sm.counters()["backend_reset"] == 1 and e.flow_count() == 0
 
 
-def test_a_frame_punted_while_connecting_and_handled_after_the_splice_is_left_alone(mod):
+def test_a_frame_punted_while_connecting_and_handled_after_the_splice_is_left_alone(impl):
     """One burst: the client's second segment (punted: the flow is CONNECTING), then the
     backend's SYN-ACK (the flow is spliced). Python handles the punted frame after the whole
     burst, when the flow is already ESTABLISHED: it must not decide it again (and reset the
     client, as it once did under loss in the lab)."""
-    e, sm = setup_fast(mod)
+    e, sm = setup_fast(impl)
     cookie = connect(e, sm)
     assert run(e, sm, F.tcp(GW, LB, CLIENT, VIP, 40000, 80, seq=1001, ack=(cookie + 1) & M32,
                             data=REQ))[1] == "splice_decided"

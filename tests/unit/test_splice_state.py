@@ -2,7 +2,6 @@
 engines; errors name their field and change nothing."""
 import pytest
 
-from fastpath import engine_py
 from lb import config
 from lb.errors import LBError
 from lb.state import LBState
@@ -11,17 +10,9 @@ from .test_state import B1, B2, B3, GW_IP, LB_IP, ip
 
 SV = "198.19.100.3:80"
 
-try:
-    from fastpath import _engine
-except ImportError:
-    _engine = None
-
-
-@pytest.fixture(params=["cy", "py"])
-def st(request):
-    if request.param == "cy" and _engine is None:
-        pytest.fail("the compiled fast path is not built")
-    e = (_engine if request.param == "cy" else engine_py).Engine(1024)
+@pytest.fixture
+def st(impl):
+    e = impl.Engine(1024)
     s = LBState(e, config.parse({"lb": {"address": LB_IP, "gateway": GW_IP}}))
     s.handle("vip.add", {"vip": SV, "mode": "splice"})
     s.handle("backend.add", {"vip": SV, "backend": B1})

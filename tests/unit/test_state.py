@@ -10,7 +10,7 @@ import dpkt
 import pytest
 
 import fastpath
-from fastpath import defs, engine_py
+from fastpath import defs
 from lb import config
 from lb.errors import LBError
 from lb.state import LBState
@@ -51,17 +51,9 @@ def make_cfg(vips=None):
                          "flows": {"capacity": 1024}, "vip": vips or []})
 
 
-try:
-    from fastpath import _engine
-except ImportError:   # the engine fixture fails the cy tests; tests/fastpath/test_impl.py says why
-    _engine = None
-
-
-@pytest.fixture(params=["cy", "py"])
-def engine(request):
-    if request.param == "cy" and _engine is None:
-        pytest.fail("the compiled fast path is not built (python3 setup.py build_ext --inplace)")
-    e = (_engine if request.param == "cy" else engine_py).Engine(1024)
+@pytest.fixture
+def engine(impl):
+    e = impl.Engine(1024)
     e.set_local(ip(LB_IP), LB_MAC)
     return SpyEngine(e)
 
