@@ -53,7 +53,9 @@ class Batch:
         self.verdict = np.zeros(size, np.uint8)
         self.reason = np.zeros(size, np.uint16)
         self.n = 0
-        self.rx_bytes = 0       # bytes rx_burst read into it last time, headers included
+        # what rx_burst read into it last time: bytes (headers included), and frames with a
+        # GSO type and with a partial checksum (when they carry a vnet header)
+        self.rx_bytes = self.rx_gso = self.rx_needs_csum = 0
 
     def load(self, frames, headers=None):
         """Copy frames (bytes-like) into the batch, after a header each (headers[i], or zeros)

@@ -970,7 +970,7 @@ cdef class Engine:
                 rp = base + <size_t>(j + i) * stride
                 self.newlen = 0
                 self.rowcap = stride - hdr
-                self.partial = hdr > 0 and row >= hdr and (rp[0] & 1)
+                self.partial = hdr > 0 and row >= hdr and (rp[0] & VNET_F_NEEDS_CSUM)
                 r = self._one(rp + hdr, L, now)
                 if self.newlen and self.vmap[r] == V_TX:
                     lens[j + i] = hdr + self.newlen   # a frame made in place (splice)

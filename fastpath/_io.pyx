@@ -3,7 +3,9 @@
 Twin: fastpath/io_py.py. One read() is one frame, one write() is one frame; the loops run
 without the GIL. rx_burst reads until EAGAIN or the batch is full; tx_burst writes every
 frame whose verdict is V_TX and returns (sent, errors, bytes sent): writes the kernel refused
-are counted, not raised.
+are counted, not raised. rx_burst leaves in the batch what it read: rx_bytes (headers
+included) and, when frames carry a virtio-net header (batch.hdr), rx_gso and rx_needs_csum
+(frames with a GSO type, frames with a partial checksum).
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from posix.unistd cimport read, write
@@ -19,6 +21,8 @@ def rx_burst(int fd, batch):
     cdef int n = 0
     cdef ssize_t r
     cdef long long nbytes = 0
+    cdef int gso = 0, csum = 0
+    cdef bint vnet = batch.hdr >= 2
     with nogil:
         while n < size:
             r = read(fd, &buf[n, 0], snap)
@@ -26,9 +30,14 @@ def rx_burst(int fd, batch):
                 break       # EAGAIN (non-blocking fd drained), EOF or error: end of burst
             lens[n] = <uint32_t>r
             nbytes += r
+            if vnet and r >= 2:
+                gso += buf[n, 1] != 0                  # gso_type
+                csum += buf[n, 0] & VNET_F_NEEDS_CSUM  # flags
             n += 1
     batch.n = n
     batch.rx_bytes = nbytes
+    batch.rx_gso = gso
+    batch.rx_needs_csum = csum
     return n
 
 

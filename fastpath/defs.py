@@ -82,6 +82,10 @@ HTTP_MAX_METHOD = 32  # as modes/l7.py MAX_METHOD
 HTTP_MAX_HEADERS = 100  # as modes/l7.py MAX_HEADERS
 HTTP_MAX_HOST = 255
 
+# virtio_net_hdr.flags (linux/virtio_net.h), byte 0 of a frame's vnet header: the L4 checksum
+# is partial (only the pseudo-header sum; the kernel completes it on the way out)
+VNET_F_NEEDS_CSUM = 1
+
 # ServiceSpec.flags
 SVC_EXPIRE_NODEST = 1   # a flow whose backend is down is expired on its next packet, which is
                         # then scheduled afresh (IPVS expire_nodest_conn); else kept until idle

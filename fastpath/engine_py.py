@@ -405,7 +405,7 @@ class Engine:
             f = bytearray(batch.buf[i, hdr:hdr + n].tobytes())
             self._newlen = 0
             self._rowcap = batch.snap - hdr
-            self._partial = bool(hdr) and row >= hdr and bool(batch.buf[i, 0] & 1)
+            self._partial = bool(hdr) and row >= hdr and bool(batch.buf[i, 0] & defs.VNET_F_NEEDS_CSUM)
             reason = self._one(f, n, now_ms)
             ctr[C["rx_frames"]] += 1
             ctr[reason] += 1
