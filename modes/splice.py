@@ -24,9 +24,10 @@ not cost state. The life of a connection:
 Losses are covered without timers of our own where TCP already has them: a lost replay is
 resent by the client itself (we never acknowledged its bytes); a lost ACK of the backend's
 SYN-ACK makes the backend resend it, which the fast path (or, for a long request, we) answer
-again. A lost
-SYN to the backend is resent here (1 s, then 2 s); a backend that never answers gets the
-client a RST (splice_backend_timeout).
+again. A lost SYN to the backend is resent here after 1 s; a backend still silent 2 s later
+gets the client a RST (backend_timeout). A flow the fast path bound itself is adopted here
+(_adopt) when its backend has not answered after SPLICE_WAIT_HANDOFF_MS, or when a frame of
+it comes up anyway.
 
 Python runs here once per new connection (the request's first segment, and one SYN made by
 the engine), never per packet of a spliced connection.
