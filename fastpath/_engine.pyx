@@ -21,17 +21,41 @@ Invariants:
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memcmp, memmove, memset
+from libc.errno cimport errno, EINTR
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
+                               PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK)
 
 from . import defs
 from .checks import check_ip, check_mac, check_port, check_real_idx, check_secret, check_specs
 
 include "_defs.pxi"
+include "_iocore.pxi"
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    enum:
+        POLLIN
+        POLLERR
+        POLLHUP
+        POLLNVAL
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
 
 cdef extern from *:
     """
     static inline void tw_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
+    static inline void tw_atomic_add(int *p, int d) { __atomic_add_fetch(p, d, __ATOMIC_SEQ_CST); }
+    static inline int tw_atomic_load(int *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
     """
     void tw_prefetch(const void *p) noexcept nogil
+    void tw_atomic_add(int *p, int d) noexcept nogil
+    int tw_atomic_load(int *p) noexcept nogil
 
 cdef enum:
     SVC_SLOTS = 4096
@@ -521,6 +545,13 @@ cdef inline void _track(Flow *e, uint8_t tflags, bint fwd) noexcept nogil:
             e.state = S_ESTABLISHED
 
 
+cdef inline int64_t mono_ms() noexcept nogil:
+    """time.monotonic() in integer ms (Python's clock on Linux is CLOCK_MONOTONIC too)."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000 + ts.tv_nsec // 1000000
+
+
 cdef class Engine:
     """See docs/interfaces.md; same public API as engine_py.Engine."""
     cdef Flow *fl
@@ -551,6 +582,8 @@ cdef class Engine:
     cdef Service *pools
     cdef uint8_t *blob
     cdef uint32_t wq_head, wq_tail, wq_size
+    cdef PyThread_type_lock lock
+    cdef int want           # threads waiting in acquire(): serve() lets them in first
 
     def __cinit__(self, capacity, timeouts=None):
         if not isinstance(capacity, int) or not 1 <= capacity <= (1 << 24):
@@ -574,7 +607,9 @@ cdef class Engine:
             self.wq_size <<= 1
         self.waitq = <WaitQ *>malloc(self.wq_size * sizeof(WaitQ))
         self.wq_head = self.wq_tail = 0
-        if not (self.fl and self.ifwd and self.irev and self.freel and self.reals and self.svcs
+        self.lock = PyThread_allocate_lock()
+        self.want = 0
+        if not (self.lock and self.fl and self.ifwd and self.irev and self.freel and self.reals and self.svcs
                 and self.svc_slot and self.ctr and self.vmap and self.waitq):
             raise MemoryError()
         cdef uint32_t k
@@ -613,6 +648,25 @@ cdef class Engine:
         free(self.svcs); free(self.svc_slot); free(self.ctr); free(self.vmap)
         free(self.tab); free(self.wts)
         free(self.l7r); free(self.pools); free(self.blob)
+        if self.lock:
+            PyThread_free_lock(self.lock)
+
+    # ---- the engine lock (lb/workers.py) --------------------------------------------------
+    def acquire(self):
+        """Take the engine lock, waiting without the GIL. serve() takes it for every burst and
+        returns holding it; a thread that waits here gets it before serve's next burst."""
+        with nogil:
+            tw_atomic_add(&self.want, 1)
+            PyThread_acquire_lock(self.lock, WAIT_LOCK)
+            tw_atomic_add(&self.want, -1)
+
+    def release(self):
+        PyThread_release_lock(self.lock)
+
+    cdef inline void _take(self) noexcept nogil:
+        while tw_atomic_load(&self.want) > 0:
+            sched_yield()
+        PyThread_acquire_lock(self.lock, WAIT_LOCK)
 
     # ---- control side -------------------------------------------------------------------
     def set_timeouts(self, timeouts):
@@ -930,6 +984,80 @@ cdef class Engine:
             for i in range(n):
                 punts += verdict[i] == V_PUNT
         return punts
+
+    def serve(self, int fd, batch, int64_t deadline_ms):
+        """One data-plane thread's loop, without the GIL: poll(fd) for frames, then bursts of
+        rx -> process -> tx until the fd is drained, each burst under the engine lock, and
+        again, until a burst has punted frames (the batch then holds that burst) or the
+        CLOCK_MONOTONIC millisecond deadline_ms has passed, or poll() fails.
+        Returns holding the engine lock (the caller handles the punts and its timers, then
+        calls release()), with what it did: {wakeups, bursts, frames, rx_bytes (headers
+        included), rx_gso, rx_needs_csum, tx_frames, tx_errors, tx_bytes, punts (of the last
+        burst), now (ms, the clock serve used), error (errno of a failed poll, or 0)}."""
+        cdef uint8_t[:, ::1] buf = batch.buf
+        cdef uint32_t[::1] lens = batch.lens
+        cdef uint8_t[::1] verdict = batch.verdict
+        cdef uint16_t[::1] reason = batch.reason
+        cdef int size = min(batch.size, buf.shape[0], lens.shape[0], verdict.shape[0],
+                            reason.shape[0])
+        cdef uint32_t stride = buf.shape[1]
+        cdef uint32_t hdr = batch.hdr
+        if size < 1:
+            raise ValueError("serve needs a batch of at least one frame")
+        if stride < 128 + hdr:
+            raise ValueError("batch snap must be >= 128 (splice builds SYN-ACKs in place)")
+        cdef bint vnet = hdr >= 2
+        cdef IoStats st
+        cdef pollfd pfd
+        cdef int64_t now = mono_ms()
+        cdef int i, n = 0, r, punts = 0, err = 0
+        cdef long long wakeups = 0, bursts = 0, frames = 0
+        cdef uint8_t *base = &buf[0, 0]
+        memset(&st, 0, sizeof(st))
+        pfd.fd = fd
+        pfd.events = POLLIN
+        with nogil:
+            while punts == 0 and err == 0:
+                now = mono_ms()
+                if now >= deadline_ms:
+                    break
+                pfd.revents = 0
+                r = poll(&pfd, 1, <int>(deadline_ms - now) if deadline_ms - now < 1000000 else 1000000)
+                if r < 0:
+                    if errno != EINTR:
+                        err = errno
+                    continue
+                if r == 0:
+                    continue
+                if pfd.revents & (POLLERR | POLLHUP | POLLNVAL) and not pfd.revents & POLLIN:
+                    err = 9 if pfd.revents & POLLNVAL else 5     # EBADF / EIO
+                    continue
+                wakeups += 1
+                while True:
+                    self._take()
+                    n = io_rx(fd, base, stride, &lens[0], size, vnet, &st)
+                    if n == 0:
+                        PyThread_release_lock(self.lock)
+                        break
+                    now = mono_ms()
+                    self._burst(base, stride, hdr, &lens[0], &verdict[0], &reason[0], n, now)
+                    io_tx(fd, base, stride, &lens[0], &verdict[0], n, &st)
+                    bursts += 1
+                    frames += n
+                    for i in range(n):
+                        punts += verdict[i] == V_PUNT
+                    if punts:
+                        break                 # returns holding the lock, the batch as it is
+                    PyThread_release_lock(self.lock)
+                    if n < size or mono_ms() >= deadline_ms:
+                        break                 # drained (epoll/poll says when more comes)
+            if punts == 0:
+                self._take()
+        batch.n = n if punts else 0
+        return {"wakeups": wakeups, "bursts": bursts, "frames": frames,
+                "rx_bytes": st.rx_bytes, "rx_gso": st.rx_gso, "rx_needs_csum": st.rx_csum,
+                "tx_frames": st.tx_sent, "tx_errors": st.tx_errors, "tx_bytes": st.tx_bytes,
+                "punts": punts, "now": now, "error": err}
 
     cdef void _burst(self, uint8_t *base, uint32_t stride, uint32_t hdr, uint32_t *lens,
                      uint8_t *verdict, uint16_t *reason, int n, int64_t now) noexcept nogil:

@@ -1,43 +1,32 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
 """Burst read/write on a frame file descriptor (a TAP fd or a bound AF_PACKET socket), compiled.
-Twin: fastpath/io_py.py. One read() is one frame, one write() is one frame; the loops run
-without the GIL. rx_burst reads until EAGAIN or the batch is full; tx_burst writes every
-frame whose verdict is V_TX and returns (sent, errors, bytes sent): writes the kernel refused
-are counted, not raised. rx_burst leaves in the batch what it read: rx_bytes (headers
+Twin: fastpath/io_py.py. One read() is one frame, one write() is one frame; the loops
+(fastpath/_iocore.pxi, shared with Engine.serve) run without the GIL. rx_burst reads until
+EAGAIN or the batch is full; tx_burst writes every frame whose verdict is V_TX and returns
+(sent, errors, bytes sent): writes the kernel refused are counted, not raised. rx_burst leaves in the batch what it read: rx_bytes (headers
 included) and, when frames carry a virtio-net header (batch.hdr), rx_gso and rx_needs_csum
 (frames with a GSO type, frames with a partial checksum).
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
-from posix.unistd cimport read, write
 
 include "_defs.pxi"
+include "_iocore.pxi"
 
 
 def rx_burst(int fd, batch):
     cdef uint8_t[:, ::1] buf = batch.buf
     cdef uint32_t[::1] lens = batch.lens
-    cdef int size = min(batch.size, buf.shape[0])
-    cdef size_t snap = buf.shape[1]
-    cdef int n = 0
-    cdef ssize_t r
-    cdef long long nbytes = 0
-    cdef int gso = 0, csum = 0
+    cdef int size = min(batch.size, buf.shape[0], lens.shape[0])
+    cdef IoStats st
+    cdef int n
     cdef bint vnet = batch.hdr >= 2
+    st.rx_bytes = st.rx_gso = st.rx_csum = 0
     with nogil:
-        while n < size:
-            r = read(fd, &buf[n, 0], snap)
-            if r <= 0:
-                break       # EAGAIN (non-blocking fd drained), EOF or error: end of burst
-            lens[n] = <uint32_t>r
-            nbytes += r
-            if vnet and r >= 2:
-                gso += buf[n, 1] != 0                  # gso_type
-                csum += buf[n, 0] & VNET_F_NEEDS_CSUM  # flags
-            n += 1
+        n = io_rx(fd, &buf[0, 0], buf.shape[1], &lens[0], size, vnet, &st)
     batch.n = n
-    batch.rx_bytes = nbytes
-    batch.rx_gso = gso
-    batch.rx_needs_csum = csum
+    batch.rx_bytes = st.rx_bytes
+    batch.rx_gso = st.rx_gso
+    batch.rx_needs_csum = st.rx_csum
     return n
 
 
@@ -46,17 +35,11 @@ def tx_burst(int fd, batch):
     cdef uint32_t[::1] lens = batch.lens
     cdef uint8_t[::1] verdict = batch.verdict
     cdef int n = batch.n
-    cdef int i, sent = 0, errors = 0
-    cdef long long nbytes = 0
-    if n < 0 or n > buf.shape[0]:
+    cdef IoStats st
+    if n < 0 or n > buf.shape[0] or n > lens.shape[0] or n > verdict.shape[0]:
         raise ValueError("batch.n out of range")
-    with nogil:
-        for i in range(n):
-            if verdict[i] != V_TX:
-                continue
-            if write(fd, &buf[i, 0], lens[i]) == <ssize_t>lens[i]:
-                sent += 1
-                nbytes += lens[i]
-            else:
-                errors += 1
-    return sent, errors, nbytes
+    st.tx_sent = st.tx_errors = st.tx_bytes = 0
+    if n:
+        with nogil:
+            io_tx(fd, &buf[0, 0], buf.shape[1], &lens[0], &verdict[0], n, &st)
+    return st.tx_sent, st.tx_errors, st.tx_bytes

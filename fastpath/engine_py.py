@@ -17,6 +17,10 @@ Invariants (shared with the compiled engine):
   evicted (an expired one first); the new flow is always served.
 """
 import collections
+import errno
+import select
+import threading
+import time
 
 import numpy as np
 
@@ -25,6 +29,7 @@ from .checks import (check_ip as _check_ip, check_mac as _check_mac, check_port 
                      check_real_idx as _check_real_idx, check_secret as _check_secret,
                      check_specs as _check_specs)
 from .defs import C
+from .io_py import rx_burst, tx_burst
 
 MASK64 = (1 << 64) - 1
 _TX_REASONS = {C["nat_fwd"], C["nat_rev"], C["dsr_fwd"], C["splice_synack"], C["splice_fwd"],
@@ -150,6 +155,11 @@ class _Service:
                  "l7_rules", "l7_limit")      # rules: [(kind, arg, pool _Service)]
 
 
+def _mono_ms():
+    """CLOCK_MONOTONIC in integer ms (time.monotonic() on Linux)."""
+    return time.monotonic_ns() // 1000000
+
+
 class Engine:
     """See docs/interfaces.md. Same public API as the compiled engine."""
 
@@ -183,6 +193,89 @@ class Engine:
         self.wq_size = defs.SPLICE_WAITQ_MIN
         while self.wq_size < capacity:
             self.wq_size <<= 1
+        self._lock = threading.Lock()
+        self._want = 0
+
+    # ---- the engine lock (lb/workers.py) --------------------------------------------------
+    def acquire(self):
+        """Take the engine lock. serve() takes it for every burst and returns holding it; a
+        thread that waits here gets it before serve's next burst."""
+        self._want += 1
+        self._lock.acquire()
+        self._want -= 1
+
+    def release(self):
+        self._lock.release()
+
+    def _take(self):
+        while self._want > 0:
+            time.sleep(0)
+        self._lock.acquire()
+
+    def serve(self, fd, batch, deadline_ms):
+        """One data-plane thread's loop: poll(fd) for frames, then bursts of rx -> process ->
+        tx until the fd is drained, each burst under the engine lock, and again, until a burst
+        has punted frames (the batch then holds that burst) or the CLOCK_MONOTONIC millisecond
+        deadline_ms has passed, or poll() fails. Returns holding the engine lock (the caller
+        handles the punts and its timers, then calls release()), with what it did: {wakeups,
+        bursts, frames, rx_bytes (headers included), rx_gso, rx_needs_csum, tx_frames,
+        tx_errors, tx_bytes, punts (of the last burst), now (ms, the clock serve used), error
+        (errno of a failed poll, or 0)}."""
+        if batch.size < 1:
+            raise ValueError("serve needs a batch of at least one frame")
+        if batch.snap < 128 + batch.hdr:
+            raise ValueError("batch snap must be >= 128 (splice builds SYN-ACKs in place)")
+        st = dict.fromkeys(("wakeups", "bursts", "frames", "rx_bytes", "rx_gso",
+                            "rx_needs_csum", "tx_frames", "tx_errors", "tx_bytes"), 0)
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        punts = err = n = 0
+        now = _mono_ms()
+        while not punts and not err:
+            now = _mono_ms()
+            if now >= deadline_ms:
+                break
+            try:
+                ready = poller.poll(min(deadline_ms - now, 1000000))
+            except InterruptedError:
+                continue
+            except OSError as e:
+                err = e.errno
+                continue
+            if not ready:
+                continue
+            ev = ready[0][1]
+            if ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL) and not ev & select.POLLIN:
+                err = errno.EBADF if ev & select.POLLNVAL else errno.EIO
+                continue
+            st["wakeups"] += 1
+            while True:
+                self._take()
+                n = rx_burst(fd, batch)
+                if n == 0:
+                    self._lock.release()
+                    break
+                st["rx_bytes"] += batch.rx_bytes
+                st["rx_gso"] += batch.rx_gso
+                st["rx_needs_csum"] += batch.rx_needs_csum
+                now = _mono_ms()
+                punts = self.process(batch, now)
+                sent, errors, nbytes = tx_burst(fd, batch)
+                st["tx_frames"] += sent
+                st["tx_errors"] += errors
+                st["tx_bytes"] += nbytes
+                st["bursts"] += 1
+                st["frames"] += n
+                if punts:
+                    break                 # returns holding the lock, the batch as it is
+                self._lock.release()
+                if n < batch.size or _mono_ms() >= deadline_ms:
+                    break
+        if not punts:
+            self._take()
+        batch.n = n if punts else 0
+        st.update(punts=punts, now=now, error=err)
+        return st
 
     # ---- control side -------------------------------------------------------------------
     def set_timeouts(self, timeouts):

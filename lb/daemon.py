@@ -1,31 +1,34 @@
 """lbd: the balancer daemon. `lbd -c config.toml [--pcap-in A --pcap-out B] [--log-level L]`.
 
-One thread, one asyncio loop (DPDK l3fwd's shape):
+Live, two kinds of thread (lb/workers.py):
 
-    readable fd -> up to MAX_BURSTS_PER_WAKE x { rx burst -> engine.process -> tx burst
-                                                  -> punted frames to lb/neigh.py -> send }
-    every 100 ms -> engine.expire; ARP for wanted neighbors (1 s unresolved, 30 s refresh);
-                    state.gc every 5 s
-    control socket -> status here, everything else LBState.handle
-    health checks  -> asyncio tasks of lb/health.py (live only): probes through the kernel's
-                      TCP stack, results into LBState, which swaps tables on a transition
+    data plane, one thread per worker ([io] workers, default 1), in Engine.serve without the
+    GIL: poll(fd) -> bursts of { rx -> engine.process -> tx } until the fd is drained,
+    each burst under the engine lock; back to Python only when a burst punted frames (splice
+    set-up -> modes/splice.py, in that thread; ARP / traffic for the LB's own address -> the
+    main thread) or a tick is due (every 100 ms: engine.expire, splice timers)
+    main thread, one asyncio loop: control socket -> status here, everything else
+    LBState.handle (engine writes under each engine's lock); ARP for wanted neighbors (1 s
+    unresolved, 30 s refresh); state.gc every 5 s; health checks (asyncio tasks of
+    lb/health.py: probes through the kernel's TCP stack, results into LBState, which swaps
+    tables on a transition)
 
 Invariants:
-- Python runs per burst, not per frame: the only per-frame Python is for punted frames
-  (ARP, traffic for the LB's own address, splice connections being set up), found with
-  numpy on batch.verdict.
-- Control commands and timers run in the same loop as the bursts, so a table swap always
-  falls between two bursts.
-- Pcap mode runs the very same Daemon.burst() over a file, with pcap time as `now` (and the
-  timers driven by it), writes what would have been sent to --pcap-out, prints the counters
-  as one JSON object on stdout and exits 0.
+- Python runs per punted frame, per tick and for the control plane, never per frame or per
+  wake-up of the data plane: a wake-up that only forwards (nat, dsr, established splice)
+  costs a poll, the reads and the writes, and no Python.
+- A table swap always falls between two bursts: the control side writes an engine only
+  holding its lock, which serve() takes per burst and lets a waiting thread have first.
+- Pcap mode runs Daemon.burst() (rx, process, tx, punts, in this thread) over a file, with
+  pcap time as `now` (and the timers driven by it), writes what would have been sent to
+  --pcap-out, prints the counters as one JSON object on stdout and exits 0. The engine and
+  the punt handling are the live ones; only the loop around them differs.
 - Health checks run only live (never in pcap mode, where every backend is up); they are
   stopped, and their policy routes removed, before lbd exits. Transitions go to the log
   (stderr): "VIP backend B: down: connect refused (2 failures) [probe]".
-- [io] workers = N > 1 (live, tap only): lb/workers.py's WorkerDaemon, a subclass of the
-  Daemon: N threads each run this burst loop on one queue of a multi-queue TAP with an
-  engine of its own; this loop keeps the control socket, health checks, ARP/ICMP and gc.
-  workers = 1 (the default) is the single-thread path described above, unchanged.
+- [io] workers = N > 1 (live, tap only): N data-plane threads, one queue each of a
+  multi-queue TAP, with an engine of their own and a steering program that keeps a flow on
+  one worker (lb/workers.py, lb/steer.py).
 - Exit codes: 0 clean stop (SIGTERM/SIGINT, end of pcap), 2 bad config or arguments (also a
   [health] interface lbd's namespace does not have), 1 any other startup failure (e.g. the
   interface cannot be opened).
@@ -56,14 +59,14 @@ from .state import LBState
 log = logging.getLogger("lbd")
 
 BATCH_SIZE = 256
-MAX_BURSTS_PER_WAKE = 64      # then yield to the loop: timers and control commands get a turn
 TICK_MS = 100
 GC_MS = 5000
 TAP_MAC_PREFIX = b"\x02\x54\x57"   # locally administered; + the low 3 bytes of the LB address
 
 
 def monotonic_ms():
-    return int(time.monotonic() * 1000)
+    """CLOCK_MONOTONIC in integer ms: the clock Engine.serve reads in C."""
+    return time.monotonic_ns() // 1000000
 
 
 def default_mac(cfg, io):
@@ -96,7 +99,8 @@ def handle_punts(batch, n, splice, now, send, other):
 
 
 class Daemon:
-    """The engine, the state, the neighbor logic and one IO backend, driven burst by burst."""
+    """The engine, the state, the neighbor logic and one IO backend, driven burst by burst
+    (pcap mode); lb/workers.py's WorkerDaemon, its subclass, runs them live."""
 
     def __init__(self, cfg, io, clock=monotonic_ms):
         self._control_side(cfg, io, clock, fastpath.Engine(cfg.flows.capacity,
@@ -154,24 +158,6 @@ class Daemon:
         out = self.neigh.handle(frame)
         if out:
             self.io.send(out)
-
-    def start(self, loop):
-        """Start moving frames (run_live, once the loop runs)."""
-        loop.add_reader(self.io.fd, self.on_readable)
-
-    def stop(self, loop):
-        loop.remove_reader(self.io.fd)
-
-    def on_readable(self):
-        self.loop_stats["wakeups"] += 1
-        try:
-            for _ in range(MAX_BURSTS_PER_WAKE):
-                # a burst short of the batch ended on EAGAIN: the fd is drained, and another
-                # read would only say so again (epoll wakes us when more comes)
-                if self.burst() < self.batch.size:
-                    break
-        except Exception:
-            self._error("burst failed")
 
     # --- timers -----------------------------------------------------------------------------
     def timers(self, now):
@@ -307,9 +293,9 @@ def main(argv=None):
         return 1
     try:
         try:
-            if pcap or cfg.io.workers == 1:
+            if pcap:
                 # a pcap is one stream of frames: one loop, whatever io.workers says
-                d = Daemon(cfg, io, clock=(lambda: io.burst_ms) if pcap else monotonic_ms)
+                d = Daemon(cfg, io, clock=lambda: io.burst_ms)
             else:
                 from .workers import WorkerDaemon
                 d = WorkerDaemon(cfg, io)

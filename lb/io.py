@@ -86,17 +86,30 @@ class _LiveIO:
     def rx(self, batch):
         n = fastpath.rx_burst(self.fd, batch)
         if n:
-            self._c["rx_frames"] += n
-            self._c["rx_bytes"] += batch.rx_bytes - n * self.hdr
-            self._c["rx_bursts"] += 1
+            self._count_rx(n, 1, batch.rx_bytes, batch.rx_gso, batch.rx_needs_csum)
         return n
 
     def tx(self, batch):
         sent, errors, nbytes = fastpath.tx_burst(self.fd, batch)
+        self._count_tx(sent, errors, nbytes)
+        return sent, errors
+
+    def account(self, r):
+        """Count what Engine.serve moved on this fd (its result: lb/workers.py)."""
+        if r["frames"]:
+            self._count_rx(r["frames"], r["bursts"], r["rx_bytes"], r["rx_gso"],
+                           r["rx_needs_csum"])
+        self._count_tx(r["tx_frames"], r["tx_errors"], r["tx_bytes"])
+
+    def _count_rx(self, frames, bursts, nbytes, gso, csum):
+        self._c["rx_frames"] += frames
+        self._c["rx_bytes"] += nbytes - frames * self.hdr
+        self._c["rx_bursts"] += bursts
+
+    def _count_tx(self, sent, errors, nbytes):
         self._c["tx_frames"] += sent
         self._c["tx_bytes"] += nbytes
         self._c["tx_errors"] += errors
-        return sent, errors
 
     def send(self, frames):
         _send_frames(self.fd, frames, self._c, self.hdr)
@@ -265,12 +278,11 @@ class AfPacketIO(_LiveIO):
         self.mac = s.getsockname()[4]
         self.hdr = VNET_HDR_LEN if offload else 0
 
-    def rx(self, batch):
-        n = super().rx(batch)
-        if n and self.hdr:
-            self._c["rx_gso"] += batch.rx_gso            # counted by rx_burst
-            self._c["rx_needs_csum"] += batch.rx_needs_csum
-        return n
+    def _count_rx(self, frames, bursts, nbytes, gso, csum):
+        super()._count_rx(frames, bursts, nbytes, gso, csum)
+        if self.hdr:
+            self._c["rx_gso"] += gso            # counted by rx_burst / Engine.serve
+            self._c["rx_needs_csum"] += csum
 
     def info(self):
         d = super().info()

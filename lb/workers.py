@@ -1,17 +1,18 @@
-"""Several data-plane workers: `[io] workers = N` (N > 1, tap backend).
+"""lbd's data-plane workers: `[io] workers = N` threads (default 1; N > 1: tap backend).
 
 ```
                  multi-queue TAP (lb/io.py TapIO, IFF_MULTI_QUEUE, one fd per queue)
    kernel --frame--> steering program (lb/steer.py): queue = hash(client ip, port) % N
-                        |                         |
-                  [worker 0 thread]         [worker 1 thread]  ...   each: poll(fd, 100 ms),
-                   Engine 0 (flows)          Engine 1 (flows)        bursts of rx -> process
-                   SpliceManager 0           SpliceManager 1         -> tx -> splice punts,
-                   expire / splice timers    expire / splice timers  its own timers
-                        \\ ARP / ICMP punts (copies) /
-                         +--> main thread (asyncio, lb/daemon.py's loop): lb/neigh.py, LBState,
-                              control socket, health checks, gc; answers go out on queue 0
-   control: LBState -> EngineGroup -> every engine, each under its worker's lock
+                        |                         |     (N = 1: one fd, tap or afpacket,
+                  [worker 0 thread]         [worker 1 thread]  ...      and no steering)
+                   Engine 0 (flows)          Engine 1 (flows)    each: Engine.serve without
+                   SpliceManager 0           SpliceManager 1     the GIL (poll, bursts of rx
+                   expire / splice timers    expire / splice timers  -> process -> tx); in
+                        \\ ARP / ICMP punts (copies) /            Python only for splice
+                         +--> main thread (asyncio,             punts and a tick (100 ms)
+                              lb/daemon.py's loop): lb/neigh.py, LBState, control socket,
+                              health checks, gc; answers go out on queue 0
+   control: LBState -> EngineGroup -> every engine, each under its engine's lock
 ```
 
 Invariants:
@@ -21,9 +22,10 @@ Invariants:
 - Capacity: each engine gets ceil(flows.capacity / N) entries, so `flows.capacity` keeps
   meaning the whole balancer's table (and its memory). The hash spreads clients evenly; a
   worker that fills up evicts by the engine's own policy, as one engine would.
-- Control changes land between bursts: a worker holds its lock for one burst (rx, process,
-  tx, splice punts) or one timer run; EngineGroup takes each worker's lock in turn for every
-  write. Lock-free reads (real_conns, counters, flow_count) read plain integers the other
+- Control changes land between bursts: a worker holds its engine's lock (Engine.acquire /
+  release, taken by serve() in C) for one burst, its splice punts and its timer run;
+  EngineGroup takes each engine's lock in turn for every write, and serve() lets such a
+  waiting thread in before its next burst, so traffic cannot starve the control plane. Lock-free reads (real_conns, counters, flow_count) read plain integers the other
   thread may be updating: a value a burst old at worst.
 - Steering follows the services: EngineGroup.set_services attaches the program for the new
   set of VIP addresses before any engine sees the new table.
@@ -32,21 +34,21 @@ Invariants:
   thread, so the main thread taking a worker's lock cannot deadlock. Each worker's
   SpliceManager reads the state (splice_vip, mac_of, choose) like lbd's single loop does.
 - One splice secret for all engines (a cookie one worker made is valid on every worker).
-- Shutdown: stop flags, then join (every poll returns within TICK_MS); the fds are closed by
-  the IO backend afterwards.
+- Shutdown: stop flags, then join (serve returns at the next tick, within TICK_MS); the fds
+  are closed by the IO backend afterwards. A worker whose poll() fails (its fd is gone)
+  counts an error and ends.
 """
 import ctypes
 import logging
 import math
-import select
+import os
 import threading
 import time
 
 import fastpath
 from modes.splice import SpliceManager
 
-from .daemon import (BATCH_SIZE, GC_MS, MAX_BURSTS_PER_WAKE, TICK_MS, Daemon, handle_punts,
-                     monotonic_ms)
+from .daemon import BATCH_SIZE, GC_MS, TICK_MS, Daemon, handle_punts, monotonic_ms
 from .steer import Steering
 
 log = logging.getLogger("lbd.workers")
@@ -146,6 +148,20 @@ class EngineGroup:
         return out
 
 
+class EngineLock:
+    """`with lock:` around Engine.acquire()/release(): the lock serve() takes per burst."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def __enter__(self):
+        self.engine.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.engine.release()
+
+
 class Worker:
     """One data-plane thread: one TAP queue, one engine, one splice manager, its timers."""
 
@@ -157,7 +173,7 @@ class Worker:
         self.expire_budget = expire_budget
         self.punt_sink = punt_sink         # callable(list of frame bytes), thread-safe
         self.splice = None                 # SpliceManager, set once the state exists
-        self.lock = threading.Lock()
+        self.lock = EngineLock(engine)
         self.batch = io.new_batch(BATCH_SIZE)
         self.running = False
         self.thread = None
@@ -184,52 +200,40 @@ class Worker:
 
     def run(self):
         _name_thread("lbd-w%d" % self.index)
-        poller = select.poll()
-        poller.register(self.io.fd, select.POLLIN)
+        eng = self.engine
         while self.running:
-            try:
-                ready = poller.poll(TICK_MS)
-            except OSError:            # the fd is gone: this worker is over (view: alive)
-                self._error("worker %d: poll failed, stopping" % self.index)
-                break
+            if self._next_tick is None:
+                self._next_tick = self.clock()
+            # frames move in there, without the GIL, until a burst punts or a tick is due;
+            # it returns holding the engine lock
+            r = eng.serve(self.io.fd, self.batch, self._next_tick)
             up = []
             try:
-                if ready:
-                    self.stats["wakeups"] += 1
-                    for _ in range(MAX_BURSTS_PER_WAKE):
-                        with self.lock:
-                            n = self.burst(up)
-                        if n < self.batch.size:     # drained (see Daemon.on_readable)
-                            break
-                else:
-                    with self.lock:
-                        self.timers(self.clock())
+                self.io.account(r)
+                for k in ("wakeups", "bursts", "frames"):
+                    self.stats[k] += r[k]
+                now = r["now"]
+                if r["punts"]:
+                    self.stats["punts"] += handle_punts(self.batch, self.batch.n, self.splice,
+                                                        now, self.io.send, up.append)
+                self.timers(now)
             except Exception:
                 self._error("worker %d: burst failed" % self.index)
+            finally:
+                eng.release()
             if up:
                 self.stats["punts_up"] += len(up)
                 try:
                     self.punt_sink(up)
                 except RuntimeError:       # the loop is closing: nobody to answer ARP
                     pass
+            if r["error"]:                 # the fd is gone: this worker is over (view: alive)
+                self.stats["errors"] += 1
+                log.error("worker %d: poll failed (%s), stopping", self.index,
+                          os.strerror(r["error"]))
+                break
 
-    # --- under self.lock -----------------------------------------------------------------
-    def burst(self, up):
-        """Daemon.burst on this worker's queue; ARP/ICMP punts are appended to `up`."""
-        b = self.batch
-        n = self.io.rx(b)
-        if n == 0:
-            return 0
-        now = self.clock()
-        self.timers(now)
-        npunt = self.engine.process(b, now)
-        self.io.tx(b)
-        if npunt:
-            self.stats["punts"] += handle_punts(b, n, self.splice, now, self.io.send, up.append)
-        self.stats["bursts"] += 1
-        self.stats["frames"] += n
-        return n
-
+    # --- under the engine lock ------------------------------------------------------------
     def timers(self, now):
         if self._next_tick is not None and now < self._next_tick:
             return
@@ -260,13 +264,12 @@ class WorkerDaemon(Daemon):
     def __init__(self, cfg, io, clock=monotonic_ms):
         queues = getattr(io, "queues", [io])
         n = len(queues)
-        if n < 2:
-            raise ValueError("WorkerDaemon needs a multi-queue IO backend, got %d queue" % n)
         cap = max(1, math.ceil(cfg.flows.capacity / n))
         self.workers = [Worker(i, q, fastpath.Engine(cap, cfg.flows.timeouts), clock,
                                max(1024, cap // 50), self._punt_sink)
                         for i, q in enumerate(queues)]
-        self.steering = Steering(io.fd)
+        # one queue needs no steering: every frame is the one worker's
+        self.steering = Steering(io.fd) if n > 1 else None
         self._loop = None
         self._control_side(cfg, io, clock, EngineGroup(self.workers, self.steering))
         for w in self.workers:
@@ -340,9 +343,10 @@ class WorkerDaemon(Daemon):
             loop[k] = sum(v[k] for v in views)
         loop["errors"] += sum(v["errors"] for v in views)
         loop["workers"] = {"w%d" % v["worker"]: v for v in views}
-        return {"io": self.io.counters(), "neigh": self.neigh.counters(), "splice": splice,
-                "steering": dict(self.steering.counters(),
-                                 errors=self.engine.steer_errors),
-                "loop": loop,
-                "health": {k: h[k] for k in ("tasks", "probes", "probe_failures",
-                                             "transitions", "in_flight")}}
+        out = {"io": self.io.counters(), "neigh": self.neigh.counters(), "splice": splice,
+               "loop": loop}
+        if self.steering is not None:
+            out["steering"] = dict(self.steering.counters(), errors=self.engine.steer_errors)
+        out["health"] = {k: h[k] for k in ("tasks", "probes", "probe_failures", "transitions",
+                                           "in_flight")}
+        return out

@@ -4,6 +4,8 @@ real engine. (Threads, the TAP queues and steering together: tests/integration/
 test_workers.py; the steering program: tests/unit/test_steer.py.)
 """
 import ipaddress
+import os
+import queue
 import socket
 import threading
 
@@ -12,6 +14,7 @@ import pytest
 
 import fastpath
 from fastpath import defs
+from lb.daemon import monotonic_ms
 from lb.io import TapQueue
 from lb.neigh import ARP_REQUEST, arp_frame
 from lb.state import LBState
@@ -101,11 +104,11 @@ def test_one_splice_secret_for_all_engines(group):
 
 
 def test_a_control_write_waits_for_the_burst_in_progress(st, group):
-    """A worker holds its lock for a burst: set_gateway must not touch its engine until the
-    lock is released (and then it does)."""
+    """A worker holds its engine's lock for a burst: set_gateway must not touch its engine
+    until the lock is released (and then it does)."""
     w1 = group.workers[1]
     done = threading.Event()
-    w1.lock.acquire()
+    w1.engine.acquire()
     try:
         t = threading.Thread(target=lambda: (group.set_gateway(None), done.set()))
         t.start()
@@ -114,37 +117,60 @@ def test_a_control_write_waits_for_the_burst_in_progress(st, group):
         assert send(group.workers[0].engine, tcp_frame(4000))[0][:2] == \
             (defs.V_TX, "nat_fwd")
     finally:
-        w1.lock.release()
+        w1.engine.release()
     t.join(5)
     assert done.is_set()
 
 
-def test_worker_burst_processes_and_hands_arp_up(st, group):
-    """Worker.burst on a real engine and a real datagram fd (a Unix socketpair: one frame
-    per read and write, like a TAP queue): the nat frame is forwarded out of the same fd,
-    the ARP request is handed up for the main thread, nothing goes to splice."""
+def test_worker_thread_forwards_and_hands_arp_up(st, group):
+    """A started Worker on a real engine and a real datagram fd (a Unix socketpair: one frame
+    per read and write, like a TAP queue): the nat frame is forwarded out of the same fd by
+    Engine.serve, the ARP request is handed up for the main thread, nothing goes to splice;
+    the worker stops within a tick."""
     mine, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    handed = queue.Queue()
+    w = Worker(0, TapQueue(mine.fileno(), 0, 0), group.workers[0].engine, monotonic_ms,
+               1024, handed.put)
     try:
         mine.setblocking(False)
         peer.settimeout(5)
-        w = Worker(0, TapQueue(mine.fileno(), 0, 0), group.workers[0].engine, lambda: NOW,
-                   1024, lambda frames: None)
         w.splice = SpliceManager(w.engine, st, LB_MAC)
+        w.start()
         arp = arp_frame(ARP_REQUEST, MACS[B1], MACS[B1], ip(B1), b"\0" * 6, ip(LB_IP),
                         b"\xff" * 6)
         peer.send(tcp_frame(5000))
-        peer.send(arp)
-        up = []
-        assert w.burst(up) == 2
-        assert up == [arp]
         out = dpkt.ethernet.Ethernet(peer.recv(4096))
         assert str(ipaddress.IPv4Address(out.data.dst)) == B1 and out.dst == MACS[B1]
-        assert w.stats["frames"] == 2 and w.stats["punts"] == 1 and w.stats["bursts"] == 1
-        assert w.stats["ticks"] == 1                  # the first burst runs the timers
-        assert w.io.counters()["tx_frames"] == 1 and w.io.counters()["rx_frames"] == 2
-        assert w.engine.counters()["nat_fwd"] == 1
-        assert w.splice.counters()["conns"] == 0
-        assert w.burst(up) == 0 and up == [arp]       # drained
+        peer.send(arp)
+        assert handed.get(timeout=5) == [arp]
     finally:
+        w.stop()
+        w.join()
+        mine.close()
+        peer.close()
+    assert not w.thread.is_alive()
+    assert w.stats["frames"] == 2 and w.stats["punts"] == 1 and w.stats["punts_up"] == 1
+    assert w.stats["bursts"] == 2 and w.stats["wakeups"] == 2 and w.stats["ticks"] >= 1
+    assert w.stats["errors"] == 0
+    assert w.io.counters()["tx_frames"] == 1 and w.io.counters()["rx_frames"] == 2
+    assert w.engine.counters()["nat_fwd"] == 1
+    assert w.splice.counters()["conns"] == 0
+
+
+def test_worker_stops_when_its_fd_goes(st, group):
+    """poll() on a closed fd: the worker counts an error and ends instead of spinning."""
+    mine, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    fd = os.dup(mine.fileno())
+    w = Worker(0, TapQueue(fd, 0, 0), group.workers[0].engine, monotonic_ms, 1024,
+               lambda frames: None)
+    w.splice = SpliceManager(w.engine, st, LB_MAC)
+    try:
+        os.close(fd)                # gone before the thread polls it: POLLNVAL
+        w.start()
+        w.join()
+        assert not w.thread.is_alive()
+        assert w.stats["errors"] == 1
+    finally:
+        w.stop()
         mine.close()
         peer.close()
