@@ -265,6 +265,7 @@ class IOConfig:
     interface: str = DEFAULT_INTERFACE     # tap: device to create; afpacket: interface to bind
     offload: bool = False                  # vnet headers, GSO superframes, partial checksums
     workers: int = 1                       # data-plane threads; > 1: one TAP queue each (tap only)
+    rps: Optional[bool] = None             # tap: RPS on lbd's TAP (None: if it can be set)
 
 
 @dataclass
@@ -415,7 +416,7 @@ def parse(data):
 
 
 def _parse_io(raw):
-    check_keys(raw, ["backend", "interface", "offload", "workers"], "io")
+    check_keys(raw, ["backend", "interface", "offload", "workers", "rps"], "io")
     io = IOConfig()
     if "backend" in raw:
         if raw["backend"] not in IO_BACKENDS:
@@ -436,6 +437,14 @@ def _parse_io(raw):
             raise LBError("io.workers", "%d workers need the tap backend (a multi-queue TAP "
                           "steers each flow to one worker); %s has one queue: use workers = 1"
                           % (io.workers, io.backend))
+    if "rps" in raw:
+        if not isinstance(raw["rps"], bool):
+            raise LBError("io.rps", "must be true or false (receive packet steering on lbd's "
+                          "TAP), got %r" % (raw["rps"],))
+        if raw["rps"] and io.backend != "tap":
+            raise LBError("io.rps", "is for the tap backend (lbd's own device); with %s, set "
+                          "RPS on the interface's peer yourself" % io.backend)
+        io.rps = raw["rps"]
     return io
 
 

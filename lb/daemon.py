@@ -286,7 +286,8 @@ def main(argv=None):
         io = PcapIO(a.pcap_in, a.pcap_out) if pcap else open_backend(cfg.io.backend,
                                                                       cfg.io.interface,
                                                                       cfg.io.offload,
-                                                                      cfg.io.workers)
+                                                                      cfg.io.workers,
+                                                                      cfg.io.rps)
     except (OSError, ValueError) as e:
         where = "pcap" if pcap else "io.interface %r (%s)" % (cfg.io.interface, cfg.io.backend)
         print("lbd: cannot open %s: %s" % (where, e), file=sys.stderr)

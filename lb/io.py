@@ -145,7 +145,7 @@ class TapIO(_LiveIO):
     TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
     IFF_MULTI_QUEUE = 0x0100          # linux/if_tun.h (pytun may not export it)
 
-    def __init__(self, name, mtu=1500, offload=False, queues=1):
+    def __init__(self, name, mtu=1500, offload=False, queues=1, rps=None):
         super().__init__()
         import pytun  # only the tap backend needs it
         flags = pytun.IFF_TAP | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if offload else 0)
@@ -168,6 +168,7 @@ class TapIO(_LiveIO):
             self.mtu = mtu
             self.fd = self._dev.fileno()
             os.set_blocking(self.fd, False)
+            self.rps_cpus = self._set_rps(rps)
             self.queues = [self]
             if queues > 1:
                 self.queues = [TapQueue(dev.fileno(), self.hdr, i)
@@ -179,11 +180,39 @@ class TapIO(_LiveIO):
                 dev.close()
             raise
 
+    def _set_rps(self, rps):
+        """RPS on the TAP's receive queues (the frames lbd writes): the kernel hands each
+        written frame's forwarding (bridge, veth, the router or the backend's TCP) to the CPU
+        its flow hash picks, instead of doing all of it inside lbd's write(). rps None: try,
+        and log why not; True: required (OSError if it cannot be set); False: leave it off.
+        Returns the mask set, or None."""
+        n = os.cpu_count() or 1
+        if rps is False or (rps is None and n < 2):
+            return None
+        mask = rps_mask_text(n)
+        try:
+            qdir = "/sys/class/net/%s/queues" % self.name
+            paths = [os.path.join(qdir, q, "rps_cpus") for q in sorted(os.listdir(qdir))
+                     if q.startswith("rx-")]
+            if not paths:
+                raise OSError("no receive queues under %s" % qdir)
+            for path in paths:
+                with open(path, "w") as f:
+                    f.write(mask)
+        except OSError as e:
+            if rps:
+                raise OSError("io.rps: cannot set RPS on %s: %s" % (self.name, e)) from e
+            log.warning("RPS not set on %s (%s): lbd's writes are forwarded on its own CPU",
+                        self.name, e)
+            return None
+        return mask
+
     def info(self):
         d = super().info()
         d["mtu"] = self.mtu
         d["offload"] = bool(self.hdr)
         d["queues"] = len(self.queues)
+        d["rps_cpus"] = self.rps_cpus
         return d
 
     def counters(self):
@@ -407,11 +436,22 @@ class PcapIO:
             self._in.close()
 
 
-def open_backend(backend, interface, offload=False, queues=1):
-    """The live backend named in the config: 'tap' creates `interface` (with `queues` queues),
-    'afpacket' binds it."""
+def rps_mask_text(ncpus):
+    """rps_cpus text for CPUs 0..ncpus-1: hex in comma-separated 32-bit groups."""
+    mask = (1 << ncpus) - 1
+    groups = []
+    while True:
+        groups.append("%08x" % (mask & 0xFFFFFFFF))
+        mask >>= 32
+        if not mask:
+            return ",".join(reversed(groups))
+
+
+def open_backend(backend, interface, offload=False, queues=1, rps=None):
+    """The live backend named in the config: 'tap' creates `interface` (with `queues` queues,
+    and RPS as TapIO says), 'afpacket' binds it."""
     if backend == "tap":
-        return TapIO(interface, offload=offload, queues=queues)
+        return TapIO(interface, offload=offload, queues=queues, rps=rps)
     if backend == "afpacket":
         return AfPacketIO(interface, offload=offload)
     raise ValueError("unknown io backend %r" % (backend,))

@@ -286,3 +286,32 @@ def test_io_workers_need_the_tap_backend():
     d = good_dict()
     afpacket(1)(d)
     assert config.parse(d).io.workers == 1          # one worker: any backend
+
+
+# --- [io] rps -------------------------------------------------------------------------------
+
+def test_io_rps_default_is_auto_and_takes_booleans():
+    assert config.parse(good_dict()).io.rps is None
+    for v in (True, False):
+        d = good_dict()
+        d["io"]["rps"] = v
+        assert config.parse(d).io.rps is v
+
+
+@pytest.mark.parametrize("value", ["on", 1, 0, "3"])
+def test_io_rps_bad_values_name_the_field(value):
+    e = errors_of(_set(["io", "rps"], value))
+    assert e.field == "io.rps" and "true or false" in e.message and repr(value) in e.message
+
+
+def test_io_rps_is_for_the_tap_backend():
+    def afpacket(v):
+        def mutate(d):
+            d["io"]["backend"] = "afpacket"
+            d["io"]["rps"] = v
+        return mutate
+    e = errors_of(afpacket(True))
+    assert e.field == "io.rps" and "tap backend" in e.message and "afpacket" in e.message
+    d = good_dict()
+    afpacket(False)(d)
+    assert config.parse(d).io.rps is False           # off: nothing to refuse

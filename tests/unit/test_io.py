@@ -18,6 +18,8 @@ import uuid
 import dpkt
 import pytest
 
+from lb.io import rps_mask_text
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 IMPLS = [pytest.param("py", id="py"),
@@ -312,6 +314,9 @@ for cmd in (["ip", "link", "set", "dev", TAP, "netns", NS2],
             ["ip", "-n", NS2, "addr", "add", "198.19.255.1/24", "dev", TAP],
             ["ip", "-n", NS2, "link", "set", TAP, "up"]):
     subprocess.run(cmd, check=True, timeout=10)
+info["rps_after_move"] = subprocess.run(
+    ["ip", "netns", "exec", NS2, "cat", "/sys/class/net/%s/queues/rx-0/rps_cpus" % TAP],
+    capture_output=True, text=True, timeout=10).stdout.strip()
 kernel = subprocess.Popen(
     ["ip", "netns", "exec", NS2, sys.executable, "-c",
      "import socket, sys\n"
@@ -379,6 +384,50 @@ def test_tap_survives_namespace_move(netns, impl):
     assert res["tx"] == [1, 0]
     assert res["kernel_got"] == "answer 198.19.255.2 7"
     assert res["counters"]["send_frames"] >= 1
+    # RPS on by default (io.rps absent): set at creation, kept by the move
+    ncpu = os.cpu_count()
+    if ncpu >= 2:
+        assert res["info"]["rps_cpus"] == rps_mask_text(ncpu)
+        assert int(res["info"]["rps_after_move"].replace(",", ""), 16) == (1 << ncpu) - 1
+    else:
+        assert res["info"]["rps_cpus"] is None
+
+
+RPS_CHILD = r"""
+import json, sys
+from lb.io import TapIO
+io = TapIO(sys.argv[1], rps=sys.argv[2] == "on", queues=int(sys.argv[3]))
+path = "/sys/class/net/%s/queues/rx-%d/rps_cpus"
+print(json.dumps({"info": io.info(),
+                  "masks": [open(path % (sys.argv[1], q)).read().strip()
+                            for q in range(int(sys.argv[3]))]}))
+io.close()
+"""
+
+
+@needs_root
+@pytest.mark.parametrize("rps,queues", [("on", 2), ("off", 1)])
+def test_tap_rps_on_every_queue_or_off(netns, rps, queues):
+    """io.rps = true sets the mask of every CPU on each receive queue; false leaves the
+    kernel's default (0)."""
+    ns = netns()
+    tap = "twtap" + uuid.uuid4().hex[:6]
+    p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", RPS_CHILD, tap, rps,
+                        str(queues)], env=_env("py"), cwd=REPO, capture_output=True,
+                       text=True, timeout=30)
+    assert p.returncode == 0, p.stdout + p.stderr
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    want = rps_mask_text(os.cpu_count()) if rps == "on" else None
+    assert res["info"]["rps_cpus"] == want and res["info"]["queues"] == queues
+    for m in res["masks"]:
+        assert int(m.replace(",", ""), 16) == (int(want.replace(",", ""), 16) if want else 0)
+
+
+def test_rps_mask_text():
+    assert rps_mask_text(1) == "00000001"
+    assert rps_mask_text(2) == "00000003"
+    assert rps_mask_text(32) == "ffffffff"
+    assert rps_mask_text(40) == "000000ff,ffffffff"
 
 
 def _pcap(path, frames):
