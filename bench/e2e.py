@@ -291,11 +291,11 @@ def render_markdown(rows, meta):
             r = g.get((w.name, p))
             cells.append(_fmt(r["median"], w.unit) if r else "-")
         L.append("| %s | %s | %s |" % (w.name, w.unit, " | ".join(cells)))
-    if tw and any(p in paths for p in ("haproxy", "kernel")):
+    if tw and any(p in paths for p in ANCHORS):
         L.append("")
         L.append("## threeway relative to the anchors (ratio of medians, > 1 = threeway faster)")
         L.append("")
-        cols = [(m, a) for a in ("haproxy", "kernel") if a in paths for m in tw]
+        cols = [(m, a) for a in ("haproxy", "kernel", "direct") if a in paths for m in tw]
         L.append("| workload | " + " | ".join("%s/%s" % c for c in cols) + " |")
         L.append("|---|" + "---:|" * len(cols))
         for w in wls:
@@ -375,15 +375,21 @@ def render_markdown(rows, meta):
         L.append("")
         L.append("## Offloads in force (ethtool -k, at the start of the run)")
         L.append("")
+        L.append("RPS CPUs: the receive queues' rps_cpus mask (0 = off, the kernel's default). "
+                 "lbd sets it on its own TAP (`[io] rps`), so that the kernel forwards the "
+                 "frames lbd writes on the CPU their flow hashes to, not all inside lbd's "
+                 "write(); no other interface is changed.")
+        L.append("")
         L.append("| node | interface | role | " + " | ".join(s for _, s in ETHTOOL_FEATURES)
-                 + " |")
-        L.append("|---|---|---|" + "---|" * len(ETHTOOL_FEATURES))
+                 + " | RPS CPUs |")
+        L.append("|---|---|---|" + "---|" * (len(ETHTOOL_FEATURES) + 1))
         for key, o in off.items():
             feats = o.get("features") or {}
-            L.append("| %s | %s | %s | %s |" % (o.get("node"), o.get("interface"),
-                                                o.get("role", ""),
-                                                " | ".join(feats.get(s, "?")
-                                                           for _, s in ETHTOOL_FEATURES)))
+            L.append("| %s | %s | %s | %s | %s |" % (o.get("node"), o.get("interface"),
+                                                     o.get("role", ""),
+                                                     " | ".join(feats.get(s, "?")
+                                                                for _, s in ETHTOOL_FEATURES),
+                                                     o.get("rps_cpus", "?")))
     L.append("")
     L.append("## Paths")
     L.append("")
@@ -623,9 +629,23 @@ def offloads(lab):
     out = {}
     for node, ifname, role in ifs:
         r = lab.exec(node, ["ethtool", "-k", ifname], timeout=10, check=False)
+        rps = lab.exec(node, ["sh", "-c", "cat /sys/class/net/%s/queues/rx-*/rps_cpus" % ifname],
+                       timeout=10, check=False)
         out["%s/%s" % (node, ifname)] = {"node": node, "interface": ifname, "role": role,
-                                         "features": parse_ethtool_k(r.stdout)}
+                                         "features": parse_ethtool_k(r.stdout),
+                                         "rps_cpus": parse_rps(rps.stdout)}
     return out
+
+
+def parse_rps(text):
+    """The receive queues' rps_cpus masks as one string ("0" = RPS off; several queues that
+    differ: joined with '/'), or "?" when unreadable."""
+    masks = []
+    for line in text.split():
+        m = line.replace(",", "").lstrip("0") or "0"
+        if m not in masks:
+            masks.append(m)
+    return "/".join(masks) or "?"
 
 
 def machine():

@@ -185,7 +185,9 @@ META = {"date": "2026-11-21T00:00:00+00:00", "cpu_model": "Test CPU", "ncpu": 2,
         "quick": False, "durations": e2e.FULL._asdict(), "http_object": "/1k",
         "http_object_note": "1024-byte body",
         "offloads": {"c1/eth0": {"node": "c1", "interface": "eth0", "role": "client",
-                                 "features": {"tso": "on", "gro": "off"}}},
+                                 "features": {"tso": "on", "gro": "off"}, "rps_cpus": "0"},
+                     "sw/lbtap": {"node": "sw", "interface": "lbtap", "role": "lbd's TAP",
+                                  "features": {"tso": "on"}, "rps_cpus": "3"}},
         "skipped": {"splice": "lbctl: unknown mode 'splice'"}, "notes": ["shared host"],
         "path_notes": ["direct: b1"]}
 
@@ -199,11 +201,14 @@ def test_markdown_table_has_workloads_as_rows_and_paths_as_columns():
     assert row == "| iperf-up-P1 | Gbit/s | 30.0 | 20.0 | 10.0 | 2.00 | 25.0 |"
     assert "| wrk-keepalive | req/s | 300,000 | 200,000 | 100,000 | 20,000 | 250,000 |" in lines
     # ratios threeway / anchors
-    assert "| workload | nat/haproxy | dsr/haproxy | nat/kernel | dsr/kernel |" in lines
-    assert "| iperf-up-P1 | 0.20× | 2.50× | 0.10× | 1.25× |" in lines
+    assert ("| workload | nat/haproxy | dsr/haproxy | nat/kernel | dsr/kernel | nat/direct "
+            "| dsr/direct |") in lines
+    assert "| iperf-up-P1 | 0.20× | 2.50× | 0.10× | 1.25× | 0.07× | 0.83× |" in lines
     # settings, skipped, notes
     assert "Test CPU" in md and "lab io tap" in md
     assert "| c1 | eth0 | client |" in md
+    off = [l for l in lines if l.startswith("| sw | lbtap |")][0]
+    assert off.endswith("| 3 |")         # RPS CPUs, the last column
     assert "skipped splice: lbctl: unknown mode 'splice'" in md
     assert "shared host" in md
     assert "splice" not in head       # a skipped path gets no column
@@ -222,6 +227,13 @@ def test_failed_cell_shows_a_dash():
                              dict(META, skipped={}))
     assert "| blob-64MiB | Gbit/s | - |" in md
     assert "nat blob-64MiB: a run failed: timed out" in md
+
+
+def test_parse_rps():
+    assert e2e.parse_rps("00000003\n00000003\n") == "3"
+    assert e2e.parse_rps("0\n") == "0"
+    assert e2e.parse_rps("00000000,00000001\n00000002\n") == "1/2"
+    assert e2e.parse_rps("") == "?"
 
 
 def test_parse_list():
