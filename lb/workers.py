@@ -206,7 +206,11 @@ class Worker:
                 self._next_tick = self.clock()
             # frames move in there, without the GIL, until a burst punts or a tick is due;
             # it returns holding the engine lock
-            r = eng.serve(self.io.fd, self.batch, self._next_tick)
+            try:
+                r = eng.serve(self.io.fd, self.batch, self._next_tick)
+            except Exception:              # refused before it took the lock: would repeat
+                self._error("worker %d: serve refused, stopping" % self.index)
+                break
             up = []
             try:
                 self.io.account(r)
