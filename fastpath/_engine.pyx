@@ -21,7 +21,7 @@ Invariants:
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memcmp, memmove, memset
-from libc.errno cimport errno, EINTR
+from libc.errno cimport errno, EINTR, EBADF, EIO
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
                                PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK)
@@ -1030,7 +1030,7 @@ cdef class Engine:
                 if r == 0:
                     continue
                 if pfd.revents & (POLLERR | POLLHUP | POLLNVAL) and not pfd.revents & POLLIN:
-                    err = 9 if pfd.revents & POLLNVAL else 5     # EBADF / EIO
+                    err = EBADF if pfd.revents & POLLNVAL else EIO
                     continue
                 wakeups += 1
                 while True:

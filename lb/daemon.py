@@ -111,7 +111,7 @@ class Daemon:
         self._next_tick = None
         self._next_gc = None
         self._last_error_log = 0.0
-        self.loop_stats = {"wakeups": 0, "bursts": 0, "frames": 0, "punts": 0, "ticks": 0,
+        self.loop_stats = {"bursts": 0, "frames": 0, "punts": 0, "ticks": 0,
                            "expired": 0, "gc_freed": 0, "errors": 0}
 
     def _control_side(self, cfg, io, clock, engine):

@@ -1,12 +1,14 @@
 """I/O backends of lbd: one batch RX/TX interface over a TAP device, an AF_PACKET socket or
 a pair of pcap files.
 
-Every backend has the same small surface, so the event loop (lb/daemon.py) runs the same
-per-burst code live and offline:
+Every backend has the same small surface. Live, a worker thread (lb/workers.py) hands .fd
+to Engine.serve, which reads and writes it itself, and counts what it moved with .account;
+offline, lb/daemon.py's burst() uses .rx and .tx:
 
     .fd                     pollable file descriptor, or None (pcap)
     .rx(batch) -> n         fill a fastpath.Batch with up to batch.size frames; sets batch.n
     .tx(batch) -> (sent, errors)   send every frame whose verdict is V_TX
+    .account(result)        (live) count what Engine.serve moved on .fd
     .send(frames)           send frames Python built (ARP replies, ICMP echo replies)
     .info() -> dict         backend, interface, ifindex, ...
     .counters() -> dict     rx/tx frame counts and errors
@@ -14,7 +16,8 @@ per-burst code live and offline:
 
 Invariants:
 - Live backends read and write one frame per read()/write() (no packet-information header);
-  the per-frame loop is fastpath.rx_burst/tx_burst, draining the fd until EAGAIN.
+  the per-frame loop is fastpath's (Engine.serve, rx_burst/tx_burst), draining the fd until
+  EAGAIN.
 - Checksums and offload: with offload (TAP IFF_VNET_HDR + TUNSETOFFLOAD, AF_PACKET
   PACKET_VNET_HDR) every frame carries a 10-byte virtio-net header, which tells a partial
   checksum (NEEDS_CSUM) and a GSO superframe apart; the engine keeps their semantics and the
