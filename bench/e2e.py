@@ -250,6 +250,18 @@ def _ratio(a, b):
     return "%.2f×" % (a / b) if a is not None and b else "-"
 
 
+def paired_ratio(rm, ra):
+    """Median over runs of (rm's run i / ra's run i), None when no run pair has both values.
+    Run i of every path is measured within the same minute (the runs interleave the paths),
+    so on a shared, noisy host a slow minute divides out of the pair instead of landing on
+    one median only."""
+    if not rm or not ra:
+        return None
+    rs = [a / b for a, b in zip(rm["run_values"], ra["run_values"])
+          if a is not None and b]
+    return statistics.median(rs) if rs else None
+
+
 def _grid(rows):
     g = {}
     for r in rows:
@@ -304,6 +316,22 @@ def render_markdown(rows, meta):
                 rm, ra = g.get((w.name, m)), g.get((w.name, a))
                 cells.append(_ratio(rm and rm["median"], ra and ra["median"]))
             L.append("| %s | %s |" % (w.name, " | ".join(cells)))
+        if meta.get("runs", 0) > 1:
+            L.append("")
+            L.append("## The same, paired by run (median over runs of threeway's run i / the "
+                     "anchor's run i)")
+            L.append("")
+            L.append("Run i of every path falls in the same minute, so a disturbance of the "
+                     "shared host that hits both sides of a pair divides out.")
+            L.append("")
+            L.append("| workload | " + " | ".join("%s/%s" % c for c in cols) + " |")
+            L.append("|---|" + "---:|" * len(cols))
+            for w in wls:
+                cells = []
+                for m, a in cols:
+                    pr = paired_ratio(g.get((w.name, m)), g.get((w.name, a)))
+                    cells.append("%.2f×" % pr if pr is not None else "-")
+                L.append("| %s | %s |" % (w.name, " | ".join(cells)))
     L.append("")
     L.append("## CPU (median), percent of one CPU over the measurement")
     L.append("")

@@ -214,6 +214,22 @@ def test_markdown_table_has_workloads_as_rows_and_paths_as_columns():
     assert "splice" not in head       # a skipped path gets no column
 
 
+def test_paired_ratio_is_the_median_of_per_run_ratios():
+    w = e2e.WORKLOAD_BY_NAME["iperf-down-P1"]
+    direct = e2e.make_row("direct", w, _runs([20.0, 10.0, 22.0, None], "iperf"), ENV)
+    dsr = e2e.make_row("dsr", w, _runs([19.0, 9.0, 20.0, None], "iperf"), ENV)
+    # ratio of medians: 19/20 = 0.95; per run: 0.95, 0.90, 0.909 (run 4 failed on both)
+    assert e2e.paired_ratio(dsr, direct) == pytest.approx(20.0 / 22.0)
+    assert e2e.paired_ratio(dsr, None) is None
+    failed = e2e.make_row("direct", w, _runs([None, None, None, None], "iperf"), ENV)
+    assert e2e.paired_ratio(dsr, failed) is None
+    md = e2e.render_markdown([direct, dsr], dict(META, skipped={}, runs=4))
+    assert "| iperf-down-P1 | 0.95× |" in md          # ratio of medians
+    assert "| iperf-down-P1 | 0.91× |" in md          # paired
+    one = e2e.render_markdown([direct, dsr], dict(META, skipped={}, runs=1))
+    assert "paired by run" not in one
+
+
 def test_markdown_with_only_anchors_has_no_ratio_table():
     rows = [r for r in _rows() if r["path"] in e2e.ANCHORS]
     md = e2e.render_markdown(rows, dict(META, skipped={}))
