@@ -25,6 +25,7 @@ from tools.frames import inet_sum
 def cmd_http(a):
     u = urllib.parse.urlsplit(a.url)
     backends, statuses, errors = {}, {}, []
+    slow = []            # (seconds, started at +s): the slowest requests, for a stall's post-mortem
     conn = None
     deadline = time.monotonic() + a.timeout
     t0 = time.monotonic()
@@ -35,6 +36,7 @@ def cmd_http(a):
         if time.monotonic() > deadline:
             errors.append("deadline")
             break
+        t_req = time.monotonic()
         try:
             if conn is None or not a.keepalive:
                 if conn is not None:
@@ -51,10 +53,14 @@ def cmd_http(a):
         except (OSError, http.client.HTTPException) as e:
             errors.append(repr(e))
             conn = None
+        took = time.monotonic() - t_req
+        if len(slow) < 5 or took > slow[-1][0]:
+            slow = sorted(slow + [(round(took, 3), round(t_req - t0, 3))], reverse=True)[:5]
     if conn is not None:
         conn.close()
     return {"requests": sum(backends.values()), "backends": backends, "statuses": statuses,
-            "errors": errors[:10], "n_errors": len(errors), "seconds": time.monotonic() - t0}
+            "errors": errors[:10], "n_errors": len(errors), "seconds": time.monotonic() - t0,
+            "slowest": slow}
 
 
 def _stream(seed, n):
