@@ -75,7 +75,7 @@ WORKLOAD_BY_NAME = {w.name: w for w in WORKLOADS}
 
 # seconds: iperf3 -t, iperf3 -O (omitted warm-up), wrk -d, blob GETs per run
 Durations = namedtuple("Durations", "iperf iperf_omit wrk blob_gets")
-FULL = Durations(4, 1, 5, 2)
+FULL = Durations(4, 1, 5, 8)
 QUICK = Durations(3, 0, 3, 1)
 OVERHEAD_S = 0.4          # per measurement: process start, snapshots (for the estimate only)
 BLOB_GBPS_GUESS = 2.0     # for the estimate only
