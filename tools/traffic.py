@@ -12,6 +12,7 @@ import argparse
 import hashlib
 import http.client
 import json
+import os
 import socket
 import struct
 import sys
@@ -33,6 +34,8 @@ def cmd_http(a):
     for _ in range(a.count):
         if stop is not None and time.monotonic() >= stop:
             break        # --seconds: a planned end, not an error
+        if a.stop_file and os.path.exists(a.stop_file):
+            break
         if time.monotonic() > deadline:
             errors.append("deadline")
             break
@@ -219,6 +222,8 @@ def main(argv=None):
     h.add_argument("--keepalive", action="store_true")
     h.add_argument("--expect-bytes", type=int)
     h.add_argument("--seconds", type=float, help="stop after this long (--count stays the cap)")
+    h.add_argument("--stop-file", help="stop once this file exists (a planned end, like "
+                   "--seconds: the caller decides when its side of a test is over)")
     h.add_argument("--timeout", type=float, default=60)
     e = sub.add_parser("echo")
     e.add_argument("host")

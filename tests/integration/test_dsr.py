@@ -77,14 +77,20 @@ def test_doctor_finds_a_backend_without_the_vip(make_lab):
     assert [c["check"] for c in res["checks"] if not c["ok"]] == ["vip_local"]
 
 
-def test_mode_switches_under_load_break_no_flow(make_lab):
-    """Many short requests and a few long downloads while the VIP flips between nat and dsr
-    24 times: zero failed requests, every download intact. Each flow keeps the mode it began
-    in; new flows take the current one."""
+def test_mode_switches_under_load_break_no_flow(make_lab, tmp_path):
+    """Short requests, one after another, and a few long downloads while the VIP flips
+    between nat and dsr 24 times: zero failed requests, every download intact. Each flow
+    keeps the mode it began in; new flows take the current one.
+    The requests last exactly as long as the switching (a stop file ends them), and the
+    floor is per switch: a shared host that stalls for seconds (seen here: the direct path at
+    1/50 of its speed for half a minute) slows both sides alike instead of starving the
+    requests of time. A request that stalls (a lost SYN costs 1 s) is in r["slowest"]."""
     lab = make_lab()
     dsr_vip(lab, 80, mode="nat")
+    stop = tmp_path / "stop"
     short = lab.popen("c1", [sys.executable, "-m", "tools.traffic", "http", "http://%s/id" % VIP,
-                             "--count", "100000", "--seconds", "8"],
+                             "--count", "1000000", "--seconds", "60", "--timeout", "70",
+                             "--stop-file", str(stop)],
                       stdout=subprocess.PIPE, text=True)
     longs = [lab.popen("c1", ["sh", "-c", "sleep %s; curl -sf --max-time 60 --limit-rate %s "
                               "http://%s/blob | sha256sum" % (delay, rate, VIP)],
@@ -97,18 +103,20 @@ def test_mode_switches_under_load_break_no_flow(make_lab):
             mode = "dsr" if i % 2 == 0 else "nat"
             lbctl(lab, "vip", "mode", "%s:80" % VIP, mode)
             modes.append(mode)
-            while time.monotonic() < t0 + 0.25 * (i + 1):   # a switch every 250 ms
+            while time.monotonic() < t0 + 0.25 * (i + 1):   # a switch every 250 ms at most
                 time.sleep(0.01)
+        stop.touch()
         out, _ = short.communicate(timeout=60)
         shas = [p.communicate(timeout=90)[0].split()[0] for p in longs]
     finally:
+        stop.touch()
         for p in [short] + longs:
             if p.poll() is None:
                 p.kill()
     r = json.loads(out.strip().splitlines()[-1])
     c = counters(lab)
     # on failure: the client's slowest requests (seconds, when) and lbd's counters say where
-    assert r["n_errors"] == 0 and r["requests"] > 500, (r, c)
+    assert r["n_errors"] == 0 and r["requests"] >= 10 * len(modes), (r, c)
     assert all(s == lab.topology["blob"]["sha256"] for s in shas), shas
     assert c["nat_fwd"] > 0 and c["dsr_fwd"] > 0 and c["nat_rev"] > 0
-    assert len(modes) >= 20
+    assert len(modes) == 24
