@@ -135,13 +135,15 @@ def parse_curl(text):
 
 
 def parse_proc_stat(text):
-    """/proc/stat -> (busy, total) jiffies over all CPUs (idle and iowait count as idle)."""
+    """/proc/stat -> (busy, total, steal) jiffies over all CPUs. Idle and iowait count as
+    idle; steal (time the hypervisor ran something else while this VM wanted to run) is
+    neither busy nor idle here: it is what a shared host takes, shown on its own."""
     for line in text.splitlines():
         f = line.split()
         if f and f[0] == "cpu":
             v = [int(x) for x in f[1:9]]          # user nice system idle iowait irq softirq steal
             total = sum(v)
-            return total - v[3] - v[4], total
+            return total - v[3] - v[4] - v[7], total, v[7]
     raise ValueError("no cpu line in /proc/stat")
 
 
@@ -192,10 +194,11 @@ def median(values):
 
 
 def per_run_metrics(kind, value, served_bytes, requests, wall, cpu, lb_io):
-    """Derived figures of one run. cpu: {machine_busy_s, lbd_s, haproxy_s} (None allowed);
+    """Derived figures of one run. cpu: {machine_busy_s, machine_steal_s, lbd_s, haproxy_s}
+    (None allowed);
     lb_io: deltas {rx_frames, tx_frames, rx_bytes, tx_bytes} or None."""
     out = {"value": value, "wall_s": wall, "served_bytes": served_bytes, "requests": requests}
-    for k in ("machine_busy_s", "lbd_s", "haproxy_s"):
+    for k in ("machine_busy_s", "machine_steal_s", "lbd_s", "haproxy_s"):
         s = cpu.get(k)
         out[k] = s
         out[k[:-2] + "_pct"] = 100.0 * s / wall if s is not None and wall > 0 else None
@@ -218,7 +221,7 @@ def per_run_metrics(kind, value, served_bytes, requests, wall, cpu, lb_io):
     return out
 
 
-MEDIAN_KEYS = ("machine_busy_pct", "lbd_pct", "haproxy_pct", "machine_us_per_req",
+MEDIAN_KEYS = ("machine_busy_pct", "machine_steal_pct", "lbd_pct", "haproxy_pct", "machine_us_per_req",
                "machine_s_per_gb", "lb_frames_per_mb", "lb_bytes_per_mb", "retrans")
 
 
@@ -337,8 +340,8 @@ def render_markdown(rows, meta):
     L.append("")
     L.append("Each cell: whole machine busy / the balancer's own process (lbd for nat, dsr, "
              "splice; haproxy for haproxy; the kernel's NAT work shows only in the machine "
-             "figure). The machine figure counts everything running: client, servers, "
-             "softirqs, and any other work on this shared host.")
+             "figure). The machine figure counts everything running in this VM: client, "
+             "servers, softirqs, and any other work; not the host's steal (next table).")
     L.append("")
     L.append("| workload | " + " | ".join(paths) + " |")
     L.append("|---|" + "---:|" * len(paths))
@@ -354,6 +357,24 @@ def render_markdown(rows, meta):
                 c.get("haproxy_pct") if p == "haproxy" else None)
             cells.append("%s / %s" % (_pct(c.get("machine_busy_pct")), _pct(proc)))
         L.append("| %s | %s |" % (w.name, " | ".join(cells)))
+    if any(r["cpu"].get("machine_steal_pct") is not None for r in rows):
+        L.append("")
+        L.append("## Host steal, percent of one CPU: median / worst run")
+        L.append("")
+        L.append("Time the hypervisor gave to other guests while this VM wanted to run "
+                 "(/proc/stat steal; not in the busy figures above). A run with much of it "
+                 "was measured on a slower machine than its neighbours.")
+        L.append("")
+        L.append("| workload | " + " | ".join(paths) + " |")
+        L.append("|---|" + "---:|" * len(paths))
+        for w in wls:
+            cells = []
+            for p in paths:
+                r = g.get((w.name, p))
+                st = [x.get("machine_steal_pct") for x in r["runs"]] if r else []
+                st = [x for x in st if x is not None]
+                cells.append("%s / %s" % (_pct(median(st)), _pct(max(st))) if st else "-")
+            L.append("| %s | %s |" % (w.name, " | ".join(cells)))
     L.append("")
     L.append("## Machine CPU per unit served (median)")
     L.append("")
@@ -461,19 +482,19 @@ def _read(path):
 
 
 def cpu_snapshot(pids):
-    busy, _total = parse_proc_stat(_read("/proc/stat"))
+    busy, _total, steal = parse_proc_stat(_read("/proc/stat"))
     procs = {}
     for name, pid in pids.items():
         try:
             procs[name] = parse_pid_stat(_read("/proc/%d/stat" % pid)) if pid else None
         except (OSError, IndexError, ValueError):
             procs[name] = None
-    return busy, procs
+    return busy, procs, steal
 
 
 def cpu_delta(a, b):
     tck = os.sysconf("SC_CLK_TCK")
-    out = {"machine_busy_s": (b[0] - a[0]) / tck}
+    out = {"machine_busy_s": (b[0] - a[0]) / tck, "machine_steal_s": (b[2] - a[2]) / tck}
     for name in ("lbd", "haproxy"):
         x, y = a[1].get(name), b[1].get(name)
         out[name + "_s"] = (y - x) / tck if x is not None and y is not None else None
@@ -976,6 +997,8 @@ def main(argv=None):
                                 _pct(r.get("machine_busy_pct")),
                                 "haproxy" if p == "haproxy" else "lbd",
                                 _pct(r.get("haproxy_pct") if p == "haproxy" else r.get("lbd_pct")))
+                            if (r.get("machine_steal_pct") or 0) >= 1:
+                                extra += "  host steal %s" % _pct(r["machine_steal_pct"])
                             shown = ("FAILED: %s" % r["error"][:120] if r["value"] is None
                                      else "%s %s" % (_fmt(r["value"], w.unit), w.unit))
                             ct = r.get("client_tcp", {})

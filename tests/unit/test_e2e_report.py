@@ -81,12 +81,26 @@ def test_parse_curl():
         e2e.parse_curl("000")
 
 
-def test_parse_proc_stat_counts_idle_and_iowait_as_idle():
-    text = ("cpu  100 5 50 1000 20 3 7 0 0 0\n"
-            "cpu0 50 2 25 500 10 1 3 0 0 0\n")
-    busy, total = e2e.parse_proc_stat(text)
-    assert total == 100 + 5 + 50 + 1000 + 20 + 3 + 7
-    assert busy == total - 1000 - 20
+def test_parse_proc_stat_counts_idle_and_iowait_as_idle_and_steal_apart():
+    text = ("cpu  100 5 50 1000 20 3 7 40 0 0\n"
+            "cpu0 50 2 25 500 10 1 3 20 0 0\n")
+    busy, total, steal = e2e.parse_proc_stat(text)
+    assert total == 100 + 5 + 50 + 1000 + 20 + 3 + 7 + 40
+    assert busy == 100 + 5 + 50 + 3 + 7 and steal == 40
+
+
+def test_steal_is_a_run_metric_and_a_table():
+    w = e2e.WORKLOAD_BY_NAME["iperf-down-P1"]
+    runs = []
+    for v, st in ((20.0, 0.1), (10.0, 0.9), (21.0, 0.2)):
+        runs.append(e2e.per_run_metrics("iperf", v, 10**9, None, 2.0,
+                                        {"machine_busy_s": 3.0, "machine_steal_s": st,
+                                         "lbd_s": None, "haproxy_s": None}, None))
+    assert [r["machine_steal_pct"] for r in runs] == pytest.approx([5.0, 45.0, 10.0])
+    row = e2e.make_row("direct", w, runs, ENV)
+    assert row["cpu"]["machine_steal_pct"] == pytest.approx(10.0)
+    md = e2e.render_markdown([row], dict(META, skipped={}))
+    assert "| iperf-down-P1 | 10% / 45% |" in md
 
 
 def test_parse_pid_stat_survives_spaces_in_comm():
