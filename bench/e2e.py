@@ -265,6 +265,14 @@ def paired_ratio(rm, ra):
     return statistics.median(rs) if rs else None
 
 
+def _table(L, wls, heads, cell):
+    """A markdown table: one row per workload, one column per head, cell(workload, head)."""
+    L.append("| workload | " + " | ".join(heads) + " |")
+    L.append("|---|" + "---:|" * len(heads))
+    for w in wls:
+        L.append("| %s | %s |" % (w.name, " | ".join(cell(w, h) for h in heads)))
+
+
 def _grid(rows):
     g = {}
     for r in rows:
@@ -310,15 +318,18 @@ def render_markdown(rows, meta):
         L.append("")
         L.append("## threeway relative to the anchors (ratio of medians, > 1 = threeway faster)")
         L.append("")
-        cols = [(m, a) for a in ("haproxy", "kernel", "direct") if a in paths for m in tw]
-        L.append("| workload | " + " | ".join("%s/%s" % c for c in cols) + " |")
-        L.append("|---|" + "---:|" * len(cols))
-        for w in wls:
-            cells = []
-            for m, a in cols:
-                rm, ra = g.get((w.name, m)), g.get((w.name, a))
-                cells.append(_ratio(rm and rm["median"], ra and ra["median"]))
-            L.append("| %s | %s |" % (w.name, " | ".join(cells)))
+        cols = ["%s/%s" % (m, a) for a in ("haproxy", "kernel", "direct") if a in paths
+                for m in tw]
+
+        def by_median(w, col):
+            rm, ra = (g.get((w.name, p)) for p in col.split("/"))
+            return _ratio(rm and rm["median"], ra and ra["median"])
+
+        def paired(w, col):
+            pr = paired_ratio(*(g.get((w.name, p)) for p in col.split("/")))
+            return "%.2f×" % pr if pr is not None else "-"
+
+        _table(L, wls, cols, by_median)
         if meta.get("runs", 0) > 1:
             L.append("")
             L.append("## The same, paired by run (median over runs of threeway's run i / the "
@@ -327,14 +338,7 @@ def render_markdown(rows, meta):
             L.append("Run i of every path falls in the same minute, so a disturbance of the "
                      "shared host that hits both sides of a pair divides out.")
             L.append("")
-            L.append("| workload | " + " | ".join("%s/%s" % c for c in cols) + " |")
-            L.append("|---|" + "---:|" * len(cols))
-            for w in wls:
-                cells = []
-                for m, a in cols:
-                    pr = paired_ratio(g.get((w.name, m)), g.get((w.name, a)))
-                    cells.append("%.2f×" % pr if pr is not None else "-")
-                L.append("| %s | %s |" % (w.name, " | ".join(cells)))
+            _table(L, wls, cols, paired)
     L.append("")
     L.append("## CPU (median), percent of one CPU over the measurement")
     L.append("")
@@ -343,20 +347,17 @@ def render_markdown(rows, meta):
              "figure). The machine figure counts everything running in this VM: client, "
              "servers, softirqs, and any other work; not the host's steal (next table).")
     L.append("")
-    L.append("| workload | " + " | ".join(paths) + " |")
-    L.append("|---|" + "---:|" * len(paths))
-    for w in wls:
-        cells = []
-        for p in paths:
-            r = g.get((w.name, p))
-            if not r:
-                cells.append("-")
-                continue
-            c = r["cpu"]
-            proc = c.get("lbd_pct") if p in THREEWAY else (
-                c.get("haproxy_pct") if p == "haproxy" else None)
-            cells.append("%s / %s" % (_pct(c.get("machine_busy_pct")), _pct(proc)))
-        L.append("| %s | %s |" % (w.name, " | ".join(cells)))
+
+    def cpu(w, p):
+        r = g.get((w.name, p))
+        if not r:
+            return "-"
+        c = r["cpu"]
+        proc = c.get("lbd_pct") if p in THREEWAY else (
+            c.get("haproxy_pct") if p == "haproxy" else None)
+        return "%s / %s" % (_pct(c.get("machine_busy_pct")), _pct(proc))
+
+    _table(L, wls, paths, cpu)
     if any(r["cpu"].get("machine_steal_pct") is not None for r in rows):
         L.append("")
         L.append("## Host steal, percent of one CPU: median / worst run")
@@ -365,16 +366,14 @@ def render_markdown(rows, meta):
                  "(/proc/stat steal; not in the busy figures above). A run with much of it "
                  "was measured on a slower machine than its neighbours.")
         L.append("")
-        L.append("| workload | " + " | ".join(paths) + " |")
-        L.append("|---|" + "---:|" * len(paths))
-        for w in wls:
-            cells = []
-            for p in paths:
-                r = g.get((w.name, p))
-                st = [x.get("machine_steal_pct") for x in r["runs"]] if r else []
-                st = [x for x in st if x is not None]
-                cells.append("%s / %s" % (_pct(median(st)), _pct(max(st))) if st else "-")
-            L.append("| %s | %s |" % (w.name, " | ".join(cells)))
+
+        def steal(w, p):
+            r = g.get((w.name, p))
+            st = [x.get("machine_steal_pct") for x in r["runs"]] if r else []
+            st = [x for x in st if x is not None]
+            return "%s / %s" % (_pct(median(st)), _pct(max(st))) if st else "-"
+
+        _table(L, wls, paths, steal)
     L.append("")
     L.append("## Machine CPU per unit served (median)")
     L.append("")
