@@ -195,8 +195,7 @@ def median(values):
 
 def per_run_metrics(kind, value, served_bytes, requests, wall, cpu, lb_io):
     """Derived figures of one run. cpu: {machine_busy_s, machine_steal_s, lbd_s, haproxy_s}
-    (None allowed);
-    lb_io: deltas {rx_frames, tx_frames, rx_bytes, tx_bytes} or None."""
+    (None allowed); lb_io: deltas {rx_frames, tx_frames, rx_bytes, tx_bytes} or None."""
     out = {"value": value, "wall_s": wall, "served_bytes": served_bytes, "requests": requests}
     for k in ("machine_busy_s", "machine_steal_s", "lbd_s", "haproxy_s"):
         s = cpu.get(k)
@@ -221,8 +220,9 @@ def per_run_metrics(kind, value, served_bytes, requests, wall, cpu, lb_io):
     return out
 
 
-MEDIAN_KEYS = ("machine_busy_pct", "machine_steal_pct", "lbd_pct", "haproxy_pct", "machine_us_per_req",
-               "machine_s_per_gb", "lb_frames_per_mb", "lb_bytes_per_mb", "retrans")
+MEDIAN_KEYS = ("machine_busy_pct", "machine_steal_pct", "lbd_pct", "haproxy_pct",
+               "machine_us_per_req", "machine_s_per_gb", "lb_frames_per_mb", "lb_bytes_per_mb",
+               "retrans")
 
 
 def make_row(path, workload, runs, env, notes=()):

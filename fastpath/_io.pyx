@@ -3,9 +3,10 @@
 Twin: fastpath/io_py.py. One read() is one frame, one write() is one frame; the loops
 (fastpath/_iocore.pxi, shared with Engine.serve) run without the GIL. rx_burst reads until
 EAGAIN or the batch is full; tx_burst writes every frame whose verdict is V_TX and returns
-(sent, errors, bytes sent): writes the kernel refused are counted, not raised. rx_burst leaves in the batch what it read: rx_bytes (headers
-included) and, when frames carry a virtio-net header (batch.hdr), rx_gso and rx_needs_csum
-(frames with a GSO type, frames with a partial checksum).
+(sent, errors, bytes sent): writes the kernel refused are counted, not raised. rx_burst
+leaves in the batch what it read: rx_bytes (headers included) and, when frames carry a
+virtio-net header (batch.hdr), rx_gso and rx_needs_csum (frames with a GSO type, frames
+with a partial checksum).
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 

@@ -25,8 +25,9 @@ Invariants:
 - Control changes land between bursts: a worker holds its engine's lock (Engine.acquire /
   release, taken by serve() in C) for one burst, its splice punts and its timer run;
   EngineGroup takes each engine's lock in turn for every write, and serve() lets such a
-  waiting thread in before its next burst, so traffic cannot starve the control plane. Lock-free reads (real_conns, counters, flow_count) read plain integers the other
-  thread may be updating: a value a burst old at worst.
+  waiting thread in before its next burst, so traffic cannot starve the control plane.
+  Lock-free reads (real_conns, counters, flow_count) read plain integers the other thread
+  may be updating: a value a burst old at worst.
 - Steering follows the services: EngineGroup.set_services attaches the program for the new
   set of VIP addresses before any engine sees the new table.
 - LBState and lb/neigh.py are touched by the main thread only: workers hand ARP and

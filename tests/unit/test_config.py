@@ -275,16 +275,19 @@ def test_io_workers_bad_values_name_the_field(value, needle):
     assert e.field == "io.workers" and needle in e.message, e.message
 
 
+def _afpacket_with(key, value):
+    """A mutation: the afpacket backend with [io] key = value."""
+    def mutate(d):
+        d["io"]["backend"] = "afpacket"
+        d["io"][key] = value
+    return mutate
+
+
 def test_io_workers_need_the_tap_backend():
-    def afpacket(n):
-        def mutate(d):
-            d["io"]["backend"] = "afpacket"
-            d["io"]["workers"] = n
-        return mutate
-    e = errors_of(afpacket(2))
+    e = errors_of(_afpacket_with("workers", 2))
     assert e.field == "io.workers" and "tap backend" in e.message and "afpacket" in e.message
     d = good_dict()
-    afpacket(1)(d)
+    _afpacket_with("workers", 1)(d)
     assert config.parse(d).io.workers == 1          # one worker: any backend
 
 
@@ -305,13 +308,8 @@ def test_io_rps_bad_values_name_the_field(value):
 
 
 def test_io_rps_is_for_the_tap_backend():
-    def afpacket(v):
-        def mutate(d):
-            d["io"]["backend"] = "afpacket"
-            d["io"]["rps"] = v
-        return mutate
-    e = errors_of(afpacket(True))
+    e = errors_of(_afpacket_with("rps", True))
     assert e.field == "io.rps" and "tap backend" in e.message and "afpacket" in e.message
     d = good_dict()
-    afpacket(False)(d)
+    _afpacket_with("rps", False)(d)
     assert config.parse(d).io.rps is False           # off: nothing to refuse
