@@ -59,11 +59,6 @@ cdef extern from *:
 
 cdef enum:
     SVC_SLOTS = 4096
-    TH_FIN = 0x01
-    TH_SYN = 0x02
-    TH_RST = 0x04
-    TH_PSH = 0x08
-    TH_ACK = 0x10
 
 
 cdef struct Flow:
@@ -240,6 +235,17 @@ def seq_after(uint32_t a, uint32_t b):
 
 def seq_add(uint32_t a, int64_t delta):
     return <uint32_t>(a + <uint32_t>(delta & 0xFFFFFFFFULL))
+
+
+cdef uint8_t VMAP[N_COUNTERS]       # exit counter -> verdict: defs.VERDICTS, from COUNTER_TABLE
+VMAP[:] = defs.VERDICTS
+
+
+def verdict_of(int reason):
+    """The verdict a frame gets whose exit counter is reason (defs.COUNTER_TABLE)."""
+    if not 0 <= reason < N_COUNTERS:
+        raise IndexError("no counter %d" % reason)
+    return VMAP[reason]
 
 
 cdef uint32_t _COOKIE_MSS[4]
@@ -572,7 +578,6 @@ cdef class Engine:
     cdef uint8_t gw_mac[6]
     cdef uint8_t has_gw
     cdef uint64_t *ctr
-    cdef uint8_t *vmap
     cdef uint64_t k0, k1
     cdef uint32_t newlen
     cdef uint32_t rowcap
@@ -601,7 +606,6 @@ cdef class Engine:
         self.svcs = <Service *>calloc(MAX_SERVICES, sizeof(Service))
         self.svc_slot = <int32_t *>malloc(SVC_SLOTS * sizeof(int32_t))
         self.ctr = <uint64_t *>calloc(N_COUNTERS, sizeof(uint64_t))
-        self.vmap = <uint8_t *>calloc(N_COUNTERS, sizeof(uint8_t))
         self.wq_size = SPLICE_WAITQ_MIN
         while self.wq_size < <uint32_t>capacity:
             self.wq_size <<= 1
@@ -610,7 +614,7 @@ cdef class Engine:
         self.lock = PyThread_allocate_lock()
         self.want = 0
         if not (self.lock and self.fl and self.ifwd and self.irev and self.freel and self.reals and self.svcs
-                and self.svc_slot and self.ctr and self.vmap and self.waitq):
+                and self.svc_slot and self.ctr and self.waitq):
             raise MemoryError()
         cdef uint32_t k
         for k in range(capacity):
@@ -618,19 +622,6 @@ cdef class Engine:
         self.nfree = capacity
         for k in range(SVC_SLOTS):
             self.svc_slot[k] = -1
-        for k in range(N_COUNTERS):
-            self.vmap[k] = V_DROP
-        self.vmap[C_NAT_FWD] = V_TX
-        self.vmap[C_NAT_REV] = V_TX
-        self.vmap[C_DSR_FWD] = V_TX
-        self.vmap[C_SPLICE_SYNACK] = V_TX
-        self.vmap[C_SPLICE_FWD] = V_TX
-        self.vmap[C_SPLICE_REV] = V_TX
-        self.vmap[C_SPLICE_REPLAY] = V_TX
-        self.vmap[C_SPLICE_DECIDED] = V_TX
-        self.vmap[C_PUNT_ARP] = V_PUNT
-        self.vmap[C_PUNT_LOCAL] = V_PUNT
-        self.vmap[C_PUNT_SPLICE] = V_PUNT
         self.tab = NULL
         self.wts = NULL
         self.l7r = NULL
@@ -645,7 +636,7 @@ cdef class Engine:
                 free(self.fl[k].rp)
         free(self.waitq)
         free(self.fl); free(self.ifwd); free(self.irev); free(self.freel); free(self.reals)
-        free(self.svcs); free(self.svc_slot); free(self.ctr); free(self.vmap)
+        free(self.svcs); free(self.svc_slot); free(self.ctr)
         free(self.tab); free(self.wts)
         free(self.l7r); free(self.pools); free(self.blob)
         if self.lock:
@@ -1100,12 +1091,12 @@ cdef class Engine:
                 self.rowcap = stride - hdr
                 self.partial = hdr > 0 and row >= hdr and (rp[0] & VNET_F_NEEDS_CSUM)
                 r = self._one(rp + hdr, L, now)
-                if self.newlen and self.vmap[r] == V_TX:
+                if self.newlen and VMAP[r] == V_TX:
                     lens[j + i] = hdr + self.newlen   # a frame made in place (splice)
                     memset(rp, 0, hdr)                # complete checksums, no GSO
                 self.ctr[C_RX_FRAMES] += 1
                 self.ctr[r] += 1
-                verdict[j + i] = self.vmap[r]
+                verdict[j + i] = VMAP[r]
                 reason[j + i] = r
 
     cdef int _one(self, uint8_t *f, uint32_t n, int64_t now) noexcept nogil:

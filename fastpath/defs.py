@@ -4,9 +4,14 @@ This file is the single source of truth: setup.py generates fastpath/_defs.pxi f
 the C enums of the compiled module and the Python integers of the twin cannot drift.
 Pure Python, no imports beyond the standard library.
 
+Invariants: every other list of counters, verdicts or modes is derived from COUNTER_TABLE and
+MODE_TABLE here (COUNTERS, C, N_COUNTERS, VERDICTS, counters_of, MODES); counter order is the
+ABI between the twins and the control side, so rows are only ever appended.
+
 Byte order: addresses and ports cross every API as host integers (198.19.0.2 is
 0xC6130002); MACs cross as 6-byte ``bytes``.
 """
+from collections import namedtuple
 
 # --- verdicts written per frame into Batch.verdict -----------------------------------------
 V_NONE = 0   # not processed (beyond Batch.n)
@@ -15,10 +20,25 @@ V_DROP = 2   # dropped; Batch.reason names the counter that was bumped
 V_PUNT = 3   # handed up to Python (ARP, traffic for the LB's own address, splice set-up)
 
 # --- forwarding modes (pinned per flow at creation) ----------------------------------------
-MODE_NAT = 1
-MODE_DSR = 2
-MODE_SPLICE = 3
-MODES = {"nat": MODE_NAT, "dsr": MODE_DSR, "splice": MODE_SPLICE}
+# The code indexes the fast path's transmit table (XMIT[code], filled by xmit_<mode>.pxi and
+# its twin); a code with no row there gets drop_mode.
+Mode = namedtuple("Mode", "name code")
+MODE_TABLE = (
+    Mode("nat", 1),       # DNAT with a connection table; replies come back through it
+    Mode("dsr", 2),       # the destination MAC only; the backend answers the client directly
+    Mode("splice", 3),    # delayed binding: SYN cookies, content rules, seq/ack translated
+)
+MODES = {m.name: m.code for m in MODE_TABLE}
+MODE_NAT = MODES["nat"]
+MODE_DSR = MODES["dsr"]
+MODE_SPLICE = MODES["splice"]
+
+# --- TCP header flags (byte 13 of the TCP header), for both twins --------------------------
+TH_FIN = 0x01
+TH_SYN = 0x02
+TH_RST = 0x04
+TH_PSH = 0x08
+TH_ACK = 0x10
 
 # --- fast-path scheduler kinds: how the per-service table is indexed per new flow ----------
 # The control side (lb/schedulers.py) turns rr/wrr/lc/sh/maglev into one of these.
@@ -113,59 +133,119 @@ MAX_REALS = 4096
 MAX_SERVICES = 1024
 
 # --- counters: one per exit branch of the fast path, plus flow-table events ----------------
-# Order is the ABI between the twins (index = position). A comment says when one should move.
-COUNTERS = [
-    "rx_frames",              # every frame handed to process()
-    "drop_runt",              # shorter than an Ethernet header
-    "drop_not_our_mac",       # unicast to another MAC, or multicast (flooded frames)
-    "punt_arp",               # ARP: Python answers for the LB address and VIPs, learns MACs
-    "drop_vlan",              # 802.1Q tagged: not supported
-    "drop_not_ipv4",          # IPv6 and other ethertypes
-    "drop_ip_truncated",      # frame shorter than an IPv4 header
-    "drop_ip_version",        # version field is not 4
-    "drop_ip_bad_hdr",        # IHL < 5
-    "drop_ip_options",        # IHL > 5: IP options are not forwarded
-    "drop_ip_bad_len",        # total length < header length or beyond the frame
-    "drop_ip_csum",           # IPv4 header checksum wrong
-    "drop_ip_fragment",       # MF set or fragment offset non-zero
-    "drop_ttl",               # TTL would reach 0 on a routed (nat) path
-    "punt_local",             # addressed to the LB's own IP (ICMP echo etc.)
-    "drop_l4_truncated",      # TCP/UDP header does not fit in the IP payload
-    "drop_tcp_bad_doff",      # TCP data offset < 5 or beyond the IP payload
-    "drop_udp_bad_len",       # UDP length field disagrees with the IP payload
-    "drop_no_backend",        # service has no usable backend
-    "drop_no_flow_non_syn",   # non-SYN TCP to a VIP with no flow, scheduler not consistent
-    "drop_no_neigh",          # MAC of the backend or gateway not resolved yet
-    "drop_unknown_dest",      # IPv4 not for a VIP, not for us, not a reply of a known flow
-    "drop_mode",              # service mode has no transmit routine in this build
-    "nat_fwd",                # client -> VIP rewritten to client -> backend
-    "nat_rev",                # backend -> client rewritten to VIP -> client
-    "dsr_fwd",                # client -> VIP sent to the backend's MAC unchanged
-    "flow_created",           # event: new flow entry
-    "flow_reused",            # event: SYN on a closing flow re-scheduled it (port reuse)
-    "flow_expired",           # event: entry freed by timeout (lazily or by expire())
-    "flow_evicted",           # event: table full, sampled-LRU victim freed
-    "flow_recreated",         # event: non-SYN with no flow re-created by a consistent hash
-    "flow_expired_nodest",    # event: flow to a down backend expired (SVC_EXPIRE_NODEST)
-    "splice_synack",          # SYN to a splice VIP answered with a cookie SYN-ACK (no state)
-    "splice_bad_cookie",      # non-SYN to a splice VIP with no flow and no valid cookie
-    "drop_tcp_bad_options",   # splice: SYN options malformed (length 0/1 or past the header)
-    "punt_splice",            # splice frame for Python: request bytes, backend SYN-ACK, RST
-    "splice_fwd",             # client -> backend, ack/SACK/TSecr translated
-    "splice_rev",             # backend -> client, seq/TSval/window translated
-    "drop_splice_state",      # splice frame that fits no state (e.g. backend data before bind)
-    "splice_established",     # event: backend SYN-ACK recorded, the two halves are spliced
-    "flow_rev_replaced",      # event: a new flow took the backend-side key of an older one
-                              # (the backend cannot have two connections on one 4-tuple)
-    "splice_accepted",        # valid cookie ACK without data: the flow exists, nothing to do
-    "splice_replay",          # backend SYN-ACK answered in place: ACK + the client's request
-    "splice_waitq_lost",      # event: the wait queue was full; a silent client is left to
-                              # the splice_wait timeout instead of the VIP's decision timeout
-    "splice_decided",         # the request's first segment decided by the VIP's rules in the
-                              # fast path: bound, and rewritten into our SYN to the backend
-]
+# verdict: what a frame whose exit this counter is gets (V_TX, V_DROP, V_PUNT); None for an
+# event, counted on top of a frame's exit (and for rx_frames). mode: the mode whose routines
+# bump it (a name in MODES), None when shared. when: when it should move.
+# Order is the ABI between the twins (index = position): append, never reorder or rename.
+Counter = namedtuple("Counter", "name verdict mode when")
+COUNTER_TABLE = (
+    Counter("rx_frames", None, None,
+            "every frame handed to process()"),
+    Counter("drop_runt", V_DROP, None,
+            "shorter than an Ethernet header"),
+    Counter("drop_not_our_mac", V_DROP, None,
+            "unicast to another MAC, or multicast (flooded frames)"),
+    Counter("punt_arp", V_PUNT, None,
+            "ARP: Python answers for the LB address and VIPs, learns MACs"),
+    Counter("drop_vlan", V_DROP, None,
+            "802.1Q tagged: not supported"),
+    Counter("drop_not_ipv4", V_DROP, None,
+            "IPv6 and other ethertypes"),
+    Counter("drop_ip_truncated", V_DROP, None,
+            "frame shorter than an IPv4 header"),
+    Counter("drop_ip_version", V_DROP, None,
+            "version field is not 4"),
+    Counter("drop_ip_bad_hdr", V_DROP, None,
+            "IHL < 5"),
+    Counter("drop_ip_options", V_DROP, None,
+            "IHL > 5: IP options are not forwarded"),
+    Counter("drop_ip_bad_len", V_DROP, None,
+            "total length < header length or beyond the frame"),
+    Counter("drop_ip_csum", V_DROP, None,
+            "IPv4 header checksum wrong"),
+    Counter("drop_ip_fragment", V_DROP, None,
+            "MF set or fragment offset non-zero"),
+    Counter("drop_ttl", V_DROP, None,
+            "TTL would reach 0 on a routed path (nat, splice)"),
+    Counter("punt_local", V_PUNT, None,
+            "addressed to the LB's own IP (ICMP echo etc.)"),
+    Counter("drop_l4_truncated", V_DROP, None,
+            "TCP/UDP header does not fit in the IP payload"),
+    Counter("drop_tcp_bad_doff", V_DROP, None,
+            "TCP data offset < 5 or beyond the IP payload"),
+    Counter("drop_udp_bad_len", V_DROP, None,
+            "UDP length field disagrees with the IP payload"),
+    Counter("drop_no_backend", V_DROP, None,
+            "service has no usable backend"),
+    Counter("drop_no_flow_non_syn", V_DROP, None,
+            "non-SYN TCP to a VIP with no flow, scheduler not consistent"),
+    Counter("drop_no_neigh", V_DROP, None,
+            "MAC of the backend or gateway not resolved yet"),
+    Counter("drop_unknown_dest", V_DROP, None,
+            "IPv4 not for a VIP, not for us, not a reply of a known flow"),
+    Counter("drop_mode", V_DROP, None,
+            "service mode has no transmit routine in this build"),
+    Counter("nat_fwd", V_TX, "nat",
+            "client -> VIP rewritten to client -> backend"),
+    Counter("nat_rev", V_TX, "nat",
+            "backend -> client rewritten to VIP -> client"),
+    Counter("dsr_fwd", V_TX, "dsr",
+            "client -> VIP sent to the backend's MAC unchanged"),
+    Counter("flow_created", None, None,
+            "new flow entry"),
+    Counter("flow_reused", None, None,
+            "SYN on a closing flow re-scheduled it (port reuse)"),
+    Counter("flow_expired", None, None,
+            "entry freed by timeout (lazily or by expire())"),
+    Counter("flow_evicted", None, None,
+            "table full, sampled-LRU victim freed"),
+    Counter("flow_recreated", None, None,
+            "non-SYN with no flow re-created by a consistent hash"),
+    Counter("flow_expired_nodest", None, None,
+            "flow to a down backend expired (SVC_EXPIRE_NODEST)"),
+    Counter("splice_synack", V_TX, "splice",
+            "SYN to a splice VIP answered with a cookie SYN-ACK (no state)"),
+    Counter("splice_bad_cookie", V_DROP, "splice",
+            "non-SYN to a splice VIP with no flow and no valid cookie"),
+    Counter("drop_tcp_bad_options", V_DROP, "splice",
+            "SYN options malformed (length 0/1 or past the header)"),
+    Counter("punt_splice", V_PUNT, "splice",
+            "frame for Python: request bytes, backend SYN-ACK, RST"),
+    Counter("splice_fwd", V_TX, "splice",
+            "client -> backend, ack/SACK/TSecr translated"),
+    Counter("splice_rev", V_TX, "splice",
+            "backend -> client, seq/TSval/window translated"),
+    Counter("drop_splice_state", V_DROP, "splice",
+            "frame that fits no state (e.g. backend data before bind)"),
+    Counter("splice_established", None, "splice",
+            "backend SYN-ACK recorded, the two halves are spliced"),
+    Counter("flow_rev_replaced", None, None,
+            "a new flow took the backend-side key of an older one (the backend cannot have two "
+            "connections on one 4-tuple)"),
+    Counter("splice_accepted", V_DROP, "splice",
+            "valid cookie ACK without data: the flow exists, nothing to do"),
+    Counter("splice_replay", V_TX, "splice",
+            "backend SYN-ACK answered in place: ACK + the client's request"),
+    Counter("splice_waitq_lost", None, "splice",
+            "the wait queue was full; a silent client is left to the splice_wait timeout instead "
+            "of the VIP's decision timeout"),
+    Counter("splice_decided", V_TX, "splice",
+            "the request's first segment decided by the VIP's rules in the fast path: bound, and "
+            "rewritten into our SYN to the backend"),
+)
+COUNTERS = [c.name for c in COUNTER_TABLE]
 C = {name: i for i, name in enumerate(COUNTERS)}
 N_COUNTERS = len(COUNTERS)
+# the verdict of each exit counter, by index (the engines' verdict map); an event is never a
+# frame's exit, so its V_DROP is never read
+VERDICTS = [V_DROP if c.verdict is None else c.verdict for c in COUNTER_TABLE]
+
+
+def counters_of(mode_name):
+    """The names of the counters that belong to mode mode_name, in table order."""
+    if mode_name not in MODES:
+        raise ValueError("unknown mode %r" % (mode_name,))
+    return [c.name for c in COUNTER_TABLE if c.mode == mode_name]
 
 
 def pxi_text():

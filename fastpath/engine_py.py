@@ -31,15 +31,11 @@ from .checks import (check_ip as _check_ip, check_mac as _check_mac, check_port 
 from .defs import C
 from .io_py import rx_burst, tx_burst
 
+from .defs import TH_ACK, TH_FIN, TH_PSH, TH_RST, TH_SYN
+
 MASK64 = (1 << 64) - 1
-_TX_REASONS = {C["nat_fwd"], C["nat_rev"], C["dsr_fwd"], C["splice_synack"], C["splice_fwd"],
-               C["splice_rev"], C["splice_replay"],
-               C["splice_decided"]}
-_PUNT_REASONS = {C["punt_arp"], C["punt_local"], C["punt_splice"]}
 M32 = 0xFFFFFFFF
 BCAST = b"\xff" * 6
-
-TH_FIN, TH_SYN, TH_RST, TH_PSH, TH_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 
 
 def mix64(x):
@@ -70,11 +66,10 @@ def seq_add(a, delta):
 
 
 def verdict_of(reason):
-    if reason in _TX_REASONS:
-        return defs.V_TX
-    if reason in _PUNT_REASONS:
-        return defs.V_PUNT
-    return defs.V_DROP
+    """The verdict a frame gets whose exit counter is reason (defs.COUNTER_TABLE)."""
+    if not 0 <= reason < defs.N_COUNTERS:
+        raise IndexError("no counter %d" % reason)
+    return defs.VERDICTS[reason]
 
 
 def csum_fold(s):
