@@ -1,0 +1,284 @@
+# flowtable: the flow entries and their two indexes, the service table, the schedulers'
+# per-packet side and TCP state tracking. Twin: twin/flowtable.py.
+#
+# Invariants:
+# - Fixed capacity; two open-addressing indexes (forward: client -> VIP, reverse: backend ->
+#   client) of 2^k >= 2 * capacity slots, linear probing, backward-shift deletion. A slot
+#   holds (hash >> 32) << 32 | (entry + 1), 0 = empty, so most probes are settled without
+#   touching the entry.
+# - A flow is in the reverse index (F_REV) exactly when its mode has a reverse path; the
+#   backend side of a 4-tuple belongs to one flow at a time (flow_insert_rev).
+# - Free entries are taken in the twin's order (0, 1, 2 ..., then last freed first). A full
+#   table evicts the least recently seen of EVICT_SAMPLE entries after a clock hand, an
+#   expired one first, and serves the new flow.
+# - Reals are referenced by index: Real.conns counts the flows bound to each, and the control
+#   side reuses a real's slot only at 0 (lb/state.py).
+# - The service table is swapped whole by api_set_services between bursts; flows and reals
+#   survive a swap.
+
+
+cdef inline int32_t flow_find(Engine self, uint64_t *tab, uint64_t h, uint32_t src,
+                              uint32_t dst, uint16_t sport, uint16_t dport, uint8_t proto,
+                              bint rev) noexcept nogil:
+    cdef uint64_t i = h & self.mask, v, tag = h >> 32
+    cdef Flow *e
+    while True:
+        v = tab[i]
+        if v == 0:
+            return -1
+        if v >> 32 == tag:
+            e = &self.fl[(v & 0xFFFFFFFFULL) - 1]
+            if rev:
+                if (e.rip == src and e.cip == dst and e.rport == sport and e.cport == dport
+                        and e.proto == proto):
+                    return (v & 0xFFFFFFFFULL) - 1
+            elif (e.cip == src and e.vip == dst and e.cport == sport and e.vport == dport
+                    and e.proto == proto):
+                return (v & 0xFFFFFFFFULL) - 1
+        i = (i + 1) & self.mask
+
+
+cdef inline void flow_insert(Engine self, uint64_t *tab, uint64_t h, uint32_t idx) noexcept nogil:
+    cdef uint64_t i = h & self.mask
+    while tab[i]:
+        i = (i + 1) & self.mask
+    tab[i] = ((h >> 32) << 32) | (idx + 1)
+
+
+cdef void flow_unlink(Engine self, uint64_t *tab, uint64_t h, uint32_t idx, bint rev) noexcept nogil:
+    cdef uint64_t mask = self.mask, i = h & mask, j, v, k
+    cdef Flow *e
+    while (tab[i] & 0xFFFFFFFFULL) != idx + 1:
+        i = (i + 1) & mask
+    j = i
+    while True:
+        j = (j + 1) & mask
+        v = tab[j]
+        if v == 0:
+            break
+        e = &self.fl[(v & 0xFFFFFFFFULL) - 1]
+        k = (e.hr if rev else e.hf) & mask
+        # the entry at j may move to the hole at i unless its home k lies in (i, j]
+        if (i <= j and (k <= i or k > j)) or (i > j and k <= i and k > j):
+            tab[i] = v
+            i = j
+    tab[i] = 0
+
+
+cdef void flow_insert_rev(Engine self, uint32_t idx) noexcept nogil:
+    """Enter flow idx in the reverse index. An older flow with the same backend-side key
+    (client ip:port to backend ip:port, e.g. a closing flow of another VIP on the same
+    backend) is over: the backend cannot have two connections on one 4-tuple."""
+    cdef Flow *e = &self.fl[idx]
+    cdef int32_t old = flow_find(self, self.irev, e.hr, e.rip, e.cip, e.rport, e.cport, e.proto,
+                                 True)
+    if old >= 0:
+        flow_delete(self, old)
+        self.ctr[C_FLOW_REV_REPLACED] += 1
+    flow_insert(self, self.irev, e.hr, idx)
+    e.flags |= F_REV
+
+
+cdef void flow_delete(Engine self, uint32_t idx) noexcept nogil:
+    cdef Flow *e = &self.fl[idx]
+    flow_unlink(self, self.ifwd, e.hf, idx, False)
+    if e.flags & F_REV:
+        flow_unlink(self, self.irev, e.hr, idx, True)
+    if e.real >= 0:
+        self.reals[e.real].conns -= 1
+    if e.rp != NULL:
+        free(e.rp)
+        e.rp = NULL
+    e.used = 0
+    self.freel[self.nfree] = idx
+    self.nfree += 1
+    self.nused -= 1
+
+
+cdef uint32_t flow_alloc(Engine self, int64_t now) noexcept nogil:
+    cdef int64_t best = -1
+    cdef uint32_t j, k
+    cdef Flow *e
+    cdef bint expired
+    if self.nfree == 0:
+        for k in range(EVICT_SAMPLE):
+            j = (self.hand + k) % self.cap
+            e = &self.fl[j]
+            if now - e.last > self.tmo[e.state]:
+                best = j
+                break
+            if best < 0 or e.last < self.fl[best].last:
+                best = j
+        self.hand = (self.hand + EVICT_SAMPLE) % self.cap
+        expired = now - self.fl[best].last > self.tmo[self.fl[best].state]
+        flow_delete(self, <uint32_t>best)
+        self.ctr[C_FLOW_EXPIRED if expired else C_FLOW_EVICTED] += 1
+    self.nfree -= 1
+    return self.freel[self.nfree]
+
+
+cdef uint32_t flow_create(Engine self, Service *sv, uint64_t h, uint32_t src, uint16_t sport,
+                          int32_t real, uint8_t state, int64_t now) noexcept nogil:
+    cdef uint32_t idx = flow_alloc(self, now)
+    cdef Flow *e = &self.fl[idx]
+    cdef Real *r = &self.reals[real]
+    e.cip, e.vip, e.rip = src, sv.vip, r.ip
+    e.cport, e.vport, e.rport = sport, sv.port, r.port
+    e.proto, e.mode, e.state, e.flags, e.real = sv.proto, sv.mode, state, 0, real
+    e.used = 1
+    e.hf = h
+    e.hr = _flow_hash(r.ip, src, r.port, sport, sv.proto)
+    e.created = now
+    e.last = now
+    e.pkts_fwd = e.pkts_rev = e.bytes_fwd = e.bytes_rev = 0
+    flow_insert(self, self.ifwd, h, idx)
+    if sv.mode != MODE_DSR:
+        flow_insert_rev(self, idx)
+    r.conns += 1
+    self.nused += 1
+    return idx
+
+
+cdef int32_t schedule(Engine self, Service *sv, uint64_t h, uint32_t src) noexcept nogil:
+    """The real a new flow of sv goes to (-1: none): one lookup in the table the control
+    side built (lb/schedulers.py), or for lc the fewest conns per weight among candidates."""
+    cdef uint32_t n = sv.n, k, best
+    cdef int32_t *t = self.tab + sv.off
+    cdef int32_t *w = self.wts + sv.off
+    if n == 0:
+        return -1
+    if sv.sched == SCHED_SEQ:
+        k = sv.cursor % n
+        sv.cursor += 1
+        return t[k]
+    if sv.sched == SCHED_HASH5:
+        return t[h % n]
+    if sv.sched == SCHED_HASHSRC:
+        return t[_mix64(src) % n]
+    best = 0
+    for k in range(1, n):
+        # conns[k] / w[k] < conns[best] / w[best], without division
+        if self.reals[t[k]].conns * w[best] < self.reals[t[best]].conns * w[k]:
+            best = k
+    return t[best]
+
+
+cdef inline Service *service_find(Engine self, uint32_t vip, uint16_t port,
+                                  uint8_t proto) noexcept nogil:
+    cdef uint64_t j = _mix64((<uint64_t>vip << 24) | (<uint64_t>port << 8) | proto) & (SVC_SLOTS - 1)
+    cdef int32_t s
+    cdef Service *sv
+    while True:
+        s = self.svc_slot[j]
+        if s < 0:
+            return NULL
+        sv = &self.svcs[s]
+        if sv.vip == vip and sv.port == port and sv.proto == proto:
+            return sv
+        j = (j + 1) & (SVC_SLOTS - 1)
+
+
+cdef inline void track(Flow *e, uint8_t tflags, bint fwd) noexcept nogil:
+    """IPVS-like TCP state from the flags seen in each direction."""
+    if tflags & TH_RST:
+        e.state = S_CLOSE
+    elif tflags & TH_FIN:
+        if e.state != S_CLOSE:
+            e.flags |= F_FIN_C if fwd else F_FIN_S
+            e.state = S_TIME_WAIT if (e.flags & (F_FIN_C | F_FIN_S)) == (F_FIN_C | F_FIN_S) else S_FIN_WAIT
+    elif e.state == S_SYN_SENT:
+        if not fwd and (tflags & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK):
+            e.state = S_SYN_RECV
+        elif fwd and (tflags & (TH_SYN | TH_ACK)) == TH_ACK:
+            e.state = S_ESTABLISHED
+    elif e.state == S_SYN_RECV:
+        if fwd and tflags & TH_ACK:
+            e.state = S_ESTABLISHED
+
+
+# ---- the API's bodies (engine.pxi) --------------------------------------------------------
+cdef object api_set_services(Engine self, specs):
+    specs = check_specs(specs)
+    l7s = [s.l7 for s in specs if s.l7 is not None]
+    cdef uint32_t total = (sum(len(s.table) for s in specs)
+                           + sum(len(p[1]) for l in l7s for p in l.pools))
+    cdef uint32_t nrules = sum(len(l.rules) for l in l7s)
+    cdef uint32_t npools = sum(len(l.pools) for l in l7s)
+    cdef uint32_t nblob = sum(len(r[1]) for l in l7s for r in l.rules)
+    cdef int32_t *tab = <int32_t *>malloc((total + 1) * sizeof(int32_t))
+    cdef int32_t *wts = <int32_t *>malloc((total + 1) * sizeof(int32_t))
+    cdef L7Rule *l7r = <L7Rule *>malloc((nrules + 1) * sizeof(L7Rule))
+    cdef Service *pools = <Service *>calloc(npools + 1, sizeof(Service))
+    cdef uint8_t *blob = <uint8_t *>malloc(nblob + 1)
+    if tab == NULL or wts == NULL or l7r == NULL or pools == NULL or blob == NULL:
+        free(tab); free(wts); free(l7r); free(pools); free(blob)
+        raise MemoryError()
+    cdef uint32_t roff = 0, poff = 0, boff = 0, p0
+    cdef const uint8_t[::1] arg
+    cdef uint32_t off = 0, k, j
+    cdef uint64_t key
+    cdef Service *sv
+    for k in range(SVC_SLOTS):
+        self.svc_slot[k] = -1
+    for k, s in enumerate(specs):
+        sv = &self.svcs[k]
+        sv.vip, sv.port, sv.proto, sv.mode, sv.sched = s.vip, s.port, s.proto, s.mode, s.sched
+        sv.off, sv.n, sv.cursor, sv.flags = off, len(s.table), 0, s.flags
+        for j in range(sv.n):
+            tab[off + j] = s.table[j]
+            wts[off + j] = s.weights[j] if j < len(s.weights) else 1
+        off += sv.n
+        sv.l7_off, sv.l7_n, sv.l7_limit = roff, 0, 0
+        if s.l7 is not None:
+            p0 = poff
+            for sched, table, weights in s.l7.pools:
+                pools[poff].sched, pools[poff].off, pools[poff].n = sched, off, len(table)
+                pools[poff].cursor = 0
+                for j in range(len(table)):
+                    tab[off + j] = table[j]
+                    wts[off + j] = weights[j] if j < len(weights) else 1
+                off += len(table)
+                poff += 1
+            for kind, a, pool in s.l7.rules:
+                l7r[roff].kind, l7r[roff].pool = kind, p0 + pool
+                l7r[roff].off, l7r[roff].len = boff, len(a)
+                if len(a):
+                    arg = a
+                    memcpy(blob + boff, &arg[0], len(a))
+                boff += len(a)
+                roff += 1
+            sv.l7_n, sv.l7_limit = len(s.l7.rules), s.l7.limit
+        key = _mix64((<uint64_t>sv.vip << 24) | (<uint64_t>sv.port << 8) | sv.proto)
+        j = key & (SVC_SLOTS - 1)
+        while self.svc_slot[j] >= 0:
+            j = (j + 1) & (SVC_SLOTS - 1)
+        self.svc_slot[j] = k
+    free(self.tab); free(self.wts); free(self.l7r); free(self.pools); free(self.blob)
+    self.tab, self.wts, self.nsvc = tab, wts, len(specs)
+    self.l7r, self.pools, self.blob = l7r, pools, blob
+
+
+cdef object api_flows(Engine self):
+    out = []
+    cdef uint32_t k
+    cdef Flow *e
+    for k in range(self.cap):
+        e = &self.fl[k]
+        if e.used:
+            out.append((e.cip, e.cport, e.vip, e.vport, e.proto, e.real, e.mode, e.state,
+                        e.created, e.last, e.pkts_fwd, e.pkts_rev, e.bytes_fwd, e.bytes_rev))
+    return out
+
+
+cdef object api_expire(Engine self, int64_t now_ms, budget):
+    cdef uint32_t freed = 0, j, k, b = min(budget, self.cap)
+    cdef Flow *e
+    for k in range(b):
+        j = self.sweep
+        self.sweep = (j + 1) % self.cap
+        e = &self.fl[j]
+        if e.used and now_ms - e.last > self.tmo[e.state]:
+            flow_delete(self, j)
+            self.ctr[C_FLOW_EXPIRED] += 1
+            freed += 1
+    return freed

@@ -1,0 +1,111 @@
+# types: the C structs every concern shares. Twin: twin/types.py (its Flow, Real, Service;
+# the twin keeps a WaitQ entry as a tuple, Opts as a dict, a rule as a tuple, a request view
+# as (method, path, host)).
+#
+# Invariants:
+# - Plain C data: no Python object is reachable from any of these, so the per-packet code
+#   that reads and writes them runs without the GIL.
+# - Addresses and ports are host integers; times are CLOCK_MONOTONIC milliseconds.
+# - A Flow is zeroed by calloc once and reused in place: whoever takes a slot (flow_create,
+#   splice_new) sets every field the flow's mode reads.
+
+
+cdef struct Flow:
+    # the connection as the client made it: the forward key is (cip, vip, cport, vport, proto)
+    uint32_t cip        # client address
+    uint32_t vip        # the virtual address it connected to
+    uint16_t cport      # client port
+    uint16_t vport      # virtual port
+    uint8_t proto       # PROTO_TCP or PROTO_UDP
+    uint8_t mode        # MODE_*, pinned at creation: a VIP's new mode applies to new flows only
+    uint8_t state       # S_*: TCP state as tracked (IPVS-like), S_UDP, or splice's S_SPL_*
+    uint8_t flags       # F_*: FINs seen, in the reverse index, splice's seen/inline/replay-FIN
+    # the backend: the reverse key is (rip, cip, rport, cport, proto)
+    uint32_t rip        # backend address (0 while a splice flow is not bound)
+    uint16_t rport      # backend port
+    uint8_t used        # 1 while the slot holds a flow, 0 on the free list
+    uint8_t pad         # unused (keeps real 4-byte aligned)
+    int32_t real        # index into Engine.reals; -1 while a splice flow is not bound
+    int64_t last        # ms of the latest frame either way: timeouts and eviction read it
+    uint64_t hf         # flow_hash of the forward key: where it sits in Engine.ifwd
+    uint64_t hr         # flow_hash of the reverse key: where it sits in Engine.irev (F_REV)
+    int64_t created     # ms at creation (with c_isn, tells a WaitQ entry its flow is the same)
+    uint64_t pkts_fwd   # frames client -> backend
+    uint64_t pkts_rev   # frames backend -> client
+    uint64_t bytes_fwd  # their lengths (Ethernet frames, no vnet header)
+    uint64_t bytes_rev
+    # splice: two TCP connections joined; the client's is ours (the cookie), the backend's
+    # was opened by us as the client
+    uint32_t c_isn      # the client's ISN (our SYN to the backend reuses it)
+    uint32_t l_isn      # our ISN towards the client: the cookie
+    uint32_t delta      # l_isn - the backend's ISN: added to its seq, taken off the client's acks
+    uint32_t ts_off     # added to the backend's TSval (the client's view continues from ours)
+    uint32_t c_tsval    # the client's latest TSval
+    uint32_t b_tsval    # the backend's latest TSval
+    uint16_t mss        # the client's MSS, as the cookie kept it (COOKIE_MSS)
+    uint16_t c_win      # the client's latest window field, unscaled (our replay announces it)
+    uint8_t ws_c        # the client's window scale, as the cookie kept it; 0xF: none
+    uint8_t ws_b        # the backend's window scale from its SYN-ACK; 0 when ws_c is none
+    uint8_t ws_lb       # ours towards the client: SPLICE_WSCALE, or 0 when ws_c is none
+    uint8_t sopt        # SOPT_*: timestamps and SACK, as negotiated with the client
+    uint16_t rp_len     # length of rp
+    uint8_t *rp         # the request to replay (malloc'd; NULL once the backend acked it)
+
+
+cdef struct WaitQ:      # splice: a flow Python may have to look at, for splice_waiting()
+    uint32_t idx        # the flow's entry
+    uint32_t c_isn      # and its c_isn and created: the entry is stale when they changed
+    int64_t created
+    int64_t at          # when it was queued (its cookie ACK, or its binding here)
+
+
+cdef struct Opts:       # offsets in the frame of the first TCP option of each kind, or -1
+    int mss
+    int ws
+    int sackok
+    int sack
+    int ts
+
+
+cdef struct Real:       # a backend, Engine.reals[idx]; idx is the control side's (lb/state.py)
+    uint32_t ip
+    uint16_t port
+    uint8_t mac[6]      # its MAC (the next hop), when has_mac
+    uint8_t has_mac     # 0 until the control side resolved it: drop_no_neigh
+    uint8_t down        # health: flows of SVC_EXPIRE_NODEST services are expired
+    int64_t conns       # flows bound to it: lc reads it; the slot is reused only at 0
+
+
+cdef struct Service:    # a VIP:port/proto, or a content rule's pool (sched, off, n, cursor)
+    uint32_t vip
+    uint16_t port
+    uint8_t proto
+    uint8_t mode        # MODE_* for its new flows
+    uint8_t sched       # SCHED_*: how its table is indexed per new flow
+    uint8_t flags       # SVC_*
+    uint32_t off        # its table: Engine.tab[off:off + n], weights Engine.wts[off:off + n]
+    uint32_t n
+    uint64_t cursor     # SCHED_SEQ: the next position in the table
+    uint32_t l7_off     # splice content rules: Engine.l7r[l7_off:l7_off + l7_n]
+    uint32_t l7_n
+    uint32_t l7_limit   # request bytes the rules may read
+
+
+cdef struct L7Rule:
+    uint32_t kind       # L7_*
+    uint32_t pool       # index into Engine.pools
+    uint32_t off        # argument: Engine.blob[off:off + len]
+    uint32_t len
+
+
+cdef struct HttpView:   # what the rules read of a request head
+    const uint8_t *method
+    int mlen
+    const uint8_t *path
+    int plen            # the path before any ? or #
+    int hlen            # -1: no usable Host (None in modes/l7.py)
+    uint8_t host[256]   # normalized: lowercase, no port, no trailing dot
+
+
+cdef enum:
+    SVC_SLOTS = 4096    # the service table's open-addressing slots (>= 2 * MAX_SERVICES)
