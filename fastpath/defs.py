@@ -33,6 +33,10 @@ MODE_NAT = MODES["nat"]
 MODE_DSR = MODES["dsr"]
 MODE_SPLICE = MODES["splice"]
 
+# A transmit routine's shared part (xmit_out) returns this when the frame goes on to the
+# routine's own rewrite: it is no counter (counters are >= 0).
+XMIT_CONT = -1
+
 # --- TCP header flags (byte 13 of the TCP header), for both twins --------------------------
 TH_FIN = 0x01
 TH_SYN = 0x02

@@ -6,8 +6,8 @@
 #   client) of 2^k >= 2 * capacity slots, linear probing, backward-shift deletion. A slot
 #   holds (hash >> 32) << 32 | (entry + 1), 0 = empty, so most probes are settled without
 #   touching the entry.
-# - A flow is in the reverse index (F_REV) exactly when its mode has a reverse path; the
-#   backend side of a 4-tuple belongs to one flow at a time (flow_insert_rev).
+# - A flow is in the reverse index (F_REV) exactly when its mode has a reverse path (XMIT
+#   rev) and it has a backend; the backend side of a 4-tuple belongs to one flow at a time.
 # - Free entries are taken in the twin's order (0, 1, 2 ..., then last freed first). A full
 #   table evicts the least recently seen of EVICT_SAMPLE entries after a clock hand, an
 #   expired one first, and serves the new flow.
@@ -132,11 +132,41 @@ cdef uint32_t flow_create(Engine self, Service *sv, uint64_t h, uint32_t src, ui
     e.last = now
     e.pkts_fwd = e.pkts_rev = e.bytes_fwd = e.bytes_rev = 0
     flow_insert(self, self.ifwd, h, idx)
-    if sv.mode != MODE_DSR:
+    if XMIT[sv.mode].rev != NULL:
         flow_insert_rev(self, idx)
     r.conns += 1
     self.nused += 1
     return idx
+
+
+cdef int new_flow_default(Engine self, uint8_t *f, uint32_t n, Service *sv, Pkt *p,
+                          int64_t now) noexcept nogil:
+    """The new-flow routine of modes that schedule on the first frame (nat, dsr): choose the
+    backend, create the flow and send the frame on it with the mode's forward routine. A TCP
+    segment other than a SYN opens a flow only where the scheduler is a consistent hash: it
+    gives the backend the lost flow had."""
+    cdef uint8_t state
+    cdef int32_t real
+    cdef uint32_t idx
+    if p.proto == PROTO_TCP:
+        if (p.tflags & (TH_SYN | TH_ACK | TH_RST)) == TH_SYN:
+            state = S_SYN_SENT
+        elif (sv.sched == SCHED_HASH5 or sv.sched == SCHED_HASHSRC) and not p.tflags & TH_RST:
+            state = S_ESTABLISHED   # lost state: the hash gives the same backend
+        else:
+            return C_DROP_NO_FLOW_NON_SYN
+    else:
+        state = S_UDP
+    real = schedule(self, sv, p.h, p.src)
+    if real < 0:
+        return C_DROP_NO_BACKEND
+    idx = flow_create(self, sv, p.h, p.src, p.sport, real, state, now)
+    self.ctr[C_FLOW_CREATED] += 1
+    if state == S_ESTABLISHED:
+        self.ctr[C_FLOW_RECREATED] += 1
+    if XMIT[sv.mode].fwd == NULL:
+        return C_DROP_MODE
+    return XMIT[sv.mode].fwd(self, f, n, &self.fl[idx], sv, p.tflags, now)
 
 
 cdef int32_t schedule(Engine self, Service *sv, uint64_t h, uint32_t src) noexcept nogil:

@@ -1,6 +1,7 @@
 # serve: the data path around the modes. process() and serve() (poll, rx burst, process,
-# tx burst, under the engine lock), the burst loop, and process_frame: parse -> service
-# lookup -> flow lookup or creation -> the mode's routine. Twin: twin/serve.py.
+# tx burst, under the engine lock), the burst loop, process_frame (parse -> service lookup
+# -> flow lookup -> the mode's routine from XMIT), and xmit_out, the part every transmit
+# routine shares. Twin: twin/serve.py.
 #
 # Invariants:
 # - The burst runs without the GIL and touches no Python object per frame: it reads and
@@ -11,6 +12,8 @@
 #   transmit routine reads (the Ethernet, IPv4 and L4 headers) has been checked here.
 # - What a frame does is decided by process_frame alone; the burst's prefetches only hide
 #   memory latency, so the twin (which has none) gives the same results.
+# - process_frame knows no mode: a miss calls XMIT[service's mode].new_flow, a hit
+#   XMIT[flow's mode].fwd or .rev, and a NULL routine is drop_mode.
 
 
 cdef uint8_t VMAP[N_COUNTERS]       # exit counter -> verdict: defs.VERDICTS, from COUNTER_TABLE
@@ -181,11 +184,12 @@ cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcep
     """One frame f[:n]: its exit counter, the frame rewritten in place when it is sent."""
     cdef uint16_t et, tot, sport, dport, ulen
     cdef uint32_t ihl, l4len, doff, src, dst
-    cdef uint8_t proto, tflags = 0, state
+    cdef uint8_t proto, tflags = 0
     cdef uint64_t h
-    cdef int32_t idx, real
+    cdef int32_t idx
     cdef Service *sv
     cdef Flow *e
+    cdef Pkt p
     if n < 14:
         return C_DROP_RUNT
     if memcmp(f, self.local_mac, 6) != 0 and not (
@@ -259,36 +263,16 @@ cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcep
                 flow_delete(self, idx)
                 self.ctr[C_FLOW_EXPIRED_NODEST] += 1
                 idx = -1
-        if idx < 0 and sv.mode == MODE_SPLICE:
-            if proto != PROTO_TCP:
-                return C_DROP_MODE
-            return splice_new(self, f, n, sv, h, src, dst, sport, dport, tflags, now)
         if idx < 0:
-            if proto == PROTO_TCP:
-                if (tflags & (TH_SYN | TH_ACK | TH_RST)) == TH_SYN:
-                    state = S_SYN_SENT
-                elif ((sv.sched == SCHED_HASH5 or sv.sched == SCHED_HASHSRC)
-                        and not tflags & TH_RST):
-                    state = S_ESTABLISHED   # lost state: the hash gives the same backend
-                else:
-                    return C_DROP_NO_FLOW_NON_SYN
-            else:
-                state = S_UDP
-            real = schedule(self, sv, h, src)
-            if real < 0:
-                return C_DROP_NO_BACKEND
-            idx = flow_create(self, sv, h, src, sport, real, state, now)
-            self.ctr[C_FLOW_CREATED] += 1
-            if state == S_ESTABLISHED:
-                self.ctr[C_FLOW_RECREATED] += 1
+            if XMIT[sv.mode].new_flow == NULL:
+                return C_DROP_MODE
+            p.src, p.dst, p.sport, p.dport, p.proto, p.tflags, p.h = (src, dst, sport, dport,
+                                                                      proto, tflags, h)
+            return XMIT[sv.mode].new_flow(self, f, n, sv, &p, now)
         e = &self.fl[idx]
-        if e.mode == MODE_NAT:
-            return nat_fwd(self, f, n, e, tflags, now)
-        if e.mode == MODE_DSR:
-            return dsr_fwd(self, f, n, e, tflags, now)
-        if e.mode == MODE_SPLICE:
-            return splice_fwd(self, f, n, e, sv, tflags, now)
-        return C_DROP_MODE
+        if XMIT[e.mode].fwd == NULL:
+            return C_DROP_MODE
+        return XMIT[e.mode].fwd(self, f, n, e, sv, tflags, now)
     idx = flow_find(self, self.irev, h, src, dst, sport, dport, proto, True)
     if idx < 0:
         return C_DROP_UNKNOWN_DEST
@@ -297,8 +281,31 @@ cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcep
         flow_delete(self, idx)
         self.ctr[C_FLOW_EXPIRED] += 1
         return C_DROP_UNKNOWN_DEST
-    if e.mode == MODE_NAT:
-        return nat_rev(self, f, n, e, tflags, now)
-    if e.mode == MODE_SPLICE:
-        return splice_rev(self, f, n, e, tflags, now)
-    return C_DROP_MODE
+    if XMIT[e.mode].rev == NULL:
+        return C_DROP_MODE
+    return XMIT[e.mode].rev(self, f, n, e, NULL, tflags, now)
+
+
+cdef inline int xmit_out(Engine self, uint8_t *f, uint32_t n, Flow *e, const uint8_t *dmac,
+                         bint routed, bint fwd, uint8_t tflags, int64_t now) noexcept nogil:
+    """The part every transmit routine shares (IPVS's ip_vs_send_or_cont). A frame whose next
+    hop's MAC (dmac) is unknown, or that a routed path (one that decrements the TTL) would
+    take to TTL 0, is dropped untouched: its counter is returned. Else the TCP state moves,
+    the frame is addressed from us to dmac, the flow's time and counters in this direction
+    move, and XMIT_CONT is returned: the routine then rewrites L3/L4 and returns its own."""
+    if dmac == NULL:
+        return C_DROP_NO_NEIGH
+    if routed and f[22] <= 1:
+        return C_DROP_TTL
+    if e.proto == PROTO_TCP:
+        track(e, tflags, fwd)
+    memcpy(f, dmac, 6)
+    memcpy(f + 6, self.local_mac, 6)
+    e.last = now
+    if fwd:
+        e.pkts_fwd += 1
+        e.bytes_fwd += n
+    else:
+        e.pkts_rev += 1
+        e.bytes_rev += n
+    return XMIT_CONT

@@ -60,22 +60,24 @@ cdef inline int cookie_check(Engine self, uint32_t src, uint32_t dst, uint16_t s
 
 
 # ---- per packet ---------------------------------------------------------------------------
-cdef int splice_new(Engine self, uint8_t *f, uint32_t n, Service *sv, uint64_t h, uint32_t src,
-                    uint32_t dst, uint16_t sport, uint16_t dport, uint8_t tflags,
+cdef int splice_new(Engine self, uint8_t *f, uint32_t n, Service *sv, Pkt *p,
                     int64_t now) noexcept nogil:
     """No flow yet: a SYN gets a cookie SYN-ACK (no state); an ACK with a valid cookie
     creates the flow in SPL_WAIT and goes up to Python."""
     cdef uint32_t c_isn, l_isn, bits, idx
     cdef int k, mssi
+    cdef uint8_t tflags = p.tflags
     cdef Opts o
     cdef Flow *e
+    if p.proto != PROTO_TCP:
+        return C_DROP_MODE          # a UDP service in splice mode (the control side has none)
     if (tflags & (TH_SYN | TH_ACK | TH_RST)) == TH_SYN:
-        return splice_synack(self, f, src, dst, sport, dport, now)
+        return splice_synack(self, f, p.src, p.dst, p.sport, p.dport, now)
     if tflags & TH_RST or not tflags & TH_ACK:
         return C_SPLICE_BAD_COOKIE
     c_isn = rd32(f + 38) - 1
     l_isn = rd32(f + 42) - 1
-    mssi = cookie_check(self, src, dst, sport, dport, c_isn, l_isn, now)
+    mssi = cookie_check(self, p.src, p.dst, p.sport, p.dport, c_isn, l_isn, now)
     if mssi < 0:
         return C_SPLICE_BAD_COOKIE
     tcp_options(f, 54, 34 + (f[46] >> 4) * 4, &o)
@@ -83,9 +85,9 @@ cdef int splice_new(Engine self, uint8_t *f, uint32_t n, Service *sv, uint64_t h
         o.ts = -1
     idx = flow_alloc(self, now)
     e = &self.fl[idx]
-    e.cip, e.vip, e.rip, e.cport, e.vport, e.rport = src, dst, 0, sport, dport, 0
+    e.cip, e.vip, e.rip, e.cport, e.vport, e.rport = p.src, p.dst, 0, p.sport, p.dport, 0
     e.proto, e.mode, e.state, e.flags, e.real, e.used = 6, MODE_SPLICE, S_SPL_WAIT, 0, -1, 1
-    e.hf, e.hr = h, 0
+    e.hf, e.hr = p.h, 0
     e.created = now
     e.last = now
     e.pkts_rev = e.bytes_rev = 0
@@ -103,7 +105,7 @@ cdef int splice_new(Engine self, uint8_t *f, uint32_t n, Service *sv, uint64_t h
     e.c_win = rd16(f + 48)
     e.pkts_fwd, e.bytes_fwd = 1, n
     e.rp, e.rp_len = NULL, 0
-    flow_insert(self, self.ifwd, h, idx)
+    flow_insert(self, self.ifwd, p.h, idx)
     self.nused += 1
     self.ctr[C_FLOW_CREATED] += 1
     if rd16(f + 16) > 20 + (f[46] >> 4) * 4 or tflags & TH_FIN:
@@ -164,6 +166,8 @@ cdef int splice_synack(Engine self, uint8_t *f, uint32_t src, uint32_t dst, uint
 
 cdef int splice_fwd(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, uint8_t tflags,
                     int64_t now) noexcept nogil:
+    """Client -> backend: before binding, the request (the VIP's rules or Python decide);
+    after, the frame sent on with the backend's view of ack, TSecr and SACK blocks."""
     cdef Opts o
     cdef Real *r
     cdef int k, ln
@@ -184,11 +188,9 @@ cdef int splice_fwd(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, u
         e.flags |= F_SEEN
         return C_PUNT_SPLICE
     r = &self.reals[e.real]
-    if not r.has_mac:
-        return C_DROP_NO_NEIGH
-    if f[22] <= 1:
-        return C_DROP_TTL
-    track(e, tflags, True)
+    k = xmit_out(self, f, n, e, r.mac if r.has_mac else NULL, True, True, tflags, now)
+    if k != XMIT_CONT:
+        return k
     rewrite(f, 30, 36, e.vip, e.vport, e.rip, e.rport, 6, self.partial)
     if tflags & TH_ACK:
         patch32(f, 42, rd32(f + 42) - e.delta, self.partial)
@@ -201,18 +203,16 @@ cdef int splice_fwd(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, u
             patch32(f, k, rd32(f + k) - e.delta, self.partial)
             patch32(f, k + 4, rd32(f + k + 4) - e.delta, self.partial)
             k += 8
-    memcpy(f, r.mac, 6)
-    memcpy(f + 6, self.local_mac, 6)
-    e.last = now
-    e.pkts_fwd += 1
-    e.bytes_fwd += n
     return C_SPLICE_FWD
 
 
-cdef int splice_rev(Engine self, uint8_t *f, uint32_t n, Flow *e, uint8_t tflags,
+cdef int splice_rev(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, uint8_t tflags,
                     int64_t now) noexcept nogil:
+    """Backend -> client: while connecting, its SYN-ACK (recorded, then answered by the
+    replay or punted); after, the frame sent on with the client's view of seq, TSval and
+    window."""
     cdef Opts o
-    cdef int ts, ws
+    cdef int ts, ws, k
     cdef uint32_t w
     tcp_options_fast(f, &o)
     ts = o.ts if o.ts >= 0 and f[o.ts + 1] == 10 else -1
@@ -251,11 +251,9 @@ cdef int splice_rev(Engine self, uint8_t *f, uint32_t n, Flow *e, uint8_t tflags
     if e.rp != NULL and tflags & TH_ACK and <int32_t>(rd32(f + 42) - e.c_isn - 1) > 0:
         free(e.rp)            # the backend has the request: no SYN-ACK will come again
         e.rp = NULL
-    if not self.has_gw:
-        return C_DROP_NO_NEIGH
-    if f[22] <= 1:
-        return C_DROP_TTL
-    track(e, tflags, False)
+    k = xmit_out(self, f, n, e, self.gw_mac if self.has_gw else NULL, True, False, tflags, now)
+    if k != XMIT_CONT:
+        return k
     rewrite(f, 26, 34, e.rip, e.rport, e.vip, e.vport, 6, self.partial)
     patch32(f, 38, rd32(f + 38) + e.delta, self.partial)
     if e.ws_b != e.ws_lb:
@@ -263,11 +261,6 @@ cdef int splice_rev(Engine self, uint8_t *f, uint32_t n, Flow *e, uint8_t tflags
         patch16(f, 48, w if w < 0xFFFF else 0xFFFF, self.partial)
     if ts >= 0 and e.sopt & SOPT_TS:
         patch32(f, ts + 2, rd32(f + ts + 2) + e.ts_off, self.partial)
-    memcpy(f, self.gw_mac, 6)
-    memcpy(f + 6, self.local_mac, 6)
-    e.last = now
-    e.pkts_rev += 1
-    e.bytes_rev += n
     return C_SPLICE_REV
 
 
@@ -461,3 +454,9 @@ cdef object api_splice_drop(Engine self, cip, cport, vip, vport):
         return False
     flow_delete(self, idx)
     return True
+
+
+# ---- the mode's row of XMIT (types.pxi) ---------------------------------------------------
+XMIT[MODE_SPLICE].new_flow = splice_new
+XMIT[MODE_SPLICE].fwd = splice_fwd
+XMIT[MODE_SPLICE].rev = splice_rev

@@ -8,6 +8,10 @@
 # - Addresses and ports are host integers; times are CLOCK_MONOTONIC milliseconds.
 # - A Flow is zeroed by calloc once and reused in place: whoever takes a slot (flow_create,
 #   splice_new) sets every field the flow's mode reads.
+# - XMIT has a row per mode code (a uint8, so every code indexes it); a row a mode did not
+#   fill is NULL, and a NULL routine means drop_mode.
+
+cdef class Engine       # engine.pxi; the routines' types below take it as a borrowed pointer
 
 
 cdef struct Flow:
@@ -105,6 +109,33 @@ cdef struct HttpView:   # what the rules read of a request head
     int plen            # the path before any ? or #
     int hlen            # -1: no usable Host (None in modes/l7.py)
     uint8_t host[256]   # normalized: lowercase, no port, no trailing dot
+
+
+cdef struct Pkt:        # what process_frame parsed of a frame, for a new-flow routine
+    uint32_t src
+    uint32_t dst
+    uint16_t sport
+    uint16_t dport
+    uint8_t proto
+    uint8_t tflags      # TCP flags; 0 for UDP
+    uint64_t h          # flow_hash of (src, dst, sport, dport, proto): the forward key
+
+
+# One mode's per-packet routines, one signature per role, bound by the flow's mode code as
+# IPVS binds packet_xmit once per connection. new_flow: a frame to one of the mode's VIPs
+# with no flow (make one and send the frame on it, or answer it); fwd: client -> VIP on the
+# flow; rev: backend -> client on it, NULL when the mode has no reverse path (the flow then
+# stays out of the reverse index). Each returns the frame's exit counter; sv is NULL on rev.
+ctypedef int (*new_flow_fn)(Engine, uint8_t *, uint32_t, Service *, Pkt *, int64_t) noexcept nogil
+ctypedef int (*xmit_fn)(Engine, uint8_t *, uint32_t, Flow *, Service *, uint8_t,
+                        int64_t) noexcept nogil
+
+cdef struct Xmit:
+    new_flow_fn new_flow
+    xmit_fn fwd
+    xmit_fn rev
+
+cdef Xmit XMIT[256]     # by mode code; filled by the xmit_*.pxi and splice.pxi that define them
 
 
 cdef enum:

@@ -9,15 +9,16 @@
 # - No reverse path: a dsr flow is never in the reverse index.
 
 
-cdef int dsr_fwd(Engine self, uint8_t *f, uint32_t n, Flow *e, uint8_t tflags, int64_t now) noexcept nogil:
+cdef int dsr_fwd(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, uint8_t tflags,
+                 int64_t now) noexcept nogil:
     cdef Real *r = &self.reals[e.real]
-    if not r.has_mac:
-        return C_DROP_NO_NEIGH
-    if e.proto == PROTO_TCP:
-        track(e, tflags, True)
-    memcpy(f, r.mac, 6)
-    memcpy(f + 6, self.local_mac, 6)
-    e.last = now
-    e.pkts_fwd += 1
-    e.bytes_fwd += n
+    cdef int k = xmit_out(self, f, n, e, r.mac if r.has_mac else NULL, False, True, tflags, now)
+    if k != XMIT_CONT:
+        return k
     return C_DSR_FWD
+
+
+# ---- the mode's row of XMIT (types.pxi) ---------------------------------------------------
+XMIT[MODE_DSR].new_flow = new_flow_default
+XMIT[MODE_DSR].fwd = dsr_fwd
+XMIT[MODE_DSR].rev = NULL

@@ -11,34 +11,27 @@
 # - TCP flows are tracked both ways; UDP flows stay S_UDP.
 
 
-cdef int nat_fwd(Engine self, uint8_t *f, uint32_t n, Flow *e, uint8_t tflags, int64_t now) noexcept nogil:
+cdef int nat_fwd(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, uint8_t tflags,
+                 int64_t now) noexcept nogil:
     cdef Real *r = &self.reals[e.real]
-    if not r.has_mac:
-        return C_DROP_NO_NEIGH
-    if f[22] <= 1:
-        return C_DROP_TTL
-    if e.proto == PROTO_TCP:
-        track(e, tflags, True)
+    cdef int k = xmit_out(self, f, n, e, r.mac if r.has_mac else NULL, True, True, tflags, now)
+    if k != XMIT_CONT:
+        return k
     rewrite(f, 30, 36, e.vip, e.vport, e.rip, e.rport, e.proto, self.partial)
-    memcpy(f, r.mac, 6)
-    memcpy(f + 6, self.local_mac, 6)
-    e.last = now
-    e.pkts_fwd += 1
-    e.bytes_fwd += n
     return C_NAT_FWD
 
 
-cdef int nat_rev(Engine self, uint8_t *f, uint32_t n, Flow *e, uint8_t tflags, int64_t now) noexcept nogil:
-    if not self.has_gw:
-        return C_DROP_NO_NEIGH
-    if f[22] <= 1:
-        return C_DROP_TTL
-    if e.proto == PROTO_TCP:
-        track(e, tflags, False)
+cdef int nat_rev(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, uint8_t tflags,
+                 int64_t now) noexcept nogil:
+    cdef int k = xmit_out(self, f, n, e, self.gw_mac if self.has_gw else NULL, True, False,
+                          tflags, now)
+    if k != XMIT_CONT:
+        return k
     rewrite(f, 26, 34, e.rip, e.rport, e.vip, e.vport, e.proto, self.partial)
-    memcpy(f, self.gw_mac, 6)
-    memcpy(f + 6, self.local_mac, 6)
-    e.last = now
-    e.pkts_rev += 1
-    e.bytes_rev += n
     return C_NAT_REV
+
+
+# ---- the mode's row of XMIT (types.pxi) ---------------------------------------------------
+XMIT[MODE_NAT].new_flow = new_flow_default
+XMIT[MODE_NAT].fwd = nat_fwd
+XMIT[MODE_NAT].rev = nat_rev
