@@ -39,7 +39,7 @@ setup(
     name="threeway",
     version="0.1.0",
     description="userspace L4 load balancer: nat, splice and dsr",
-    packages=["fastpath", "lb", "modes", "tools"],
+    packages=["fastpath", "fastpath.twin", "lb", "modes", "tools"],
     package_data={"fastpath": ["*.pyx", "*.pxi", "*.pxd"]},
     ext_modules=cythonize(extensions, language_level=3,
                           compiler_directives={"boundscheck": False, "wraparound": False,

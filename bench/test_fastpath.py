@@ -14,7 +14,7 @@ import random
 import numpy as np
 import pytest
 
-from fastpath import Batch, ServiceSpec, defs, engine_py
+from fastpath import Batch, ServiceSpec, defs, twin
 from fastpath import _engine
 from tests.fastpath.fixtures import GW, LB, VIP1, VIP3, make_engine
 from tools import frames as F
@@ -22,7 +22,7 @@ from tools import frames as F
 BURST = 256
 NFLOWS = 100_000
 ROUNDS = {"cy": 400, "py": 12}
-IMPLS = {"cy": _engine, "py": engine_py}
+IMPLS = {"cy": _engine, "py": twin}
 
 
 def client(k):

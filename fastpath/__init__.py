@@ -1,7 +1,7 @@
 """threeway fast path: parsing, flow table, schedulers' per-packet side, transmit routines.
 
 The compiled module (fastpath/_engine.pyx, fastpath/_io.pyx) is the one used. Its pure-Python
-twin (engine_py.py, io_py.py) is chosen only by THREEWAY_PUREPYTHON=1; if the compiled module
+twin (the package twin/, and io_py.py) is chosen only by THREEWAY_PUREPYTHON=1; if the compiled module
 cannot be imported without that variable, the import fails loudly (no silent fallback).
 
 This package imports nothing from lb/, modes/ or tools/, and never touches sockets: it reads
@@ -15,7 +15,7 @@ import numpy as np
 from . import defs
 
 if os.environ.get("THREEWAY_PUREPYTHON") == "1":
-    from .engine_py import Engine, flow_hash, mix64  # noqa: F401
+    from .twin import Engine, flow_hash, mix64  # noqa: F401
     from .io_py import rx_burst, tx_burst  # noqa: F401
     IMPL = "py"
 else:

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from fastpath import engine_py
+from fastpath import twin
 
 try:
     from fastpath import _engine
@@ -16,7 +16,7 @@ def impl(request):
     """The fast-path module to test: ids `cy` (compiled) and `py` (the reference twin)."""
     if request.param == "cy" and _engine is None:
         pytest.fail("the compiled fast path is not built (python3 setup.py build_ext --inplace)")
-    return _engine if request.param == "cy" else engine_py
+    return _engine if request.param == "cy" else twin
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import struct
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from fastpath import Batch, L7Spec, ServiceSpec, _engine, defs, engine_py
+from fastpath import Batch, L7Spec, ServiceSpec, _engine, defs, twin
 from lb.errors import LBError
 from modes import l7
 from tools import frames as F
@@ -99,7 +99,7 @@ def check(rules, data, plain):
     rs = ruleset(rules)
     assume(rs is not None and rs.fast_rules() is not None)
     sp = spec(rs)
-    got = [first_segment(mod, sp, data) for mod in (_engine, engine_py)]
+    got = [first_segment(mod, sp, data) for mod in (_engine, twin)]
     assert got[0] == got[1]
     (_, reason, _), fl = got[0][0][-1], got[0][2]
     ref = rs.decide(data)

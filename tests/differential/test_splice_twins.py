@@ -6,7 +6,7 @@ import struct
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from fastpath import Batch, ServiceSpec, defs, engine_py
+from fastpath import Batch, ServiceSpec, defs, twin
 from tests.fastpath.fixtures import B1, CLIENT, GW, LB, REALS, make_engine
 from tools import frames as F
 
@@ -46,7 +46,7 @@ segment = st.tuples(st.booleans(), st.sampled_from([F.TH_ACK, F.TH_ACK | F.TH_PU
 def test_splice_connections_same_on_both_twins(c_isn, s_isn, syn_opt, ack_opt, bsyn_opt, segs, bind,
                                                dt, first, req, fin, synacks):
     outs = []
-    for mod in (_engine, engine_py):
+    for mod in (_engine, twin):
         e = make_engine(mod.Engine, ServiceSpec)
         e.set_splice_secret(b"k" * 16)
         e.set_services([ServiceSpec(F.ip2int(VIP), 80, 6, defs.MODE_SPLICE, defs.SCHED_SEQ, [0], [1])])

@@ -3,7 +3,7 @@ bytes, counters, flow tables and errors alike. Nothing here swallows an exceptio
 that raises on one twin must raise the same type on the other."""
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from fastpath import Batch, ServiceSpec, defs, engine_py
+from fastpath import Batch, ServiceSpec, defs, twin
 from tests.fastpath.fixtures import (B1, B2, B3, LB, VIP1, VIP2, VIP3, b2c, c2v, make_engine)
 from tools import frames as F
 
@@ -75,7 +75,7 @@ def outcome(fn):
 
 def run_both(frames_and_gaps, capacity):
     results = []
-    for mod in (_engine, engine_py):
+    for mod in (_engine, twin):
         e = make_engine(mod.Engine, ServiceSpec, capacity=capacity, timeouts={"tcp_syn": 2, "udp": 2})
         now, out = 0, []
         for i in range(0, len(frames_and_gaps), 7):      # uneven bursts
@@ -125,7 +125,7 @@ specs = st.lists(st.builds(
 @given(specs, st.lists(mutated(), min_size=1, max_size=10))
 def test_control_calls_and_errors_same_on_both_twins(service_list, frames):
     results = []
-    for mod in (_engine, engine_py):
+    for mod in (_engine, twin):
         e = make_engine(mod.Engine, ServiceSpec)
         e.set_real_up(1, False)
         r = [outcome(lambda: e.set_services(service_list))]
@@ -140,8 +140,8 @@ def test_control_calls_and_errors_same_on_both_twins(service_list, frames):
 @given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 65535),
        st.integers(0, 65535), st.integers(0, 255))
 def test_hashes_same_on_both_twins(a, b, p, q, proto):
-    assert _engine.flow_hash(a, b, p, q, proto) == engine_py.flow_hash(a, b, p, q, proto)
-    assert _engine.mix64(a << 31) == engine_py.mix64(a << 31)
+    assert _engine.flow_hash(a, b, p, q, proto) == twin.flow_hash(a, b, p, q, proto)
+    assert _engine.mix64(a << 31) == twin.mix64(a << 31)
 
 
 @SETTINGS
@@ -150,7 +150,7 @@ def test_hashes_same_on_both_twins(a, b, p, q, proto):
 def test_frames_same_on_both_twins_with_vnet_headers(items):
     """Rows with a virtio-net header; NEEDS_CSUM set at random (partial checksum rules)."""
     results = []
-    for mod in (_engine, engine_py):
+    for mod in (_engine, twin):
         e = make_engine(mod.Engine, ServiceSpec, capacity=64)
         b = Batch(len(items), snap=2048, hdr=10)
         b.load([f for f, _, _ in items], [bytes([1 if p else 0]) + rest for _, p, rest in items])

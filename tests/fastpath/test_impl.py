@@ -7,8 +7,8 @@ import fastpath
 def test_compiled_module_is_loaded():
     if os.environ.get("THREEWAY_PUREPYTHON") == "1":
         assert fastpath.IMPL == "py"
-        from fastpath import engine_py
-        assert fastpath.Engine is engine_py.Engine
+        from fastpath import twin
+        assert fastpath.Engine is twin.Engine
     else:
         from fastpath import _engine, _io
         assert fastpath.IMPL == "cy"
@@ -18,5 +18,5 @@ def test_compiled_module_is_loaded():
 
 
 def test_twin_is_importable_alongside():
-    from fastpath import engine_py, io_py
-    assert engine_py.Engine is not None and io_py.rx_burst is not None
+    from fastpath import io_py, twin
+    assert twin.Engine is not None and io_py.rx_burst is not None

@@ -20,7 +20,7 @@ import dpkt
 import pytest
 from click.testing import CliRunner
 
-from fastpath import defs, engine_py
+from fastpath import defs, twin
 from lb import cli, config, health
 from lb.errors import LBError
 from lb.health import BackendHealth, HealthMonitor, PolicyRoutes, Target
@@ -284,7 +284,7 @@ class Recorder:
 
 @pytest.fixture
 def ctl():
-    e = engine_py.Engine(256)
+    e = twin.Engine(256)
     e.set_local(ip(LB_IP), LB_MAC)
     st = LBState(e, config.parse(base_cfg(None, {"scheduler": "rr"})))
     r = Recorder(st)

@@ -1,5 +1,5 @@
 """lb/state.py against the real fast-path engines: every test runs on both twins (ids `cy`,
-the compiled engine, and `py`, fastpath/engine_py.py).
+the compiled engine, and `py`, the twin in fastpath/twin/).
 
 Every command's happy path and error path; a failed command leaves vip.list and the engine
 untouched; removed backends keep their real slot while flows use it.

@@ -1,0 +1,178 @@
+"""engine: the Engine object, its state and its Python API (docs/interfaces.md). Twin of
+fastpath/engine.pxi: the same methods in the same order.
+
+Invariants:
+- A method that does more than set an attribute is one call of its concern's routine:
+  Engine.x(...) is api_x(self, ...) in flowtable, serve or splice.
+- Control calls check every argument before changing anything: a bad call raises and the
+  engine stays as it was.
+"""
+import collections
+import threading
+
+from .. import defs
+from ..checks import check_ip, check_mac, check_port, check_real_idx, check_secret
+from .flowtable import api_expire, api_flows, api_set_services
+from .serve import api_process, api_serve
+from .splice import (api_splice_bind, api_splice_by_backend, api_splice_drop, api_splice_flow,
+                     api_splice_syn, api_splice_waiting)
+from .types import Flow, Real
+
+
+class Engine:
+    """See docs/interfaces.md; the same public API as the compiled Engine."""
+
+    def __init__(self, capacity, timeouts=None):
+        if not isinstance(capacity, int) or not 1 <= capacity <= (1 << 24):
+            raise ValueError("capacity must be an integer 1..16777216, got %r" % (capacity,))
+        size = 16
+        while size < 2 * capacity:
+            size <<= 1
+        self.cap = capacity
+        self.mask = size - 1
+        self.fl = [Flow(i) for i in range(capacity)]
+        self.ifwd = [0] * size
+        self.irev = [0] * size
+        self.freel = list(range(capacity - 1, -1, -1))    # pops 0, 1, 2 ...
+        self.hand = 0
+        self.sweep = 0
+        self.nused = 0
+        self.reals = [Real() for _ in range(defs.MAX_REALS)]
+        self.services = {}          # (vip, port, proto) -> Service
+        self.local_ip = 0
+        self.local_mac = b"\0" * 6
+        self.gw_mac = None
+        self.k0 = self.k1 = 0
+        self.ctr = [0] * defs.N_COUNTERS
+        self.newlen = 0
+        self.rowcap = 0
+        self.partial = False
+        self.waitq = collections.deque()     # (idx, c_isn, created, at): see splice_waiting()
+        self.wq_size = defs.SPLICE_WAITQ_MIN
+        while self.wq_size < capacity:
+            self.wq_size <<= 1
+        self.lock = threading.Lock()
+        self.want = 0
+        self.set_timeouts(timeouts or {})
+
+    # ---- the engine lock (lb/workers.py) --------------------------------------------------
+    def acquire(self):
+        """Take the engine lock. serve() takes it for every burst and returns holding it; a
+        thread that waits here gets it before serve's next burst."""
+        self.want += 1
+        self.lock.acquire()
+        self.want -= 1
+
+    def release(self):
+        self.lock.release()
+
+    # ---- control side ---------------------------------------------------------------------
+    def set_timeouts(self, timeouts):
+        t = dict(defs.DEFAULT_TIMEOUTS)
+        for k, v in timeouts.items():
+            if k not in t:
+                raise ValueError("unknown timeout %r" % (k,))
+            if not isinstance(v, (int, float)) or v <= 0:
+                raise ValueError("timeout %s must be > 0, got %r" % (k, v))
+            t[k] = v
+        self.tmo = [int(t[k] * 1000) for k in defs.TIMEOUT_KEYS]
+
+    def set_local(self, ip, mac):
+        m = check_mac(mac)
+        self.local_ip = check_ip(ip)
+        self.local_mac = m
+
+    def set_splice_secret(self, secret):
+        """The SYN-cookie key (16 bytes, random per LB or shared by LBs that must accept
+        each other's cookies)."""
+        self.k0, self.k1 = check_secret(secret)
+
+    def set_gateway(self, mac):
+        self.gw_mac = None if mac is None else check_mac(mac)
+
+    def set_real(self, idx, ip, port, mac):
+        check_real_idx(idx)
+        m = None if mac is None else check_mac(mac)
+        ipv = check_ip(ip)
+        portv = check_port(port)
+        r = self.reals[idx]
+        r.ip, r.port, r.mac = ipv, portv, m
+
+    def real_conns(self, idx):
+        check_real_idx(idx)
+        return self.reals[idx].conns
+
+    def set_real_up(self, idx, up):
+        """Health: a down real keeps its flows unless their service has SVC_EXPIRE_NODEST.
+        (Leaving it out of new-flow tables is the control side's job.)"""
+        check_real_idx(idx)
+        self.reals[idx].down = not up
+
+    def set_services(self, specs):
+        api_set_services(self, specs)
+
+    def counters(self):
+        return dict(zip(defs.COUNTERS, self.ctr))
+
+    def flow_count(self):
+        return self.nused
+
+    def flows(self):
+        return api_flows(self)
+
+    def expire(self, now_ms, budget):
+        return api_expire(self, now_ms, budget)
+
+    # ---- per packet -----------------------------------------------------------------------
+    def process(self, batch, now_ms):
+        """Every frame of the batch: verdict, reason, rewritten in place. Returns how many
+        frames were punted (V_PUNT), so the caller looks for them only when there are some."""
+        return api_process(self, batch, now_ms)
+
+    def serve(self, fd, batch, deadline_ms):
+        """One data-plane thread's loop: poll(fd) for frames, then bursts of rx -> process ->
+        tx until the fd is drained, each burst under the engine lock, and again, until a burst
+        has punted frames (the batch then holds that burst) or the CLOCK_MONOTONIC millisecond
+        deadline_ms has passed, or poll() fails. Returns holding the engine lock (the caller
+        handles the punts and its timers, then calls release()), with what it did: {wakeups,
+        bursts, frames, rx_bytes (headers included), rx_gso, rx_needs_csum, tx_frames,
+        tx_errors, tx_bytes, punts (of the last burst), now (ms, the clock serve used), error
+        (errno of a failed poll, or 0)}."""
+        return api_serve(self, fd, batch, deadline_ms)
+
+    # ---- splice (splice.py; modes/splice.py is the Python side) ---------------------------
+    def splice_flow(self, cip, cport, vip, vport):
+        """The splice state Python needs to talk to the backend as the client, or None."""
+        return api_splice_flow(self, cip, cport, vip, vport)
+
+    def splice_bind(self, cip, cport, vip, vport, real, now_ms, request=b"", fin=False):
+        """Bind a flow in SPL_WAIT to a backend: it enters the reverse index (the backend's
+        SYN-ACK will find it) and SPL_CONNECTING. Returns our SYN to the backend (a whole
+        frame), or None when there is no such flow or the backend's MAC is unknown.
+
+        request (and fin: the client's FIN follows it) is what to replay. When it fits in one
+        segment the fast path keeps it and answers the backend's SYN-ACK itself (counter
+        splice_replay); otherwise that SYN-ACK is punted and Python replays."""
+        return api_splice_bind(self, cip, cport, vip, vport, real, now_ms, request, fin)
+
+    def splice_by_backend(self, cip, cport, rip, rport):
+        """(cip, cport, vip, vport) of the splice flow bound to backend rip:rport for this
+        client address and port, or None."""
+        return api_splice_by_backend(self, cip, cport, rip, rport)
+
+    def splice_syn(self, cip, cport, vip, vport):
+        """Our SYN to the backend again (it was lost), or None when the flow is not waiting
+        for the backend's SYN-ACK."""
+        return api_splice_syn(self, cip, cport, vip, vport)
+
+    def splice_waiting(self, now_ms):
+        """Flows Python has not seen that may need it, SPLICE_WAIT_HANDOFF_MS or longer after
+        they were queued: a client silent since its cookie ACK (SPL_WAIT), or a flow bound
+        here whose backend has not answered yet (SPL_CONNECTING: our SYN may be lost).
+        [(cip, cport, vip, vport, queued_ms)]; they count as seen from now on. Flows that
+        moved on are skipped."""
+        return api_splice_waiting(self, now_ms)
+
+    def splice_drop(self, cip, cport, vip, vport):
+        """Forget a splice flow (refused, redirected, backend never answered)."""
+        return api_splice_drop(self, cip, cport, vip, vport)

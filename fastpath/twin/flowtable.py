@@ -1,0 +1,243 @@
+"""flowtable: the flow entries and their two indexes, the service table, the schedulers'
+per-packet side and TCP state tracking. Twin of fastpath/flowtable.pxi.
+
+Invariants:
+- Fixed capacity; two open-addressing indexes (forward: client -> VIP, reverse: backend ->
+  client) of 2^k >= 2 * capacity slots, linear probing, backward-shift deletion. A slot
+  holds (hash >> 32) << 32 | (entry + 1), 0 = empty.
+- A flow is in the reverse index (F_REV) exactly when its mode has a reverse path (XMIT rev)
+  and it has a backend; the backend side of a 4-tuple belongs to one flow at a time.
+- Free entries are taken in the compiled one's order (0, 1, 2 ..., then last freed first). A
+  full table evicts the least recently seen of EVICT_SAMPLE entries after a clock hand, an
+  expired one first, and serves the new flow.
+- Reals are referenced by index: Real.conns counts the flows bound to each.
+- The service table is swapped whole by api_set_services; flows and reals survive a swap.
+"""
+from .. import defs
+from ..checks import check_specs
+from ..defs import C, TH_ACK, TH_FIN, TH_RST, TH_SYN
+from .inet import flow_hash, mix64
+from .types import XMIT, Service
+
+
+def flow_find(self, tab, h, src, dst, sport, dport, proto, rev):
+    mask = self.mask
+    i = h & mask
+    tag = h >> 32
+    while True:
+        v = tab[i]
+        if v == 0:
+            return -1
+        if v >> 32 == tag:
+            e = self.fl[(v & 0xFFFFFFFF) - 1]
+            if rev:
+                if (e.rip == src and e.cip == dst and e.rport == sport and e.cport == dport
+                        and e.proto == proto):
+                    return (v & 0xFFFFFFFF) - 1
+            elif (e.cip == src and e.vip == dst and e.cport == sport and e.vport == dport
+                    and e.proto == proto):
+                return (v & 0xFFFFFFFF) - 1
+        i = (i + 1) & mask
+
+
+def flow_insert(self, tab, h, idx):
+    i = h & self.mask
+    while tab[i]:
+        i = (i + 1) & self.mask
+    tab[i] = ((h >> 32) << 32) | (idx + 1)
+
+
+def flow_unlink(self, tab, h, idx, rev):
+    mask = self.mask
+    i = h & mask
+    while (tab[i] & 0xFFFFFFFF) != idx + 1:
+        i = (i + 1) & mask
+    j = i
+    while True:
+        j = (j + 1) & mask
+        v = tab[j]
+        if v == 0:
+            break
+        e = self.fl[(v & 0xFFFFFFFF) - 1]
+        k = (e.hr if rev else e.hf) & mask
+        # the entry at j may move to the hole at i unless its home k lies in (i, j]
+        if (i <= j and (k <= i or k > j)) or (i > j and k <= i and k > j):
+            tab[i] = v
+            i = j
+    tab[i] = 0
+
+
+def flow_insert_rev(self, idx):
+    """Enter flow idx in the reverse index. An older flow with the same backend-side key
+    (client ip:port to backend ip:port, e.g. a closing flow of another VIP on the same
+    backend) is over: the backend cannot have two connections on one 4-tuple."""
+    e = self.fl[idx]
+    old = flow_find(self, self.irev, e.hr, e.rip, e.cip, e.rport, e.cport, e.proto, True)
+    if old >= 0:
+        flow_delete(self, old)
+        self.ctr[C["flow_rev_replaced"]] += 1
+    flow_insert(self, self.irev, e.hr, idx)
+    e.flags |= defs.F_REV
+
+
+def flow_delete(self, idx):
+    e = self.fl[idx]
+    flow_unlink(self, self.ifwd, e.hf, idx, False)
+    if e.flags & defs.F_REV:
+        flow_unlink(self, self.irev, e.hr, idx, True)
+    if e.real >= 0:
+        self.reals[e.real].conns -= 1
+    e.rp = None
+    e.used = 0
+    self.freel.append(idx)
+    self.nused -= 1
+
+
+def flow_alloc(self, now):
+    if not self.freel:
+        best = -1
+        for k in range(defs.EVICT_SAMPLE):
+            j = (self.hand + k) % self.cap
+            e = self.fl[j]
+            if now - e.last > self.tmo[e.state]:
+                best = j
+                break
+            if best < 0 or e.last < self.fl[best].last:
+                best = j
+        self.hand = (self.hand + defs.EVICT_SAMPLE) % self.cap
+        expired = now - self.fl[best].last > self.tmo[self.fl[best].state]
+        flow_delete(self, best)
+        self.ctr[C["flow_expired" if expired else "flow_evicted"]] += 1
+    return self.freel.pop()
+
+
+def flow_create(self, sv, h, src, sport, real, state, now):
+    idx = flow_alloc(self, now)
+    e = self.fl[idx]
+    r = self.reals[real]
+    e.cip, e.vip, e.rip = src, sv.vip, r.ip
+    e.cport, e.vport, e.rport = sport, sv.port, r.port
+    e.proto, e.mode, e.state, e.flags, e.real = sv.proto, sv.mode, state, 0, real
+    e.used = 1
+    e.hf = h
+    e.hr = flow_hash(r.ip, src, r.port, sport, sv.proto)
+    e.created = e.last = now
+    e.pkts_fwd = e.pkts_rev = e.bytes_fwd = e.bytes_rev = 0
+    flow_insert(self, self.ifwd, h, idx)
+    if XMIT[sv.mode].rev is not None:
+        flow_insert_rev(self, idx)
+    r.conns += 1
+    self.nused += 1
+    return idx
+
+
+def new_flow_default(self, f, n, sv, p, now):
+    """The new-flow routine of modes that schedule on the first frame (nat, dsr): choose the
+    backend, create the flow and send the frame on it with the mode's forward routine. A TCP
+    segment other than a SYN opens a flow only where the scheduler is a consistent hash: it
+    gives the backend the lost flow had."""
+    if p.proto == defs.PROTO_TCP:
+        if (p.tflags & (TH_SYN | TH_ACK | TH_RST)) == TH_SYN:
+            state = defs.S_SYN_SENT
+        elif sv.sched in (defs.SCHED_HASH5, defs.SCHED_HASHSRC) and not p.tflags & TH_RST:
+            state = defs.S_ESTABLISHED   # lost state: the hash gives the same backend
+        else:
+            return C["drop_no_flow_non_syn"]
+    else:
+        state = defs.S_UDP
+    real = schedule(self, sv, p.h, p.src)
+    if real < 0:
+        return C["drop_no_backend"]
+    idx = flow_create(self, sv, p.h, p.src, p.sport, real, state, now)
+    self.ctr[C["flow_created"]] += 1
+    if state == defs.S_ESTABLISHED:
+        self.ctr[C["flow_recreated"]] += 1
+    if XMIT[sv.mode].fwd is None:
+        return C["drop_mode"]
+    return XMIT[sv.mode].fwd(self, f, n, self.fl[idx], sv, p.tflags, now)
+
+
+def schedule(self, sv, h, src):
+    """The real a new flow of sv goes to (-1: none): one lookup in the table the control
+    side built (lb/schedulers.py), or for lc the fewest conns per weight among candidates."""
+    n = len(sv.table)
+    if n == 0:
+        return -1
+    if sv.sched == defs.SCHED_SEQ:
+        r = sv.table[sv.cursor % n]
+        sv.cursor += 1
+        return r
+    if sv.sched == defs.SCHED_HASH5:
+        return sv.table[h % n]
+    if sv.sched == defs.SCHED_HASHSRC:
+        return sv.table[mix64(src) % n]
+    best = 0
+    for k in range(1, n):
+        # conns[k] / w[k] < conns[best] / w[best], without division
+        if (self.reals[sv.table[k]].conns * sv.weights[best]
+                < self.reals[sv.table[best]].conns * sv.weights[k]):
+            best = k
+    return sv.table[best]
+
+
+def service_find(self, vip, port, proto):
+    return self.services.get((vip, port, proto))
+
+
+def track(e, tflags, fwd):
+    """IPVS-like TCP state from the flags seen in each direction."""
+    if tflags & TH_RST:
+        e.state = defs.S_CLOSE
+    elif tflags & TH_FIN:
+        if e.state != defs.S_CLOSE:
+            e.flags |= defs.F_FIN_C if fwd else defs.F_FIN_S
+            both = defs.F_FIN_C | defs.F_FIN_S
+            e.state = defs.S_TIME_WAIT if (e.flags & both) == both else defs.S_FIN_WAIT
+    elif e.state == defs.S_SYN_SENT:
+        if not fwd and (tflags & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK):
+            e.state = defs.S_SYN_RECV
+        elif fwd and (tflags & (TH_SYN | TH_ACK)) == TH_ACK:
+            e.state = defs.S_ESTABLISHED
+    elif e.state == defs.S_SYN_RECV:
+        if fwd and tflags & TH_ACK:
+            e.state = defs.S_ESTABLISHED
+
+
+# ---- the API's bodies (engine.py) ---------------------------------------------------------
+def api_set_services(self, specs):
+    new = {}
+    for s in check_specs(specs):
+        sv = Service()
+        sv.vip, sv.port, sv.proto, sv.mode, sv.sched = s.vip, s.port, s.proto, s.mode, s.sched
+        sv.table, sv.weights, sv.cursor = list(s.table), list(s.weights), 0
+        sv.flags = s.flags
+        sv.l7_rules, sv.l7_limit = [], 0
+        if s.l7 is not None:
+            pools = []
+            for sched, table, weights in s.l7.pools:
+                p = Service()
+                p.sched, p.table, p.weights, p.cursor = sched, list(table), list(weights), 0
+                pools.append(p)
+            sv.l7_rules = [(kind, bytes(arg), pools[pool]) for kind, arg, pool in s.l7.rules]
+            sv.l7_limit = s.l7.limit
+        new[(s.vip, s.port, s.proto)] = sv
+    self.services = new
+
+
+def api_flows(self):
+    return [(e.cip, e.cport, e.vip, e.vport, e.proto, e.real, e.mode, e.state, e.created,
+             e.last, e.pkts_fwd, e.pkts_rev, e.bytes_fwd, e.bytes_rev)
+            for e in self.fl if e.used]
+
+
+def api_expire(self, now_ms, budget):
+    freed = 0
+    for _ in range(min(budget, self.cap)):
+        j = self.sweep
+        self.sweep = (j + 1) % self.cap
+        e = self.fl[j]
+        if e.used and now_ms - e.last > self.tmo[e.state]:
+            flow_delete(self, j)
+            self.ctr[C["flow_expired"]] += 1
+            freed += 1
+    return freed

@@ -1,0 +1,259 @@
+"""serve: the data path around the modes. process() and serve() (poll, rx burst, process,
+tx burst, under the engine lock), the burst loop, process_frame (parse -> service lookup ->
+flow lookup -> the mode's routine from XMIT), and xmit_out, the part every transmit routine
+shares. Twin of fastpath/serve.pxi.
+
+Invariants:
+- A frame leaves with exactly one exit counter bumped (its Batch.reason) besides rx_frames;
+  flow-table events are counted on top. Its verdict is the counter's verdict column.
+- Parsing uses explicit bounds: nothing is read beyond the frame's length, and what a
+  transmit routine reads (the Ethernet, IPv4 and L4 headers) has been checked here.
+- process_frame knows no mode: a miss calls XMIT[service's mode].new_flow, a hit
+  XMIT[flow's mode].fwd or .rev, and a None routine is drop_mode.
+"""
+import errno
+import select
+import time
+
+import numpy as np
+
+from .. import defs
+from ..defs import C, TH_ACK, TH_SYN, XMIT_CONT
+from ..io_py import rx_burst, tx_burst
+from .flowtable import flow_delete, flow_find, service_find, track
+from .inet import flow_hash, ip_header_ok, rd16, rd32
+from .types import XMIT, Pkt
+
+BCAST = b"\xff" * 6
+
+
+def verdict_of(reason):
+    """The verdict a frame gets whose exit counter is reason (defs.COUNTER_TABLE)."""
+    if not 0 <= reason < defs.N_COUNTERS:
+        raise IndexError("no counter %d" % reason)
+    return defs.VERDICTS[reason]
+
+
+def mono_ms():
+    """CLOCK_MONOTONIC in integer ms (time.monotonic() on Linux)."""
+    return time.monotonic_ns() // 1000000
+
+
+def lock_take(self):
+    """The engine lock for serve's next burst, after any thread waiting in acquire()."""
+    while self.want > 0:
+        time.sleep(0)
+    self.lock.acquire()
+
+
+def api_process(self, batch, now_ms):
+    if batch.n and batch.snap < 128 + batch.hdr:
+        raise ValueError("batch snap must be >= 128 (splice builds SYN-ACKs in place)")
+    burst(self, batch, now_ms)
+    return int(np.count_nonzero(batch.verdict[:batch.n] == defs.V_PUNT))
+
+
+def api_serve(self, fd, batch, deadline_ms):
+    if batch.size < 1:
+        raise ValueError("serve needs a batch of at least one frame")
+    if batch.snap < 128 + batch.hdr:
+        raise ValueError("batch snap must be >= 128 (splice builds SYN-ACKs in place)")
+    st = dict.fromkeys(("wakeups", "bursts", "frames", "rx_bytes", "rx_gso",
+                        "rx_needs_csum", "tx_frames", "tx_errors", "tx_bytes"), 0)
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    punts = err = n = 0
+    now = mono_ms()
+    while not punts and not err:
+        now = mono_ms()
+        if now >= deadline_ms:
+            break
+        try:
+            ready = poller.poll(min(deadline_ms - now, 1000000))
+        except InterruptedError:
+            continue
+        except OSError as e:
+            err = e.errno
+            continue
+        if not ready:
+            continue
+        ev = ready[0][1]
+        if ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL) and not ev & select.POLLIN:
+            err = errno.EBADF if ev & select.POLLNVAL else errno.EIO
+            continue
+        st["wakeups"] += 1
+        while True:
+            lock_take(self)
+            n = rx_burst(fd, batch)
+            if n == 0:
+                self.lock.release()
+                break
+            st["rx_bytes"] += batch.rx_bytes
+            st["rx_gso"] += batch.rx_gso
+            st["rx_needs_csum"] += batch.rx_needs_csum
+            now = mono_ms()
+            burst(self, batch, now)
+            sent, errors, nbytes = tx_burst(fd, batch)
+            st["tx_frames"] += sent
+            st["tx_errors"] += errors
+            st["tx_bytes"] += nbytes
+            st["bursts"] += 1
+            st["frames"] += n
+            punts = int(np.count_nonzero(batch.verdict[:n] == defs.V_PUNT))
+            if punts:
+                break                 # returns holding the lock, the batch as it is
+            self.lock.release()
+            if n < batch.size or mono_ms() >= deadline_ms:
+                break
+    if not punts:
+        lock_take(self)
+    batch.n = n if punts else 0
+    st.update(punts=punts, now=now, error=err)
+    return st
+
+
+def burst(self, batch, now):
+    """Every frame of the batch through process_frame, each a bytearray copy written back
+    when it is sent. (No prefetching: the compiled burst's prefetches decide nothing.)"""
+    hdr = batch.hdr
+    ctr = self.ctr
+    for i in range(batch.n):
+        row = min(int(batch.lens[i]), batch.snap)
+        n = max(0, row - hdr)
+        f = bytearray(batch.buf[i, hdr:hdr + n].tobytes())
+        self.newlen = 0
+        self.rowcap = batch.snap - hdr
+        self.partial = bool(hdr) and row >= hdr and bool(batch.buf[i, 0] & defs.VNET_F_NEEDS_CSUM)
+        reason = process_frame(self, f, n, now)
+        ctr[C["rx_frames"]] += 1
+        ctr[reason] += 1
+        v = verdict_of(reason)
+        batch.verdict[i] = v
+        batch.reason[i] = reason
+        if v == defs.V_TX:
+            if self.newlen:      # a frame made in place (splice SYN-ACK) may change size
+                n = self.newlen
+                batch.lens[i] = hdr + n
+                batch.buf[i, :hdr] = 0     # complete checksums, no GSO
+            batch.buf[i, hdr:hdr + n] = np.frombuffer(bytes(f[:n]), np.uint8)
+
+
+def process_frame(self, f, n, now):
+    """One frame f[:n]: its exit counter, the frame rewritten in place when it is sent."""
+    if n < 14:
+        return C["drop_runt"]
+    dmac = bytes(f[0:6])
+    if dmac != self.local_mac and dmac != BCAST:
+        return C["drop_not_our_mac"]
+    et = rd16(f, 12)
+    if et == 0x0806:
+        return C["punt_arp"]
+    if et == 0x8100 or et == 0x88A8:
+        return C["drop_vlan"]
+    if et != 0x0800:
+        return C["drop_not_ipv4"]
+    if n < 34:
+        return C["drop_ip_truncated"]
+    if f[14] >> 4 != 4:
+        return C["drop_ip_version"]
+    ihl = (f[14] & 15) * 4
+    if ihl < 20:
+        return C["drop_ip_bad_hdr"]
+    if ihl > 20:
+        return C["drop_ip_options"]
+    tot = rd16(f, 16)
+    if tot < ihl or 14 + tot > n:
+        return C["drop_ip_bad_len"]
+    if not ip_header_ok(f, 14, 20):
+        return C["drop_ip_csum"]
+    if rd16(f, 20) & 0x3FFF:
+        return C["drop_ip_fragment"]
+    proto = f[23]
+    src = rd32(f, 26)
+    dst = rd32(f, 30)
+    if dst == self.local_ip:
+        return C["punt_local"]
+    l4len = tot - 20
+    tflags = 0
+    if proto == defs.PROTO_TCP:
+        if l4len < 20:
+            return C["drop_l4_truncated"]
+        doff = (f[46] >> 4) * 4
+        if doff < 20 or doff > l4len:
+            return C["drop_tcp_bad_doff"]
+        tflags = f[47]
+    elif proto == defs.PROTO_UDP:
+        if l4len < 8:
+            return C["drop_l4_truncated"]
+        ulen = rd16(f, 38)
+        if ulen < 8 or ulen > l4len:
+            return C["drop_udp_bad_len"]
+    else:
+        return C["drop_unknown_dest"]
+    sport = rd16(f, 34)
+    dport = rd16(f, 36)
+    h = flow_hash(src, dst, sport, dport, proto)
+    sv = service_find(self, dst, dport, proto)
+    if sv is not None:
+        idx = flow_find(self, self.ifwd, h, src, dst, sport, dport, proto, False)
+        if idx >= 0:
+            e = self.fl[idx]
+            if now - e.last > self.tmo[e.state]:
+                flow_delete(self, idx)
+                self.ctr[C["flow_expired"]] += 1
+                idx = -1
+            elif ((tflags & (TH_SYN | TH_ACK)) == TH_SYN
+                    and e.state in (defs.S_FIN_WAIT, defs.S_TIME_WAIT, defs.S_CLOSE)):
+                # a new connection on a closing flow's ports (tcp_tw_reuse): schedule afresh
+                flow_delete(self, idx)
+                self.ctr[C["flow_reused"]] += 1
+                idx = -1
+            elif e.real >= 0 and self.reals[e.real].down and sv.flags & defs.SVC_EXPIRE_NODEST:
+                # (an unbound splice flow has no real yet: real = -1)
+                flow_delete(self, idx)
+                self.ctr[C["flow_expired_nodest"]] += 1
+                idx = -1
+        if idx < 0:
+            if XMIT[sv.mode].new_flow is None:
+                return C["drop_mode"]
+            p = Pkt(src, dst, sport, dport, proto, tflags, h)
+            return XMIT[sv.mode].new_flow(self, f, n, sv, p, now)
+        e = self.fl[idx]
+        if XMIT[e.mode].fwd is None:
+            return C["drop_mode"]
+        return XMIT[e.mode].fwd(self, f, n, e, sv, tflags, now)
+    idx = flow_find(self, self.irev, h, src, dst, sport, dport, proto, True)
+    if idx < 0:
+        return C["drop_unknown_dest"]
+    e = self.fl[idx]
+    if now - e.last > self.tmo[e.state]:
+        flow_delete(self, idx)
+        self.ctr[C["flow_expired"]] += 1
+        return C["drop_unknown_dest"]
+    if XMIT[e.mode].rev is None:
+        return C["drop_mode"]
+    return XMIT[e.mode].rev(self, f, n, e, None, tflags, now)
+
+
+def xmit_out(self, f, n, e, dmac, routed, fwd, tflags, now):
+    """The part every transmit routine shares (IPVS's ip_vs_send_or_cont). A frame whose next
+    hop's MAC (dmac) is unknown (None), or that a routed path (one that decrements the TTL)
+    would take to TTL 0, is dropped untouched: its counter is returned. Else the TCP state
+    moves, the frame is addressed from us to dmac, the flow's time and counters in this
+    direction move, and XMIT_CONT is returned: the routine then rewrites L3/L4."""
+    if dmac is None:
+        return C["drop_no_neigh"]
+    if routed and f[22] <= 1:
+        return C["drop_ttl"]
+    if e.proto == defs.PROTO_TCP:
+        track(e, tflags, fwd)
+    f[0:6] = dmac
+    f[6:12] = self.local_mac
+    e.last = now
+    if fwd:
+        e.pkts_fwd += 1
+        e.bytes_fwd += n
+    else:
+        e.pkts_rev += 1
+        e.bytes_rev += n
+    return XMIT_CONT

@@ -1,0 +1,51 @@
+"""types: the records every concern shares. Twin of fastpath/types.pxi, whose structs comment
+each field; the twin keeps a WaitQ entry as a tuple (idx, c_isn, created, at), Opts as the
+dict tcp_options returns, an L7 rule as (kind, arg, pool Service) and a request view as
+(method, path, host).
+
+Invariants:
+- A Flow is made once per table slot and reused in place: whoever takes a slot
+  (flow_create, splice_new) sets every field the flow's mode reads. Where the compiled one
+  has a flag and a buffer (has_mac/mac, has_gw/gw_mac, rp/rp_len), the twin has None or bytes.
+- XMIT has a row per mode code 0..255; a row no mode filled has None routines, and a None
+  routine means drop_mode.
+"""
+from collections import namedtuple
+
+
+class Flow:
+    __slots__ = ("cip", "vip", "cport", "vport", "proto", "mode", "state", "flags",
+                 "rip", "rport", "used", "real", "last", "hf", "hr", "created",
+                 "pkts_fwd", "pkts_rev", "bytes_fwd", "bytes_rev",
+                 "c_isn", "l_isn", "delta", "ts_off", "c_tsval", "b_tsval", "mss", "c_win",
+                 "ws_c", "ws_b", "ws_lb", "sopt", "rp_len", "rp",
+                 "idx")          # its own index in the table (the compiled one subtracts)
+
+    def __init__(self, idx=0):
+        self.idx = idx
+        self.used = 0
+        self.rp = None
+        self.rp_len = 0
+
+
+class Real:
+    __slots__ = ("ip", "port", "mac", "conns", "down")
+
+    def __init__(self):
+        self.ip, self.port, self.mac, self.conns, self.down = 0, 0, None, 0, False
+
+
+class Service:
+    __slots__ = ("vip", "port", "proto", "mode", "sched", "table", "weights", "cursor", "flags",
+                 "l7_rules", "l7_limit")      # rules: [(kind, arg, pool Service)]
+
+
+# what process_frame parsed of a frame, for a new-flow routine (h: flow_hash, the forward key)
+Pkt = namedtuple("Pkt", "src dst sport dport proto tflags h")
+
+# One mode's per-packet routines, bound by the flow's mode code (types.pxi says what each
+# role does): new_flow(eng, f, n, sv, pkt, now), fwd(eng, f, n, e, sv, tflags, now),
+# rev(eng, f, n, e, None, tflags, now) or None for no reverse path. Each returns the frame's
+# exit counter.
+Xmit = namedtuple("Xmit", "new_flow fwd rev")
+XMIT = [Xmit(None, None, None)] * 256    # filled by xmit_*.py and splice.py

@@ -1,0 +1,40 @@
+"""xmit_nat: the nat mode's per-packet routines (IPVS's ip_vs_nat_xmit). Twin of
+fastpath/xmit_nat.pxi.
+
+When it is used: a VIP whose backends answer through the LB (their default route or a route
+for the clients points at it). The client's address is kept; the LB rewrites the destination
+on the way in and the source on the way back, so it sees both directions.
+
+Invariants:
+- Forward: client -> VIP becomes client -> backend (address, port, TTL - 1, checksums
+  patched), sent to the backend's MAC. Reverse: backend -> client becomes VIP -> client, sent
+  to the gateway's MAC. Both need the next hop's MAC and a TTL above 1.
+- TCP flows are tracked both ways; UDP flows stay S_UDP.
+"""
+from .. import defs
+from ..defs import C, XMIT_CONT
+from .flowtable import new_flow_default
+from .inet import rewrite
+from .serve import xmit_out
+from .types import XMIT, Xmit
+
+
+def nat_fwd(self, f, n, e, sv, tflags, now):
+    r = self.reals[e.real]
+    k = xmit_out(self, f, n, e, r.mac, True, True, tflags, now)
+    if k != XMIT_CONT:
+        return k
+    rewrite(f, 30, 36, e.vip, e.vport, e.rip, e.rport, e.proto, self.partial)
+    return C["nat_fwd"]
+
+
+def nat_rev(self, f, n, e, sv, tflags, now):
+    k = xmit_out(self, f, n, e, self.gw_mac, True, False, tflags, now)
+    if k != XMIT_CONT:
+        return k
+    rewrite(f, 26, 34, e.rip, e.rport, e.vip, e.vport, e.proto, self.partial)
+    return C["nat_rev"]
+
+
+# ---- the mode's row of XMIT (types.py) ----------------------------------------------------
+XMIT[defs.MODE_NAT] = Xmit(new_flow_default, nat_fwd, nat_rev)
