@@ -10,18 +10,19 @@ MAC; source: the LB's); IP and TCP headers are untouched, so:
 - the backend must be on the LB's layer-2 segment.
 The default scheduler is maglev: a restarted LB, or another LB instance, sends an existing
 flow to the same backend without any state (and a flow that lost its entry is re-created on
-its next packet by the same hash).
+its next packet by the same hash). Its fast-path routine: fastpath/xmit_dsr.pxi.
 """
-from fastpath import defs
-from lb.errors import LBError
-
-from .base import Mode
+from .base import LBError, Mode
 
 
 class Dsr(Mode):
     name = "dsr"
-    code = defs.MODE_DSR
     default_scheduler = "maglev"
+    # keep: the LB cannot tell a live connection from a dead one, and a backend that still
+    # holds it may finish it
+    default_on_backend_down = "keep"
+    probe_via_vip = True        # the backend answers for the VIP: its real address proves nothing
+    reverse_path = False
     counters = ("dsr_fwd",)
 
     def validate(self, vip_port, proto, backends):
