@@ -138,6 +138,8 @@ cdef struct Service:
     uint32_t l7_off     # splice content rules: self.l7r[l7_off:l7_off + l7_n]
     uint32_t l7_n
     uint32_t l7_limit
+    uint32_t vni        # tunnel: VXLAN network identifier
+    uint32_t mtu        # tunnel: IP MTU towards the backends
 
 cdef struct L7Rule:
     uint32_t kind
@@ -577,6 +579,8 @@ cdef class Engine:
     cdef uint32_t newlen
     cdef uint32_t rowcap
     cdef bint partial
+    cdef uint8_t *vnet      # the current frame's virtio-net header (NULL without one)
+    cdef bint keep_vnet     # the routine kept a partial checksum: do not clear the header
     cdef WaitQ *waitq
     cdef L7Rule *l7r
     cdef Service *pools
@@ -628,6 +632,9 @@ cdef class Engine:
         self.vmap[C_SPLICE_REV] = V_TX
         self.vmap[C_SPLICE_REPLAY] = V_TX
         self.vmap[C_SPLICE_DECIDED] = V_TX
+        self.vmap[C_TUNNEL_FWD] = V_TX
+        self.vmap[C_TUNNEL_FRAG_NEEDED] = V_TX
+        self.vmap[C_PUNT_TUNNEL_GSO] = V_PUNT
         self.vmap[C_PUNT_ARP] = V_PUNT
         self.vmap[C_PUNT_LOCAL] = V_PUNT
         self.vmap[C_PUNT_SPLICE] = V_PUNT
@@ -755,6 +762,7 @@ cdef class Engine:
                 wts[off + j] = s.weights[j] if j < len(s.weights) else 1
             off += sv.n
             sv.l7_off, sv.l7_n, sv.l7_limit = roff, 0, 0
+            sv.vni, sv.mtu = (s.tunnel.vni, s.tunnel.mtu) if s.tunnel is not None else (0, 0)
             if s.l7 is not None:
                 p0 = poff
                 for sched, table, weights in s.l7.pools:
@@ -1099,10 +1107,13 @@ cdef class Engine:
                 self.newlen = 0
                 self.rowcap = stride - hdr
                 self.partial = hdr > 0 and row >= hdr and (rp[0] & VNET_F_NEEDS_CSUM)
+                self.vnet = rp if hdr >= 10 and row >= hdr else NULL
+                self.keep_vnet = False
                 r = self._one(rp + hdr, L, now)
                 if self.newlen and self.vmap[r] == V_TX:
-                    lens[j + i] = hdr + self.newlen   # a frame made in place (splice)
-                    memset(rp, 0, hdr)                # complete checksums, no GSO
+                    lens[j + i] = hdr + self.newlen   # a frame made in place (splice, tunnel)
+                    if not self.keep_vnet:
+                        memset(rp, 0, hdr)            # complete checksums, no GSO
                 self.ctr[C_RX_FRAMES] += 1
                 self.ctr[r] += 1
                 verdict[j + i] = self.vmap[r]
@@ -1221,6 +1232,8 @@ cdef class Engine:
                 return self._dsr_fwd(f, n, e, tflags, now)
             if e.mode == MODE_SPLICE:
                 return self._splice_fwd(f, n, e, sv, tflags, now)
+            if e.mode == MODE_TUNNEL:
+                return tunnel_fwd(self, f, n, e, sv, tflags, now)
             return C_DROP_MODE
         idx = self._find(self.irev, h, src, dst, sport, dport, proto, True)
         if idx < 0:
@@ -1695,6 +1708,24 @@ cdef class Engine:
         return True
 
     # ---- transmit routines (one per mode; IPVS's *_xmit) ---------------------------------
+    def tunnel_mss(self, frame):
+        """The payload bytes per segment that keep a TCP frame to a tunnel VIP within the
+        VIP's MTU once encapsulated (modes/tunnel.py cuts superframes to it); 0 if the frame
+        is not IPv4/TCP to a tunnel VIP."""
+        cdef const uint8_t[::1] b = frame
+        cdef uint32_t ihl, doff
+        cdef Service *sv
+        if b.shape[0] < 54 or b[12] != 8 or b[13] != 0 or b[23] != PROTO_TCP:
+            return 0
+        ihl = (b[14] & 15) * 4
+        if ihl < 20 or 14 + ihl + 20 > <uint32_t>b.shape[0]:
+            return 0
+        doff = (b[14 + ihl + 12] >> 4) * 4
+        sv = self._service(rd32(&b[30]), rd16(&b[14 + ihl + 2]), PROTO_TCP)
+        if sv == NULL or sv.mode != MODE_TUNNEL or sv.mtu < VXLAN_OVERHEAD + ihl + doff + 1:
+            return 0
+        return sv.mtu - VXLAN_OVERHEAD - ihl - doff
+
     cdef int _nat_fwd(self, uint8_t *f, uint32_t n, Flow *e, uint8_t tflags, int64_t now) noexcept nogil:
         cdef Real *r = &self.reals[e.real]
         if not r.has_mac:
@@ -1738,3 +1769,6 @@ cdef class Engine:
         e.pkts_fwd += 1
         e.bytes_fwd += n
         return C_DSR_FWD
+
+
+include "xmit_tunnel.pxi"

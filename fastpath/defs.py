@@ -18,7 +18,15 @@ V_PUNT = 3   # handed up to Python (ARP, traffic for the LB's own address, splic
 MODE_NAT = 1
 MODE_DSR = 2
 MODE_SPLICE = 3
-MODES = {"nat": MODE_NAT, "dsr": MODE_DSR, "splice": MODE_SPLICE}
+MODE_TUNNEL = 4
+MODES = {"nat": MODE_NAT, "dsr": MODE_DSR, "splice": MODE_SPLICE, "tunnel": MODE_TUNNEL}
+
+# tunnel (fastpath/xmit_tunnel.pxi, modes/tunnel.py): VXLAN (RFC 7348) to the backend
+VXLAN_PORT = 4789                   # the outer UDP destination port
+VXLAN_INNER_MAC = 0x02747776786C    # 02:74:77:76:78:6c, the inner frame's destination: the
+                                    # MAC every backend's VXLAN device carries
+VXLAN_OVERHEAD = 50                 # outer Ethernet is replaced: IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+VXLAN_SPORT_MIN = 49152             # outer UDP source ports: 49152 + flow hash % 16384
 
 # --- fast-path scheduler kinds: how the per-service table is indexed per new flow ----------
 # The control side (lb/schedulers.py) turns rr/wrr/lc/sh/maglev into one of these.
@@ -163,6 +171,12 @@ COUNTERS = [
                               # the splice_wait timeout instead of the VIP's decision timeout
     "splice_decided",         # the request's first segment decided by the VIP's rules in the
                               # fast path: bound, and rewritten into our SYN to the backend
+    "tunnel_fwd",             # client -> VIP frame encapsulated in VXLAN to the backend
+    "tunnel_frag_needed",     # DF frame too big for the path MTU once encapsulated: answered
+                              # with ICMP fragmentation needed (MTU - 50), as a router does
+    "drop_tunnel_too_big",    # the same without DF: not fragmented here, dropped
+    "punt_tunnel_gso",        # a GSO superframe for a tunnel VIP: modes/tunnel.py segments it
+    "drop_tunnel_no_room",    # the frame's row has no room for the 50 bytes of VXLAN headers
 ]
 C = {name: i for i, name in enumerate(COUNTERS)}
 N_COUNTERS = len(COUNTERS)

@@ -30,12 +30,13 @@ from .checks import (check_ip as _check_ip, check_mac as _check_mac, check_port 
                      check_specs as _check_specs)
 from .defs import C
 from .io_py import rx_burst, tx_burst
+from .twin import xmit_tunnel
 
 MASK64 = (1 << 64) - 1
 _TX_REASONS = {C["nat_fwd"], C["nat_rev"], C["dsr_fwd"], C["splice_synack"], C["splice_fwd"],
                C["splice_rev"], C["splice_replay"],
-               C["splice_decided"]}
-_PUNT_REASONS = {C["punt_arp"], C["punt_local"], C["punt_splice"]}
+               C["splice_decided"], C["tunnel_fwd"], C["tunnel_frag_needed"]}
+_PUNT_REASONS = {C["punt_arp"], C["punt_local"], C["punt_splice"], C["punt_tunnel_gso"]}
 M32 = 0xFFFFFFFF
 BCAST = b"\xff" * 6
 
@@ -152,7 +153,8 @@ class _Real:
 
 class _Service:
     __slots__ = ("vip", "port", "proto", "mode", "sched", "table", "weights", "cursor", "flags",
-                 "l7_rules", "l7_limit")      # rules: [(kind, arg, pool _Service)]
+                 "l7_rules", "l7_limit",      # rules: [(kind, arg, pool _Service)]
+                 "vni", "mtu")                # tunnel
 
 
 def _mono_ms():
@@ -189,6 +191,8 @@ class Engine:
         self._newlen = 0
         self._rowcap = 0
         self._partial = False
+        self._vnet = None          # the current frame's vnet header (a copy), or None
+        self._keep_vnet = False    # a routine kept a partial checksum: write _vnet back
         self.waitq = collections.deque()     # (idx, c_isn, created): see splice_waiting()
         self.wq_size = defs.SPLICE_WAITQ_MIN
         while self.wq_size < capacity:
@@ -324,6 +328,7 @@ class Engine:
             sv.table, sv.weights, sv.cursor = list(s.table), list(s.weights), 0
             sv.flags = s.flags
             sv.l7_rules, sv.l7_limit = [], 0
+            sv.vni, sv.mtu = (s.tunnel.vni, s.tunnel.mtu) if s.tunnel is not None else (0, 0)
             if s.l7 is not None:
                 pools = []
                 for sched, table, weights in s.l7.pools:
@@ -499,6 +504,8 @@ class Engine:
             self._newlen = 0
             self._rowcap = batch.snap - hdr
             self._partial = bool(hdr) and row >= hdr and bool(batch.buf[i, 0] & defs.VNET_F_NEEDS_CSUM)
+            self._vnet = bytearray(batch.buf[i, :hdr].tobytes()) if hdr >= 10 and row >= hdr else None
+            self._keep_vnet = False
             reason = self._one(f, n, now_ms)
             ctr[C["rx_frames"]] += 1
             ctr[reason] += 1
@@ -507,10 +514,13 @@ class Engine:
             punts += v == defs.V_PUNT
             batch.reason[i] = reason
             if v == defs.V_TX:
-                if self._newlen:      # a frame made in place (splice SYN-ACK) may change size
+                if self._newlen:      # a frame made in place (splice, tunnel) may change size
                     n = self._newlen
                     batch.lens[i] = hdr + n
-                    batch.buf[i, :hdr] = 0     # complete checksums, no GSO
+                    if self._keep_vnet:
+                        batch.buf[i, :hdr] = np.frombuffer(bytes(self._vnet), np.uint8)
+                    else:
+                        batch.buf[i, :hdr] = 0     # complete checksums, no GSO
                 batch.buf[i, hdr:hdr + n] = np.frombuffer(bytes(f[:n]), np.uint8)
         return punts
 
@@ -617,6 +627,8 @@ class Engine:
                 return self._dsr_fwd(f, n, e, tflags, now)
             if e.mode == defs.MODE_SPLICE:
                 return self._splice_fwd(f, n, e, sv, tflags, now)
+            if e.mode == defs.MODE_TUNNEL:
+                return xmit_tunnel.tunnel_fwd(self, f, n, e, sv, tflags, now)
             return C["drop_mode"]
         idx = self._find(self.irev, h, src, dst, sport, dport, proto, True)
         if idx < 0:
@@ -633,6 +645,20 @@ class Engine:
         return C["drop_mode"]
 
     # ---- transmit routines (one per mode; IPVS's *_xmit) ---------------------------------
+    def tunnel_mss(self, frame):
+        """As the compiled Engine.tunnel_mss: payload bytes per segment for a tunnel VIP."""
+        b = bytes(frame)
+        if len(b) < 54 or b[12:14] != b"\x08\x00" or b[23] != defs.PROTO_TCP:
+            return 0
+        ihl = (b[14] & 15) * 4
+        if ihl < 20 or 14 + ihl + 20 > len(b):
+            return 0
+        doff = (b[14 + ihl + 12] >> 4) * 4
+        sv = self.services.get((_u32(b, 30), _u16(b, 14 + ihl + 2), defs.PROTO_TCP))
+        if sv is None or sv.mode != defs.MODE_TUNNEL or sv.mtu < defs.VXLAN_OVERHEAD + ihl + doff + 1:
+            return 0
+        return sv.mtu - defs.VXLAN_OVERHEAD - ihl - doff
+
     def _nat_fwd(self, f, n, e, tflags, now):
         r = self.reals[e.real]
         if r.mac is None:
