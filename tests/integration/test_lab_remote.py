@@ -259,6 +259,19 @@ def test_cli_shows_and_execs_remote_backends(lab):
                for line in text.splitlines()), text
 
 
+def test_lbd_runs_the_code_of_this_tree(lab):
+    """The lab starts `python -m lb.daemon` from the tree it was started from, not an
+    installed lbd, so a lab always runs the code under test."""
+    pid = lab.topology["lb"]["pid"]
+    with open("/proc/%d/cmdline" % pid, "rb") as f:
+        argv = f.read().split(b"\0")
+    assert argv[:3] == [sys.executable.encode(), b"-m", b"lb.daemon"], argv
+    assert os.readlink("/proc/%d/cwd" % pid) == REPO
+    with open("/proc/%d/maps" % pid) as f:
+        engines = {line.split()[-1] for line in f if "/fastpath/_engine" in line}
+    assert engines and all(e.startswith(REPO + "/fastpath/") for e in engines), engines
+
+
 def test_no_remote_backends_is_the_lab_as_before(make_lab):
     with pytest.raises(LabError, match="remote_backends"):
         Lab(unique_name(), remote_backends=-1)
