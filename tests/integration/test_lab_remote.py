@@ -1,4 +1,4 @@
-"""The lab's remote backends (tools/lab.py, --remote-backends).
+"""The lab's remote backends (tools/lab.py, --remote-backends) and the tunnel check of doctor.
 
 ```
    P-c1                 P-rt                               P-b1, P-b2 (brs)
@@ -14,7 +14,8 @@
 ```
 
 One lab for the whole module (the `lab` fixture: unique name, downed also when a test
-fails). Every wait and every capture is bounded.
+fails); tests that break a backend repair it in `finally` and show the repair worked. Every
+wait and every capture is bounded.
 """
 import json
 import os
@@ -25,7 +26,7 @@ import sys
 import pytest
 
 from tools.lab import (VIP_RANGE, VXLAN_DEV, VXLAN_INNER_MAC, VXLAN_PORT, VXLAN_VNI, Lab,
-                       LabError, _netns_list, lb_mac, unique_name)
+                       LabError, _netns_list, lb_mac, unique_name, vxlan_commands)
 
 from .test_lab import ECHO_CLIENT, UDP_CLIENT, curl_id, lab_namespaces
 
@@ -49,8 +50,25 @@ def lab():
         lab.down()
 
 
+def doctor(lab, node, *args, mode="tunnel"):
+    """`lb-lab doctor NODE --vip VIP ...` as a user runs it; (exit status, stdout)."""
+    argv = LAB_CLI + ["doctor", "--name", lab.name, node, "--vip", VIP] + list(args)
+    argv += ["--mode", mode] if mode else []
+    r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert not r.stderr, r.stderr
+    return r.returncode, r.stdout
+
+
 def vxlan_link(lab, node):
     return json.loads(lab.exec(node, ["ip", "-d", "-j", "link", "show", VXLAN_DEV]).stdout)[0]
+
+
+def restore_vxlan(lab, node):
+    """Give `node` its VXLAN device back exactly as the lab makes it."""
+    lab.exec(node, ["ip", "link", "del", VXLAN_DEV], check=False)
+    lab.exec(node, ["ip", "-batch", "-"], input=vxlan_commands(lab.topology["nodes"][node]
+                                                              ["address"]))
+    lab.exec(node, ["sysctl", "-qw", "net.ipv4.conf.%s.rp_filter=0" % VXLAN_DEV])
 
 
 def test_remote_backends_have_a_net_of_their_own(lab):
@@ -244,6 +262,95 @@ def test_a_vxlan_frame_reaches_r1s_tcp_stack_and_r1_answers_via_its_default_rout
         r1["mac"], rt_ifs["eth2"]["mac"], 64)
     assert (by_if["eth0"]["src_mac"], by_if["eth0"]["dst_mac"], by_if["eth0"]["ttl"]) == (
         rt_ifs["eth0"]["mac"], topo["nodes"]["c1"]["mac"], 63)
+
+
+TUNNEL_CHECKS = ["vxlan_device", "vxlan_up", "vxlan_mac", "rp_filter", "vip_local", "listening"]
+
+
+@pytest.mark.parametrize("node", ["r1", "r2", "b1"])
+def test_doctor_tunnel_passes(lab, node):
+    rc, out = doctor(lab, node, "--port", "80", "--json")
+    res = json.loads(out)
+    assert rc == 0 and res["ok"], out
+    assert [c["check"] for c in res["checks"]] == TUNNEL_CHECKS
+    assert (res["device"], res["vni"], res["port"], res["inner_mac"]) == (
+        VXLAN_DEV, VXLAN_VNI, VXLAN_PORT, VXLAN_INNER_MAC)
+    rc, text = doctor(lab, node, "--port", "80")
+    assert rc == 0 and text.splitlines()[-1] == "tunnel backend: ready", text
+
+
+# (what is broken on r2, how, the checks that must fail, what their message must say)
+BREAKAGES = [
+    ("no device", [["ip", "link", "del", VXLAN_DEV]],
+     {"vxlan_device": ["no VXLAN device with VNI %d" % VXLAN_VNI, "dstport %d" % VXLAN_PORT]}),
+    ("Linux's default port", [["ip", "link", "del", VXLAN_DEV],
+                              ["ip", "link", "add", VXLAN_DEV, "address", VXLAN_INNER_MAC,
+                               "type", "vxlan", "id", str(VXLAN_VNI), "nolearning"],
+                              ["ip", "link", "set", VXLAN_DEV, "up"]],
+     {"vxlan_device": ["port 8472, not %d" % VXLAN_PORT, "Linux's default"]}),
+    ("another VNI", [["ip", "link", "del", VXLAN_DEV],
+                     ["ip", "link", "add", VXLAN_DEV, "address", VXLAN_INNER_MAC, "type",
+                      "vxlan", "id", "7", "dstport", str(VXLAN_PORT)],
+                     ["ip", "link", "set", VXLAN_DEV, "up"]],
+     {"vxlan_device": ["no VXLAN device with VNI %d" % VXLAN_VNI, "found vxlan0 (VNI 7"]}),
+    ("down", [["ip", "link", "set", VXLAN_DEV, "down"]],
+     {"vxlan_up": ["ip link set %s up" % VXLAN_DEV]}),
+    ("another MAC", [["ip", "link", "set", VXLAN_DEV, "address", "02:00:00:00:00:01"]],
+     {"vxlan_mac": ["02:00:00:00:00:01", "ip link set %s address %s"
+                    % (VXLAN_DEV, VXLAN_INNER_MAC)]}),
+    ("strict rp_filter", [["sysctl", "-qw", "net.ipv4.conf.%s.rp_filter=1" % VXLAN_DEV]],
+     {"rp_filter": ["%s=1" % VXLAN_DEV, "net.ipv4.conf.%s.rp_filter=0" % VXLAN_DEV]}),
+]
+
+
+@pytest.mark.parametrize("what,breaks,fails", BREAKAGES, ids=[b[0] for b in BREAKAGES])
+def test_doctor_tunnel_names_what_is_wrong(lab, what, breaks, fails):
+    try:
+        for argv in breaks:
+            lab.exec("r2", argv)
+        rc, out = doctor(lab, "r2", "--port", "80", "--json")
+        res = json.loads(out)
+        assert rc == 1 and not res["ok"], out
+        failed = {c["check"]: c["detail"] for c in res["checks"] if not c["ok"]}
+        assert sorted(failed) == sorted(fails), failed
+        for check, words in fails.items():
+            for w in words:
+                assert w in failed[check], (check, w, failed[check])
+        rc, text = doctor(lab, "r2", "--port", "80")
+        assert rc == 1 and text.splitlines()[-1] == "tunnel backend: NOT ready", text
+        assert all(("FAIL %-22s" % c) in text for c in fails), text
+    finally:
+        restore_vxlan(lab, "r2")
+    assert doctor(lab, "r2", "--port", "80")[0] == 0
+
+
+def test_doctor_tunnel_finds_no_listener(lab):
+    rc, out = doctor(lab, "r1", "--port", "81", "--json")
+    failed = [c for c in json.loads(out)["checks"] if not c["ok"]]
+    assert rc == 1 and [c["check"] for c in failed] == ["listening"], out
+    assert "TCP :81 listeners: none" in failed[0]["detail"]
+
+
+# doctor's dsr output on b1 and r1 before the tunnel check existed (and b1 had no VXLAN
+# device), byte for byte
+DSR_READY = """\
+ok   vip_local              VIP 198.19.100.1 on lo (198.19.100.0/24)
+ok   arp_ignore.all         arp_ignore=1 (need >= 1: answer ARP only for addresses on the asked interface)
+ok   arp_ignore.eth0        arp_ignore=1 (need >= 1: answer ARP only for addresses on the asked interface)
+ok   arp_announce           arp_announce=2 (need 2: never use the VIP as ARP source)
+ok   rp_filter              rp_filter all=0 eth0=0, effective 0 (need 0 or 2)
+ok   listening              TCP :80 listeners: 0.0.0.0
+dsr backend: ready
+"""  # noqa: E501
+
+
+@pytest.mark.parametrize("node", ["b1", "r1"])
+def test_doctor_dsr_output_is_unchanged(lab, node):
+    assert doctor(lab, node, "--port", "80", mode=None) == (0, DSR_READY)
+    assert doctor(lab, node, "--port", "80", mode="dsr") == (0, DSR_READY)
+    rc, out = doctor(lab, node, "--port", "80", "--json", mode=None)
+    res = json.loads(out)
+    assert rc == 0 and sorted(res) == ["checks", "iface", "ok"] and res["iface"] == "eth0"
 
 
 def test_cli_shows_and_execs_remote_backends(lab):
