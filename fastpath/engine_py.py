@@ -645,6 +645,10 @@ class Engine:
         return C["drop_mode"]
 
     # ---- transmit routines (one per mode; IPVS's *_xmit) ---------------------------------
+    # the per-flow TCP tracker, for the routines of fastpath/twin/ (which cannot import this
+    # module: it imports them)
+    _track = staticmethod(lambda e, tflags, fwd: _track(e, tflags, fwd))
+
     def tunnel_mss(self, frame):
         """As the compiled Engine.tunnel_mss: payload bytes per segment for a tunnel VIP."""
         b = bytes(frame)

@@ -33,9 +33,7 @@ def tunnel_fwd(self, f, n, e, sv, tflags, now):
     if 14 + tot + OVERHEAD > self._rowcap:
         return C["drop_tunnel_no_room"]
     if e.proto == defs.PROTO_TCP:
-        # engine_py imports this module: its tracker is taken at call time, not import time
-        from fastpath.engine_py import _track
-        _track(e, tflags, True)
+        self._track(e, tflags, True)        # engine_py's _track (it imports this module)
     inner = INNER_MAC + bytes(self.local_mac) + bytes(f[12:14 + tot])
     ip = bytearray(20)
     ip[0] = 0x45
