@@ -547,7 +547,8 @@ class LBState:
             if part.view is not None:
                 views[(v.ip, v.port, mode.name)] = part.view
             specs.append(fastpath.ServiceSpec(v.ip, v.port, config.PROTOS[v.proto], mode.code,
-                                              kind, table, weights, flags, part.l7))
+                                              kind, table, weights, flags, part.l7,
+                                              part.tunnel))
         if len(specs) > defs.MAX_SERVICES:
             raise LBError("vip", "at most %d VIPs" % defs.MAX_SERVICES)
         try:

@@ -49,6 +49,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from modes import tunnel as tunnel_mode
+
 import click
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,9 +77,10 @@ MAX_REMOTE_BACKENDS = 100        # r1 .11 .. r100 .110
 # on. The inner frame's destination MAC is this fixed MAC (02: locally administered, then
 # "twvxl"), which each backend's VXLAN device carries, so the backend takes the decapsulated
 # frame as its own without the LB knowing any per-backend inner MAC.
-VXLAN_VNI = 4242
-VXLAN_PORT = 4789                # IANA's VXLAN port (Linux's own default is 8472)
-VXLAN_INNER_MAC = "02:74:77:76:78:6c"
+# the tunnel mode's own constants (modes/tunnel.py, fastpath/defs.py): one home
+VXLAN_VNI = tunnel_mode.DEFAULT_VNI
+VXLAN_PORT = tunnel_mode.VXLAN_PORT      # IANA's VXLAN port (Linux's own default is 8472)
+VXLAN_INNER_MAC = tunnel_mode.INNER_MAC_TEXT
 VXLAN_DEV = "vxlan0"             # its name on the lab's backends
 
 # The deterministic /blob: SHAKE-256 of a fixed seed (a standard, so the bytes never depend on
