@@ -13,6 +13,19 @@
 #   (tunnel_frag_needed, made in place, to the gateway), no DF -> drop_tunnel_too_big.
 # The twin: fastpath/twin/xmit_tunnel.py, routine for routine.
 
+cdef uint8_t TUNNEL_INNER_MAC[6]       # defs.VXLAN_INNER_MAC as bytes, filled once below
+
+
+cdef void _fill_inner_mac() noexcept nogil:
+    # in C, not through a Python int: the 48-bit enum constant must not pass as a C int
+    cdef uint64_t mac = VXLAN_INNER_MAC
+    cdef int k
+    for k in range(6):
+        TUNNEL_INNER_MAC[k] = (mac >> (40 - 8 * k)) & 0xFF
+
+
+_fill_inner_mac()
+
 cdef int tunnel_fwd(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, uint8_t tflags,
                     int64_t now) noexcept nogil:
     cdef uint32_t tot = rd16(f + 16)
@@ -32,8 +45,7 @@ cdef int tunnel_fwd(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, u
     if e.proto == PROTO_TCP:
         _track(e, tflags, True)
     memmove(f + VXLAN_OVERHEAD, f, 14 + tot)
-    for k in range(6):
-        f[VXLAN_OVERHEAD + k] = (VXLAN_INNER_MAC >> (40 - 8 * k)) & 0xFF
+    memcpy(f + VXLAN_OVERHEAD, TUNNEL_INNER_MAC, 6)
     memcpy(f + VXLAN_OVERHEAD + 6, self.local_mac, 6)
     memcpy(f, self.gw_mac, 6)
     memcpy(f + 6, self.local_mac, 6)

@@ -57,6 +57,16 @@ class SetArg:
     parse: object
 
 
+def check_same_port(mode_name, vip_port, backends):
+    """For modes that deliver the client's packet unchanged (dsr, tunnel): every backend
+    listens on the VIP port, since nothing rewrites it; LBError("backend") otherwise."""
+    for _ip, port, _weight in backends:
+        if port != vip_port:
+            raise LBError("backend", "%s cannot change the port: the backend receives the "
+                          "client's packet unchanged, so it must listen on the VIP port %d, "
+                          "not %d" % (mode_name, vip_port, port))
+
+
 class Mode:
     """The interface. A subclass sets the attributes and overrides what it needs."""
     name = ""                   # as written in TOML and lbctl

@@ -12,7 +12,7 @@ The default scheduler is maglev: a restarted LB, or another LB instance, sends a
 flow to the same backend without any state (and a flow that lost its entry is re-created on
 its next packet by the same hash). Its fast-path routine: fastpath/xmit_dsr.pxi.
 """
-from .base import LBError, Mode
+from .base import Mode, check_same_port
 
 
 class Dsr(Mode):
@@ -26,11 +26,7 @@ class Dsr(Mode):
     counters = ("dsr_fwd",)
 
     def validate(self, vip_port, proto, backends):
-        for ip, port, _weight in backends:
-            if port != vip_port:
-                raise LBError("backend", "dsr cannot change the port: the backend receives the "
-                              "client's packet unchanged, so it must listen on the VIP port %d, "
-                              "not %d" % (vip_port, port))
+        check_same_port(self.name, vip_port, backends)
 
 
 MODE = Dsr()

@@ -31,8 +31,9 @@ import dataclasses
 import struct
 
 from fastpath import Batch, defs
+from fastpath.inet import checksum
 
-from .base import LBError, Mode, SetArg, SpecPart
+from .base import LBError, Mode, SetArg, SpecPart, check_same_port
 
 DEFAULT_VNI = 4242              # one VNI for the LB's tunnels, unless a VIP says otherwise
 DEFAULT_MTU = 1500              # the IP MTU of the path from the LB to the backends
@@ -89,11 +90,7 @@ class Tunnel(Mode):
                 "drop_tunnel_no_room")
 
     def validate(self, vip_port, proto, backends):
-        for ip, port, _weight in backends:
-            if port != vip_port:
-                raise LBError("backend", "tunnel cannot change the port: the backend receives "
-                              "the client's packet unchanged, so it must listen on the VIP "
-                              "port %d, not %d" % (vip_port, port))
+        check_same_port(self.name, vip_port, backends)
 
     def default_options(self):
         return TunnelOptions()
@@ -170,15 +167,6 @@ class Segmenter:
         return out
 
 
-def _csum(data):
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def segment_tcp(frame, mss):
     """An Ethernet/IPv4/TCP frame -> [frames] of at most `mss` payload bytes each, with the
     IP id counted up, FIN/PSH on the last, CWR on the first only, and full IP and TCP
@@ -212,7 +200,7 @@ def segment_tcp(frame, mss):
         ip = bytearray(head_ip)
         struct.pack_into("!HH", ip, 2, ihl + doff + len(chunk), (ident + k) & 0xFFFF)
         ip[10:12] = b"\0\0"
-        struct.pack_into("!H", ip, 10, _csum(bytes(ip)))
+        struct.pack_into("!H", ip, 10, checksum(ip))
         tcp = bytearray(head_tcp)
         struct.pack_into("!I", tcp, 4, (seq + k * mss) & 0xFFFFFFFF)
         f = flags
@@ -223,6 +211,6 @@ def segment_tcp(frame, mss):
         tcp[13] = f
         tcp[16:18] = b"\0\0"
         pseudo = src + dst + struct.pack("!BBH", 0, 6, doff + len(chunk))
-        struct.pack_into("!H", tcp, 16, _csum(pseudo + bytes(tcp) + chunk))
+        struct.pack_into("!H", tcp, 16, checksum(pseudo + bytes(tcp) + chunk))
         out.append(frame[:14] + bytes(ip) + bytes(tcp) + chunk)
     return out

@@ -6,17 +6,11 @@ the routine may grow (the engine's _rowcap bounds it, as the batch row bounds th
 one); the vnet header is the engine's _vnet (a bytearray of the row's header, or None).
 """
 from fastpath import defs
+from fastpath.inet import checksum
 
 C = defs.C
 OVERHEAD = defs.VXLAN_OVERHEAD
 INNER_MAC = defs.VXLAN_INNER_MAC.to_bytes(6, "big")
-
-
-def _csum16(b):
-    s = sum((b[k] << 8) | b[k + 1] for k in range(0, len(b), 2))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def tunnel_fwd(self, f, n, e, sv, tflags, now):
@@ -42,7 +36,7 @@ def tunnel_fwd(self, f, n, e, sv, tflags, now):
     ip[9] = defs.PROTO_UDP
     ip[12:16] = self.local_ip.to_bytes(4, "big")
     ip[16:20] = e.rip.to_bytes(4, "big")
-    ip[10:12] = _csum16(ip).to_bytes(2, "big")
+    ip[10:12] = checksum(ip).to_bytes(2, "big")
     h = e.hf ^ (e.hf >> 32)
     udp = ((defs.VXLAN_SPORT_MIN + (h & 0x3FFF)).to_bytes(2, "big") + defs.VXLAN_PORT.to_bytes(2, "big")
            + (16 + 14 + tot).to_bytes(2, "big") + b"\0\0")
@@ -71,9 +65,9 @@ def tunnel_frag_needed(self, f, sv):
     ip[9] = defs.PROTO_ICMP
     ip[12:16] = self.local_ip.to_bytes(4, "big")
     ip[16:20] = client
-    ip[10:12] = _csum16(ip).to_bytes(2, "big")
+    ip[10:12] = checksum(ip).to_bytes(2, "big")
     icmp = bytearray(b"\x03\x04\0\0\0\0" + (sv.mtu - OVERHEAD).to_bytes(2, "big") + quoted)
-    icmp[2:4] = _csum16(icmp).to_bytes(2, "big")
+    icmp[2:4] = checksum(icmp).to_bytes(2, "big")
     out = bytes(self.gw_mac) + bytes(self.local_mac) + b"\x08\x00" + bytes(ip) + bytes(icmp)
     f[:len(out)] = out
     self._newlen = 70
