@@ -287,7 +287,7 @@ class LBState:
         the arguments other than vip, proto and index are the rule's (the mode names them)."""
         key, old, mode = self._rules_vip_arg(args)
         spec = {k: v for k, v in args.items() if k not in ("vip", "proto", "index") and v is not None}
-        n = len(old.options.rules)
+        n = len(mode.rules_of(old.options))
         index = config.parse_int(_opt(args, "index", n), "index", 0, n)
         v = copy.deepcopy(old)
         v.options = mode.rule_add(old.options, spec, {b.pool for b in old.backends}, index)
@@ -296,7 +296,7 @@ class LBState:
     def _cmd_rule_del(self, args):
         _known(args, "vip", "proto", "index")
         key, old, mode = self._rules_vip_arg(args)
-        n = len(old.options.rules)
+        n = len(mode.rules_of(old.options))
         if not n:
             raise LBError("index", "%s has no rules" % _vip_name(old))
         index = config.parse_int(_need(args, "index"), "index", 0, n - 1)

@@ -118,6 +118,10 @@ class Mode:
         return pool
 
     # ---- rules (modes with rules = True) ---------------------------------------------------
+    def rules_of(self, options):
+        """The VIP's rules, in order (what rule.del's index counts)."""
+        return ()
+
     def rule_add(self, options, spec, pools, index):
         raise LBError("vip", "a %s VIP has no content rules" % self.name)
 

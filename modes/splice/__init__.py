@@ -110,6 +110,9 @@ class Splice(Mode):
         return check_pool_name(pool, fld)
 
     # ---- rules -----------------------------------------------------------------------------
+    def rules_of(self, options):
+        return options.rules
+
     def rule_add(self, options, spec, pools, index):
         rule = parse_rule(spec, "", pools=pools, limit=options.limit)
         check_rule_supported(rule, "redirect_probe")
