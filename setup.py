@@ -38,8 +38,8 @@ extensions = [
 setup(
     name="threeway",
     version="0.1.0",
-    description="userspace L4 load balancer: nat, splice and dsr",
-    packages=["fastpath", "fastpath.twin", "lb", "modes", "tools"],
+    description="userspace L4 load balancer: nat, splice, dsr and tunnel",
+    packages=["fastpath", "fastpath.twin", "lb", "modes", "modes.splice", "tools"],
     package_data={"fastpath": ["*.pyx", "*.pxi", "*.pxd"]},
     ext_modules=cythonize(extensions, language_level=3,
                           compiler_directives={"boundscheck": False, "wraparound": False,

@@ -1,4 +1,4 @@
-"""splice against HAProxy with the same content rules, in one lab and one run.
+r"""splice against HAProxy with the same content rules, in one lab and one run.
 
     python3 -m bench.splice_lab [--runs 3] [--quick] [--no-tcp-inspect] [--workloads new-conns]
 

@@ -29,11 +29,14 @@ else:
             "on purpose." % exc) from exc
     IMPL = "cy"
 
-ServiceSpec = namedtuple("ServiceSpec", "vip port proto mode sched table weights flags l7",
-                         defaults=(0, None))
+ServiceSpec = namedtuple("ServiceSpec", "vip port proto mode sched table weights flags l7 tunnel",
+                         defaults=(0, None, None))
 # splice content rules for the fast path (fastpath/defs.py L7_*): limit (bytes that count),
 # rules: ((kind, arg bytes, pool index), ...) in order, pools: ((sched, table, weights), ...)
 L7Spec = namedtuple("L7Spec", "limit rules pools")
+# tunnel (fastpath/xmit_tunnel.pxi): the VXLAN network identifier, and the IP MTU of the path
+# to the backends (a frame that would exceed it once encapsulated is answered as a router does)
+TunnelSpec = namedtuple("TunnelSpec", "vni mtu")
 
 
 class Batch:

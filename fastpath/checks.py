@@ -52,6 +52,14 @@ def check_specs(specs):
         _check_table(s.sched, s.table, s.weights)
         if s.l7 is not None:
             _check_l7(s)
+        tun = getattr(s, "tunnel", None)
+        if (tun is not None) != (s.mode == defs.MODE_TUNNEL):
+            raise ValueError("a tunnel service needs its TunnelSpec, and only it has one")
+        if tun is not None:
+            if not isinstance(tun.vni, int) or not 1 <= tun.vni < 1 << 24:
+                raise ValueError("tunnel vni must be 1..%d, got %r" % ((1 << 24) - 1, tun.vni))
+            if not isinstance(tun.mtu, int) or not 576 <= tun.mtu <= 9000:
+                raise ValueError("tunnel mtu must be 576..9000, got %r" % (tun.mtu,))
     return specs
 
 

@@ -27,11 +27,20 @@ MODE_TABLE = (
     Mode("nat", 1),       # DNAT with a connection table; replies come back through it
     Mode("dsr", 2),       # the destination MAC only; the backend answers the client directly
     Mode("splice", 3),    # delayed binding: SYN cookies, content rules, seq/ack translated
+    Mode("tunnel", 4),    # the client's frame in VXLAN to a backend across layer 3 (DSR)
 )
 MODES = {m.name: m.code for m in MODE_TABLE}
 MODE_NAT = MODES["nat"]
 MODE_DSR = MODES["dsr"]
 MODE_SPLICE = MODES["splice"]
+MODE_TUNNEL = MODES["tunnel"]
+
+# tunnel (fastpath/xmit_tunnel.pxi, modes/tunnel.py): VXLAN (RFC 7348) to the backend
+VXLAN_PORT = 4789                   # the outer UDP destination port
+VXLAN_INNER_MAC = 0x02747776786C    # 02:74:77:76:78:6c, the inner frame's destination: the
+                                    # MAC every backend's VXLAN device carries
+VXLAN_OVERHEAD = 50                 # outer Ethernet is replaced: IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+VXLAN_SPORT_MIN = 49152             # outer UDP source ports: 49152 + flow hash % 16384
 
 # A transmit routine's shared part (xmit_out) returns this when the frame goes on to the
 # routine's own rewrite: it is no counter (counters are >= 0).
@@ -236,6 +245,17 @@ COUNTER_TABLE = (
     Counter("splice_decided", V_TX, "splice",
             "the request's first segment decided by the VIP's rules in the fast path: bound, and "
             "rewritten into our SYN to the backend"),
+    Counter("tunnel_fwd", V_TX, "tunnel",
+            "client -> VIP frame encapsulated in VXLAN to the backend"),
+    Counter("tunnel_frag_needed", V_TX, "tunnel",
+            "DF frame too big for the path MTU once encapsulated: answered with ICMP "
+            "fragmentation needed (MTU - 50), as a router does"),
+    Counter("drop_tunnel_too_big", V_DROP, "tunnel",
+            "the same without DF: not fragmented here, dropped"),
+    Counter("punt_tunnel_gso", V_PUNT, "tunnel",
+            "a GSO superframe for a tunnel VIP: modes/tunnel.py segments it"),
+    Counter("drop_tunnel_no_room", V_DROP, "tunnel",
+            "the frame's row has no room for the 50 bytes of VXLAN headers"),
 )
 COUNTERS = [c.name for c in COUNTER_TABLE]
 C = {name: i for i, name in enumerate(COUNTERS)}

@@ -37,9 +37,11 @@ cdef class Engine:
     cdef uint64_t k0, k1    # the SYN-cookie key
     # per burst and per frame (serve.pxi)
     cdef uint64_t *ctr      # N_COUNTERS counters, by defs.C index
-    cdef uint32_t newlen    # a frame made in place (splice) sets its length here, else 0
+    cdef uint32_t newlen    # a frame made in place (splice, tunnel) sets its length here, else 0
     cdef uint32_t rowcap    # bytes a frame made in place may take (the batch's row)
     cdef bint partial       # the frame's L4 checksum is partial (vnet NEEDS_CSUM)
+    cdef uint8_t *vnet      # the current frame's virtio-net header (NULL without one)
+    cdef bint keep_vnet     # the routine kept a partial checksum: do not clear the header
     cdef WaitQ *waitq       # splice flows Python may have to look at (a ring of wq_size)
     cdef uint32_t wq_head, wq_tail, wq_size
     cdef PyThread_type_lock lock
@@ -196,7 +198,14 @@ cdef class Engine:
         burst), now (ms, the clock serve used), error (errno of a failed poll, or 0)}."""
         return api_serve(self, fd, batch, deadline_ms)
 
-    # ---- splice (splice.pxi; modes/splice.py is the Python side) --------------------------
+    # ---- tunnel (xmit_tunnel.pxi; modes/tunnel.py is the Python side) --------------------
+    def tunnel_mss(self, frame):
+        """The payload bytes per segment that keep a TCP frame to a tunnel VIP within the
+        VIP's MTU once encapsulated (modes/tunnel.py cuts superframes to it); 0 if the frame
+        is not IPv4/TCP to a tunnel VIP."""
+        return api_tunnel_mss(self, frame)
+
+    # ---- splice (splice.pxi; modes/splice/ is the Python side) --------------------------
     def splice_flow(self, cip, cport, vip, vport):
         """The splice state Python needs to talk to the backend as the client, or None."""
         return api_splice_flow(self, cip, cport, vip, vport)

@@ -259,6 +259,7 @@ cdef object api_set_services(Engine self, specs):
             wts[off + j] = s.weights[j] if j < len(s.weights) else 1
         off += sv.n
         sv.l7_off, sv.l7_n, sv.l7_limit = roff, 0, 0
+        sv.vni, sv.mtu = (s.tunnel.vni, s.tunnel.mtu) if s.tunnel is not None else (0, 0)
         if s.l7 is not None:
             p0 = poff
             for sched, table, weights in s.l7.pools:

@@ -170,10 +170,13 @@ cdef void burst(Engine self, uint8_t *base, uint32_t stride, uint32_t hdr, uint3
             self.newlen = 0
             self.rowcap = stride - hdr
             self.partial = hdr > 0 and row >= hdr and (rp[0] & VNET_F_NEEDS_CSUM)
+            self.vnet = rp if hdr >= 10 and row >= hdr else NULL
+            self.keep_vnet = False
             r = process_frame(self, rp + hdr, L, now)
             if self.newlen and VMAP[r] == V_TX:
-                lens[j + i] = hdr + self.newlen   # a frame made in place (splice)
-                memset(rp, 0, hdr)                # complete checksums, no GSO
+                lens[j + i] = hdr + self.newlen   # a frame made in place (splice, tunnel)
+                if not self.keep_vnet:
+                    memset(rp, 0, hdr)            # complete checksums, no GSO
             self.ctr[C_RX_FRAMES] += 1
             self.ctr[r] += 1
             verdict[j + i] = VMAP[r]

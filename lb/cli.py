@@ -35,6 +35,8 @@ import sys
 
 import click
 
+import modes
+
 from . import config
 from .errors import LBError
 from .health import health_text
@@ -223,14 +225,29 @@ def obd_option(help_text):
     return click.option("--on-backend-down", "on_backend_down", metavar="POLICY", help=help_text)
 
 
+# the vip.set arguments the modes own (modes/base.py SetArg), as --flag options
+_SET_ARGS = [a for m in modes.REGISTRY.values() for a in m.set_args]
+
+
+def _mode_set_options(fn):
+    owner = {a.name: m.name for m in modes.REGISTRY.values() for a in m.set_args}
+    for a in reversed(_SET_ARGS):
+        fn = click.option("--" + a.name.replace("_", "-"), a.name,
+                          help="%s: %s." % (owner[a.name], a.help))(fn)
+    return fn
+
+
 @vip.command("add")
 @click.argument("endpoint", metavar="VIP:PORT")
 @proto_option
-@click.option("--mode", default="nat", show_default=True, help="Forwarding mode.")
+@click.option("--mode", default=modes.DEFAULT, show_default=True,
+              help="Forwarding mode: %s." % ", ".join(modes.REGISTRY))
 @click.option("--scheduler", help="rr, wrr, lc, sh or maglev (default: the mode's).")
 @click.option("--maglev-size", help="Maglev table size, a prime (default 65537).")
 @obd_option("Flows of a backend that health checks take down: keep (until idle) or expire "
-            "(the next packet goes to a live backend). Default: keep for dsr, else expire.")
+            "(the next packet goes to a live backend). Default: the mode's (%s)."
+            % ", ".join("%s %s" % (m.name, m.default_on_backend_down)
+                        for m in modes.REGISTRY.values()))
 @json_option
 @click.pass_context
 def vip_add(ctx, endpoint, proto, mode, scheduler, maglev_size, on_backend_down):
@@ -249,25 +266,18 @@ def vip_add(ctx, endpoint, proto, mode, scheduler, maglev_size, on_backend_down)
 @click.option("--maglev-size", help="New Maglev table size, a prime.")
 @obd_option("keep, expire, or default (the mode's): what becomes of the flows of a backend "
             "that health checks take down.")
-@click.option("--splice-limit", help="splice: request bytes read before deciding (64..65536).")
-@click.option("--splice-timeout", help="splice: seconds to wait for them (0.05..60).")
+@_mode_set_options
 @json_option
 @click.pass_context
-def vip_set(ctx, endpoint, proto, mode, scheduler, maglev_size, on_backend_down, splice_limit,
-            splice_timeout):
+def vip_set(ctx, endpoint, proto, mode, scheduler, maglev_size, on_backend_down, **mode_args):
     """Change a service's mode, scheduler or down-backend policy; existing connections keep
     their mode."""
     args = _vip_args(ctx, endpoint, proto)
     args.update(_mode_args(ctx, mode, scheduler, maglev_size))
     args.update(_obd_arg(ctx, on_backend_down, True))
-    if splice_limit is not None:
-        args["splice_limit"] = _check(ctx, config.check_splice_limit, _int_text(splice_limit))
-    if splice_timeout is not None:
-        try:
-            t = float(splice_timeout)
-        except ValueError:
-            _fail(ctx, "splice_timeout", "not a number: %r" % splice_timeout, EXIT_USAGE)
-        args["splice_timeout"] = _check(ctx, config.check_splice_timeout, t)
+    for a in _SET_ARGS:
+        if mode_args.get(a.name) is not None:
+            args[a.name] = _check(ctx, a.parse, mode_args[a.name])
     _run(ctx, "vip.set", args, _render_vip_one)
 
 
@@ -351,7 +361,7 @@ def _backend_args(ctx, endpoint, real, proto):
 @click.argument("endpoint", metavar="VIP:PORT")
 @click.argument("real", metavar="IP[:PORT]")
 @click.option("--weight", default="1", show_default=True, help="0..65535; 0 = no new flows.")
-@click.option("--pool", help="splice: the named pool (default: \"default\").")
+@click.option("--pool", help="The named pool, for a mode with pools (default: \"default\").")
 @proto_option
 @json_option
 @click.pass_context
@@ -360,7 +370,7 @@ def backend_add(ctx, endpoint, real, weight, pool, proto):
     args = _backend_args(ctx, endpoint, real, proto)
     args["weight"] = _check(ctx, config.check_weight, _int_text(weight))
     if pool is not None:
-        args["pool"] = _check(ctx, config.check_pool_name, pool)
+        args["pool"] = pool          # the VIP's mode checks it (a mode without pools refuses one)
     _run(ctx, "backend.add", args, _render_vip_one)
 
 
@@ -421,12 +431,13 @@ def health_interface(ctx, name, clear):
          _render_health)
 
 
-# --- content rules (splice) ---------------------------------------------------------------
+# --- content rules (modes with rules) -------------------------------------------------------
 
-@main.group()
+@main.group(help="Content rules of a VIP whose mode has them (%s); first match wins."
+            % ", ".join(m.name for m in modes.REGISTRY.values() if m.rules))
 @json_option
 def rule():
-    """Content rules of a splice VIP (first match wins)."""
+    pass
 
 
 @rule.command("add")
@@ -441,13 +452,11 @@ def rule():
 @json_option
 @click.pass_context
 def rule_add(ctx, endpoint, kind, value, pool, action, index, proto):
-    """Add a content rule to a splice VIP."""
-    from modes import l7
+    """Add a content rule to a VIP (its mode checks it and names a bad field)."""
     args = _vip_args(ctx, endpoint, proto)
     spec = {"kind": kind, "pool": pool, "action": action}
     if value is not None:
         spec["value"] = value
-    _check(ctx, l7.parse_rule, spec, "")
     args.update(spec)
     if index is not None:
         args["index"] = _int_text(index)
@@ -473,13 +482,12 @@ def rule_del(ctx, endpoint, index, proto):
 @json_option
 @click.pass_context
 def rule_list(ctx, endpoint, proto):
-    """A splice VIP's rules and pools."""
+    """A VIP's rules and pools."""
     _run(ctx, "rule.list", _vip_args(ctx, endpoint, proto), _render_rules)
 
 
 def _render_rules(v):
-    click.echo("%s/%s splice: read up to %d bytes within %.2f s" % (
-        v["vip"], v["proto"], v.get("splice_limit", 0), v.get("splice_timeout", 0)))
+    click.echo("%s/%s %s: %s" % (v["vip"], v["proto"], v["mode"], v.get("summary", "")))
     for r in v.get("rules", []):
         click.echo("  %d. %s" % (r["index"], r["text"]))
     pools = {}
@@ -571,7 +579,8 @@ def _render_health_notes(vips):
     """One line per checked VIP under the table (what is probed, the down-backend policy)."""
     notes = ["%s/%s: %s%s; flows of a down backend: %s"
              % (v["vip"], v["proto"], _check_text(v["health"]),
-                " along the VIP path" if v["mode"] in config.VIP_PATH_MODES else "",
+                " along the VIP path" if getattr(modes.REGISTRY.get(v["mode"]), "probe_via_vip", False)
+                else "",
                 v.get("on_backend_down", "?"))
              for v in vips if v.get("health")]
     if notes:

@@ -41,9 +41,6 @@ DEFAULT_INTERFACE = "lbtap"
 
 HEALTH_CHECKS = ("none", "tcp", "http")
 ON_BACKEND_DOWN = ("keep", "expire")
-# Modes whose probes must go along the VIP path (the backend answers for the VIP itself, so
-# its real address proves nothing about the VIP); lb/health.py says how.
-VIP_PATH_MODES = ("dsr",)
 HEALTH_MIN_S, HEALTH_MAX_S = 0.05, 3600.0
 MAX_RISE_FALL = 100
 MAX_IN_FLIGHT = 4096
@@ -144,10 +141,7 @@ def check_mode(value, fld="mode"):
     """The modes.Mode called value; LBError(fld) if there is none."""
     if not isinstance(value, str):
         raise LBError(fld, "must be a mode name, got %r" % (value,))
-    try:
-        return modes.get(value)
-    except LBError as e:
-        raise LBError(fld, e.message) from None
+    return modes.get(value, fld)
 
 
 def parse_seconds(value, fld, lo=HEALTH_MIN_S, hi=HEALTH_MAX_S):
@@ -173,12 +167,12 @@ def check_on_backend_down(value, fld="on_backend_down"):
 
 def effective_on_backend_down(vip):
     """What a VIP does with flows of a down backend: its own setting, else the mode's default
-    (keep for dsr: the LB cannot tell a live connection from a dead one, and a backend that
-    still holds it may finish it; expire for the others, IPVS's expire_nodest_conn, so the
-    client's next packet goes to a live backend)."""
+    (Mode.default_on_backend_down: keep where the LB cannot tell a live connection from a dead
+    one, expire -- IPVS's expire_nodest_conn -- where the next packet should find a live
+    backend)."""
     if vip.on_backend_down is not None:
         return vip.on_backend_down
-    return "keep" if vip.mode == "dsr" else "expire"
+    return modes.get(vip.mode).default_on_backend_down
 
 
 def parse_health_check(raw, path="", base=None):
@@ -221,7 +215,7 @@ def check_health_for_vip(hc, mode, proto, interface, fld="check"):
     if proto != "tcp":
         raise LBError(fld, "%s checks open a TCP connection; a %s VIP cannot have them (use "
                       "check = \"none\")" % (hc.check, proto))
-    if mode in VIP_PATH_MODES and interface is None:
+    if modes.get(mode).probe_via_vip and interface is None:
         raise LBError(fld, "a %s VIP is probed along the VIP path (addressed to the VIP, "
                       "delivered to the backend's MAC), which needs the management interface: "
                       "set [health] interface (e.g. \"mg0\"), or `lbctl health interface`"
@@ -299,7 +293,7 @@ class BackendConfig:
     address: str
     port: int
     weight: int = 1
-    pool: str = "default"          # splice: the named pool this backend belongs to
+    pool: str = "default"          # the named pool it belongs to (modes with pools)
 
     @property
     def ip(self):
@@ -343,15 +337,13 @@ class VipConfig:
     address: str
     port: int
     proto: str = "tcp"
-    mode: str = "nat"
+    mode: str = modes.DEFAULT
     scheduler: str = "maglev"
     maglev_size: Optional[int] = None      # set (default 65537) iff scheduler == "maglev"
     backends: list = field(default_factory=list)   # [BackendConfig]
     health: HealthCheck = field(default_factory=HealthCheck)
     on_backend_down: Optional[str] = None  # keep | expire | None: the mode's default
-    rules: list = field(default_factory=list)      # splice: [modes.l7.Rule], first match wins
-    splice_limit: int = 4096                       # splice: request bytes read to decide
-    splice_timeout: float = 3.0                    # splice: seconds to wait for them
+    options: Optional[object] = None       # the mode's own (Mode.parse_options), a value
 
     @property
     def ip(self):
@@ -491,15 +483,16 @@ def _parse_flows(raw):
 
 def parse_vip(raw, path="vip"):
     """A VipConfig from one [[vip]] table; fields blamed under `path`."""
+    owned = {k: m for m in modes.REGISTRY.values() for k in m.toml_keys}
     check_keys(raw, ["address", "port", "proto", "mode", "scheduler", "maglev_size",
-                     "on_backend_down", "health", "backend", "rule", "splice"], path)
+                     "on_backend_down", "health", "backend", *owned], path)
     for k in ("address", "port"):
         if k not in raw:
             raise LBError(_join(path, k), "missing")
     address = format_ip(parse_ip(raw["address"], _join(path, "address")))
     port = parse_port(raw["port"], _join(path, "port"))
     proto = check_proto(raw.get("proto", "tcp"), _join(path, "proto"))
-    mode = check_mode(raw.get("mode", "nat"), _join(path, "mode"))
+    mode = check_mode(raw.get("mode", modes.DEFAULT), _join(path, "mode"))
     sched = check_scheduler(raw.get("scheduler", mode.default_scheduler),
                             _join(path, "scheduler"))
     braw = raw.get("backend", [])
@@ -508,7 +501,7 @@ def parse_vip(raw, path="vip"):
     backends, seen = [], {}
     for j, b in enumerate(braw):
         bpath = "%s.backend[%d]" % (path, j)
-        be = parse_backend_table(b, port, bpath)
+        be = parse_backend_table(b, port, bpath, mode)
         if be.key in seen:
             raise LBError(bpath, "duplicate of %s (%s)" % (seen[be.key], be.key))
         seen[be.key] = bpath
@@ -528,76 +521,26 @@ def parse_vip(raw, path="vip"):
     if "on_backend_down" in raw:
         obd = check_on_backend_down(raw["on_backend_down"], _join(path, "on_backend_down"))
     hc = parse_health_check(raw.get("health", {}), _join(path, "health"))
-    rules, limit, timeout = parse_splice(raw, mode, backends, path)
+    for k, m in owned.items():
+        if k in raw and m is not mode:
+            raise LBError(_join(path, k), "belongs to mode %s (this VIP is %s)" % (m.name, mode.name))
+    options = mode.parse_options(raw, path, mode_backends(backends))
     return VipConfig(address=address, port=port, proto=proto, mode=mode.name,
                      scheduler=sched, maglev_size=size, backends=backends, health=hc,
-                     on_backend_down=obd, rules=rules, splice_limit=limit,
-                     splice_timeout=timeout)
+                     on_backend_down=obd, options=options)
 
 
-def check_splice_limit(v, fld="splice_limit"):
-    from modes import l7
-    return l7.check_limit(v, fld)
+def mode_backends(backends):
+    """[(ip, port, weight, pool)] of BackendConfigs: what a mode's options see of them."""
+    return [(b.ip, b.port, b.weight, b.pool) for b in backends]
 
 
-def check_splice_timeout(v, fld="splice_timeout"):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.05 <= v <= 60:
-        raise LBError(fld, "must be a number of seconds 0.05..60, got %r" % (v,))
-    return float(v)
-
-
-def check_rule_supported(rule, fld):
-    """The HEAD probe before a redirect is not built yet: refuse it rather than ignore it."""
-    if rule.redirect_probe:
-        raise LBError(fld, "the HEAD probe before a redirect is not implemented; redirect "
-                      "without it (the chosen backend is health-checked if the VIP has checks)")
-
-
-def pools_of(backends):
-    return {b.pool for b in backends}
-
-
-def parse_splice(raw, mode, backends, path):
-    """[[vip.rule]] and [vip.splice] of a splice VIP: (rules, limit, timeout)."""
-    from modes import l7
-    rraw = raw.get("rule", [])
-    sraw = raw.get("splice", {})
-    if mode.name != "splice":
-        if rraw or sraw:
-            raise LBError(_join(path, "rule" if rraw else "splice"),
-                          "only splice VIPs have content rules (this one is %s)" % mode.name)
-        if any(b.pool != "default" for b in backends):
-            raise LBError(_join(path, "backend"), "only splice VIPs have pools")
-        return [], 4096, 3.0
-    if not isinstance(sraw, dict):
-        raise LBError(_join(path, "splice"), "must be a table")
-    check_keys(sraw, ["limit", "timeout"], _join(path, "splice"))
-    limit = check_splice_limit(sraw.get("limit", 4096), _join(path, "splice.limit"))
-    timeout = check_splice_timeout(sraw.get("timeout", 3.0), _join(path, "splice.timeout"))
-    if not isinstance(rraw, list):
-        raise LBError(_join(path, "rule"), "must be an array of tables ([[vip.rule]])")
-    pools = pools_of(backends)
-    rules = [l7.parse_rule(r, "%s.rule[%d]" % (path, j), pools=pools, limit=limit)
-             for j, r in enumerate(rraw)]
-    for j, r in enumerate(rules):
-        check_rule_supported(r, "%s.rule[%d].redirect_probe" % (path, j))
-    l7.RuleSet(rules, limit=limit, field_prefix=path + ".rule")    # order checks
-    return rules, limit, timeout
-
-
-def parse_backend_table(raw, vip_port, path):
+def parse_backend_table(raw, vip_port, path, mode):
     check_keys(raw, ["address", "port", "weight", "pool"], path)
     if "address" not in raw:
         raise LBError(_join(path, "address"), "missing")
     address = format_ip(parse_ip(raw["address"], _join(path, "address")))
     port = parse_port(raw["port"], _join(path, "port")) if "port" in raw else vip_port
     weight = check_weight(raw.get("weight", 1), _join(path, "weight"))
-    pool = check_pool_name(raw.get("pool", "default"), _join(path, "pool"))
+    pool = mode.check_pool(raw.get("pool", "default"), _join(path, "pool"))
     return BackendConfig(address=address, port=port, weight=weight, pool=pool)
-
-
-def check_pool_name(v, fld="pool"):
-    if not isinstance(v, str) or not v or len(v) > 32 or not all(
-            c.isalnum() or c in "-_." for c in v):
-        raise LBError(fld, "a pool name is 1-32 letters, digits, '-', '_' or '.', got %r" % (v,))
-    return v

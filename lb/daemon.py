@@ -4,14 +4,20 @@ Live, two kinds of thread (lb/workers.py):
 
     data plane, one thread per worker ([io] workers, default 1), in Engine.serve without the
     GIL: poll(fd) -> bursts of { rx -> engine.process -> tx } until the fd is drained,
-    each burst under the engine lock; back to Python only when a burst punted frames (splice
-    set-up -> modes/splice.py, in that thread; ARP / traffic for the LB's own address -> the
-    main thread) or a tick is due (every 100 ms: engine.expire, splice timers)
+    each burst under the engine lock; back to Python only when a burst punted frames (a
+    mode's punts -> its punt handler (modes/base.py), in that thread; ARP / traffic for the
+    LB's own address -> the main thread) or a tick is due (every 100 ms: engine.expire, the
+    modes' timers)
     main thread, one asyncio loop: control socket -> status here, everything else
     LBState.handle (engine writes under each engine's lock); ARP for wanted neighbors (1 s
     unresolved, 30 s refresh); state.gc every 5 s; health checks (asyncio tasks of
     lb/health.py: probes through the kernel's TCP stack, results into LBState, which swaps
     tables on a transition)
+
+Composition: one Control (below: state, health checks, neighbours, the control socket, the
+main thread's timers) is given one driver, which owns the engines (lb/datapath.py):
+Workers (lb/workers.py) live, BurstLoop over a pcap. Neither inherits from the other, and
+neither driver imports this module.
 
 Invariants:
 - Python runs per punted frame, per tick and for the control plane, never per frame or per
@@ -19,7 +25,7 @@ Invariants:
   costs a poll, the reads and the writes, and no Python.
 - A table swap always falls between two bursts: the control side writes an engine only
   holding its lock, which serve() takes per burst and lets a waiting thread have first.
-- Pcap mode runs Daemon.burst() (rx, process, tx, punts, in this thread) over a file, with
+- Pcap mode runs BurstLoop.burst() (rx, process, tx, punts, in this thread) over a file, with
   pcap time as `now` (and the timers driven by it), writes what would have been sent to
   --pcap-out, prints the counters as one JSON object on stdout and exits 0. The engine and
   the punt handling are the live ones; only the loop around them differs.
@@ -42,31 +48,21 @@ import signal
 import sys
 import time
 
-import numpy as np
-
 import fastpath
-from fastpath import defs
 
 from . import config as lbconfig
 from .control import ControlServer
+from .datapath import GC_MS, TICK_MS, BurstLoop, monotonic_ms
 from .errors import LBError
 from .health import HealthMonitor, check_interface
 from .io import PcapIO, open_backend
 from .neigh import Neigh
-from modes.splice import SpliceManager
 from .state import LBState
+from .workers import Workers
 
 log = logging.getLogger("lbd")
 
-BATCH_SIZE = 256
-TICK_MS = 100
-GC_MS = 5000
 TAP_MAC_PREFIX = b"\x02\x54\x57"   # locally administered; + the low 3 bytes of the LB address
-
-
-def monotonic_ms():
-    """CLOCK_MONOTONIC in integer ms: the clock Engine.serve reads in C."""
-    return time.monotonic_ns() // 1000000
 
 
 def default_mac(cfg, io):
@@ -82,47 +78,19 @@ def default_mac(cfg, io):
     return TAP_MAC_PREFIX + cfg.lb.ip.to_bytes(4, "big")[1:]
 
 
-def handle_punts(batch, n, splice, now, send, other):
-    """The burst's punted frames (there are some: process() said so): splice frames to the
-    SpliceManager, whose answers go out with send(frames); every other one to other(frame).
-    Returns how many there were."""
-    punted = np.flatnonzero(batch.verdict[:n] == defs.V_PUNT)
-    code = defs.C["punt_splice"]
-    for i in punted:
-        if batch.reason[i] == code:
-            out = splice.handle(batch.frame(i), now)
-            if out:
-                send(out)
-        else:
-            other(batch.frame(i))
-    return len(punted)
+class Control:
+    """The control side of lbd, whatever the driver: the state over driver.engine, health
+    checks, neighbours (ARP, ICMP for our address), the commands of the control socket, and
+    the main thread's timers. The driver is given this object (driver.attach)."""
 
-
-class Daemon:
-    """The engine, the state, the neighbor logic and one IO backend, driven burst by burst
-    (pcap mode); lb/workers.py's WorkerDaemon, its subclass, runs them live."""
-
-    def __init__(self, cfg, io, clock=monotonic_ms):
-        self._control_side(cfg, io, clock, fastpath.Engine(cfg.flows.capacity,
-                                                           cfg.flows.timeouts))
-        self.splice = SpliceManager(self.engine, self.state, self.mac)
-        self.batch = io.new_batch(BATCH_SIZE)
-        self.expire_budget = max(1024, cfg.flows.capacity // 50)
-        self._next_tick = None
-        self._next_gc = None
-        self._last_error_log = 0.0
-        self.loop_stats = {"bursts": 0, "frames": 0, "punts": 0, "ticks": 0,
-                           "expired": 0, "gc_freed": 0, "errors": 0}
-
-    def _control_side(self, cfg, io, clock, engine):
-        """What every daemon has: the engine (or lb/workers.py's EngineGroup, which has the
-        same control methods), the state, health checks, neighbors, the splice secret."""
+    def __init__(self, cfg, io, driver, clock=monotonic_ms):
         self.cfg = cfg
         self.io = io
+        self.driver = driver
         self.clock = clock
         self.started = time.monotonic()
         self.mac = cfg.lb.mac_bytes or default_mac(cfg, io)
-        self.engine = engine
+        self.engine = driver.engine
         self.engine.set_local(cfg.lb.ip, self.mac)
         self.state = LBState(self.engine, cfg)
         self.state.clock = clock
@@ -132,42 +100,26 @@ class Daemon:
         self.state.on_change = self.health.sync
         self.state.interface_check = check_interface
         self.neigh = Neigh(self.state, cfg.lb.ip, self.mac)
-        # splice: the SYN-cookie key is random per start (cookies outlive no restart), and
-        # the connections being set up are handled by modes/splice.py
+        # the SYN-cookie key is random per start (cookies outlive no restart)
         self.engine.set_splice_secret(os.urandom(16))
+        self._next_gc = None
+        self._last_error_log = 0.0
+        self.loop_stats = {"gc_freed": 0, "errors": 0}
+        driver.attach(self)
 
-    # --- the per-burst path ---------------------------------------------------------------
-    def burst(self):
-        """One burst: rx, process, tx, punts. Returns the number of frames received."""
-        b = self.batch
-        n = self.io.rx(b)
-        if n == 0:
-            return 0
-        now = self.clock()
-        self.timers(now)
-        npunt = self.engine.process(b, now)
-        self.io.tx(b)
-        if npunt:
-            self.loop_stats["punts"] += handle_punts(b, n, self.splice, now, self.io.send,
-                                                     self._to_neigh)
-        self.loop_stats["bursts"] += 1
-        self.loop_stats["frames"] += n
-        return n
+    # --- what the drivers call --------------------------------------------------------------
+    def to_neigh(self, frame):
+        """A punted frame that is no mode's (ARP, ICMP to our address): answered here."""
+        try:
+            out = self.neigh.handle(frame)
+            if out:
+                self.io.send(out)
+        except Exception:
+            self._error("punted frame failed")
 
-    def _to_neigh(self, frame):
-        out = self.neigh.handle(frame)
-        if out:
-            self.io.send(out)
-
-    # --- timers -----------------------------------------------------------------------------
     def timers(self, now):
-        """Run what is due at `now` (ms). Cheap when nothing is: called per burst and per tick."""
-        if self._next_tick is not None and now < self._next_tick:
-            return
-        self._next_tick = now + TICK_MS
-        self.loop_stats["ticks"] += 1
-        self.loop_stats["expired"] += self.engine.expire(now, self.expire_budget)
-        reqs = self.neigh.due_requests(now) + self.splice.tick(now)
+        """ARP requests that are due, and gc every GC_MS."""
+        reqs = self.neigh.due_requests(now)
         if reqs:
             self.io.send(reqs)
         if self._next_gc is None or now >= self._next_gc:
@@ -176,7 +128,7 @@ class Daemon:
 
     def _tick(self, loop):
         try:
-            self.timers(self.clock())
+            self.driver.timers(self.clock())
         except Exception:
             self._error("timers failed")
         loop.call_later(TICK_MS / 1000.0, self._tick, loop)
@@ -205,15 +157,18 @@ class Daemon:
             "neighbors": self.neigh.neighbors(),
             "health": {"interface": self.state.health_interface,
                        "checked": len(self.state.health_targets())},
+            **self.driver.status(),
         }
 
     def extra_stats(self):
         h = self.health.view()
-        return {"io": self.io.counters(), "neigh": self.neigh.counters(),
-                "splice": self.splice.counters(),
-                "loop": dict(self.loop_stats),
-                "health": {k: h[k] for k in ("tasks", "probes", "probe_failures",
-                                             "transitions", "in_flight")}}
+        out = {"io": self.io.counters(), "neigh": self.neigh.counters(), **self.driver.stats()}
+        loop = out["loop"]
+        loop["gc_freed"] = self.loop_stats["gc_freed"]
+        loop["errors"] = loop.get("errors", 0) + self.loop_stats["errors"]
+        out["health"] = {k: h[k] for k in ("tasks", "probes", "probe_failures", "transitions",
+                                           "in_flight")}
+        return out
 
     def all_counters(self):
         return {"impl": fastpath.IMPL, "engine": self.engine.counters(),
@@ -221,7 +176,8 @@ class Daemon:
 
 
 async def run_live(d):
-    """Serve until SIGTERM/SIGINT; closes the IO and removes the control socket."""
+    """Serve until SIGTERM/SIGINT (d: a Control over Workers); closes the IO and removes the
+    control socket."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -229,23 +185,23 @@ async def run_live(d):
     server = ControlServer(d.cfg.lb.control_socket, d.handle)
     await server.start()
     try:
-        d.start(loop)
+        d.driver.start(loop)
         d._tick(loop)                 # first ARP requests go out now
         d.health.start()
         log.info("ready")
         await stop.wait()
         log.info("stopping")
     finally:
-        d.stop(loop)
+        d.driver.stop(loop)
         await server.close()
         await d.health.close()
     return 0
 
 
 def run_pcap(d):
-    """Drive the same burst() over the input pcap; the counters as JSON on stdout."""
+    """Drive BurstLoop.burst() over the input pcap; the counters as JSON on stdout."""
     io = d.io
-    while d.burst() or not io.eof:
+    while d.driver.burst() or not io.eof:
         pass
     io.close()
     json.dump(d.all_counters(), sys.stdout, indent=1, sort_keys=True)
@@ -296,10 +252,10 @@ def main(argv=None):
         try:
             if pcap:
                 # a pcap is one stream of frames: one loop, whatever io.workers says
-                d = Daemon(cfg, io, clock=lambda: io.burst_ms)
+                clock = lambda: io.burst_ms   # noqa: E731
+                d = Control(cfg, io, BurstLoop(cfg, io, clock), clock)
             else:
-                from .workers import WorkerDaemon
-                d = WorkerDaemon(cfg, io)
+                d = Control(cfg, io, Workers(cfg, io))
         except LBError as e:
             print("lbd: config: %s" % e, file=sys.stderr)
             return 2
@@ -310,7 +266,7 @@ def main(argv=None):
         log.info("threeway lbd: impl=%s io=%s interface=%s ifindex=%s address=%s mac=%s "
                  "vips=%d workers=%d", fastpath.IMPL, info["backend"], info.get("interface"),
                  info.get("ifindex"), cfg.lb.address, d.mac.hex(":"), len(cfg.vips),
-                 len(getattr(d, "workers", ())) or 1)
+                 len(getattr(d.driver, "workers", ())) or 1)
         if pcap:
             return run_pcap(d)
         try:

@@ -15,15 +15,15 @@ the userspace data plane: lbd's data-plane address (198.19.0.2 in the lab) is on
 interface; the kernel owns a management interface on the server net (`[health] interface`,
 mg0 198.19.0.3 in the lab). Sockets are non-blocking and awaited with a deadline, at most
 `[health] max_in_flight` at once, so the burst loop is never blocked.
-- nat (and every mode not in config.VIP_PATH_MODES): connect to the backend's real
+- a mode without probe_via_vip (modes/base.py; nat, splice): connect to the backend's real
   address:port through the main routing table.
-- dsr: the backend answers for the VIP itself (on its loopback), so its real address proves
+- probe_via_vip (dsr): the backend answers for the VIP itself (on its loopback), so its real address proves
   nothing about the VIP. The probe is addressed to VIP:port and delivered to the backend's
   MAC, like the data plane's own frames: lbd gives each backend IP a fwmark M = MARK_BASE + n,
   sets it on the probe socket (SO_MARK) and installs, in its own namespace,
       ip rule add fwmark M lookup M pref RULE_PREF
       ip route replace VIP/32 via <backend real ip> dev <interface> onlink table M
-  (table number = mark, one route per dsr VIP the backend serves). The backend receives a SYN
+  (table number = mark, one route per such VIP the backend serves). The backend receives a SYN
   for the VIP from the management address and answers it on-link, so the kernel socket
   completes only if the backend still holds the VIP. Unmarked traffic never sees table M.
   Without `[health] interface` such checks are refused at configuration. Replies come from the
@@ -32,8 +32,8 @@ mg0 198.19.0.3 in the lab). Sockets are non-blocking and awaited with a deadline
 
 Routes are installed with iproute2 (`ip -force -batch -`, run as an asyncio subprocess):
 it is already required by the lab and the docs, adds no dependency, and the changes are rare
-(a VIP, a backend or the interface changes), so a netlink library would buy nothing. A probe
-of a dsr backend waits (within its timeout) until its route is in. On start, rules left in the
+(a VIP, a backend or the interface changes), so a netlink library would buy nothing. A VIP-path probe
+waits (within its timeout) until its route is in. On start, rules left in the
 MARK_BASE range by a previous lbd that died are removed with their tables; on shutdown and
 when a VIP, a backend or checks go away, its rules and routes are removed. One lbd per
 network namespace owns the MARK_BASE range.
@@ -56,6 +56,8 @@ import socket
 import time
 from collections import namedtuple
 
+import modes
+
 from . import config
 from .errors import LBError
 
@@ -75,7 +77,7 @@ Target = namedtuple("Target", "check ip port path expect interval timeout via ho
 def target_for(vip, backend):
     """The Target of one backend of one VIP (config.VipConfig, config.BackendConfig)."""
     hc = vip.health
-    via_vip = vip.mode in config.VIP_PATH_MODES
+    via_vip = modes.get(vip.mode).probe_via_vip
     ip, port = (vip.ip, vip.port) if via_vip else (backend.ip, backend.port)
     host = vip.address if vip.port == 80 else "%s:%d" % (vip.address, vip.port)
     return Target(hc.check, ip, port, hc.path, hc.expect, hc.interval, hc.timeout,

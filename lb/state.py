@@ -33,7 +33,7 @@ import time
 import fastpath
 from fastpath import checks, defs
 
-from modes import l7
+import modes
 
 from . import config, health, schedulers
 from .config import BackendConfig, VipConfig, format_endpoint, format_ip
@@ -68,7 +68,7 @@ class LBState:
         self._next = 0         # slots from here on were never used
         self._tables = {}      # vip key -> (signature, (kind, table, weights))
         self._macs = {}        # ip -> mac bytes, from learn_neighbor
-        self._splice = {}      # (vip ip, port) -> SpliceVip, for modes/splice.py
+        self._views = {}       # (vip ip, port, mode name) -> the mode's view (SpecPart.view)
         self._local_ip = cfg.lb.ip
         self._gw_ip = cfg.lb.gateway_ip
         new = {}
@@ -102,9 +102,14 @@ class LBState:
         if ip == self._gw_ip:
             self.engine.set_gateway(mac)
 
-    def splice_vip(self, ip, port):
-        """The splice view of a VIP (rules, limit, timeout, pool choice), or None."""
-        return self._splice.get((ip, port))
+    def mode_vip(self, mode, ip, port):
+        """The view of VIP ip:port that `mode` made for its punt handler (Mode.spec), or None
+        when that VIP is not in that mode (or the mode keeps no view)."""
+        return self._views.get((ip, port, mode))
+
+    def punt_context(self, mode):
+        """What mode.punt_handler is given: vip(ip, port), mac_of(ip), gateway_mac()."""
+        return PuntContext(self, mode.name)
 
     def mac_of(self, ip):
         return self._macs.get(ip)
@@ -146,13 +151,13 @@ class LBState:
                           % (format_endpoint(ip, port), proto))
         if ip == self._local_ip:
             raise LBError("vip", "%s is the balancer's own address" % format_ip(ip))
-        mode = config.check_mode(_opt(args, "mode", "nat"))
+        mode = config.check_mode(_opt(args, "mode", modes.DEFAULT))
         sched = config.check_scheduler(_opt(args, "scheduler", mode.default_scheduler))
         size = self._size_arg(args, sched, None, 0)
         config.validate_with_mode(mode, port, proto, [])
         v = VipConfig(address=format_ip(ip), port=port, proto=proto, mode=mode.name,
                       scheduler=sched, maglev_size=size, backends=[],
-                      on_backend_down=_obd_arg(args, None))
+                      on_backend_down=_obd_arg(args, None), options=mode.default_options())
         new = dict(self._vips)
         new[key] = v
         self._commit(new)
@@ -161,17 +166,22 @@ class LBState:
     def _cmd_vip_set(self, args):
         """Change a VIP's mode, scheduler, Maglev size or on_backend_down ("default": the
         mode's); its backends stay. New flows only."""
+        owned = {a.name: m for m in modes.REGISTRY.values() for a in m.set_args}
         _known(args, "vip", "proto", "mode", "scheduler", "maglev_size", "on_backend_down",
-               "splice_limit", "splice_timeout")
+               *owned)
         key, old = self._find_vip(args)
         mode = config.check_mode(_opt(args, "mode", old.mode))
-        if mode.name != "splice" and (old.rules or any(b.pool != "default" for b in old.backends)):
-            raise LBError("mode", "%s has content rules or pools, which only splice can use: "
-                          "delete them first" % _vip_name(old))
-        limit = config.check_splice_limit(_opt(args, "splice_limit", old.splice_limit))
-        timeout = config.check_splice_timeout(_opt(args, "splice_timeout", old.splice_timeout))
-        if (limit, timeout) != (old.splice_limit, old.splice_timeout) and mode.name != "splice":
-            raise LBError("splice_limit", "only applies to splice VIPs")
+        old_mode = config.check_mode(old.mode)
+        if mode is not old_mode:
+            try:
+                old_mode.check_leave(old.options, config.mode_backends(old.backends), "mode")
+            except LBError as e:
+                raise LBError(e.field, "%s: %s" % (_vip_name(old), e.message)) from None
+        for name, m in owned.items():
+            if args.get(name) is not None and m is not mode:
+                raise LBError(name, "only applies to %s VIPs" % m.name)
+        options = old.options if mode is old_mode else mode.default_options()
+        options = mode.set_options(options, args)
         sched = config.check_scheduler(_opt(args, "scheduler", old.scheduler))
         keep = old.maglev_size if sched == "maglev" and "maglev_size" not in args else None
         size = self._size_arg(args, sched, keep, len(old.backends))
@@ -180,10 +190,8 @@ class LBState:
                                     "mode")
         v = copy.deepcopy(old)
         v.mode, v.scheduler, v.maglev_size = mode.name, sched, size
-        v.splice_limit, v.splice_timeout = limit, timeout
+        v.options = options
         v.on_backend_down = _obd_arg(args, old.on_backend_down)
-        if v.rules:
-            l7.RuleSet(v.rules, limit=limit)
         return self._replace(key, v)
 
     def _cmd_vip_health(self, args):
@@ -235,9 +243,7 @@ class LBState:
         key, old = self._find_vip(args)
         bkey = self._backend_arg(args, old)
         weight = config.check_weight(_opt(args, "weight", 1))
-        pool = config.check_pool_name(_opt(args, "pool", "default"))
-        if pool != "default" and old.mode != "splice":
-            raise LBError("pool", "only splice VIPs have pools (%s is %s)" % (_vip_name(old), old.mode))
+        pool = config.check_mode(old.mode).check_pool(_opt(args, "pool", "default"), "pool")
         if _find_backend(old, bkey) is not None:
             raise LBError("backend", "%s is already a backend of %s"
                           % (format_endpoint(*bkey), _vip_name(old)))
@@ -268,41 +274,39 @@ class LBState:
         self._check_backends(v)
         return self._replace(key, v)
 
-    def _splice_vip_arg(self, args):
+    def _rules_vip_arg(self, args):
         key, old = self._find_vip(args)
-        if old.mode != "splice":
-            raise LBError("vip", "%s is %s: only splice VIPs have content rules"
+        mode = config.check_mode(old.mode)
+        if not mode.rules:
+            raise LBError("vip", "%s is %s, a mode without content rules"
                           % (_vip_name(old), old.mode))
-        return key, old
+        return key, old, mode
 
     def _cmd_rule_add(self, args):
-        """Insert a content rule (at `index`, default the end) into a splice VIP."""
-        from modes import l7
-        _known(args, "vip", "proto", "kind", "value", "pool", "action", "redirect_probe", "index")
-        key, old = self._splice_vip_arg(args)
-        spec = {k: args[k] for k in ("kind", "value", "pool", "action", "redirect_probe")
-                if args.get(k) is not None}
-        rule = l7.parse_rule(spec, "", pools=config.pools_of(old.backends), limit=old.splice_limit)
-        config.check_rule_supported(rule, "redirect_probe")
-        index = config.parse_int(_opt(args, "index", len(old.rules)), "index", 0, len(old.rules))
+        """Insert a content rule (at `index`, default the end) into a VIP whose mode has rules;
+        the arguments other than vip, proto and index are the rule's (the mode names them)."""
+        key, old, mode = self._rules_vip_arg(args)
+        spec = {k: v for k, v in args.items() if k not in ("vip", "proto", "index") and v is not None}
+        n = len(mode.rules_of(old.options))
+        index = config.parse_int(_opt(args, "index", n), "index", 0, n)
         v = copy.deepcopy(old)
-        v.rules.insert(index, rule)
-        l7.RuleSet(v.rules, limit=v.splice_limit)     # e.g. a rule after a default: unreachable
+        v.options = mode.rule_add(old.options, spec, {b.pool for b in old.backends}, index)
         return self._replace(key, v)
 
     def _cmd_rule_del(self, args):
         _known(args, "vip", "proto", "index")
-        key, old = self._splice_vip_arg(args)
-        if not old.rules:
+        key, old, mode = self._rules_vip_arg(args)
+        n = len(mode.rules_of(old.options))
+        if not n:
             raise LBError("index", "%s has no rules" % _vip_name(old))
-        index = config.parse_int(_need(args, "index"), "index", 0, len(old.rules) - 1)
+        index = config.parse_int(_need(args, "index"), "index", 0, n - 1)
         v = copy.deepcopy(old)
-        del v.rules[index]
+        v.options = mode.rule_del(old.options, index)
         return self._replace(key, v)
 
     def _cmd_rule_list(self, args):
         _known(args, "vip", "proto")
-        _, old = self._splice_vip_arg(args)
+        _, old, _ = self._rules_vip_arg(args)
         return self._vip_view(old)
 
     def _cmd_conns(self, args):
@@ -337,7 +341,7 @@ class LBState:
                 else str(state),
                 "age_s": round(max(0, now - created) / 1000, 3),
                 "idle_s": round(max(0, now - last) / 1000, 3),
-                # fwd: client -> backend, rev: backend -> client (nat/splice; 0 for dsr)
+                # fwd: client -> backend, rev: backend -> client (0 without a reverse path)
                 "packets_fwd": pf, "packets_rev": prv, "bytes_fwd": bf, "bytes_rev": br,
             })
         return {"total": total, "shown": len(out), "conns": out}
@@ -518,7 +522,7 @@ class LBState:
         down = {m for m, h in new_health.items() if not h.up}
         tables = {}
         specs = []
-        splice_views = {}
+        views = {}
         uses = {}          # real idx -> [down?] of every VIP that references it
         for key, v in new_vips.items():
             for b in v.backends:
@@ -536,15 +540,15 @@ class LBState:
             tables[key] = (sig, built)
             kind, table, weights = built
             mode = config.check_mode(v.mode)
-            flags = mode.service_flags(v)
+            part = mode.spec(v, members, _pool_builder(v))
+            flags = part.flags
             if config.effective_on_backend_down(v) == "expire":
                 flags |= defs.SVC_EXPIRE_NODEST
-            l7spec = None
-            if v.mode == "splice":
-                view = splice_views[(v.ip, v.port)] = SpliceVip(self, v, members)
-                l7spec = view.l7spec
+            if part.view is not None:
+                views[(v.ip, v.port, mode.name)] = part.view
             specs.append(fastpath.ServiceSpec(v.ip, v.port, config.PROTOS[v.proto], mode.code,
-                                              kind, table, weights, flags, l7spec))
+                                              kind, table, weights, flags, part.l7,
+                                              part.tunnel))
         if len(specs) > defs.MAX_SERVICES:
             raise LBError("vip", "at most %d VIPs" % defs.MAX_SERVICES)
         try:
@@ -570,7 +574,7 @@ class LBState:
         self._vips, self._slots, self._next = new_vips, slots, nxt
         self._free = free
         self._tables = tables
-        self._splice = splice_views
+        self._views = views
         self._health, self._slot_down = new_health, slot_down
         self._notify()
 
@@ -592,75 +596,34 @@ class LBState:
             "backends": [{"backend": b.key, "weight": b.weight, "pool": b.pool,
                           "real": self._slots.get((b.ip, b.port)),
                           "health": self._backend_health(v, b)} for b in v.backends],
-            **({"rules": [dict(l7.rule_as_dict(r), index=i, text=l7.format_rule(r))
-                          for i, r in enumerate(v.rules)],
-                "splice_limit": v.splice_limit, "splice_timeout": v.splice_timeout}
-               if v.mode == "splice" else {}),
+            **config.check_mode(v.mode).view(v),
         }
 
 
-class SpliceVip:
-    """What modes/splice.py needs of one splice VIP: its rules, limit and timeout, and a
-    backend choice per pool (the pool's scheduler table, built like any VIP's). A request
-    that matches no rule goes to the pool named "default" when there is one."""
+class PuntContext:
+    """A mode's punt handler's view of the state (modes/base.py, Mode.punt_handler): the VIPs
+    of that mode, and the neighbours. Read-only; its handler may run in a worker thread."""
 
-    def __init__(self, state, v, members):
-        self.engine = state.engine
-        rules = list(v.rules)
-        pools = {}
-        for (idx, key, weight), b in zip(members, v.backends):
-            pools.setdefault(b.pool, []).append((idx, key, weight))
-        if "default" in pools and not any(r.kind == "default" for r in rules):
-            rules.append(l7.Rule("default", "", "default"))
-        self.ruleset = l7.RuleSet(rules, limit=v.splice_limit)
-        self.limit = v.splice_limit
-        self.timeout_ms = int(v.splice_timeout * 1000)
-        self.addr = {idx: (b.ip, b.port) for (idx, _, _), b in zip(members, v.backends)}
-        size = v.maglev_size
-        self.tables = {}
-        for name, mem in pools.items():
-            if v.scheduler == "maglev":
-                size = max(size or 0, schedulers.MAGLEV_DEFAULT_SIZE)
-            self.tables[name] = schedulers.build(v.scheduler, mem, size if v.scheduler == "maglev" else None)
-        self.cursor = {name: 0 for name in pools}
-        self.l7spec = self._fast_path_rules()
+    def __init__(self, state, mode_name):
+        self._state, self._mode = state, mode_name
 
-    def _fast_path_rules(self):
-        """The rules and pools for the fast path to decide first segments itself, or None
-        when a rule is Python's alone (then every decision is made in modes/splice.py)."""
-        rules = self.ruleset.fast_rules()
-        if rules is None:
-            return None
-        names = []
-        for _, _, pool in rules:
-            if pool not in names:
-                names.append(pool)
-        empty = (defs.SCHED_SEQ, (), ())        # a pool with no backend: Python refuses
-        pools = tuple(tuple(self.tables[n]) if n in self.tables else empty for n in names)
-        return fastpath.L7Spec(self.limit, tuple((k, a, names.index(p)) for k, a, p in rules),
-                               pools)
+    def vip(self, ip, port):
+        return self._state.mode_vip(self._mode, ip, port)
 
-    def choose(self, pool, h, cip):
-        """(real idx, ip, port) of a backend of `pool` for a new flow, or None."""
-        t = self.tables.get(pool)
-        if t is None or not t[1]:
-            return None
-        kind, table, weights = t
-        if kind == defs.SCHED_SEQ:
-            real = table[self.cursor[pool] % len(table)]
-            self.cursor[pool] += 1
-        elif kind == defs.SCHED_HASH5:
-            real = table[h % len(table)]
-        elif kind == defs.SCHED_HASHSRC:
-            real = table[fastpath.mix64(cip) % len(table)]
-        else:
-            best = 0
-            for k in range(1, len(table)):
-                if (self.engine.real_conns(table[k]) * weights[best]
-                        < self.engine.real_conns(table[best]) * weights[k]):
-                    best = k
-            real = table[best]
-        return (real,) + self.addr[real]
+    def mac_of(self, ip):
+        return self._state.mac_of(ip)
+
+    def gateway_mac(self):
+        return self._state.gateway_mac()
+
+
+def _pool_builder(v):
+    """The scheduler table builder a mode gets for sub-tables of a VIP's members (a mode's
+    pools): the VIP's scheduler; Maglev at least the default size."""
+    size = None
+    if v.scheduler == "maglev":
+        size = max(v.maglev_size or 0, schedulers.MAGLEV_DEFAULT_SIZE)
+    return lambda members: schedulers.build(v.scheduler, members, size)
 
 
 def _vip_key(v):

@@ -6,11 +6,11 @@
                         |                         |     (N = 1: one fd, tap or afpacket,
                   [worker 0 thread]         [worker 1 thread]  ...      and no steering)
                    Engine 0 (flows)          Engine 1 (flows)    each: Engine.serve without
-                   SpliceManager 0           SpliceManager 1     the GIL (poll, bursts of rx
-                   expire / splice timers    expire / splice timers  -> process -> tx); in
-                        \\ ARP / ICMP punts (copies) /            Python only for splice
+                   PuntTable 0 (modes)       PuntTable 1         the GIL (poll, bursts of rx
+                   expire / mode timers      expire / mode timers    -> process -> tx); in
+                        \\ ARP / ICMP punts (copies) /            Python only for a mode's
                          +--> main thread (asyncio,             punts and a tick (100 ms)
-                              lb/daemon.py's loop): lb/neigh.py, LBState, control socket,
+                              lb/daemon.py's Control): lb/neigh.py, LBState, control socket,
                               health checks, gc; answers go out on queue 0
    control: LBState -> EngineGroup -> every engine, each under its engine's lock
 ```
@@ -32,8 +32,8 @@ Invariants:
   set of VIP addresses before any engine sees the new table.
 - LBState and lb/neigh.py are touched by the main thread only: workers hand ARP and
   local-address punts over with loop.call_soon_threadsafe and never wait for the main
-  thread, so the main thread taking a worker's lock cannot deadlock. Each worker's
-  SpliceManager reads the state (splice_vip, mac_of, choose) like lbd's single loop does.
+  thread, so the main thread taking a worker's lock cannot deadlock. Each worker's mode punt
+  handlers (its PuntTable) read the state through their PuntContext, as the single loop's do.
 - One splice secret for all engines (a cookie one worker made is valid on every worker).
 - Shutdown: stop flags, then join (serve returns at the next tick, within TICK_MS); the fds
   are closed by the IO backend afterwards. A worker whose poll() fails (its fd is gone)
@@ -47,9 +47,8 @@ import threading
 import time
 
 import fastpath
-from modes.splice import SpliceManager
 
-from .daemon import BATCH_SIZE, GC_MS, TICK_MS, Daemon, handle_punts, monotonic_ms
+from .datapath import BATCH_SIZE, TICK_MS, PuntTable, monotonic_ms, sum_counters
 from .steer import Steering
 
 log = logging.getLogger("lbd.workers")
@@ -164,7 +163,7 @@ class EngineLock:
 
 
 class Worker:
-    """One data-plane thread: one TAP queue, one engine, one splice manager, its timers."""
+    """One data-plane thread: one TAP queue, one engine, its modes' punt handlers, its timers."""
 
     def __init__(self, index, io, engine, clock, expire_budget, punt_sink):
         self.index = index
@@ -173,7 +172,7 @@ class Worker:
         self.clock = clock
         self.expire_budget = expire_budget
         self.punt_sink = punt_sink         # callable(list of frame bytes), thread-safe
-        self.splice = None                 # SpliceManager, set once the state exists
+        self.punts = None                  # PuntTable, set once the state exists
         self.lock = EngineLock(engine)
         self.batch = io.new_batch(BATCH_SIZE)
         self.running = False
@@ -219,8 +218,8 @@ class Worker:
                     self.stats[k] += r[k]
                 now = r["now"]
                 if r["punts"]:
-                    self.stats["punts"] += handle_punts(self.batch, self.batch.n, self.splice,
-                                                        now, self.io.send, up.append)
+                    self.stats["punts"] += self.punts.dispatch(self.batch, self.batch.n, now,
+                                                               self.io.send, up.append)
                 self.timers(now)
             except Exception:
                 self._error("worker %d: burst failed" % self.index)
@@ -245,7 +244,7 @@ class Worker:
         self._next_tick = now + TICK_MS
         self.stats["ticks"] += 1
         self.stats["expired"] += self.engine.expire(now, self.expire_budget)
-        out = self.splice.tick(now)
+        out = self.punts.tick(now)
         if out:
             self.io.send(out)
 
@@ -262,11 +261,13 @@ class Worker:
                     io=self.io.counters())
 
 
-class WorkerDaemon(Daemon):
-    """lbd with N workers (see the module docstring). The main thread runs lb/daemon.py's
-    loop for everything but the frames: control socket, health, ARP/ICMP punts, gc."""
+class Workers:
+    """The threaded driver (see the module docstring): one Worker per queue of the IO
+    backend. lb/daemon.py's Control is given it and runs everything but the frames in the
+    main thread: control socket, health, ARP/ICMP punts (handed over by _punt_sink), gc."""
 
     def __init__(self, cfg, io, clock=monotonic_ms):
+        self.io = io
         queues = getattr(io, "queues", [io])
         n = len(queues)
         cap = max(1, math.ceil(cfg.flows.capacity / n))
@@ -275,15 +276,16 @@ class WorkerDaemon(Daemon):
                         for i, q in enumerate(queues)]
         # one queue needs no steering: every frame is the one worker's
         self.steering = Steering(io.fd) if n > 1 else None
-        self._loop = None
-        self._control_side(cfg, io, clock, EngineGroup(self.workers, self.steering))
-        for w in self.workers:
-            w.splice = SpliceManager(w.engine, self.state, self.mac)
+        self.engine = EngineGroup(self.workers, self.steering)
         self.capacity_per_worker = cap
-        self._next_tick = None
-        self._next_gc = None
-        self._last_error_log = 0.0
-        self.loop_stats = {"ticks": 0, "gc_freed": 0, "errors": 0, "punts": 0}
+        self.control = None
+        self._loop = None
+        self.stats_main = {"punts": 0}
+
+    def attach(self, control):
+        self.control = control
+        for w in self.workers:
+            w.punts = PuntTable(w.engine, control.state, control.mac)
 
     # --- frames from the workers ---------------------------------------------------------
     def _punt_sink(self, frames):
@@ -293,17 +295,9 @@ class WorkerDaemon(Daemon):
             loop.call_soon_threadsafe(self._punts, frames)
 
     def _punts(self, frames):
-        self.loop_stats["punts"] += len(frames)
-        try:
-            for f in frames:
-                out = self.neigh.handle(f)
-                if out:
-                    self.io.send(out)
-        except Exception:
-            self._error("punted frames failed")
-
-    def burst(self):
-        raise RuntimeError("WorkerDaemon: the workers run the bursts")
+        self.stats_main["punts"] += len(frames)
+        for f in frames:
+            self.control.to_neigh(f)
 
     def start(self, loop):
         self._loop = loop
@@ -317,41 +311,21 @@ class WorkerDaemon(Daemon):
             w.join()
         self._loop = None
 
-    # --- timers of the main thread (the workers expire flows and run splice timers) -------
     def timers(self, now):
-        if self._next_tick is not None and now < self._next_tick:
-            return
-        self._next_tick = now + TICK_MS
-        self.loop_stats["ticks"] += 1
-        reqs = self.neigh.due_requests(now)
-        if reqs:
-            self.io.send(reqs)
-        if self._next_gc is None or now >= self._next_gc:
-            self._next_gc = now + GC_MS
-            self.loop_stats["gc_freed"] += self.state.gc() or 0
+        """The main thread's timers: the workers expire flows and run their modes' timers."""
+        self.control.timers(now)
 
     # --- views ---------------------------------------------------------------------------
     def status(self):
-        d = super().status()
-        d["workers"] = len(self.workers)
-        return d
+        return {"workers": len(self.workers)}
 
-    def extra_stats(self):
-        h = self.health.view()
+    def stats(self):
         views = [w.view() for w in self.workers]
-        splice = {}
-        for w in self.workers:
-            for k, v in w.splice.counters().items():
-                splice[k] = splice.get(k, 0) + v
-        loop = dict(self.loop_stats)
-        for k in ("wakeups", "bursts", "frames", "expired"):
+        loop = dict(self.stats_main)
+        for k in ("wakeups", "bursts", "frames", "expired", "errors"):
             loop[k] = sum(v[k] for v in views)
-        loop["errors"] += sum(v["errors"] for v in views)
         loop["workers"] = {"w%d" % v["worker"]: v for v in views}
-        out = {"io": self.io.counters(), "neigh": self.neigh.counters(), "splice": splice,
-               "loop": loop}
+        out = {"loop": loop, **sum_counters(w.punts for w in self.workers)}
         if self.steering is not None:
             out["steering"] = dict(self.steering.counters(), errors=self.engine.steer_errors)
-        out["health"] = {k: h[k] for k in ("tasks", "probes", "probe_failures", "transitions",
-                                           "in_flight")}
         return out

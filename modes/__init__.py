@@ -1,14 +1,19 @@
-"""Forwarding modes. Each module exposes MODE, an instance of modes.base.Mode, bound once per VIP."""
-from .base import Mode  # noqa: F401
-from . import dsr, nat, splice
+"""Forwarding modes: one module or package each, behind the door of modes/base.py.
 
-REGISTRY = {m.name: m for m in (nat.MODE, dsr.MODE, splice.MODE)}
+REGISTRY maps a mode's name to its Mode, in the order of fastpath/defs.py's mode table; it is
+the only list of modes lb/ sees. Adding a mode: its module here, its rows in defs.py, its
+xmit include and twin in fastpath/ (DESIGN.md, "The house").
+"""
+from . import dsr, nat, splice, tunnel
+from .base import LBError, Mode  # noqa: F401
+
+REGISTRY = {m.name: m for m in (nat.MODE, dsr.MODE, splice.MODE, tunnel.MODE)}
+DEFAULT = nat.MODE.name        # a VIP that names no mode
 
 
-def get(name):
-    """The Mode called `name`; LBError(field 'mode') if there is none."""
-    from lb.errors import LBError  # lb imports modes, not the other way round, except for the error type
+def get(name, fld="mode"):
+    """The Mode called `name`; LBError(fld) if there is none."""
     try:
         return REGISTRY[name]
-    except KeyError:
-        raise LBError("mode", "unknown mode %r (have: %s)" % (name, ", ".join(sorted(REGISTRY)))) from None
+    except (KeyError, TypeError):
+        raise LBError(fld, "unknown mode %r (have: %s)" % (name, ", ".join(REGISTRY))) from None

@@ -10,26 +10,22 @@ MAC; source: the LB's); IP and TCP headers are untouched, so:
 - the backend must be on the LB's layer-2 segment.
 The default scheduler is maglev: a restarted LB, or another LB instance, sends an existing
 flow to the same backend without any state (and a flow that lost its entry is re-created on
-its next packet by the same hash).
+its next packet by the same hash). Its fast-path routine: fastpath/xmit_dsr.pxi.
 """
-from fastpath import defs
-from lb.errors import LBError
-
-from .base import Mode
+from .base import Mode, check_same_port
 
 
 class Dsr(Mode):
     name = "dsr"
-    code = defs.MODE_DSR
     default_scheduler = "maglev"
-    counters = ("dsr_fwd",)
+    # keep: the LB cannot tell a live connection from a dead one, and a backend that still
+    # holds it may finish it
+    default_on_backend_down = "keep"
+    probe_via_vip = True        # the backend answers for the VIP: its real address proves nothing
+    reverse_path = False
 
     def validate(self, vip_port, proto, backends):
-        for ip, port, _weight in backends:
-            if port != vip_port:
-                raise LBError("backend", "dsr cannot change the port: the backend receives the "
-                              "client's packet unchanged, so it must listen on the VIP port %d, "
-                              "not %d" % (vip_port, port))
+        check_same_port(self.name, vip_port, backends)
 
 
 MODE = Dsr()

@@ -4,18 +4,16 @@ Used when the client's address must reach the backend and the backend can route 
 back through the balancer. Client -> VIP:vport becomes client -> backend:port; the reply
 backend:port -> client becomes VIP:vport -> client. Both directions cross the balancer, so it
 sees every byte, tracks TCP state in both directions and can count connections (lc).
-The backend port may differ from the VIP port.
+The backend port may differ from the VIP port. Its fast-path routines: fastpath/xmit_nat.pxi.
 """
-from fastpath import defs
-
 from .base import Mode
 
 
 class Nat(Mode):
     name = "nat"
-    code = defs.MODE_NAT
     default_scheduler = "maglev"
-    counters = ("nat_fwd", "nat_rev", "drop_ttl")
+    default_on_backend_down = "expire"      # IPVS's expire_nodest_conn: the next packet lives
+    reverse_path = True
 
 
 MODE = Nat()

@@ -1,6 +1,7 @@
-"""Checks a Linux host for what it needs to be a dsr backend, from the host itself.
+"""Checks a Linux host for what it needs to be a dsr or a tunnel backend, from the host itself.
 
     python3 -m tools.doctor --vip 198.19.100.2 [--port 80] [--iface eth0] [--json]
+    python3 -m tools.doctor --mode tunnel --vip 198.19.100.2 [--port 80] [--device D] [--json]
     lb-lab doctor [--name P] b1 --vip 198.19.100.2 --port 80     (the same inside a lab backend)
 
 A dsr balancer hands the client's packet over unchanged, addressed to the VIP, so the backend
@@ -10,13 +11,28 @@ A dsr balancer hands the client's packet over unchanged, addressed to the VIP, s
 3. accepts packets to the VIP arriving on IFACE from clients it routes elsewhere
    (rp_filter 0 or 2 on all and IFACE: the kernel uses the larger of the two);
 4. listens on the VIP's port (on the VIP or a wildcard address).
-Exit 0 when every check passes, 1 otherwise; one line per check (or --json).
+
+A tunnel balancer sends the client's frame inside VXLAN (UDP to VXLAN_PORT, VNI VXLAN_VNI) to
+the backend's own address, the inner frame addressed to VXLAN_INNER_MAC; so the backend
+1. has a VXLAN device with that VNI and UDP port (Linux's default port, when `ip link add`
+   gets no dstport, is 8472, which the balancer does not use), which is up
+2. and carries the inner MAC (else the decapsulated frame is for another host and dropped);
+3. accepts the inner packet, which arrives on the VXLAN device from a client it routes
+   elsewhere (rp_filter 0 or 2 on all and the device; lo is shown too);
+4. holds the VIP on lo and 5. listens on the VIP's port, as for dsr.
+It needs no ARP settings: nobody on its layer 2 asks for the VIP.
+
+Exit 0 when every check passes, 1 otherwise; one line per check (or --json). The dsr checks
+and their output do not depend on --mode tunnel existing.
 """
 import argparse
 import ipaddress
 import json
 import subprocess
 import sys
+
+# one home for the tunnel's constants; doctor must agree with the lab and the balancer
+from tools.lab import VXLAN_DEV, VXLAN_INNER_MAC, VXLAN_PORT, VXLAN_VNI
 
 
 def sysctl(name):
@@ -51,6 +67,16 @@ def listening(port):
     return addrs
 
 
+def iface_address(iface):
+    """The first IPv4 address on `iface` (for the hints), or None."""
+    if not iface:
+        return None
+    out = subprocess.run(["ip", "-j", "-4", "addr", "show", "dev", iface], capture_output=True,
+                         text=True, timeout=10).stdout
+    return next((a["local"] for link in json.loads(out or "[]")
+                 for a in link.get("addr_info", [])), None)
+
+
 def default_iface():
     out = subprocess.run(["ip", "-j", "-4", "route", "show", "default"], capture_output=True,
                          text=True, timeout=10).stdout
@@ -58,12 +84,14 @@ def default_iface():
     return routes[0].get("dev") if routes else None
 
 
-def check(vip, port, iface):
-    results = []
+def vxlan_links():
+    """Every VXLAN device on this host, as `ip -d -j link show type vxlan` gives it."""
+    out = subprocess.run(["ip", "-d", "-j", "link", "show", "type", "vxlan"], capture_output=True,
+                         text=True, timeout=10).stdout
+    return json.loads(out or "[]")
 
-    def add(name, ok, detail):
-        results.append({"check": name, "ok": bool(ok), "detail": detail})
 
+def _vip_checks(add, vip):
     vip_ip = ipaddress.ip_address(vip)
     holders = [(i, n) for i, n in local_networks() if vip_ip in n]
     add("vip_local", holders, "VIP %s on %s" % (vip, ", ".join("%s (%s)" % (i, n) for i, n in holders))
@@ -72,6 +100,21 @@ def check(vip, port, iface):
     if holders and all(i != "lo" for i, _ in holders):
         add("vip_on_lo", False, "VIP is on %s, not lo: the backend would answer ARP for it"
             % holders[0][0])
+
+
+def _listen_check(add, vip, port):
+    addrs = listening(port)
+    ok = any(a in ("*", "0.0.0.0", "::", vip) for a in addrs)
+    add("listening", ok, "TCP :%d listeners: %s" % (port, ", ".join(addrs) or "none"))
+
+
+def check(vip, port, iface):
+    results = []
+
+    def add(name, ok, detail):
+        results.append({"check": name, "ok": bool(ok), "detail": detail})
+
+    _vip_checks(add, vip)
     for scope in ("all", iface):
         ig = sysctl("net.ipv4.conf.%s.arp_ignore" % scope)
         add("arp_ignore.%s" % scope, ig is not None and ig >= 1,
@@ -84,24 +127,112 @@ def check(vip, port, iface):
     add("rp_filter", eff in (0, 2), "rp_filter all=%s %s=%s, effective %s (need 0 or 2)"
         % (rp[0], iface, rp[1], eff))
     if port:
-        addrs = listening(port)
-        ok = any(a in ("*", "0.0.0.0", "::", vip) for a in addrs)
-        add("listening", ok, "TCP :%d listeners: %s" % (port, ", ".join(addrs) or "none"))
+        _listen_check(add, vip, port)
     return results
 
 
+def _vxlan_info(link):
+    info = (link.get("linkinfo") or {}).get("info_data") or {}
+    return info.get("id"), info.get("port")
+
+
+def find_vxlan(links, vni, device=None):
+    """The VXLAN device to check: `device` if named, else the one with our VNI and port, else
+    the one with our VNI (on a wrong port), else None."""
+    if device:
+        return next((link for link in links if link["ifname"] == device), None)
+    for want in ((vni, VXLAN_PORT), (vni, None)):
+        for link in links:
+            got = _vxlan_info(link)
+            if got[0] == want[0] and (want[1] is None or got[1] == want[1]):
+                return link
+    return None
+
+
+def check_tunnel(vip, port, vni=VXLAN_VNI, inner_mac=VXLAN_INNER_MAC, device=None):
+    """The tunnel backend's checks; returns (device name or None, [result])."""
+    results = []
+
+    def add(name, ok, detail):
+        results.append({"check": name, "ok": bool(ok), "detail": detail})
+
+    links = vxlan_links()
+    link = find_vxlan(links, vni, device)
+    dev = link["ifname"] if link else (device or VXLAN_DEV)
+    local = iface_address(default_iface())
+    create = ("ip link add %s type vxlan id %d dstport %d local %s nolearning; "
+              "ip link set %s address %s up"
+              % (dev, vni, VXLAN_PORT, local or "<this host's address>", dev, inner_mac))
+    if link is None:
+        found = ", ".join("%s (VNI %s, port %s)" % ((x["ifname"],) + _vxlan_info(x))
+                          for x in links)
+        add("vxlan_device", False, "no VXLAN device %s%s: add one: %s"
+            % (device if device else "with VNI %d" % vni,
+               " (found %s)" % found if found else "", create))
+    else:
+        got_vni, got_port = _vxlan_info(link)
+        if got_vni != vni or got_port != VXLAN_PORT:
+            why = []
+            if got_vni != vni:
+                why.append("VNI %s, not %d" % (got_vni, vni))
+            if got_port != VXLAN_PORT:
+                why.append("UDP port %s, not %d%s" % (got_port, VXLAN_PORT,
+                                                      " (8472 is Linux's default when ip link "
+                                                      "add has no dstport)" if got_port == 8472
+                                                      else ""))
+            add("vxlan_device", False, "%s has %s: recreate it: ip link del %s; %s"
+                % (dev, " and ".join(why), dev, create))
+        else:
+            add("vxlan_device", True, "%s: VNI %d, UDP port %d" % (dev, vni, VXLAN_PORT))
+        up = "UP" in link.get("flags", [])
+        add("vxlan_up", up, "%s is up" % dev if up
+            else "%s is down: ip link set %s up" % (dev, dev))
+        mac = (link.get("address") or "").lower()
+        add("vxlan_mac", mac == inner_mac.lower(),
+            "%s carries the inner MAC %s" % (dev, mac) if mac == inner_mac.lower()
+            else "%s has MAC %s, but the balancer's inner frames go to %s and would be dropped "
+                 "as another host's: ip link set %s address %s" % (dev, mac, inner_mac, dev,
+                                                                   inner_mac))
+    scopes = ["all"] + ([dev] if link else []) + ["lo"]
+    rp = {s: sysctl("net.ipv4.conf.%s.rp_filter" % s) for s in scopes}
+    # the kernel uses the larger of all and the receiving interface
+    eff = {s: max([r for r in (rp["all"], rp[s]) if r is not None], default=None)
+           for s in scopes[1:]}
+    bad = [s for s in scopes[1:] if eff[s] not in (0, 2)]
+    detail = "rp_filter %s, effective %s (need 0 or 2)" % (
+        " ".join("%s=%s" % kv for kv in rp.items()),
+        " ".join("%s=%s" % kv for kv in eff.items()))
+    if bad:
+        detail += (": the inner packet comes from a client routed elsewhere: sysctl -w %s"
+                   % " ".join("net.ipv4.conf.%s.rp_filter=0" % s for s in ["all"] + bad))
+    add("rp_filter", not bad, detail)
+    _vip_checks(add, vip)
+    if port:
+        _listen_check(add, vip, port)
+    return (link["ifname"] if link else None), results
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="doctor", description="check a host for dsr backend duty")
+    p = argparse.ArgumentParser(prog="doctor",
+                                description="check a host for dsr or tunnel backend duty")
     p.add_argument("--vip", required=True)
     p.add_argument("--port", type=int)
-    p.add_argument("--iface", help="the interface the balancer's frames arrive on "
+    p.add_argument("--mode", choices=("dsr", "tunnel"), default="dsr")
+    p.add_argument("--iface", help="dsr: the interface the balancer's frames arrive on "
                                    "(default: that of the default route)")
+    p.add_argument("--device", help="tunnel: the VXLAN device (default: the one with the VNI)")
+    p.add_argument("--vni", type=int, default=VXLAN_VNI,
+                   help="tunnel: the VNI (default %(default)s)")
+    p.add_argument("--inner-mac", default=VXLAN_INNER_MAC,
+                   help="tunnel: the inner frames' destination MAC (default %(default)s)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     try:
         ipaddress.IPv4Address(a.vip)
     except ValueError:
         p.error("--vip: not an IPv4 address: %r" % a.vip)
+    if a.mode == "tunnel":
+        return main_tunnel(a)
     iface = a.iface or default_iface() or "eth0"
     results = check(a.vip, a.port, iface)
     ok = all(r["ok"] for r in results)
@@ -111,6 +242,20 @@ def main(argv=None):
         for r in results:
             print("%-4s %-22s %s" % ("ok" if r["ok"] else "FAIL", r["check"], r["detail"]))
         print("dsr backend: %s" % ("ready" if ok else "NOT ready"))
+    return 0 if ok else 1
+
+
+def main_tunnel(a):
+    dev, results = check_tunnel(a.vip, a.port, vni=a.vni, inner_mac=a.inner_mac,
+                                device=a.device)
+    ok = all(r["ok"] for r in results)
+    if a.json:
+        print(json.dumps({"ok": ok, "mode": "tunnel", "device": dev, "vni": a.vni,
+                          "port": VXLAN_PORT, "inner_mac": a.inner_mac, "checks": results}))
+    else:
+        for r in results:
+            print("%-4s %-22s %s" % ("ok" if r["ok"] else "FAIL", r["check"], r["detail"]))
+        print("tunnel backend: %s" % ("ready" if ok else "NOT ready"))
     return 0 if ok else 1
 
 

@@ -7,8 +7,15 @@
                            [rt]                   +-- lbmg -- mg0 198.19.0.3 in P-lb (kernel: health checks)
                            [eth1 198.19.0.1]-- brs+-- b1 -- eth0 198.19.0.11 in P-b1  (lo: 198.19.100.0/24)
                   198.19.100.0/24 via 198.19.0.2  +-- b2 -- eth0 198.19.0.12 in P-b2
-                                                  +-- b3 -- eth0 198.19.0.13 in P-b3
+                           [eth2 198.19.200.1]    +-- b3 -- eth0 198.19.0.13 in P-b3
+                                 |
+   remote net 198.19.200.0/24 (bridge brr in P-sw; only with remote_backends >= 1)
+                                 +-- r1 -- eth0 198.19.200.11 in P-r1  (lo: 198.19.100.0/24)
+                                 +-- r2 -- eth0 198.19.200.12 in P-r2
 ```
+
+With remote_backends >= 1 every backend (bN and rN) also has vxlan0 (VNI VXLAN_VNI, UDP port
+VXLAN_PORT, MAC VXLAN_INNER_MAC, no remote: it only receives), the tunnel mode's way in.
 
 Invariants:
 - Every address comes from 198.18.0.0/15 and exists only inside namespaces this lab created.
@@ -21,6 +28,9 @@ Invariants:
 - A backend answers a connection the way it came: one the LB delivered to its real address
   (Ethernet source = LB MAC) goes back via 198.19.0.2 (fwmark 1 -> table 100); VIP traffic
   (dsr) and direct traffic go back via rt. Every VIP is local on the backends' lo.
+- A remote backend (rN) is not on the LB's layer 2: it only gets VIP traffic in VXLAN, and
+  answers everything via rt (its default route); it has no reply-via-LB rule.
+- remote_backends = 0 builds the lab exactly as it was before remote backends existed.
 - Every wait polls a condition with a deadline; there is no bare sleep.
 - Processes are killed only by the pids found in the lab's own namespaces (`ip netns pids`).
 - `down` works from the state file and from `ip netns list`, so it also cleans up a crashed
@@ -38,6 +48,8 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+from modes import tunnel as tunnel_mode
 
 import click
 
@@ -57,6 +69,19 @@ REPLY_MARK = 1       # fwmark of connections the LB delivered to a backend's rea
 REPLY_TABLE = 100    # their routing table: default via the LB
 MAX_CLIENTS = 100    # c1 .10 .. c100 .109
 MAX_BACKENDS = 100   # b1 .11 .. b100 .110
+REMOTE_NET = "198.19.200.0/24"   # remote backends: routed from rt, not on the LB's L2
+RT_REMOTE = "198.19.200.1"
+MAX_REMOTE_BACKENDS = 100        # r1 .11 .. r100 .110
+
+# The tunnel mode's VXLAN: what the LB's encapsulation and every backend's VXLAN device agree
+# on. The inner frame's destination MAC is this fixed MAC (02: locally administered, then
+# "twvxl"), which each backend's VXLAN device carries, so the backend takes the decapsulated
+# frame as its own without the LB knowing any per-backend inner MAC.
+# the tunnel mode's own constants (modes/tunnel.py, fastpath/defs.py): one home
+VXLAN_VNI = tunnel_mode.DEFAULT_VNI
+VXLAN_PORT = tunnel_mode.VXLAN_PORT      # IANA's VXLAN port (Linux's own default is 8472)
+VXLAN_INNER_MAC = tunnel_mode.INNER_MAC_TEXT
+VXLAN_DEV = "vxlan0"             # its name on the lab's backends
 
 # The deterministic /blob: SHAKE-256 of a fixed seed (a standard, so the bytes never depend on
 # a library version), generated once and reused while its sha256 matches.
@@ -66,7 +91,7 @@ BLOB_SEED = b"threeway-blob-v1"
 BLOB_SHA256 = "dfd47fa30b23ccb86f11aafa609f05c555e2a05782bc377103330f475888fa23"
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,20}$")
-NODE_RE = re.compile(r"^(sw|rt|lb|c[1-9][0-9]*|b[1-9][0-9]*)$")
+NODE_RE = re.compile(r"^(sw|rt|lb|c[1-9][0-9]*|b[1-9][0-9]*|r[1-9][0-9]*)$")
 
 LBD_READY_TIMEOUT = 20.0
 SERVERS_READY_TIMEOUT = 15.0
@@ -100,6 +125,18 @@ def client_ip(i):
 
 def backend_ip(i):
     return str(ipaddress.IPv4Address("198.19.0.0") + 10 + i)
+
+
+def remote_ip(i):
+    return str(ipaddress.IPv4Address("198.19.200.0") + 10 + i)
+
+
+def vxlan_commands(local, dev=VXLAN_DEV):
+    """`ip -batch` lines that give a backend whose underlay address is `local` the VXLAN
+    device the tunnel mode sends to. No remote: it only receives; nolearning: the inner
+    source MACs of the LB's frames never enter its FDB."""
+    return ("link add name %s address %s type vxlan id %d dstport %d local %s nolearning\n"
+            "link set %s up\n" % (dev, VXLAN_INNER_MAC, VXLAN_VNI, VXLAN_PORT, local, dev))
 
 
 # --- small process helpers ------------------------------------------------------------------
@@ -211,13 +248,16 @@ class Lab:
     """
 
     def __init__(self, name="tw", backends=3, clients=1, io="tap", start_lbd=True, offload=False,
-                 workers=1):
+                 workers=1, remote_backends=0):
         if not NAME_RE.match(name or ""):
             raise LabError("lab name %r: use 1-20 characters of [A-Za-z0-9_]" % (name,))
         if not 1 <= backends <= MAX_BACKENDS:
             raise LabError("backends: must be 1..%d, got %r" % (MAX_BACKENDS, backends))
         if not 1 <= clients <= MAX_CLIENTS:
             raise LabError("clients: must be 1..%d, got %r" % (MAX_CLIENTS, clients))
+        if not 0 <= remote_backends <= MAX_REMOTE_BACKENDS:
+            raise LabError("remote_backends: must be 0..%d, got %r"
+                           % (MAX_REMOTE_BACKENDS, remote_backends))
         if io not in ("tap", "afpacket"):
             raise LabError("io: must be tap or afpacket, got %r" % (io,))
         if not (isinstance(workers, int) and 1 <= workers <= 16) or workers > 1 and io != "tap":
@@ -225,6 +265,7 @@ class Lab:
         self.name = name
         self.n_backends = backends
         self.n_clients = clients
+        self.n_remote = remote_backends
         self.io = io
         self.offload = offload          # vnet headers (tap, afpacket): GSO superframes through lbd
         self.workers = workers          # lbd's [io] workers: data-plane threads (TAP queues)
@@ -237,14 +278,15 @@ class Lab:
     # -- naming and access --------------------------------------------------------------------
 
     def ns(self, node):
-        """Namespace of `node` (sw, rt, lb, c1.., b1..)."""
+        """Namespace of `node` (sw, rt, lb, c1.., b1.., r1..)."""
         if not NODE_RE.match(node):
-            raise LabError("unknown node %r (sw, rt, lb, c1.., b1..)" % (node,))
+            raise LabError("unknown node %r (sw, rt, lb, c1.., b1.., r1..)" % (node,))
         return "%s-%s" % (self.name, node)
 
     def _own_namespaces(self):
         """Namespaces of this lab that exist now (matched exactly, never by bare prefix)."""
-        pat = re.compile(r"^%s-(sw|rt|lb|c[1-9][0-9]*|b[1-9][0-9]*)$" % re.escape(self.name))
+        pat = re.compile(r"^%s-(sw|rt|lb|c[1-9][0-9]*|b[1-9][0-9]*|r[1-9][0-9]*)$"
+                         % re.escape(self.name))
         return [n for n in _netns_list() if pat.match(n)]
 
     def exists(self):
@@ -318,7 +360,8 @@ class Lab:
     def _namespaces(self):
         return ([self.ns(n) for n in ("sw", "rt", "lb")]
                 + [self.ns("c%d" % i) for i in range(1, self.n_clients + 1)]
-                + [self.ns("b%d" % i) for i in range(1, self.n_backends + 1)])
+                + [self.ns("b%d" % i) for i in range(1, self.n_backends + 1)]
+                + [self.ns("r%d" % i) for i in range(1, self.n_remote + 1)])
 
     def _per_ns(self, steps):
         """Run {ns: [argv or (argv, input)]}: namespaces in parallel, steps in order."""
@@ -340,6 +383,7 @@ class Lab:
         lbmac = lb_mac(P)
         clients = ["c%d" % i for i in range(1, self.n_clients + 1)]
         backends = ["b%d" % i for i in range(1, self.n_backends + 1)]
+        remotes = ["r%d" % i for i in range(1, self.n_remote + 1)]
         sw, rt, lb = self.ns("sw"), self.ns("rt"), self.ns("lb")
 
         # 1. namespaces, in one ip process (this only adds names under /run/netns)
@@ -370,13 +414,22 @@ class Lab:
                 "net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2",
                 "net.ipv4.conf.default.arp_ignore=1", "net.ipv4.conf.default.arp_announce=2",
                 "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"))
+        for r in remotes:
+            # as a dsr backend, although nobody on its L2 asks for a VIP: the same host must
+            # be able to serve a VIP both ways
+            steps[self.ns(r)].append(sysctl(
+                self.ns(r),
+                "net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2",
+                "net.ipv4.conf.default.arp_ignore=1", "net.ipv4.conf.default.arp_announce=2",
+                "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"))
         self._per_ns(steps)
 
         # 3. the switch: two bridges, and every veth made inside P-sw with its peer put
         #    straight into the node's namespace (never through the root namespace)
         cmds = []
-        ports = {"brc": [], "brs": []}
-        for br in ("brc", "brs"):
+        bridges = ("brc", "brs") + (("brr",) if remotes else ())
+        ports = {br: [] for br in bridges}
+        for br in bridges:
             cmds.append("link add name %s address %s type bridge stp_state 0 forward_delay 0 "
                         "mcast_snooping 0" % (br, mac("sw", br)))
 
@@ -396,7 +449,11 @@ class Lab:
             veth("lbdp", "brs", "lb", "dp0", peer_mac=lbmac)
         for b in backends:
             veth(b, "brs", b, "eth0")
-        cmds += ["link set brc up", "link set brs up"]
+        if remotes:
+            veth("rtr", "brr", "rt", "eth2")
+        for r in remotes:
+            veth(r, "brr", r, "eth0")
+        cmds += ["link set %s up" % br for br in bridges]
         _run(["ip", "-n", sw, "-batch", "-"], input="\n".join(cmds) + "\n")
 
         # 4. addresses, routes, per-interface sysctls, offloads, nftables
@@ -412,6 +469,10 @@ class Lab:
                       "addr add %s/24 dev eth0\naddr add %s/24 dev eth1\n"
                       "link set eth0 up\nlink set eth1 up\n"
                       "route add %s via %s\n" % (RT_CLIENT, RT_SERVER, VIP_RANGE, LB_ADDRESS))]
+        if remotes:
+            # eth2 inherits rp_filter 0 from default (step 2), so rt forwards between all three
+            steps[rt].append((["ip", "-n", rt, "-batch", "-"],
+                              "addr add %s/24 dev eth2\nlink set eth2 up\n" % RT_REMOTE))
         lb_cmds = "link set lo up\naddr add %s/24 dev mg0\nlink set mg0 up\n" % LB_MGMT
         if self.io == "afpacket":
             # no IP and ARP off: the kernel of P-lb never answers on the data plane
@@ -445,14 +506,34 @@ class Lab:
                        "net.ipv4.conf.eth0.rp_filter=0"),
                 (["ip", "netns", "exec", ns, "nft", "-f", "-"], nft),
             ]
+            if remotes:
+                # the tunnel's way in too, so one VIP can have dsr and tunnel backends
+                steps[ns] += [(["ip", "-n", ns, "-batch", "-"], vxlan_commands(real)),
+                              sysctl(ns, "net.ipv4.conf.%s.rp_filter=0" % VXLAN_DEV)]
+        for i, r in enumerate(remotes, 1):
+            ns, real = self.ns(r), remote_ip(i)
+            steps[ns] = [
+                (["ip", "-n", ns, "-batch", "-"],
+                 "link set lo up\n"
+                 "addr add %s dev lo\n"
+                 "addr add %s/24 dev eth0\n"
+                 "link set eth0 up\n"
+                 "route add default via %s\n" % (VIP_RANGE, real, RT_REMOTE)
+                 + vxlan_commands(real)),
+                # the decapsulated frame arrives on vxlan0 from a client that is routed via
+                # eth0: rp_filter 1 would drop it
+                sysctl(ns, "net.ipv4.conf.eth0.arp_ignore=1", "net.ipv4.conf.eth0.arp_announce=2",
+                       "net.ipv4.conf.eth0.rp_filter=0", "net.ipv4.conf.lo.rp_filter=0",
+                       "net.ipv4.conf.%s.rp_filter=0" % VXLAN_DEV),
+            ]
         self._per_ns(steps)
 
         # 5. servers on every backend, then wait until each listens
         pids = {}
-        for b in backends:
+        for b in backends + remotes:
             pids[b] = self._start_servers(b)
         self._save("building", extra={"pids": pids})
-        for b in backends:
+        for b in backends + remotes:
             self._wait_servers(b)
 
         # 6. lbd
@@ -484,7 +565,7 @@ class Lab:
         nodes = {}
         nodes["sw"] = {"ns": sw, "role": "switch",
                        "interfaces": [{"name": br, "kind": "bridge", "mac": mac("sw", br),
-                                       "ports": ports[br]} for br in ("brc", "brs")]}
+                                       "ports": ports[br]} for br in bridges]}
         nodes["rt"] = {"ns": rt, "role": "router",
                        "interfaces": [
                            {"name": "eth0", "address": RT_CLIENT, "prefix": 24,
@@ -492,6 +573,14 @@ class Lab:
                            {"name": "eth1", "address": RT_SERVER, "prefix": 24,
                             "mac": mac("rt", "eth1"), "bridge": "brs", "switch_port": "rts"}],
                        "routes": {VIP_RANGE: LB_ADDRESS}}
+        if remotes:
+            nodes["rt"]["interfaces"].append(
+                {"name": "eth2", "address": RT_REMOTE, "prefix": 24, "mac": mac("rt", "eth2"),
+                 "bridge": "brr", "switch_port": "rtr"})
+
+        def vxlan(local):
+            return {"device": VXLAN_DEV, "vni": VXLAN_VNI, "port": VXLAN_PORT,
+                    "mac": VXLAN_INNER_MAC, "local": local}
         lb_ifs = [{"name": "mg0", "address": LB_MGMT, "prefix": 24, "mac": mac("lb", "mg0"),
                    "bridge": "brs", "switch_port": "lbmg", "kernel": True}]
         if self.io == "afpacket":
@@ -514,6 +603,21 @@ class Lab:
                                         "mac": mac(b, "eth0"), "bridge": "brs",
                                         "switch_port": b},
                                        {"name": "lo", "address": VIP_RANGE, "prefix": 24}]}
+            if remotes:
+                nodes[b]["vxlan"] = vxlan(backend_ip(i))
+                nodes[b]["interfaces"].append({"name": VXLAN_DEV, "address": None,
+                                               "mac": VXLAN_INNER_MAC})
+        for i, r in enumerate(remotes, 1):
+            nodes[r] = {"ns": self.ns(r), "role": "remote_backend", "address": remote_ip(i),
+                        "interface": "eth0", "mac": mac(r, "eth0"), "gateway": RT_REMOTE,
+                        "vxlan": vxlan(remote_ip(i)),
+                        "pids": pids[r],
+                        "interfaces": [{"name": "eth0", "address": remote_ip(i), "prefix": 24,
+                                        "mac": mac(r, "eth0"), "bridge": "brr",
+                                        "switch_port": r},
+                                       {"name": "lo", "address": VIP_RANGE, "prefix": 24},
+                                       {"name": VXLAN_DEV, "address": None,
+                                        "mac": VXLAN_INNER_MAC}]}
         self._topology = {
             "name": P,
             "state_dir": self.state_dir,
@@ -537,6 +641,10 @@ class Lab:
             "ports": dict(PORTS),
             "clients": clients,
             "backends": backends,
+            "remote_backends": remotes,
+            "remote_net": REMOTE_NET if remotes else None,
+            "vxlan": ({"device": VXLAN_DEV, "vni": VXLAN_VNI, "port": VXLAN_PORT,
+                       "inner_mac": VXLAN_INNER_MAC} if remotes else None),
             "nodes": nodes,
             "namespaces": self._namespaces(),
             "up_seconds": round(time.monotonic() - t0, 3),
@@ -720,18 +828,21 @@ def cli():
 @NAME_OPT
 @click.option("--backends", default=3, show_default=True, type=int)
 @click.option("--clients", default=1, show_default=True, type=int)
+@click.option("--remote-backends", default=0, show_default=True, type=int,
+              help="backends r1.. on %s, routed from rt (not on the LB's L2), reached by the "
+              "tunnel mode's VXLAN; with N >= 1 b1.. get the VXLAN device too" % REMOTE_NET)
 @click.option("--io", type=click.Choice(["tap", "afpacket"]), default="tap", show_default=True)
 @click.option("--no-lbd", is_flag=True, help="do not start lbd (test the rest of the lab)")
 @click.option("--offload", is_flag=True, help="vnet headers (tap: IFF_VNET_HDR, afpacket: "
               "PACKET_VNET_HDR and the veth's default offloads): GSO superframes through lbd")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 16),
               help="lbd's data-plane threads (tap: one TAP queue each)")
-def up(name, backends, clients, io, no_lbd, offload, workers):
+def up(name, backends, clients, remote_backends, io, no_lbd, offload, workers):
     if workers > 1 and io != "tap":
         raise click.UsageError("--workers > 1 needs --io tap")
     try:
         topo = Lab(name, backends=backends, clients=clients, io=io, start_lbd=not no_lbd,
-                   offload=offload, workers=workers).up()
+                   offload=offload, workers=workers, remote_backends=remote_backends).up()
     except LabError as e:
         raise click.ClickException(str(e))
     click.echo(json.dumps(topo, indent=2))
@@ -781,7 +892,7 @@ def _live_ns(name, node):
     return ns
 
 
-@cli.command("exec", help="Run CMD in NODE's namespace (sw, rt, lb, c1.., b1..); exits with "
+@cli.command("exec", help="Run CMD in NODE's namespace (sw, rt, lb, c1.., b1.., r1..); exits with "
              "CMD's status.", context_settings={"ignore_unknown_options": True,
                                                 "allow_interspersed_args": False})
 @NAME_OPT
@@ -798,16 +909,20 @@ def exec_(name, node, cmd):
 
 
 @cli.command("doctor", help="Check backend NODE for dsr duty (VIP on lo, arp_ignore/arp_announce, "
-             "rp_filter, a listener): tools/doctor.py run inside NODE's namespace.")
+             "rp_filter, a listener) or, with --mode tunnel, for tunnel duty (a VXLAN device "
+             "with the lab's VNI, port and inner MAC, up; rp_filter; VIP on lo; a listener): "
+             "tools/doctor.py run inside NODE's namespace.")
 @NAME_OPT
 @click.argument("node")
 @click.option("--vip", required=True, help="the VIP address")
 @click.option("--port", type=int, help="the VIP port (checks a listener)")
+@click.option("--mode", type=click.Choice(["dsr", "tunnel"]), default="dsr", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def doctor(name, node, vip, port, as_json):
+def doctor(name, node, vip, port, mode, as_json):
     ns = _live_ns(name, node)
     argv = [sys.executable, "-m", "tools.doctor", "--vip", vip]
     argv += ["--port", str(port)] if port else []
+    argv += ["--mode", mode] if mode != "dsr" else []
     argv += ["--json"] if as_json else []
     sys.stdout.flush()
     os.chdir(REPO)

@@ -17,6 +17,7 @@ from .serve import api_process, api_serve
 from .splice import (api_splice_bind, api_splice_by_backend, api_splice_drop, api_splice_flow,
                      api_splice_syn, api_splice_waiting)
 from .types import Flow, Real
+from .xmit_tunnel import api_tunnel_mss
 
 
 class Engine:
@@ -47,6 +48,8 @@ class Engine:
         self.newlen = 0
         self.rowcap = 0
         self.partial = False
+        self.vnet = None           # the current frame's vnet header (a copy), or None
+        self.keep_vnet = False     # a routine kept a partial checksum: write vnet back
         self.waitq = collections.deque()     # (idx, c_isn, created, at): see splice_waiting()
         self.wq_size = defs.SPLICE_WAITQ_MIN
         while self.wq_size < capacity:
@@ -140,7 +143,14 @@ class Engine:
         (errno of a failed poll, or 0)}."""
         return api_serve(self, fd, batch, deadline_ms)
 
-    # ---- splice (splice.py; modes/splice.py is the Python side) ---------------------------
+    # ---- tunnel (xmit_tunnel.py; modes/tunnel.py is the Python side) ----------------------
+    def tunnel_mss(self, frame):
+        """The payload bytes per segment that keep a TCP frame to a tunnel VIP within the
+        VIP's MTU once encapsulated (modes/tunnel.py cuts superframes to it); 0 if the frame
+        is not IPv4/TCP to a tunnel VIP."""
+        return api_tunnel_mss(self, frame)
+
+    # ---- splice (splice.py; modes/splice/ is the Python side) -----------------------------
     def splice_flow(self, cip, cport, vip, vport):
         """The splice state Python needs to talk to the backend as the client, or None."""
         return api_splice_flow(self, cip, cport, vip, vport)

@@ -212,6 +212,7 @@ def api_set_services(self, specs):
         sv.table, sv.weights, sv.cursor = list(s.table), list(s.weights), 0
         sv.flags = s.flags
         sv.l7_rules, sv.l7_limit = [], 0
+        sv.vni, sv.mtu = (s.tunnel.vni, s.tunnel.mtu) if s.tunnel is not None else (0, 0)
         if s.l7 is not None:
             pools = []
             for sched, table, weights in s.l7.pools:

@@ -124,6 +124,8 @@ def burst(self, batch, now):
         self.newlen = 0
         self.rowcap = batch.snap - hdr
         self.partial = bool(hdr) and row >= hdr and bool(batch.buf[i, 0] & defs.VNET_F_NEEDS_CSUM)
+        self.vnet = bytearray(batch.buf[i, :hdr].tobytes()) if hdr >= 10 and row >= hdr else None
+        self.keep_vnet = False
         reason = process_frame(self, f, n, now)
         ctr[C["rx_frames"]] += 1
         ctr[reason] += 1
@@ -131,10 +133,13 @@ def burst(self, batch, now):
         batch.verdict[i] = v
         batch.reason[i] = reason
         if v == defs.V_TX:
-            if self.newlen:      # a frame made in place (splice SYN-ACK) may change size
+            if self.newlen:      # a frame made in place (splice, tunnel) may change size
                 n = self.newlen
                 batch.lens[i] = hdr + n
-                batch.buf[i, :hdr] = 0     # complete checksums, no GSO
+                if self.keep_vnet:
+                    batch.buf[i, :hdr] = np.frombuffer(bytes(self.vnet), np.uint8)
+                else:
+                    batch.buf[i, :hdr] = 0     # complete checksums, no GSO
             batch.buf[i, hdr:hdr + n] = np.frombuffer(bytes(f[:n]), np.uint8)
 
 

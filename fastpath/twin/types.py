@@ -37,7 +37,8 @@ class Real:
 
 class Service:
     __slots__ = ("vip", "port", "proto", "mode", "sched", "table", "weights", "cursor", "flags",
-                 "l7_rules", "l7_limit")      # rules: [(kind, arg, pool Service)]
+                 "l7_rules", "l7_limit",      # rules: [(kind, arg, pool Service)]
+                 "vni", "mtu")                # tunnel
 
 
 # what process_frame parsed of a frame, for a new-flow routine (h: flow_hash, the forward key)

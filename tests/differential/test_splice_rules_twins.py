@@ -1,4 +1,4 @@
-"""The fast path's content decisions against modes/l7.py, the reference, and the twins against
+"""The fast path's content decisions against modes/splice/rules.py, the reference, and the twins against
 each other: random rule sets (as RuleSet.fast_rules() hands them down) and random first
 segments. Whenever the fast path decides, RuleSet.decide() on the same bytes decides the same
 pool; on plain, complete heads it must decide whenever the reference does (so a fast path
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from fastpath import Batch, L7Spec, ServiceSpec, _engine, defs, twin
 from lb.errors import LBError
-from modes import l7
+from modes import splice as l7
 from tools import frames as F
 
 from tests.fastpath.fixtures import CLIENT, GW, LB, REALS, make_engine

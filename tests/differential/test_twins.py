@@ -3,8 +3,9 @@ bytes, counters, flow tables and errors alike. Nothing here swallows an exceptio
 that raises on one twin must raise the same type on the other."""
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from fastpath import Batch, ServiceSpec, defs, twin
-from tests.fastpath.fixtures import (B1, B2, B3, LB, VIP1, VIP2, VIP3, b2c, c2v, make_engine)
+from fastpath import Batch, ServiceSpec, TunnelSpec, defs, twin
+from tests.fastpath.fixtures import (B1, B2, B3, LB, VIP1, VIP2, VIP3, VIP7, b2c, c2v,
+                                     make_engine)
 from tools import frames as F
 
 try:
@@ -22,6 +23,8 @@ TEMPLATES = [t for p in PORTS for t in (
     c2v(sport=p, dport=8080), c2v(sport=p, dport=8080, flags=F.TH_ACK), c2v(sport=p, vip=VIP3),
     c2v(sport=p, flags=F.TH_FIN | F.TH_ACK), c2v(sport=p, flags=F.TH_RST),
     c2v(sport=p, vip="198.19.100.4"), c2v(sport=p, vip="198.19.100.5"),
+    c2v(sport=p, vip=VIP7), c2v(sport=p, vip=VIP7, flags=F.TH_ACK, data=b"x" * 1420),
+    c2v(sport=p, vip=VIP7, flags=F.TH_ACK, data=b"x" * 1460, df=True),
     b2c(sport=p), b2c(sport=p, flags=F.TH_ACK, data=b"ok"), b2c(sport=p, flags=F.TH_FIN | F.TH_ACK),
     b2c(real=1, sport=p, flags=F.TH_ACK),
     F.udp(GWMAC, LB, "198.18.0.10", VIP2, p, 53, b"q"),
@@ -113,12 +116,16 @@ specs = st.lists(st.builds(
     vip=st.one_of(st.integers(0, 2**32 - 1), st.just(F.ip2int(VIP1)), st.integers(-1, 0)),
     port=st.one_of(st.integers(0, 65535), st.just(80), st.just(70000)),
     proto=st.sampled_from([6, 17, 1]),
-    mode=st.sampled_from([defs.MODE_NAT, defs.MODE_DSR, 0, 9]),
+    mode=st.sampled_from([defs.MODE_NAT, defs.MODE_DSR, defs.MODE_TUNNEL, 0, 9]),
     sched=st.sampled_from([defs.SCHED_SEQ, defs.SCHED_HASH5, defs.SCHED_HASHSRC,
                            defs.SCHED_LEASTCONN, 0]),
     table=st.lists(st.integers(-1, 5), max_size=5),
     weights=st.lists(st.integers(-1, 3), max_size=5),
-    flags=st.sampled_from([0, defs.SVC_EXPIRE_NODEST, 2])), max_size=4)
+    flags=st.sampled_from([0, defs.SVC_EXPIRE_NODEST, 2]),
+    l7=st.none(),
+    tunnel=st.one_of(st.none(), st.builds(TunnelSpec, st.sampled_from([0, 1, 4242, 1 << 24]),
+                                          st.sampled_from([100, 576, 1500, 9001])))),
+    max_size=4)
 
 
 @SETTINGS

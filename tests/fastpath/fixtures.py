@@ -9,6 +9,7 @@ The same table feeds bench/test_fastpath.py.
     VIPs: 198.19.100.1:80/tcp nat seq [b1:80]     198.19.100.1:8080/tcp nat maglev [b2:8081]
           198.19.100.2:53/udp nat seq [b3:5353]   198.19.100.3:80/tcp dsr maglev [b1:80]
           198.19.100.4:80/tcp nat (no backend)    198.19.100.5:80/tcp nat seq [b4, MAC unknown]
+          198.19.100.7:80/tcp tunnel maglev [r1 198.19.200.11:80, off-link], VNI 4242, mtu 1500
 """
 from dataclasses import dataclass, field
 
@@ -22,11 +23,13 @@ OTHER = F.mac("02:99:99:99:99:99")
 LB_IP = "198.19.0.2"
 CLIENT = "198.18.0.10"
 VIP1, VIP2, VIP3, VIP4, VIP5 = ("198.19.100.%d" % i for i in range(1, 6))
+VIP7 = "198.19.100.7"
 REALS = [("198.19.0.11", 80, B1), ("198.19.0.12", 8081, B2), ("198.19.0.13", 5353, B3),
-         ("198.19.0.14", 80, None)]
+         ("198.19.0.14", 80, None), ("198.19.200.11", 80, None)]
 
 
 def services(ServiceSpec):
+    from fastpath import TunnelSpec
     ip = F.ip2int
     return [
         ServiceSpec(ip(VIP1), 80, 6, defs.MODE_NAT, defs.SCHED_SEQ, [0], [1]),
@@ -35,6 +38,8 @@ def services(ServiceSpec):
         ServiceSpec(ip(VIP3), 80, 6, defs.MODE_DSR, defs.SCHED_HASH5, [0], [1]),
         ServiceSpec(ip(VIP4), 80, 6, defs.MODE_NAT, defs.SCHED_SEQ, [], []),
         ServiceSpec(ip(VIP5), 80, 6, defs.MODE_NAT, defs.SCHED_SEQ, [3], [1]),
+        ServiceSpec(ip(VIP7), 80, 6, defs.MODE_TUNNEL, defs.SCHED_HASH5, [4], [1], 0, None,
+                    TunnelSpec(4242, 1500)),
     ]
 
 

@@ -21,7 +21,8 @@ ABI = ["rx_frames", "drop_runt", "drop_not_our_mac", "punt_arp", "drop_vlan", "d
        "flow_recreated", "flow_expired_nodest", "splice_synack", "splice_bad_cookie",
        "drop_tcp_bad_options", "punt_splice", "splice_fwd", "splice_rev", "drop_splice_state",
        "splice_established", "flow_rev_replaced", "splice_accepted", "splice_replay",
-       "splice_waitq_lost", "splice_decided"]
+       "splice_waitq_lost", "splice_decided", "tunnel_fwd", "tunnel_frag_needed",
+       "drop_tunnel_too_big", "punt_tunnel_gso", "drop_tunnel_no_room"]
 SPLICE_VIP = "198.19.100.6"
 
 
@@ -43,7 +44,7 @@ def test_counter_columns():
 
 def test_modes_table():
     assert defs.MODES == {m.name: m.code for m in defs.MODE_TABLE}
-    assert (defs.MODE_NAT, defs.MODE_DSR, defs.MODE_SPLICE) == (1, 2, 3)
+    assert (defs.MODE_NAT, defs.MODE_DSR, defs.MODE_SPLICE, defs.MODE_TUNNEL) == (1, 2, 3, 4)
     codes = [m.code for m in defs.MODE_TABLE]
     assert len(set(codes)) == len(codes) and all(1 <= k <= 255 for k in codes)  # uint8, 0 = none
 
@@ -54,8 +55,9 @@ def test_counters_of():
     assert defs.counters_of("splice") == [c.name for c in defs.COUNTER_TABLE if c.mode == "splice"]
     for m in defs.MODES:
         assert any(defs.COUNTER_TABLE[defs.C[n]].verdict == defs.V_TX for n in defs.counters_of(m))
+    assert defs.counters_of("tunnel")[0] == "tunnel_fwd"
     with pytest.raises(ValueError):
-        defs.counters_of("tunnel")
+        defs.counters_of("hop")
 
 
 def test_verdict_of_is_the_verdict_column(impl):

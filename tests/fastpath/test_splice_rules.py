@@ -3,7 +3,7 @@ when its head is complete and plain, is matched against the VIP's rules, the flo
 to a backend of the chosen pool, and the segment itself becomes our SYN to that backend; the
 backend's SYN-ACK then becomes ACK + the request. Everything the fast path cannot be sure of
 goes up to Python unchanged (punt_splice). tests/differential/test_splice_rules_twins.py
-holds the decisions against modes/l7.py."""
+holds the decisions against modes/splice/rules.py."""
 import struct
 
 import pytest

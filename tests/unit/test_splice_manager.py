@@ -1,4 +1,4 @@
-"""modes/splice.py's SpliceManager over a real engine (both twins), frame by frame: what
+"""modes/splice/manager.py's SpliceManager over a real engine (both twins), frame by frame: what
 Python does for a new connection now that the engine makes the SYN and answers the backend's
 SYN-ACK itself, a client that stays silent, a request longer than a segment, and a backend
 that never answers. The lab tests (tests/integration/test_splice.py) do the same with real
@@ -6,7 +6,7 @@ TCP stacks; these pin the division of labour between the engine and Python."""
 import struct
 
 from fastpath import Batch, ServiceSpec, defs
-from modes import l7
+from modes import splice as l7
 from modes.splice import SpliceManager
 from tools import frames as F
 
@@ -26,18 +26,18 @@ class Vip:
         self.limit = limit
         self.timeout_ms = timeout_ms
 
-    def choose(self, pool, h, cip):
+    def choose(self, pool, h, cip, engine):
         return (0, F.ip2int(B1_IP), B1_PORT)
 
 
 class Ctx:
-    """The daemon side SpliceManager talks to (lb/state.py in lbd)."""
+    """The daemon side SpliceManager talks to (lb/state.py's PuntContext in lbd)."""
 
     def __init__(self, vip):
-        self.vip = vip
+        self._vip = vip
 
-    def splice_vip(self, ip, port):
-        return self.vip if (ip, port) == (F.ip2int(VIP), 80) else None
+    def vip(self, ip, port):
+        return self._vip if (ip, port) == (F.ip2int(VIP), 80) else None
 
     def mac_of(self, ip):
         return B1 if ip == F.ip2int(B1_IP) else None

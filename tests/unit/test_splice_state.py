@@ -32,21 +32,21 @@ def fails(st, cmd, args, field):
 def test_rules_and_pools_decide_and_choose(st):
     v = st.handle("rule.add", {"vip": SV, "kind": "path_prefix", "value": "/blob", "pool": "big"})
     assert [r["text"] for r in v["rules"]] == ['path_prefix "/blob" -> big']
-    sv = st.splice_vip(ip("198.19.100.3"), 80)
+    sv = st.mode_vip("splice", ip("198.19.100.3"), 80)
     d = sv.ruleset.decide(b"GET /blob HTTP/1.1\r\nHost: x\r\n\r\n")
     assert d.pool == "big"
     assert sv.ruleset.decide(b"GET /id HTTP/1.1\r\nHost: x\r\n\r\n").pool == "default"
-    picks = {sv.choose("big", 0, 0)[1] for _ in range(4)}
+    picks = {sv.choose("big", 0, 0, st.engine)[1] for _ in range(4)}
     assert picks == {ip(B2), ip(B3)}                       # rr over the pool
-    assert sv.choose("default", 0, 0)[1:] == (ip(B1), 80)
-    assert sv.choose("nope", 0, 0) is None
+    assert sv.choose("default", 0, 0, st.engine)[1:] == (ip(B1), 80)
+    assert sv.choose("nope", 0, 0, st.engine) is None
 
 
 def test_without_a_default_pool_unmatched_requests_are_refused(st):
     st.handle("backend.del", {"vip": SV, "backend": B1})
     st.handle("rule.add", {"vip": SV, "kind": "host", "value": "big.example", "pool": "big"})
-    sv = st.splice_vip(ip("198.19.100.3"), 80)
-    from modes import l7
+    sv = st.mode_vip("splice", ip("198.19.100.3"), 80)
+    from modes import splice as l7
     assert isinstance(sv.ruleset.decide(b"GET / HTTP/1.1\r\nHost: other\r\n\r\n"), l7.Refuse)
 
 
@@ -72,7 +72,7 @@ def test_toml_rules_and_pools():
         "backend": [{"address": B1}, {"address": B2, "pool": "big"}],
         "rule": [{"kind": "path_prefix", "value": "/blob", "pool": "big", "action": "redirect"}]}]})
     v = cfg.vips[0]
-    assert (v.splice_limit, v.splice_timeout, v.rules[0].action) == (8192, 1.5, "redirect")
+    assert (v.options.limit, v.options.timeout, v.options.rules[0].action) == (8192, 1.5, "redirect")
     for bad, field in (({"rule": [{"kind": "default", "pool": "nope"}]}, "vip[0].rule[0].pool"),
                        ({"splice": {"limit": 1}}, "vip[0].splice.limit"),
                        ({"mode": "nat", "rule": [{"kind": "default", "pool": "default"}]},
@@ -87,8 +87,8 @@ def test_toml_rules_and_pools():
 def test_plain_rules_go_down_to_the_fast_path_and_sni_keeps_them_up(st):
     from fastpath import defs
     st.handle("rule.add", {"vip": SV, "kind": "path_prefix", "value": "/blob", "pool": "big"})
-    sp = st.splice_vip(ip("198.19.100.3"), 80).l7spec
-    assert sp.limit == st.splice_vip(ip("198.19.100.3"), 80).limit
+    sp = st.mode_vip("splice", ip("198.19.100.3"), 80).l7spec
+    assert sp.limit == st.mode_vip("splice", ip("198.19.100.3"), 80).limit
     # the rule, then the default pool's implicit rule; pools in the order rules name them
     assert sp.rules == ((defs.L7_PATH, b"/blob", 0), (defs.L7_DEFAULT, b"", 1))
     (k0, t0, _), (k1, t1, _) = sp.pools
@@ -96,4 +96,4 @@ def test_plain_rules_go_down_to_the_fast_path_and_sni_keeps_them_up(st):
     assert list(t1) == [st._slots[(ip(B1), 80)]]
     st.handle("rule.add", {"vip": SV, "kind": "sni", "value": "a.example", "pool": "big",
                            "index": 0})
-    assert st.splice_vip(ip("198.19.100.3"), 80).l7spec is None
+    assert st.mode_vip("splice", ip("198.19.100.3"), 80).l7spec is None

@@ -14,12 +14,11 @@ import pytest
 
 import fastpath
 from fastpath import defs
-from lb.daemon import monotonic_ms
+from lb.datapath import PuntTable, monotonic_ms
 from lb.io import TapQueue
 from lb.neigh import ARP_REQUEST, arp_frame
 from lb.state import LBState
 from lb.workers import EngineGroup, Worker
-from modes.splice import SpliceManager
 
 from .test_state import (B1, B2, CLIENT_IP, GW_IP, GW_MAC, LB_IP, LB_MAC, MACS, NOW, VIP,
                          forwarded_to, ip, make_cfg, send, tcp_frame)
@@ -134,7 +133,7 @@ def test_worker_thread_forwards_and_hands_arp_up(st, group):
     try:
         mine.setblocking(False)
         peer.settimeout(5)
-        w.splice = SpliceManager(w.engine, st, LB_MAC)
+        w.punts = PuntTable(w.engine, st, LB_MAC)
         w.start()
         arp = arp_frame(ARP_REQUEST, MACS[B1], MACS[B1], ip(B1), b"\0" * 6, ip(LB_IP),
                         b"\xff" * 6)
@@ -154,7 +153,7 @@ def test_worker_thread_forwards_and_hands_arp_up(st, group):
     assert w.stats["errors"] == 0
     assert w.io.counters()["tx_frames"] == 1 and w.io.counters()["rx_frames"] == 2
     assert w.engine.counters()["nat_fwd"] == 1
-    assert w.splice.counters()["conns"] == 0
+    assert w.punts.counters()["splice"]["conns"] == 0
 
 
 def test_worker_stops_when_its_fd_goes(st, group):
@@ -163,7 +162,7 @@ def test_worker_stops_when_its_fd_goes(st, group):
     fd = os.dup(mine.fileno())
     w = Worker(0, TapQueue(fd, 0, 0), group.workers[0].engine, monotonic_ms, 1024,
                lambda frames: None)
-    w.splice = SpliceManager(w.engine, st, LB_MAC)
+    w.punts = PuntTable(w.engine, st, LB_MAC)
     try:
         os.close(fd)                # gone before the thread polls it: POLLNVAL
         w.start()

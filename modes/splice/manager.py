@@ -1,4 +1,4 @@
-"""splice: delayed binding with sequence-number splicing (F5's FastHTTP, done in the open).
+"""splice's punt handler: the connections being set up (F5's FastHTTP, done in the open).
 
 Used when the backend must be chosen by content (HTTP method/path/Host, TLS SNI, a byte
 prefix) while the backend still sees the client's own address, and when SYN floods must
@@ -9,7 +9,7 @@ not cost state. The life of a connection:
                        silent for SPLICE_WAIT_HANDOFF_MS comes here by engine.splice_waiting()
   request bytes     -> here: reassembled in sequence order, never acknowledged by us (the
                        client keeps them until the real server ACKs them), decided by the
-                       VIP's rules (modes/l7.py) once enough is there, at the size limit
+                       VIP's rules (modes/splice/rules.py) once enough is there, at the size limit
                        or at the timeout
   decision forward  -> engine.splice_bind(real, request) makes our SYN to the backend as the
                        client (client address, port, ISN and SYN options as the cookie kept
@@ -39,8 +39,8 @@ import struct
 from fastpath import defs
 from fastpath.inet import checksum
 
-from . import l7
-from .base import Mode
+from . import http, rules
+from .redirect import redirect_response
 
 log = logging.getLogger("splice")
 
@@ -48,22 +48,6 @@ M32 = 0xFFFFFFFF
 SYN_RETRIES_MS = (1000, 2000)      # resend the SYN to the backend after these waits
 ENGINE_DECIDED = "decided by the fast path's rules"   # Conn.decided of an adopted flow
 REPLAY_KEEP_MS = 5000              # keep the request to replay on a repeated SYN-ACK
-
-
-class Splice(Mode):
-    name = "splice"
-    code = defs.MODE_SPLICE
-    default_scheduler = "rr"
-    counters = ("splice_synack", "splice_bad_cookie", "punt_splice", "splice_fwd", "splice_rev",
-                "splice_established", "drop_splice_state", "drop_tcp_bad_options")
-
-    def validate(self, vip_port, proto, backends):
-        from lb.errors import LBError
-        if proto not in ("tcp", defs.PROTO_TCP):
-            raise LBError("proto", "splice works on TCP only")
-
-
-MODE = Splice()
 
 
 # ---- frames made here (rare: a few per connection) -----------------------------------------
@@ -128,11 +112,11 @@ class Conn:
 class SpliceManager:
     """Handles the frames the fast path punts for splice flows, and its timers.
 
-    ctx is the daemon side (lb/state.py implements it):
-      ctx.splice_vip(vip, port) -> object with .ruleset (modes.l7.RuleSet), .limit (bytes),
-          .timeout_ms and .choose(pool, flow_hash, cip) -> (real_idx, ip, port) | None
+    ctx is the daemon side (modes/base.py, Mode.punt_handler):
+      ctx.vip(vip, port) -> the VIP's SpliceVip (modes/splice/vip.py) or None
       ctx.mac_of(ip) -> bytes | None; ctx.gateway_mac() -> bytes | None
     """
+    reason = defs.C["punt_splice"]
 
     def __init__(self, engine, ctx, local_mac):
         self.engine = engine
@@ -161,7 +145,7 @@ class SpliceManager:
             self.c["bad_frame"] += 1
             return []
         src, dst, sport, dport, seq, ack, flags, payload = p
-        if self.ctx.splice_vip(dst, dport) is not None:
+        if self.ctx.vip(dst, dport) is not None:
             return self._from_client((src, sport, dst, dport), seq, flags, payload, now)
         return self._from_backend(dst, dport, src, sport, flags, now)
 
@@ -229,7 +213,7 @@ class SpliceManager:
             del conn.segs[o]
 
     def _decide(self, conn, fl, now, final=False):
-        vip = self.ctx.splice_vip(conn.key[2], conn.key[3])
+        vip = self.ctx.vip(conn.key[2], conn.key[3])
         if vip is None:
             return self._refuse(conn, fl, "VIP gone")
         data = conn.data[:vip.limit]
@@ -237,14 +221,14 @@ class SpliceManager:
             final = True
             self.c["decided_at_limit"] += 1
         d = vip.ruleset.decide_final(data) if final else vip.ruleset.decide(data)
-        if d is l7.NEED_MORE:
+        if d is rules.NEED_MORE:
             return []
-        if isinstance(d, l7.Refuse):
+        if isinstance(d, rules.Refuse):
             return self._refuse(conn, fl, d.reason)
         conn.decided = d
         cip, cport, vip_ip, vport = conn.key
         h = _flow_hash(cip, vip_ip, cport, vport)
-        choice = vip.choose(d.pool, h, cip)
+        choice = vip.choose(d.pool, h, cip, self.engine)
         if choice is None:
             self.c["no_backend"] += 1
             return self._refuse(conn, fl, "pool %s has no usable backend" % d.pool)
@@ -339,12 +323,12 @@ class SpliceManager:
         return [f for f in out if f]
 
     def _redirect(self, conn, fl, vip):
-        req = l7.parse_http_request(conn.data, vip.limit)
-        if not isinstance(req, l7.HttpRequest):
+        req = http.parse_http_request(conn.data, vip.limit)
+        if not isinstance(req, http.HttpRequest):
             return self._refuse(conn, fl, "redirect needs an HTTP request")
         ip, port, _ = conn.backend
         host = _ipstr(ip) if port == 80 else "%s:%d" % (_ipstr(ip), port)
-        conn.redirect = l7.redirect_response(host, req.path, req.query or "")
+        conn.redirect = redirect_response(host, req.path, req.query or "")
         return self._send_redirect(conn, fl)
 
     def _send_redirect(self, conn, fl):
@@ -414,7 +398,7 @@ class SpliceManager:
             if fl is None or fl["c_isn"] != conn.c_isn:
                 self._forget(key, drop=False)
                 continue
-            vip = self.ctx.splice_vip(key[2], key[3])
+            vip = self.ctx.vip(key[2], key[3])
             if conn.decided is None:
                 if vip is None or now - conn.started >= vip.timeout_ms:
                     self.c["decided_at_timeout"] += 1

@@ -1,0 +1,113 @@
+"""xmit_tunnel: the tunnel mode's per-packet routines (IPVS's ip_vs_tunnel_xmit, in VXLAN).
+Twin of fastpath/xmit_tunnel.pxi, whose header states the invariants.
+
+When it is used: backends across layer 3 (behind a router) that hold the VIP on lo and answer
+the client directly; the LB sees the client side only, as with dsr, but needs no shared
+segment. modes/tunnel.py is the Python side (options, GSO superframes).
+
+f is the frame as a bytearray the routine may grow (the engine's rowcap bounds it, as the
+batch row bounds the compiled one); the vnet header is the engine's vnet (a bytearray copy of
+the row's header, or None), written back by the burst when keep_vnet is set.
+"""
+from .. import defs
+from ..defs import C, XMIT_CONT
+from .flowtable import new_flow_default, service_find
+from .inet import fold, rd16, rd32, wr16, wr32
+from .serve import xmit_out
+from .types import XMIT, Xmit
+
+OVERHEAD = defs.VXLAN_OVERHEAD
+
+
+def tunnel_inner_mac():
+    return defs.VXLAN_INNER_MAC.to_bytes(6, "big")
+
+
+TUNNEL_INNER_MAC = tunnel_inner_mac()
+
+
+def outer_ip(self, f, tot, proto, dst):
+    """An IPv4 header at f[14:34] from us to dst, tot bytes in all, full checksum, no DF."""
+    f[12:14] = b"\x08\x00"
+    f[14:16] = b"\x45\x00"
+    wr16(f, 16, tot)
+    wr32(f, 18, 0)
+    f[22] = 64
+    f[23] = proto
+    wr16(f, 24, 0)
+    wr32(f, 26, self.local_ip)
+    wr32(f, 30, dst)
+    wr16(f, 24, ~fold(sum(rd16(f, k) for k in range(14, 34, 2))) & 0xFFFF)
+
+
+def tunnel_fwd(self, f, n, e, sv, tflags, now):
+    tot = rd16(f, 16)
+    if self.gw_mac is None:
+        return C["drop_no_neigh"]
+    vnet = self.vnet
+    if vnet is not None and vnet[1] != 0:
+        return C["punt_tunnel_gso"]
+    if tot + OVERHEAD > sv.mtu:
+        if f[20] & 0x40:
+            return tunnel_frag_needed(self, f, sv)
+        return C["drop_tunnel_too_big"]
+    if 14 + tot + OVERHEAD > self.rowcap:
+        return C["drop_tunnel_no_room"]
+    k = xmit_out(self, f, n, e, TUNNEL_INNER_MAC, False, True, tflags, now)
+    if k != XMIT_CONT:
+        return k
+    f[:] = bytes(OVERHEAD) + bytes(f[:14 + tot])       # the inner frame, addressed by xmit_out
+    f[0:6] = self.gw_mac
+    f[6:12] = self.local_mac
+    outer_ip(self, f, 36 + 14 + tot, defs.PROTO_UDP, e.rip)
+    h = e.hf ^ (e.hf >> 32)
+    wr16(f, 34, defs.VXLAN_SPORT_MIN + (h & 0x3FFF))
+    wr16(f, 36, defs.VXLAN_PORT)
+    wr16(f, 38, 16 + 14 + tot)
+    wr16(f, 40, 0)
+    wr32(f, 42, 0x08000000)             # flags: the VNI is valid
+    wr32(f, 46, (sv.vni << 8) & 0xFFFFFFFF)
+    if vnet is not None and vnet[0] & defs.VNET_F_NEEDS_CSUM:
+        cs = (vnet[6] | (vnet[7] << 8)) + OVERHEAD
+        vnet[6], vnet[7] = cs & 0xFF, (cs >> 8) & 0xFF
+        self.keep_vnet = True
+    self.newlen = 14 + tot + OVERHEAD
+    return C["tunnel_fwd"]
+
+
+def tunnel_frag_needed(self, f, sv):
+    """ICMP destination unreachable, fragmentation needed (RFC 792/1191), to the client, made
+    in place: the original IP header and 8 bytes after it, the MTU left after VXLAN."""
+    client = rd32(f, 26)
+    if self.gw_mac is None:
+        return C["drop_no_neigh"]
+    f[42:70] = f[14:42]
+    f[0:6] = self.gw_mac
+    f[6:12] = self.local_mac
+    outer_ip(self, f, 56, defs.PROTO_ICMP, client)
+    f[34:36] = b"\x03\x04"
+    wr16(f, 36, 0)
+    wr16(f, 38, 0)
+    wr16(f, 40, sv.mtu - OVERHEAD)
+    wr16(f, 36, ~fold(sum(rd16(f, k) for k in range(34, 70, 2))) & 0xFFFF)
+    self.newlen = 70
+    return C["tunnel_frag_needed"]
+
+
+# ---- the API's body (engine.py) -----------------------------------------------------------
+def api_tunnel_mss(self, frame):
+    b = bytes(frame)
+    if len(b) < 54 or b[12:14] != b"\x08\x00" or b[23] != defs.PROTO_TCP:
+        return 0
+    ihl = (b[14] & 15) * 4
+    if ihl < 20 or 14 + ihl + 20 > len(b):
+        return 0
+    doff = (b[14 + ihl + 12] >> 4) * 4
+    sv = service_find(self, rd32(b, 30), rd16(b, 14 + ihl + 2), defs.PROTO_TCP)
+    if sv is None or sv.mode != defs.MODE_TUNNEL or sv.mtu < OVERHEAD + ihl + doff + 1:
+        return 0
+    return sv.mtu - OVERHEAD - ihl - doff
+
+
+# ---- the mode's row of XMIT (types.py) ----------------------------------------------------
+XMIT[defs.MODE_TUNNEL] = Xmit(new_flow_default, tunnel_fwd, None)

@@ -1,0 +1,136 @@
+# xmit_tunnel: the tunnel mode's per-packet routines (IPVS's ip_vs_tunnel_xmit, in VXLAN).
+# Twin: twin/xmit_tunnel.py.
+#
+# When it is used: backends across layer 3 (behind a router) that hold the VIP on lo and
+# answer the client directly; the LB sees the client side only, as with dsr, but needs no
+# shared segment. modes/tunnel.py is the Python side (options, GSO superframes).
+#
+# Invariants:
+# - One frame in, one frame out, rewritten in place: the row grows by VXLAN_OVERHEAD bytes (a
+#   frame whose row has no room is dropped, counted); the inner frame keeps its IP header,
+#   L4 header and payload byte for byte, only its Ethernet addresses change.
+# - A partial inner checksum (vnet NEEDS_CSUM) stays partial: its csum_start moves by the
+#   bytes put in front of it, and the vnet header is kept (keep_vnet), so the kernel completes
+#   it on the way out; everything the LB writes (outer IP) carries a full checksum; the outer
+#   UDP checksum is 0 (RFC 7348, IPv4).
+# - A GSO superframe is punted (punt_tunnel_gso): it cannot leave as one frame here.
+# - Too big for sv.mtu once encapsulated: DF -> ICMP fragmentation needed to the client
+#   (tunnel_frag_needed, made in place, to the gateway), no DF -> drop_tunnel_too_big.
+# - No reverse path: a tunnel flow is never in the reverse index.
+
+cdef uint8_t TUNNEL_INNER_MAC[6]       # defs.VXLAN_INNER_MAC as bytes, filled once below
+
+
+cdef void tunnel_inner_mac() noexcept nogil:
+    # in C, not through a Python int: the 48-bit enum constant must not pass as a C int
+    cdef uint64_t mac = VXLAN_INNER_MAC
+    cdef int k
+    for k in range(6):
+        TUNNEL_INNER_MAC[k] = (mac >> (40 - 8 * k)) & 0xFF
+
+
+cdef inline void outer_ip(Engine self, uint8_t *f, uint32_t tot, uint8_t proto,
+                          uint32_t dst) noexcept nogil:
+    """An IPv4 header at f + 14 from us to dst, tot bytes in all, full checksum, no DF."""
+    cdef uint32_t s = 0, k
+    f[12] = 0x08
+    f[13] = 0
+    f[14] = 0x45
+    f[15] = 0
+    wr16(f + 16, tot)
+    wr32(f + 18, 0)                     # id 0, no DF: the LB keeps within sv.mtu itself
+    f[22] = 64
+    f[23] = proto
+    wr16(f + 24, 0)
+    wr32(f + 26, self.local_ip)
+    wr32(f + 30, dst)
+    for k in range(14, 34, 2):
+        s += rd16(f + k)
+    wr16(f + 24, ~fold(s) & 0xFFFF)
+
+
+cdef int tunnel_fwd(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, uint8_t tflags,
+                    int64_t now) noexcept nogil:
+    cdef uint32_t tot = rd16(f + 16)
+    cdef uint16_t cs
+    cdef uint64_t h
+    cdef int k
+    if not self.has_gw:
+        return C_DROP_NO_NEIGH
+    if self.vnet != NULL and self.vnet[1] != 0:
+        return C_PUNT_TUNNEL_GSO
+    if tot + VXLAN_OVERHEAD > sv.mtu:
+        if f[20] & 0x40:
+            return tunnel_frag_needed(self, f, sv)
+        return C_DROP_TUNNEL_TOO_BIG
+    if 14 + tot + VXLAN_OVERHEAD > self.rowcap:
+        return C_DROP_TUNNEL_NO_ROOM
+    k = xmit_out(self, f, n, e, TUNNEL_INNER_MAC, False, True, tflags, now)
+    if k != XMIT_CONT:
+        return k
+    memmove(f + VXLAN_OVERHEAD, f, 14 + tot)      # the inner frame, addressed by xmit_out
+    memcpy(f, self.gw_mac, 6)
+    memcpy(f + 6, self.local_mac, 6)
+    outer_ip(self, f, 36 + 14 + tot, PROTO_UDP, e.rip)
+    h = e.hf ^ (e.hf >> 32)
+    wr16(f + 34, VXLAN_SPORT_MIN + <uint16_t>(h & 0x3FFF))
+    wr16(f + 36, VXLAN_PORT)
+    wr16(f + 38, 16 + 14 + tot)
+    wr16(f + 40, 0)
+    wr32(f + 42, 0x08000000)            # flags: the VNI is valid
+    wr32(f + 46, sv.vni << 8)
+    if self.vnet != NULL and self.vnet[0] & VNET_F_NEEDS_CSUM:
+        cs = self.vnet[6] | (<uint16_t>self.vnet[7] << 8)     # little-endian csum_start
+        cs += VXLAN_OVERHEAD
+        self.vnet[6] = cs & 0xFF
+        self.vnet[7] = cs >> 8
+        self.keep_vnet = True
+    self.newlen = 14 + tot + VXLAN_OVERHEAD
+    return C_TUNNEL_FWD
+
+
+cdef int tunnel_frag_needed(Engine self, uint8_t *f, Service *sv) noexcept nogil:
+    """ICMP destination unreachable, fragmentation needed (RFC 792/1191), to the client, made
+    in place: the original IP header and 8 bytes after it, the MTU left after VXLAN."""
+    cdef uint32_t client = rd32(f + 26)
+    cdef uint32_t s = 0, k
+    if not self.has_gw:
+        return C_DROP_NO_NEIGH
+    memmove(f + 42, f + 14, 28)
+    memcpy(f, self.gw_mac, 6)
+    memcpy(f + 6, self.local_mac, 6)
+    outer_ip(self, f, 56, PROTO_ICMP, client)
+    f[34] = 3
+    f[35] = 4
+    wr16(f + 36, 0)
+    wr16(f + 38, 0)
+    wr16(f + 40, sv.mtu - VXLAN_OVERHEAD)
+    for k in range(34, 70, 2):
+        s += rd16(f + k)
+    wr16(f + 36, ~fold(s) & 0xFFFF)
+    self.newlen = 70
+    return C_TUNNEL_FRAG_NEEDED
+
+
+# ---- the API's body (engine.pxi) ----------------------------------------------------------
+cdef object api_tunnel_mss(Engine self, frame):
+    cdef const uint8_t[::1] b = frame
+    cdef uint32_t ihl, doff
+    cdef Service *sv
+    if b.shape[0] < 54 or b[12] != 8 or b[13] != 0 or b[23] != PROTO_TCP:
+        return 0
+    ihl = (b[14] & 15) * 4
+    if ihl < 20 or 14 + ihl + 20 > <uint32_t>b.shape[0]:
+        return 0
+    doff = (b[14 + ihl + 12] >> 4) * 4
+    sv = service_find(self, rd32(&b[30]), rd16(&b[14 + ihl + 2]), PROTO_TCP)
+    if sv == NULL or sv.mode != MODE_TUNNEL or sv.mtu < VXLAN_OVERHEAD + ihl + doff + 1:
+        return 0
+    return sv.mtu - VXLAN_OVERHEAD - ihl - doff
+
+
+# ---- the mode's row of XMIT (types.pxi) ---------------------------------------------------
+tunnel_inner_mac()
+XMIT[MODE_TUNNEL].new_flow = new_flow_default
+XMIT[MODE_TUNNEL].fwd = tunnel_fwd
+XMIT[MODE_TUNNEL].rev = NULL
