@@ -217,7 +217,7 @@ def check_health_for_vip(hc, mode, proto, interface, fld="check"):
                       "check = \"none\")" % (hc.check, proto))
     if modes.get(mode).probe_via_vip and interface is None:
         raise LBError(fld, "a %s VIP is probed along the VIP path (addressed to the VIP, "
-                      "delivered to the backend's MAC), which needs the management interface: "
+                      "delivered as the mode delivers), which needs the management interface: "
                       "set [health] interface (e.g. \"mg0\"), or `lbctl health interface`"
                       % mode)
 

@@ -17,18 +17,30 @@ mg0 198.19.0.3 in the lab). Sockets are non-blocking and awaited with a deadline
 `[health] max_in_flight` at once, so the burst loop is never blocked.
 - a mode without probe_via_vip (modes/base.py; nat, splice): connect to the backend's real
   address:port through the main routing table.
-- probe_via_vip (dsr): the backend answers for the VIP itself (on its loopback), so its real address proves
-  nothing about the VIP. The probe is addressed to VIP:port and delivered to the backend's
-  MAC, like the data plane's own frames: lbd gives each backend IP a fwmark M = MARK_BASE + n,
-  sets it on the probe socket (SO_MARK) and installs, in its own namespace,
+- probe_via_vip (dsr, tunnel): the backend answers for the VIP itself (on its loopback), so
+  its real address proves nothing about the VIP. The probe is addressed to VIP:port and
+  delivered the way the mode's data path delivers (the door's probe_vni): lbd gives each
+  backend IP a fwmark M = MARK_BASE + n, sets it on the probe socket (SO_MARK) and installs,
+  in its own namespace,
       ip rule add fwmark M lookup M pref RULE_PREF
+  and in table M (table number = mark) one route per such VIP the backend serves:
+  - dsr, on-link to the backend's MAC:
       ip route replace VIP/32 via <backend real ip> dev <interface> onlink table M
-  (table number = mark, one route per such VIP the backend serves). The backend receives a SYN
-  for the VIP from the management address and answers it on-link, so the kernel socket
-  completes only if the backend still holds the VIP. Unmarked traffic never sees table M.
-  Without `[health] interface` such checks are refused at configuration. Replies come from the
-  VIP, an address the main table has no route to: rp_filter must be 0 on the interface
-  (lbd warns at start when it is not).
+  - tunnel, in VXLAN with the VIP's VNI to the backend's address, routed:
+      ip link add PROBE_VXLAN type vxlan external dstport VXLAN_PORT     (once)
+      ip neigh replace VIP lladdr VXLAN_INNER_MAC dev PROBE_VXLAN nud permanent
+      ip route replace VIP/32 encap ip id <vni> dst <backend real ip> dev PROBE_VXLAN table M
+    The outer packet's route is looked up with the mark too and falls through table M (which
+    holds only VIPs) to the main table: lbd's namespace needs a route to the backends'
+    addresses (the lab routes 198.19.200.0/24 via rt on mg0).
+  The backend receives a SYN for the VIP from the management address and answers it (on-link,
+  or through its router), so the kernel socket completes only if the backend still holds the
+  VIP (and, for tunnel, decapsulates its VNI). Unmarked traffic never sees table M. Without
+  `[health] interface` such checks are refused at configuration. Replies come from the VIP,
+  an address the main table has no route to: rp_filter must be 0 on the interface (lbd warns
+  at start when it is not). One backend serves one VIP address along one path: should two
+  VIPs on one address (other ports) want different paths to one backend, the first in order
+  is installed and the conflict is counted as a route error.
 
 Routes are installed with iproute2 (`ip -force -batch -`, run as an asyncio subprocess):
 it is already required by the lab and the docs, adds no dependency, and the changes are rare
@@ -57,6 +69,7 @@ import time
 from collections import namedtuple
 
 import modes
+from fastpath import defs
 
 from . import config
 from .errors import LBError
@@ -64,24 +77,29 @@ from .errors import LBError
 log = logging.getLogger("lbd.health")
 
 MARK_BASE = 0x7477_0000        # "tw"; + a small id per backend IP; also the routing table number
+PROBE_VXLAN = "twprobe0"       # the collect-metadata VXLAN device of tunnel VIP-path probes
 MAX_IDS = 0x1_0000
 RULE_PREF = 10000              # before the main table (32766)
 STATUS_LINE_LIMIT = 4096
 IP_TIMEOUT_S = 10.0
 
 # What a probe connects to. via: the backend IP a VIP-path probe is delivered to (None: the
-# address is the backend's own). host_header: the Host of an http check (the VIP).
-Target = namedtuple("Target", "check ip port path expect interval timeout via host_header")
+# address is the backend's own). host_header: the Host of an http check (the VIP). vni: a
+# VIP-path probe's VXLAN network identifier (None: on-link to the backend's MAC).
+Target = namedtuple("Target", "check ip port path expect interval timeout via host_header vni",
+                    defaults=(None,))
 
 
 def target_for(vip, backend):
     """The Target of one backend of one VIP (config.VipConfig, config.BackendConfig)."""
     hc = vip.health
-    via_vip = modes.get(vip.mode).probe_via_vip
+    mode = modes.get(vip.mode)
+    via_vip = mode.probe_via_vip
     ip, port = (vip.ip, vip.port) if via_vip else (backend.ip, backend.port)
     host = vip.address if vip.port == 80 else "%s:%d" % (vip.address, vip.port)
     return Target(hc.check, ip, port, hc.path, hc.expect, hc.interval, hc.timeout,
-                  backend.ip if via_vip else None, host)
+                  backend.ip if via_vip else None, host,
+                  mode.probe_vni(vip.options) if via_vip else None)
 
 
 def describe(t, mark=None):
@@ -91,6 +109,8 @@ def describe(t, mark=None):
                            t.path if t.check == "http" else "")
     if t.via is not None:
         text += " via %s" % config.format_ip(t.via)
+        if t.vni is not None:
+            text += " in VXLAN %d" % t.vni
         if mark is not None:
             text += " (fwmark %#x)" % mark
     return text
@@ -266,10 +286,12 @@ class PolicyRoutes:
 
     def __init__(self, runner=run_ip):
         self.runner = runner
-        self._want = {}            # backend ip -> frozenset(vip ips)
+        self._want = {}            # backend ip -> {vip ip: vni or None}
         self._interface = None
         self._ids = {}             # backend ip -> id (mark = table = MARK_BASE + id)
-        self._installed = {}       # backend ip -> (interface, frozenset(vip ips))
+        self._installed = {}       # backend ip -> (interface, {vip ip: vni or None})
+        self._vxlan = False        # PROBE_VXLAN is ours and up
+        self._neigh = frozenset()  # VIPs with a permanent neighbour on PROBE_VXLAN
         self._changed = None       # asyncio.Event, replaced after every apply
         self._task = None
         self._dirty = False
@@ -281,8 +303,21 @@ class PolicyRoutes:
         return MARK_BASE + self._ids[bip]
 
     def want(self, interface, wanted):
-        """wanted: {backend ip: iterable of VIP ips}; interface: the dev of the routes."""
-        self._want = {b: frozenset(v) for b, v in wanted.items() if v}
+        """wanted: {backend ip: iterable of (VIP ip, vni or None)}; interface: the dev of the
+        on-link routes. One path per (backend, VIP ip): a second one is a counted error."""
+        new = {}
+        for b in sorted(wanted):
+            paths = {}
+            for v, vni in sorted(wanted[b], key=lambda p: (p[0], -1 if p[1] is None else p[1])):
+                if v in paths and paths[v] != vni:
+                    self._error("backend %s serves VIP %s along two paths (%s and %s): probes "
+                                "use the first" % (config.format_ip(b), config.format_ip(v),
+                                                   _path_text(paths[v]), _path_text(vni)))
+                    continue
+                paths[v] = vni
+            if paths:
+                new[b] = paths
+        self._want = new
         self._interface = interface
         used = set(self._ids.values())
         for b in sorted(self._want):
@@ -290,15 +325,16 @@ class PolicyRoutes:
                 n = next(i for i in range(MAX_IDS) if i not in used)
                 self._ids[b] = n
                 used.add(n)
-        if self._want or self._installed:
+        if self._want or self._installed or self._vxlan:
             self.kick()
 
-    def installed(self, bip, vip):
+    def installed(self, bip, vip, vni=None):
         got = self._installed.get(bip)
-        return got is not None and got[0] == self._interface and vip in got[1]
+        return (got is not None and got[0] == self._interface and vip in got[1]
+                and got[1][vip] == vni)
 
-    async def ready(self, bip, vip):
-        while not self.installed(bip, vip):
+    async def ready(self, bip, vip, vni=None):
+        while not self.installed(bip, vip, vni):
             if self._changed is None:
                 self._changed = asyncio.Event()
             await self._changed.wait()
@@ -306,8 +342,11 @@ class PolicyRoutes:
     def view(self):
         return {"rules": [{"backend": config.format_ip(b), "fwmark": "%#x" % self.mark(b),
                            "table": self.mark(b), "interface": ifc,
-                           "vips": sorted(config.format_ip(v) for v in vips)}
-                          for b, (ifc, vips) in sorted(self._installed.items())],
+                           "vips": sorted(config.format_ip(v) for v in paths),
+                           "vxlan": {config.format_ip(v): vni
+                                     for v, vni in sorted(paths.items()) if vni is not None}}
+                          for b, (ifc, paths) in sorted(self._installed.items())],
+                "vxlan_device": PROBE_VXLAN if self._vxlan else None,
                 "errors": self.errors, "last_error": self.last_error}
 
     def kick(self):
@@ -340,33 +379,59 @@ class PolicyRoutes:
 
     async def _batch(self, lines):
         if not lines:
-            return
+            return True
         rc, _out, err = await self.runner(["-force", "-batch", "-"], "\n".join(lines) + "\n")
         if rc != 0:
             self._error("ip -batch failed (exit %d): %s | commands: %s"
                         % (rc, " ".join(err.split())[:300], "; ".join(lines)[:300]))
+        return rc == 0
+
+    @staticmethod
+    def _route(vip, vni, bip, interface, table):
+        if vni is None:
+            return ("route replace %s/32 via %s dev %s onlink table %d"
+                    % (config.format_ip(vip), config.format_ip(bip), interface, table))
+        return ("route replace %s/32 encap ip id %d dst %s dev %s table %d"
+                % (config.format_ip(vip), vni, config.format_ip(bip), PROBE_VXLAN, table))
 
     async def _apply(self, want, interface):
+        neigh = frozenset(v for paths in want.values() for v, vni in paths.items()
+                          if vni is not None)
         lines, new = [], dict(self._installed)
-        for b, (ifc, vips) in self._installed.items():
+        if neigh and not self._vxlan:
+            # the encap routes below need the device: first, in its own batch
+            self._vxlan = await self._batch([
+                "link add %s type vxlan external dstport %d" % (PROBE_VXLAN, defs.VXLAN_PORT),
+                "link set %s up" % PROBE_VXLAN])
+            self._neigh = frozenset()
+        for b, (ifc, paths) in self._installed.items():
             if b not in want or ifc != interface:
                 m = self.mark(b)
-                lines += ["route del %s/32 table %d" % (config.format_ip(v), m) for v in vips]
+                lines += ["route del %s/32 table %d" % (config.format_ip(v), m) for v in paths]
                 lines.append("rule del fwmark %#x lookup %d pref %d" % (m, m, RULE_PREF))
                 del new[b]
-        for b, vips in want.items():
+        for b, paths in want.items():
             m = self.mark(b)
             cur = new.get(b)
             if cur is None:
                 lines.append("rule add fwmark %#x lookup %d pref %d" % (m, m, RULE_PREF))
-            have = frozenset() if cur is None else cur[1]
-            lines += ["route replace %s/32 via %s dev %s onlink table %d"
-                      % (config.format_ip(v), config.format_ip(b), interface, m)
-                      for v in sorted(vips - have)]
+            have = {} if cur is None else cur[1]
+            lines += [self._route(v, vni, b, interface, m) for v, vni in sorted(paths.items())
+                      if have.get(v, False) != vni]
             lines += ["route del %s/32 table %d" % (config.format_ip(v), m)
-                      for v in sorted(have - vips)]
-            new[b] = (interface, vips)
+                      for v in sorted(set(have) - set(paths))]
+            new[b] = (interface, dict(paths))
+        if self._vxlan:
+            mac = ":".join("%02x" % x for x in defs.VXLAN_INNER_MAC.to_bytes(6, "big"))
+            lines += ["neigh replace %s lladdr %s dev %s nud permanent"
+                      % (config.format_ip(v), mac, PROBE_VXLAN) for v in sorted(neigh - self._neigh)]
+            lines += ["neigh del %s dev %s" % (config.format_ip(v), PROBE_VXLAN)
+                      for v in sorted(self._neigh - neigh)]
+            self._neigh = neigh
         await self._batch(lines)
+        if self._vxlan and not neigh:
+            await self._batch(["link del %s" % PROBE_VXLAN])    # its neighbours go with it
+            self._vxlan, self._neigh = False, frozenset()
         self._installed = new
         for b in list(self._ids):
             if b not in new and b not in self._want:
@@ -376,7 +441,8 @@ class PolicyRoutes:
             ev.set()
 
     async def sweep(self):
-        """Remove every rule in the MARK_BASE range (left by an lbd that died) and its table."""
+        """Remove every rule in the MARK_BASE range (left by an lbd that died), its table, and
+        the probe VXLAN device."""
         rc, out, err = await self.runner(["-j", "rule", "show"])
         if rc != 0:
             self._error("ip rule show failed: %s" % err.strip())
@@ -393,6 +459,10 @@ class PolicyRoutes:
         await self._batch(lines)
         for m in sorted({m for m, _, _ in stale}):
             await self.runner(["route", "flush", "table", str(m)])
+        rc, _out, _err = await self.runner(["link", "show", "dev", PROBE_VXLAN])
+        if rc == 0:
+            await self.runner(["link", "del", "dev", PROBE_VXLAN])
+            log.info("removed the stale probe device %s", PROBE_VXLAN)
         if stale:
             log.info("removed %d stale health-check rules", len(stale))
         return len(stale)
@@ -407,6 +477,10 @@ class PolicyRoutes:
                 pass
         self._want = {}
         await self._apply({}, self._interface)
+
+
+def _path_text(vni):
+    return "on-link" if vni is None else "VXLAN %d" % vni
 
 
 # --- the monitor --------------------------------------------------------------------------------
@@ -471,7 +545,7 @@ class HealthMonitor:
         wanted = {}
         for t in targets.values():
             if t.via is not None:
-                wanted.setdefault(t.via, set()).add(t.ip)
+                wanted.setdefault(t.via, set()).add((t.ip, t.vni))
         iface = self.state.health_interface
         if wanted and iface not in self._warned_rp:
             self._warned_rp.add(iface)
@@ -508,7 +582,7 @@ class HealthMonitor:
                 if t.via is not None:
                     try:
                         async with asyncio.timeout(t.timeout):
-                            await self.routes.ready(t.via, t.ip)
+                            await self.routes.ready(t.via, t.ip, t.vni)
                     except TimeoutError:
                         err = self.routes.last_error
                         return False, "VIP-path route not installed" + (": %s" % err if err

@@ -144,6 +144,12 @@ class Mode:
         """Extra keys of this mode in `vip list` / `rule list` (JSON-able)."""
         return {}
 
+    def probe_vni(self, options):
+        """How a VIP-path probe (probe_via_vip) is carried to a backend: None, on-link to the
+        backend's MAC (dsr); or a VXLAN network identifier: in VXLAN to the backend's address,
+        routed (tunnel). lb/health.py installs the route that does it."""
+        return None
+
     def punt_handler(self, engine, ctx, mac):
         """The object that handles this mode's punted frames on one engine, or None.
         It has: reason (the defs.C index of the punt counter it takes), handle(frame, now) ->

@@ -25,7 +25,8 @@ client through its own router (`lb-lab doctor NODE --mode tunnel` checks it all)
   engine again, which encapsulates them (counted: tunnel.segmented). Uploads through a
   tunnel VIP pay Python for that; the client side of a download is ACKs, which never are.
 Maglev by default: a restarted or second LB sends a flow to the same backend. Health probes
-go to the backend's own address for now (see probe_via_vip below).
+go along the VIP path: lbd's kernel sends them in VXLAN with the VIP's VNI to the backend's
+address (lb/health.py), so a backend whose VXLAN device or VIP is gone is taken down.
 """
 import dataclasses
 import struct
@@ -75,11 +76,10 @@ class Tunnel(Mode):
     name = "tunnel"
     default_scheduler = "maglev"
     default_on_backend_down = "keep"     # as dsr: the LB cannot tell a live flow from a dead one
-    # Not yet along the VIP path: lb/health.py's VIP-path route is dsr's on-link one, which
-    # cannot reach a backend behind a router. Until health.py takes a route from the door,
-    # a tunnel VIP's checks probe the backend's own address (it proves the server, not the
-    # VIP on its lo nor its VXLAN device: `lb-lab doctor NODE --mode tunnel` does that).
-    probe_via_vip = False
+    # along the VIP path: the probe to VIP:port goes in VXLAN (this VIP's VNI) to the
+    # backend's address, as the data path's frames do, so it proves the VXLAN device, the
+    # VIP on lo and the server together (lb/health.py, probe_vni below)
+    probe_via_vip = True
     reverse_path = False
     toml_keys = ("tunnel",)
     set_args = (SetArg("tunnel_vni", "VXLAN network identifier (1..%d)" % MAX_VNI,
@@ -119,6 +119,9 @@ class Tunnel(Mode):
         return {"tunnel": {"vni": o.vni, "mtu": o.mtu, "port": VXLAN_PORT,
                            "inner_mac": INNER_MAC_TEXT},
                 "summary": "VXLAN VNI %d to UDP %d, path MTU %d" % (o.vni, VXLAN_PORT, o.mtu)}
+
+    def probe_vni(self, options):
+        return options.vni
 
     def punt_handler(self, engine, ctx, mac):
         return Segmenter(engine)

@@ -16,6 +16,8 @@
 
 With remote_backends >= 1 every backend (bN and rN) also has vxlan0 (VNI VXLAN_VNI, UDP port
 VXLAN_PORT, MAC VXLAN_INNER_MAC, no remote: it only receives), the tunnel mode's way in.
+P-lb's kernel then routes the remote net via rt on mg0 (health probes of rN, and the outer
+packets of tunnel VIP-path probes).
 
 Invariants:
 - Every address comes from 198.18.0.0/15 and exists only inside namespaces this lab created.
@@ -30,7 +32,8 @@ Invariants:
   (dsr) and direct traffic go back via rt. Every VIP is local on the backends' lo.
 - A remote backend (rN) is not on the LB's layer 2: it only gets VIP traffic in VXLAN, and
   answers everything via rt (its default route); it has no reply-via-LB rule.
-- remote_backends = 0 builds the lab exactly as it was before remote backends existed.
+- remote_backends = 0 builds the lab exactly as it was before remote backends existed (no
+  route to the remote net in P-lb either).
 - Every wait polls a condition with a deadline; there is no bare sleep.
 - Processes are killed only by the pids found in the lab's own namespaces (`ip netns pids`).
 - `down` works from the state file and from `ip netns list`, so it also cleans up a crashed
@@ -474,6 +477,10 @@ class Lab:
             steps[rt].append((["ip", "-n", rt, "-batch", "-"],
                               "addr add %s/24 dev eth2\nlink set eth2 up\n" % RT_REMOTE))
         lb_cmds = "link set lo up\naddr add %s/24 dev mg0\nlink set mg0 up\n" % LB_MGMT
+        if remotes:
+            # the kernel of P-lb reaches the remote backends through rt: health probes of
+            # their own addresses, and the outer packets of tunnel VIP-path probes
+            lb_cmds += "route add %s via %s dev mg0\n" % (REMOTE_NET, RT_SERVER)
         if self.io == "afpacket":
             # no IP and ARP off: the kernel of P-lb never answers on the data plane
             lb_cmds += "link set dp0 arp off\nlink set dp0 up\n"

@@ -6,6 +6,8 @@ the client directly; and a live switch dsr -> tunnel -> nat on backends reachabl
              +- brr: r1 r2 r3 198.19.200.11-13 (VIP on lo, vxlan0 02:74:77:76:78:6c)
                       r* -> rt -> c1 directly: the response never crosses lbd
 """
+import re
+
 import pytest
 
 from .test_nat import counters, lbctl, traffic
@@ -76,3 +78,44 @@ def test_a_live_switch_dsr_tunnel_nat_on_backends_reachable_both_ways(lab):
         key = {"dsr": "dsr_fwd", "tunnel": "tunnel_fwd", "nat": "nat_fwd"}[mode]
         seen[mode] = after.get(key, 0) - before.get(key, 0)
     assert all(v > 0 for v in seen.values()), seen
+
+
+def test_checks_go_in_vxlan_and_catch_a_backend_whose_vxlan_device_is_down(lab):
+    """A tunnel VIP is probed along its path: lb's kernel sends the probe to VIP:80 in VXLAN
+    (the VIP's VNI) to the backend's address, through rt. A backend that still answers on its
+    own address but no longer decapsulates is taken down, then back up."""
+    from .test_health import (FALL, INTERVAL, MARGIN, RISE, TIMEOUT, backends_health, wait_for,
+                              wait_state)
+    vip = VIP + ":80"
+    lbctl(lab, "vip", "health", vip, "--check", "http", "--path", "/id", "--interval",
+          str(INTERVAL), "--timeout", str(TIMEOUT), "--rise", str(RISE), "--fall", str(FALL))
+    wait_for("first probes of %s" % vip, lambda: all(
+        h["state"] == "up" and h["successes"] >= 2 for h in backends_health(lab, vip).values()),
+        10)
+    routes = lab.exec("lb", ["ip", "route", "show", "table", "all"]).stdout
+    for r in REMOTE:
+        assert re.search(r"^%s\s+encap ip id 4242 .*dst %s .*dev twprobe0 table \d+" % (
+            re.escape(VIP), re.escape(r)), routes, re.M), routes
+
+    r2 = REMOTE[1]
+    lab.exec("r2", ["ip", "link", "set", "vxlan0", "down"])
+    try:
+        # a check of the backend's own address would pass: it still answers, from lb too
+        assert lab.exec("lb", ["curl", "-sf", "--max-time", "2", "http://%s/id" % r2]
+                        ).stdout.strip() == "r2"
+        bound = INTERVAL + FALL * max(INTERVAL, TIMEOUT)
+        h = wait_state(lab, vip, r2, "down", bound + MARGIN)
+        assert h["reason"] == "connect timeout after 0.5s (2 failures)", h
+        assert all(backends_health(lab, vip)[r]["state"] == "up" for r in (REMOTE[0], REMOTE[2]))
+        t = traffic(lab, "c1", "http", "http://%s/id" % VIP, "--count", "60")
+        assert t["n_errors"] == 0 and sorted(t["backends"]) == ["r1", "r3"], t
+    finally:
+        lab.exec("r2", ["ip", "link", "set", "vxlan0", "up"])
+    h = wait_state(lab, vip, r2, "up", RISE * INTERVAL + TIMEOUT + MARGIN)
+    assert h["reason"] == "HTTP 200 (2 successes)", h
+
+    # checks off: the rules, the routes and the probe device go with them
+    lbctl(lab, "vip", "health", vip, "--check", "none")
+    wait_for("probe device removed", lambda: "twprobe0" not in lab.exec(
+        "lb", ["ip", "link", "show"]).stdout, 5)
+    assert "fwmark 0x7477" not in lab.exec("lb", ["ip", "rule", "show"]).stdout

@@ -600,6 +600,18 @@ def test_dsr_targets_go_along_the_vip_path(engine):
     assert st.handle("health.show", {})["backends"][1]["via_vip"] is True
 
 
+def test_tunnel_targets_go_along_the_vip_path_in_the_vips_vni(engine):
+    st = make_state(engine, [checked_vip(mode="tunnel", port=80, health={"check": "tcp"},
+                                         tunnel={"vni": 77})], {"interface": "mg0"})
+    t = st.health_targets()[member(B2)]
+    assert (t.ip, t.port, t.via, t.vni) == (ip(VIP), 80, ip(B2), 77)
+    assert health.describe(t, 0x74770001) == \
+        "tcp connect 198.19.100.1:80 via 198.19.0.12 in VXLAN 77 (fwmark 0x74770001)"
+    # a new VNI is a new Target: the probe task restarts on the new path
+    st.handle("vip.set", {"vip": VIP + ":80", "tunnel_vni": 78})
+    assert st.health_targets()[member(B2)].vni == 78
+
+
 STATE_ERRORS = [
     ("vip.health", {"vip": VIP + ":80", "check": "ping"}, "check", "none, tcp, http"),
     ("vip.health", {"vip": VIP + ":80", "check": "tcp", "path": "/x"}, "path", "only applies"),
@@ -658,6 +670,8 @@ class FakeIp:
         self.calls.append((tuple(args), input))
         if args[:3] == ["-j", "rule", "show"]:
             return 0, self.rules, ""
+        if args[:2] == ["link", "show"]:      # no stale probe device
+            return 1, "", "Device \"%s\" does not exist." % args[-1]
         return self.rc, "", "RTNETLINK answers: File exists" if self.rc else ""
 
     def batches(self):
@@ -680,7 +694,8 @@ def test_policy_routes_apply_differences_and_clean_up():
 
     async def main():
         r = PolicyRoutes(runner=fake)
-        r.want("mg0", {ip(B1): {ip(VIP)}, ip(B2): {ip(VIP), ip("198.19.100.2")}})
+        r.want("mg0", {ip(B1): {(ip(VIP), None)},
+                       ip(B2): {(ip(VIP), None), (ip("198.19.100.2"), None)}})
         m1, m2 = r.mark(ip(B1)), r.mark(ip(B2))
         assert (m1, m2) == (0x74770000, 0x74770001)
         await asyncio.wait_for(r.ready(ip(B2), ip("198.19.100.2")), 1)
@@ -695,7 +710,7 @@ def test_policy_routes_apply_differences_and_clean_up():
             "route replace 198.19.100.1/32 via 198.19.0.12 dev mg0 onlink table 1953955841",
             "route replace 198.19.100.2/32 via 198.19.0.12 dev mg0 onlink table 1953955841"]
         # B1 goes away, B2 loses one VIP
-        r.want("mg0", {ip(B2): {ip(VIP)}})
+        r.want("mg0", {ip(B2): {(ip(VIP), None)}})
         await settle(r)
         assert fake.batches()[-1] == [
             "route del 198.19.100.1/32 table 1953955840",
@@ -703,11 +718,11 @@ def test_policy_routes_apply_differences_and_clean_up():
             "route del 198.19.100.2/32 table 1953955841"]
         assert not r.installed(ip(B1), ip(VIP)) and r.installed(ip(B2), ip(VIP))
         # a new backend takes the free id again
-        r.want("mg0", {ip(B2): {ip(VIP)}, ip(B3): {ip(VIP)}})
+        r.want("mg0", {ip(B2): {(ip(VIP), None)}, ip(B3): {(ip(VIP), None)}})
         await settle(r)
         assert r.mark(ip(B3)) == 0x74770000
         # another interface: everything is re-made on it
-        r.want("eth9", {ip(B2): {ip(VIP)}})
+        r.want("eth9", {ip(B2): {(ip(VIP), None)}})
         assert not r.installed(ip(B2), ip(VIP))
         await settle(r)
         assert fake.batches()[-1][-2:] == [
@@ -721,12 +736,74 @@ def test_policy_routes_apply_differences_and_clean_up():
     asyncio.run(main())
 
 
+def test_policy_routes_in_vxlan_make_the_device_neighbours_and_encap_routes():
+    fake = FakeIp()
+    vip2 = ip("198.19.100.2")
+
+    async def main():
+        r = PolicyRoutes(runner=fake)
+        r.want("mg0", {ip(B1): {(ip(VIP), 4242), (vip2, None)}, ip(B2): {(ip(VIP), 4242)}})
+        await asyncio.wait_for(r.ready(ip(B2), ip(VIP), 4242), 1)
+        await settle(r)
+        assert not r.installed(ip(B2), ip(VIP), None)      # the path is part of the route
+        dev, routes = fake.batches()[-2:]
+        assert dev == ["link add twprobe0 type vxlan external dstport 4789",
+                       "link set twprobe0 up"]
+        assert routes == [
+            "rule add fwmark 0x74770000 lookup 1953955840 pref 10000",
+            "route replace 198.19.100.1/32 encap ip id 4242 dst 198.19.0.11 dev twprobe0 "
+            "table 1953955840",
+            "route replace 198.19.100.2/32 via 198.19.0.11 dev mg0 onlink table 1953955840",
+            "rule add fwmark 0x74770001 lookup 1953955841 pref 10000",
+            "route replace 198.19.100.1/32 encap ip id 4242 dst 198.19.0.12 dev twprobe0 "
+            "table 1953955841",
+            "neigh replace 198.19.100.1 lladdr 02:74:77:76:78:6c dev twprobe0 nud permanent"]
+        assert r.view()["vxlan_device"] == "twprobe0"
+        assert r.view()["rules"][0]["vxlan"] == {"198.19.100.1": 4242}
+        # the VIP's VNI changes on B2 only: its route is replaced, nothing else moves
+        r.want("mg0", {ip(B1): {(ip(VIP), 4242), (vip2, None)}, ip(B2): {(ip(VIP), 5)}})
+        await settle(r)
+        assert fake.batches()[-1] == [
+            "route replace 198.19.100.1/32 encap ip id 5 dst 198.19.0.12 dev twprobe0 "
+            "table 1953955841"]
+        # the same VIP address along two paths to one backend: the first is kept, counted
+        r.want("mg0", {ip(B1): {(ip(VIP), None), (ip(VIP), 4242)}})
+        assert r.errors == 1 and "two paths (on-link and VXLAN 4242)" in r.last_error
+        await settle(r)
+        assert r.installed(ip(B1), ip(VIP), None) and not r.installed(ip(B2), ip(VIP), 5)
+        routes, gone = fake.batches()[-2:]
+        assert "neigh del 198.19.100.1 dev twprobe0" in routes
+        assert gone == ["link del twprobe0"]        # no VXLAN path left: the device goes
+        assert r.view()["vxlan_device"] is None
+        await r.close()
+        assert r.view()["rules"] == []
+    asyncio.run(main())
+
+
+def test_a_stale_probe_device_is_removed_at_start():
+    class StaleDev(FakeIp):
+        async def __call__(self, args, input=None):
+            if args[:2] == ["link", "show"]:
+                self.calls.append((tuple(args), input))
+                return 0, "5: twprobe0: <BROADCAST,MULTICAST,UP>", ""
+            return await super().__call__(args, input)
+    fake = StaleDev()
+
+    async def main():
+        r = PolicyRoutes(runner=fake)
+        r.want("mg0", {ip(B1): {(ip(VIP), 4242)}})
+        await settle(r)
+    asyncio.run(main())
+    calls = [a for a, _ in fake.calls]
+    assert calls.index(("link", "del", "dev", "twprobe0")) < calls.index(("-force", "-batch", "-"))
+
+
 def test_policy_route_errors_are_counted_not_raised():
     fake = FakeIp(rc=2)
 
     async def main():
         r = PolicyRoutes(runner=fake)
-        r.want("mg0", {ip(B1): {ip(VIP)}})
+        r.want("mg0", {ip(B1): {(ip(VIP), None)}})
         await settle(r)
         assert r.errors == 1 and "File exists" in r.last_error
     asyncio.run(main())
