@@ -26,7 +26,8 @@ from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThr
                                PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK)
 
 from . import defs
-from .checks import check_ip, check_mac, check_port, check_real_idx, check_secret, check_specs
+from .checks import (check_ip, check_mac, check_pool, check_port, check_real_idx, check_secret,
+                     check_specs)
 
 include "_defs.pxi"
 include "_iocore.pxi"

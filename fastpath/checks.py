@@ -32,6 +32,14 @@ def check_real_idx(idx):
         raise ValueError("real index must be 0..%d, got %r" % (defs.MAX_REALS - 1, idx))
 
 
+def check_pool(pool, npools):
+    """A content-rule pool index of a service with npools pools, or -1 for its own table."""
+    if isinstance(pool, bool) or not isinstance(pool, int) or not -1 <= pool < npools:
+        raise ValueError("pool must be -1 (the service's table) or 0..%d, got %r"
+                         % (npools - 1, pool))
+    return pool
+
+
 def check_specs(specs):
     """Validate a service list before anything is swapped in (shared by both twins)."""
     specs = list(specs)

@@ -169,6 +169,14 @@ cdef class Engine:
     def set_services(self, specs):
         api_set_services(self, specs)
 
+    def pick(self, vip, vport, pool, cip, cport):
+        """The real a new TCP flow cip:cport -> vip:vport goes to, picked as the fast path
+        picks (the same tables, the same rr cursors): from the service's own table (pool -1)
+        or from its content-rule pool `pool` (an index into its L7Spec.pools). -1 when there
+        is no such service or the table is empty; ValueError for a bad argument. The splice
+        punt handler decides in Python and asks here (modes/splice/vip.py)."""
+        return api_pick(self, vip, vport, pool, cip, cport)
+
     def counters(self):
         return {name: self.ctr[i] for i, name in enumerate(defs.COUNTERS)}
 

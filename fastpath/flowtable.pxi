@@ -259,6 +259,7 @@ cdef object api_set_services(Engine self, specs):
             wts[off + j] = s.weights[j] if j < len(s.weights) else 1
         off += sv.n
         sv.l7_off, sv.l7_n, sv.l7_limit = roff, 0, 0
+        sv.pool_off, sv.pool_n = poff, 0
         sv.vni, sv.mtu = (s.tunnel.vni, s.tunnel.mtu) if s.tunnel is not None else (0, 0)
         if s.l7 is not None:
             p0 = poff
@@ -279,6 +280,7 @@ cdef object api_set_services(Engine self, specs):
                 boff += len(a)
                 roff += 1
             sv.l7_n, sv.l7_limit = len(s.l7.rules), s.l7.limit
+            sv.pool_n = len(s.l7.pools)
         key = _mix64((<uint64_t>sv.vip << 24) | (<uint64_t>sv.port << 8) | sv.proto)
         j = key & (SVC_SLOTS - 1)
         while self.svc_slot[j] >= 0:
@@ -287,6 +289,19 @@ cdef object api_set_services(Engine self, specs):
     free(self.tab); free(self.wts); free(self.l7r); free(self.pools); free(self.blob)
     self.tab, self.wts, self.nsvc = tab, wts, len(specs)
     self.l7r, self.pools, self.blob = l7r, pools, blob
+
+
+cdef object api_pick(Engine self, vip, vport, pool, cip, cport):
+    cdef uint32_t v = check_ip(vip), c = check_ip(cip)
+    cdef uint16_t vp = check_port(vport), cp = check_port(cport)
+    cdef Service *sv = service_find(self, v, vp, PROTO_TCP)
+    cdef int p
+    if sv == NULL:
+        check_pool(pool, 0x7FFFFFFF)
+        return -1
+    p = check_pool(pool, sv.pool_n)
+    return schedule(self, sv if p < 0 else &self.pools[sv.pool_off + p],
+                    _flow_hash(c, v, cp, vp, PROTO_TCP), c)
 
 
 cdef object api_flows(Engine self):

@@ -93,6 +93,8 @@ cdef struct Service:    # a VIP:port/proto, or a content rule's pool (sched, off
     uint32_t l7_off     # splice content rules: Engine.l7r[l7_off:l7_off + l7_n]
     uint32_t l7_n
     uint32_t l7_limit   # request bytes the rules may read
+    uint32_t pool_off   # splice content-rule pools: Engine.pools[pool_off:pool_off + pool_n]
+    uint32_t pool_n
     uint32_t vni        # tunnel: VXLAN network identifier
     uint32_t mtu        # tunnel: IP MTU towards the backends
 

@@ -9,7 +9,7 @@ import struct
 
 import dpkt
 
-TH_FIN, TH_SYN, TH_RST, TH_PUSH, TH_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+from fastpath.defs import TH_ACK, TH_FIN, TH_PSH as TH_PUSH, TH_RST, TH_SYN  # noqa: F401 (F.TH_* in tests)
 
 
 def ip2int(s):

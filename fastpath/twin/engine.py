@@ -12,7 +12,7 @@ import threading
 
 from .. import defs
 from ..checks import check_ip, check_mac, check_port, check_real_idx, check_secret
-from .flowtable import api_expire, api_flows, api_set_services
+from .flowtable import api_expire, api_flows, api_pick, api_set_services
 from .serve import api_process, api_serve
 from .splice import (api_splice_bind, api_splice_by_backend, api_splice_drop, api_splice_flow,
                      api_splice_syn, api_splice_waiting)
@@ -113,6 +113,14 @@ class Engine:
 
     def set_services(self, specs):
         api_set_services(self, specs)
+
+    def pick(self, vip, vport, pool, cip, cport):
+        """The real a new TCP flow cip:cport -> vip:vport goes to, picked as the fast path
+        picks (the same tables, the same rr cursors): from the service's own table (pool -1)
+        or from its content-rule pool `pool` (an index into its L7Spec.pools). -1 when there
+        is no such service or the table is empty; ValueError for a bad argument. The splice
+        punt handler decides in Python and asks here (modes/splice/vip.py)."""
+        return api_pick(self, vip, vport, pool, cip, cport)
 
     def counters(self):
         return dict(zip(defs.COUNTERS, self.ctr))

@@ -14,7 +14,7 @@ Invariants:
 - The service table is swapped whole by api_set_services; flows and reals survive a swap.
 """
 from .. import defs
-from ..checks import check_specs
+from ..checks import check_ip, check_pool, check_port, check_specs
 from ..defs import C, TH_ACK, TH_FIN, TH_RST, TH_SYN
 from .inet import flow_hash, mix64
 from .types import XMIT, Service
@@ -211,7 +211,7 @@ def api_set_services(self, specs):
         sv.vip, sv.port, sv.proto, sv.mode, sv.sched = s.vip, s.port, s.proto, s.mode, s.sched
         sv.table, sv.weights, sv.cursor = list(s.table), list(s.weights), 0
         sv.flags = s.flags
-        sv.l7_rules, sv.l7_limit = [], 0
+        sv.l7_rules, sv.l7_limit, sv.pools = [], 0, []
         sv.vni, sv.mtu = (s.tunnel.vni, s.tunnel.mtu) if s.tunnel is not None else (0, 0)
         if s.l7 is not None:
             pools = []
@@ -220,9 +220,20 @@ def api_set_services(self, specs):
                 p.sched, p.table, p.weights, p.cursor = sched, list(table), list(weights), 0
                 pools.append(p)
             sv.l7_rules = [(kind, bytes(arg), pools[pool]) for kind, arg, pool in s.l7.rules]
-            sv.l7_limit = s.l7.limit
+            sv.l7_limit, sv.pools = s.l7.limit, pools
         new[(s.vip, s.port, s.proto)] = sv
     self.services = new
+
+
+def api_pick(self, vip, vport, pool, cip, cport):
+    v, c = check_ip(vip), check_ip(cip)
+    vp, cp = check_port(vport), check_port(cport)
+    sv = service_find(self, v, vp, defs.PROTO_TCP)
+    if sv is None:
+        check_pool(pool, 0x7FFFFFFF)
+        return -1
+    p = check_pool(pool, len(sv.pools))
+    return schedule(self, sv if p < 0 else sv.pools[p], flow_hash(c, v, cp, vp, defs.PROTO_TCP), c)
 
 
 def api_flows(self):

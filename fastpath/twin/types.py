@@ -38,6 +38,7 @@ class Real:
 class Service:
     __slots__ = ("vip", "port", "proto", "mode", "sched", "table", "weights", "cursor", "flags",
                  "l7_rules", "l7_limit",      # rules: [(kind, arg, pool Service)]
+                 "pools",                     # splice content-rule pools [Service]
                  "vni", "mtu")                # tunnel
 
 

@@ -37,7 +37,8 @@ import logging
 import struct
 
 from fastpath import defs
-from fastpath.inet import checksum
+from fastpath.defs import TH_ACK, TH_FIN, TH_PSH, TH_RST
+from fastpath.twin.inet import tcp_frame as _tcp_frame
 
 from . import http, rules
 from .redirect import redirect_response
@@ -51,22 +52,12 @@ REPLAY_KEEP_MS = 5000              # keep the request to replay on a repeated SY
 
 
 # ---- frames made here (rare: a few per connection) -----------------------------------------
-def tcp_frame(dmac, smac, src, dst, sport, dport, seq, ack, flags, win=65535, opts=b"", data=b"",
-              ident=0):
-    """An Ethernet/IPv4/TCP frame with full checksums; addresses are host-order ints."""
-    opts += b"\0" * (-len(opts) % 4)
-    tcp_len = 20 + len(opts) + len(data)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + tcp_len, ident, 0x4000, 64, 6, 0,
-                     src.to_bytes(4, "big"), dst.to_bytes(4, "big"))
-    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq & M32, ack & M32, (20 + len(opts)) // 4 << 4,
-                      flags, win, 0, 0) + opts + data
-    pseudo = src.to_bytes(4, "big") + dst.to_bytes(4, "big") + struct.pack("!BBH", 0, 6, tcp_len)
-    tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
-    return dmac + smac + b"\x08\x00" + ip + tcp
-
-
-TH_FIN, TH_SYN, TH_RST, TH_PSH, TH_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+def tcp_frame(dmac, smac, src, dst, sport, dport, seq, ack, flags, win=65535, opts=b"", data=b""):
+    """An Ethernet/IPv4/TCP frame with full checksums (TTL 64, DF, IP id 0); addresses are
+    host-order ints; opts are padded with zero bytes (end of options) to a multiple of 4. It
+    is the fast path's one builder in its Python form (twin/inet.py, of inet.pxi)."""
+    return bytes(_tcp_frame(dmac, smac, src, dst, sport, dport, seq, ack, flags, win,
+                            opts + b"\0" * (-len(opts) % 4), data))
 
 
 def parse_tcp(frame):
@@ -227,8 +218,7 @@ class SpliceManager:
             return self._refuse(conn, fl, d.reason)
         conn.decided = d
         cip, cport, vip_ip, vport = conn.key
-        h = _flow_hash(cip, vip_ip, cport, vport)
-        choice = vip.choose(d.pool, h, cip, self.engine)
+        choice = vip.choose(d.pool, cip, cport, self.engine)
         if choice is None:
             self.c["no_backend"] += 1
             return self._refuse(conn, fl, "pool %s has no usable backend" % d.pool)
@@ -431,11 +421,6 @@ class SpliceManager:
             self.by_backend.pop((key[0], key[1], conn.backend[0], conn.backend[1]), None)
         if drop:
             self.engine.splice_drop(*key)
-
-
-def _flow_hash(cip, vip, cport, vport):
-    import fastpath
-    return fastpath.flow_hash(cip, vip, cport, vport, 6)
 
 
 def _ipstr(ip):

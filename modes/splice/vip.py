@@ -47,8 +47,10 @@ def check_rule_supported(rule, fld):
 
 class SpliceVip:
     """What the punt handler needs of one splice VIP: its rules, limit and timeout, and a
-    backend choice per pool (the pool's scheduler table, built like any VIP's). A request
-    that matches no rule goes to the pool named "default" when there is one."""
+    backend choice per pool. A request that matches no rule goes to the pool named "default"
+    when there is one. Every pool's scheduler table (built like any VIP's) goes down to the
+    engine in the L7Spec, and a choice made here is the engine's pick in it: one scheduler,
+    one rr cursor per pool, whether the fast path or Python decided the request."""
 
     def __init__(self, vip, members, build):
         opts = vip.options
@@ -61,44 +63,33 @@ class SpliceVip:
         self.ruleset = r.RuleSet(rules, limit=opts.limit)
         self.limit = opts.limit
         self.timeout_ms = int(opts.timeout * 1000)
+        self.ip, self.port = vip.ip, vip.port
         self.addr = {idx: (b.ip, b.port) for (idx, _, _), b in zip(members, vip.backends)}
-        self.tables = {name: build(tuple(mem)) for name, mem in pools.items()}
-        self.cursor = {name: 0 for name in pools}
-        self.l7spec = self._fast_path_rules()
+        tables = {name: build(tuple(mem)) for name, mem in pools.items()}
+        self.l7spec, self.pool_index = self._engine_rules(tables)
 
-    def _fast_path_rules(self):
-        """The rules and pools for the fast path to decide first segments itself, or None
-        when a rule is Python's alone (then every decision is made by the punt handler)."""
-        rules = self.ruleset.fast_rules()
-        if rules is None:
-            return None
+    def _engine_rules(self, tables):
+        """The L7Spec for the engine, and the index of each pool in it. Its pools: those the
+        rules name, in the order they name them (a named pool with no backend gets an empty
+        table: the fast path then punts and Python refuses), then the others by name. Its
+        rules: the VIP's, for the fast path to decide first segments itself, or none when a
+        rule is Python's alone (then the punt handler decides every request)."""
+        fast = self.ruleset.fast_rules()
         names = []
-        for _, _, pool in rules:
+        for _, _, pool in fast or ():
             if pool not in names:
                 names.append(pool)
-        empty = (defs.SCHED_SEQ, (), ())        # a pool with no backend: Python refuses
-        pools = tuple(tuple(self.tables[n]) if n in self.tables else empty for n in names)
-        return fastpath.L7Spec(self.limit, tuple((k, a, names.index(p)) for k, a, p in rules),
-                               pools)
+        names += sorted(n for n in tables if n not in names)
+        empty = (defs.SCHED_SEQ, (), ())
+        pools = tuple(tuple(tables[n]) if n in tables else empty for n in names)
+        rules = () if fast is None else tuple((k, a, names.index(p)) for k, a, p in fast)
+        return fastpath.L7Spec(self.limit, rules, pools), {n: i for i, n in enumerate(names)}
 
-    def choose(self, pool, h, cip, engine):
-        """(real idx, ip, port) of a backend of `pool` for a new flow, or None."""
-        t = self.tables.get(pool)
-        if t is None or not t[1]:
+    def choose(self, pool, cip, cport, engine):
+        """(real idx, ip, port) of the backend of `pool` for the new flow cip:cport -> this
+        VIP, as the engine picks it; None when the pool is unknown or empty."""
+        k = self.pool_index.get(pool)
+        if k is None:
             return None
-        kind, table, weights = t
-        if kind == defs.SCHED_SEQ:
-            real = table[self.cursor[pool] % len(table)]
-            self.cursor[pool] += 1
-        elif kind == defs.SCHED_HASH5:
-            real = table[h % len(table)]
-        elif kind == defs.SCHED_HASHSRC:
-            real = table[fastpath.mix64(cip) % len(table)]
-        else:
-            best = 0
-            for k in range(1, len(table)):
-                if (engine.real_conns(table[k]) * weights[best]
-                        < engine.real_conns(table[best]) * weights[k]):
-                    best = k
-            real = table[best]
-        return (real,) + self.addr[real]
+        real = engine.pick(self.ip, self.port, k, cip, cport)
+        return None if real < 0 else (real,) + self.addr[real]

@@ -129,8 +129,11 @@ specs = st.lists(st.builds(
 
 
 @SETTINGS
-@given(specs, st.lists(mutated(), min_size=1, max_size=10))
-def test_control_calls_and_errors_same_on_both_twins(service_list, frames):
+@given(specs, st.lists(mutated(), min_size=1, max_size=10),
+       st.lists(st.tuples(st.one_of(st.just(F.ip2int(VIP1)), st.integers(-1, 2**32)),
+                          st.sampled_from([80, 0, 70000]), st.integers(-3, 2),
+                          st.integers(0, 2**32 - 1), st.integers(0, 65535)), max_size=6))
+def test_control_calls_and_errors_same_on_both_twins(service_list, frames, picks):
     results = []
     for mod in (_engine, twin):
         e = make_engine(mod.Engine, ServiceSpec)
@@ -140,6 +143,7 @@ def test_control_calls_and_errors_same_on_both_twins(service_list, frames):
         b.load(frames)
         r.append(outcome(lambda: (e.process(b, 5), b.results())[1]))
         r.append((e.counters(), sorted(e.flows())))
+        r += [outcome(lambda: e.pick(*p)) for p in picks]     # the same cursors moved alike
         results.append(r)
     assert results[0] == results[1]
 

@@ -171,3 +171,40 @@ def test_bad_rule_tables_are_refused_and_change_nothing(impl, bad):
     with pytest.raises(ValueError):       # content rules on a nat service
         e.set_services([ServiceSpec(F.ip2int(VIP), 80, 6, defs.MODE_NAT, defs.SCHED_SEQ,
                                     [0], [1], 0, L7Spec(4096, (), ()))])
+
+
+# ---- the engine's pick: the one scheduler Python asks ----------------------------------
+RR2 = (defs.SCHED_SEQ, (0, 1), (1, 1))
+
+
+def test_pick_shares_the_pools_rr_cursor_with_the_fast_paths_decisions(impl):
+    e = engine(impl, rules=((defs.L7_DEFAULT, b"", 0),), pools=(RR2,))
+    vip, c = F.ip2int(VIP), F.ip2int(CLIENT)
+    assert e.pick(vip, 80, 0, c, 50000) == 0
+    # the fast path decides the next request in the same pool: its rr takes the next real
+    request(e, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", sport=40001)
+    fl = e.splice_flow(c, 40001, vip, 80)
+    assert fl["real"] == 1
+    assert [e.pick(vip, 80, 0, c, 50001 + k) for k in range(3)] == [0, 1, 0]
+    assert e.pick(vip, 80, -1, c, 50000) == 0            # the service's own table
+
+
+def test_pick_hash_pools_follow_the_flow_and_empty_or_unknown_give_minus_one(impl):
+    h5 = (defs.SCHED_HASH5, (0, 1, 0, 1, 1, 0, 1, 0), (1,) * 8)
+    e = engine(impl, rules=((defs.L7_DEFAULT, b"", 0),), pools=(h5, (defs.SCHED_SEQ, (), ())))
+    vip, c = F.ip2int(VIP), F.ip2int(CLIENT)
+    got = [e.pick(vip, 80, 0, c, 40000 + k) for k in range(16)]
+    assert got == [e.pick(vip, 80, 0, c, 40000 + k) for k in range(16)]  # no cursor: the hash
+    assert got == [h5[1][impl.flow_hash(c, vip, 40000 + k, 80, 6) % 8] for k in range(16)]
+    assert e.pick(vip, 80, 1, c, 40000) == -1                          # an empty pool
+    assert e.pick(F.ip2int("198.19.100.99"), 80, 0, c, 40000) == -1    # no such service
+
+
+@pytest.mark.parametrize("args", [
+    (0, 80, 2, 0, 1), (0, 80, -2, 0, 1), (0, 80, True, 0, 1), (0, 80, "0", 0, 1),
+    (-1, 80, 0, 0, 1), (0, 70000, 0, 0, 1), (0, 80, 0, 1 << 32, 1), (0, 80, 0, 0, -1)])
+def test_pick_refuses_bad_arguments(impl, args):
+    e = engine(impl)
+    vip = F.ip2int(VIP) if args[0] == 0 else args[0]
+    with pytest.raises(ValueError):
+        e.pick(vip, *args[1:])

@@ -36,10 +36,10 @@ def test_rules_and_pools_decide_and_choose(st):
     d = sv.ruleset.decide(b"GET /blob HTTP/1.1\r\nHost: x\r\n\r\n")
     assert d.pool == "big"
     assert sv.ruleset.decide(b"GET /id HTTP/1.1\r\nHost: x\r\n\r\n").pool == "default"
-    picks = {sv.choose("big", 0, 0, st.engine)[1] for _ in range(4)}
+    picks = {sv.choose("big", ip("198.18.0.10"), 40000, st.engine)[1] for _ in range(4)}
     assert picks == {ip(B2), ip(B3)}                       # rr over the pool
-    assert sv.choose("default", 0, 0, st.engine)[1:] == (ip(B1), 80)
-    assert sv.choose("nope", 0, 0, st.engine) is None
+    assert sv.choose("default", ip("198.18.0.10"), 40000, st.engine)[1:] == (ip(B1), 80)
+    assert sv.choose("nope", ip("198.18.0.10"), 40000, st.engine) is None
 
 
 def test_without_a_default_pool_unmatched_requests_are_refused(st):
@@ -96,4 +96,8 @@ def test_plain_rules_go_down_to_the_fast_path_and_sni_keeps_them_up(st):
     assert list(t1) == [st._slots[(ip(B1), 80)]]
     st.handle("rule.add", {"vip": SV, "kind": "sni", "value": "a.example", "pool": "big",
                            "index": 0})
-    assert st.mode_vip("splice", ip("198.19.100.3"), 80).l7spec is None
+    # a rule only Python can read (SNI): no rule goes down, the pools still do (the engine
+    # picks the backend of every Python decision: one scheduler, one rr cursor)
+    sp = st.mode_vip("splice", ip("198.19.100.3"), 80).l7spec
+    assert sp.rules == () and [sorted(t) for _, t, _ in sp.pools] == [
+        sorted(st._slots[(ip(b), 80)] for b in (B2, B3)), [st._slots[(ip(B1), 80)]]]
