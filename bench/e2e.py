@@ -10,7 +10,10 @@
                                   +-- nat:     198.19.100.1 \
                                   +-- dsr:     198.19.100.2  } lbd, VIPs added with lbctl
                                   +-- splice:  198.19.100.3 /  (splice only if lbctl takes it)
-                                       every balanced path spreads over b1, b2, b3
+                                  |    every balanced path above spreads over b1, b2, b3
+                                  +-- remote:  r1's real address 198.19.200.11, routed by rt
+                                  +-- tunnel:  198.19.100.7, lbd -> VXLAN -> r1, r2, r3 (behind
+                                       rt, not on the LB's segment; they answer directly)
 ```
 
 Workloads (durations fixed; --quick shortens them and makes one run):
@@ -44,12 +47,20 @@ from collections import namedtuple
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 BACKENDS = ["198.19.0.11", "198.19.0.12", "198.19.0.13"]
-PATHS = ("direct", "kernel", "haproxy", "nat", "dsr", "splice")
-THREEWAY = ("nat", "dsr", "splice")
-ANCHORS = ("direct", "kernel", "haproxy")
-VIPS = {"nat": "198.19.100.1", "dsr": "198.19.100.2", "splice": "198.19.100.3"}
+REMOTE = ["198.19.200.11", "198.19.200.12", "198.19.200.13"]    # lab remote_backends=3
+PATHS = ("direct", "kernel", "haproxy", "nat", "dsr", "splice", "remote", "tunnel")
+THREEWAY = ("nat", "dsr", "splice", "tunnel")
+ANCHORS = ("direct", "kernel", "haproxy", "remote")
+VIPS = {"nat": "198.19.100.1", "dsr": "198.19.100.2", "splice": "198.19.100.3",
+        "tunnel": "198.19.100.7"}
+BACKENDS_OF = {"tunnel": REMOTE}     # the others balance over BACKENDS
 # scheduler for :80 and for iperf3's :5201 (control and data connection must meet one server)
-SCHEDULERS = {"nat": ("rr", "sh"), "dsr": ("maglev", "sh"), "splice": ("rr", "sh")}
+SCHEDULERS = {"nat": ("rr", "sh"), "dsr": ("maglev", "sh"), "splice": ("rr", "sh"),
+              "tunnel": ("maglev", "sh")}
+# The ratio table: the modes on the LB's segment against the anchors there; tunnel, whose
+# backends are elsewhere, against the direct path to one of them and beside dsr.
+RATIOS = tuple("%s/%s" % (m, a) for a in ("haproxy", "kernel", "direct")
+               for m in ("nat", "dsr", "splice")) + ("tunnel/remote", "tunnel/dsr")
 # One client namespace (and address) per path. With one client for all, wrk-close collapsed
 # to a few hundred requests/s with 1 s SYN retransmissions on every path but haproxy: a
 # backend keeps TIME_WAIT for client:port -> real:80 of one path (direct, say), the client
@@ -318,8 +329,7 @@ def render_markdown(rows, meta):
         L.append("")
         L.append("## threeway relative to the anchors (ratio of medians, > 1 = threeway faster)")
         L.append("")
-        cols = ["%s/%s" % (m, a) for a in ("haproxy", "kernel", "direct") if a in paths
-                for m in tw]
+        cols = [c for c in RATIOS if all(p in paths for p in c.split("/"))]
 
         def by_median(w, col):
             rm, ra = (g.get((w.name, p)) for p in col.split("/"))
@@ -343,7 +353,7 @@ def render_markdown(rows, meta):
     L.append("## CPU (median), percent of one CPU over the measurement")
     L.append("")
     L.append("Each cell: whole machine busy / the balancer's own process (lbd for nat, dsr, "
-             "splice; haproxy for haproxy; the kernel's NAT work shows only in the machine "
+             "splice, tunnel; haproxy for haproxy; the kernel's NAT work shows only in the machine "
              "figure). The machine figure counts everything running in this VM: client, "
              "servers, softirqs, and any other work; not the host's steal (next table).")
     L.append("")
@@ -516,8 +526,8 @@ class Bench:
 
     def host(self, path):
         from tools.anchors import HAPROXY_ADDR, KERNEL_VIP
-        return {"direct": BACKENDS[0], "kernel": KERNEL_VIP, "haproxy": HAPROXY_ADDR}.get(
-            path) or VIPS[path]
+        return {"direct": BACKENDS[0], "kernel": KERNEL_VIP, "haproxy": HAPROXY_ADDR,
+                "remote": REMOTE[0]}.get(path) or VIPS[path]
 
     # threeway control
     def lbctl(self, *args):
@@ -546,7 +556,7 @@ class Bench:
         vip = VIPS[mode]
         for port, sched in zip((HTTP_PORT, IPERF_PORT), SCHEDULERS[mode]):
             self.lbctl("vip", "add", "%s:%d" % (vip, port), "--mode", mode, "--scheduler", sched)
-            for b in BACKENDS:
+            for b in BACKENDS_OF.get(mode, BACKENDS):
                 self.lbctl("backend", "add", "%s:%d" % (vip, port), b)
 
     # checks before measuring
@@ -731,7 +741,7 @@ def plot(rows, out_dir, meta):
     g = _grid(rows)
     paths = [p for p in PATHS if any(r["path"] == p for r in rows)]
     colors = dict(zip(PATHS, ("#7f7f7f", "#2ca02c", "#1f77b4", "#d62728", "#ff7f0e",
-                              "#9467bd")))
+                              "#9467bd", "#bcbd22", "#17becf")))
     sub = "%s, io %s, %s CPUs, median of %d run(s), bars: min-max" % (
         meta.get("date", ""), meta.get("io", ""), meta.get("ncpu", ""), meta.get("runs", 0))
     written = []
@@ -830,10 +840,14 @@ def path_notes(io, http_object):
         "namespace's kernel side, reached from the client through rt), `balance roundrobin` "
         "for :80 and `balance source` for :5201; it connects to the backends from 198.19.0.3."
         % _haproxy_version(),
-        "nat / dsr / splice: lbd (io %s; with a TAP, vnet headers and TSO/checksum offload "
-        "unless --no-offload) with VIPs 198.19.100.1 / .2 / .3 added by lbctl; "
-        "schedulers :80 nat rr, dsr maglev, splice rr; :5201 sh everywhere (iperf3's two "
-        "connections must meet one server)." % io,
+        "nat / dsr / splice / tunnel: lbd (io %s; with a TAP, vnet headers and TSO/checksum "
+        "offload unless --no-offload) with VIPs 198.19.100.1 / .2 / .3 / .7 added by lbctl; "
+        "schedulers :80 nat rr, dsr maglev, splice rr, tunnel maglev; :5201 sh everywhere "
+        "(iperf3's two connections must meet one server)." % io,
+        "remote / tunnel: r1..r3 (198.19.200.11-13) sit behind rt's third interface, not on "
+        "the LB's segment; remote GETs r1's real address (one backend); tunnel carries the "
+        "client's frames in VXLAN (VNI 4242, path MTU 1500) from lbd through rt to r1..r3, "
+        "which answer the client directly through rt.",
         "clients: each path has its own client namespace and address (%s), so that no "
         "backend TIME_WAIT left by one path meets another path's SYN on the same 4-tuple "
         "(with one shared client, wrk-close collapsed on every NAT path: PAWS on the "
@@ -936,7 +950,8 @@ def main(argv=None):
           "(plus ~%d s of lab and checks)" % (len(paths), len(wls), runs,
                                               len(paths) * len(wls) * runs, est / 60 + 0.5,
                                               10 + 4 * len(paths)), flush=True)
-    lab = Lab(a.name, backends=3, clients=len(PATHS), io=a.io, offload=offload)
+    lab = Lab(a.name, backends=3, clients=len(PATHS), io=a.io, offload=offload,
+              remote_backends=len(REMOTE))
     lab.down()            # one left by a crashed run of the same name
     rows = []
     try:

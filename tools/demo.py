@@ -3,7 +3,8 @@ take the lab down. `tools/run.sh demo [--io tap|afpacket] [--no-offload] [--name
 and builds first); `python3 -m tools.demo` when already built. The TAP runs with vnet headers
 (GSO superframes through lbd) unless --no-offload.
 
-Per mode, one VIP (198.19.100.<n>) with the three backends on ports 80, 9000 and 5201:
+Per mode, one VIP (198.19.100.<n>) with three backends on ports 80, 9000 and 5201 (b1..b3 on
+the LB's segment; for tunnel r1..r3, behind the router, reached in VXLAN):
   http      300 GETs of /id, one connection each    -> which backends answered
   keepalive 300 GETs of /id on one connection
   blob      GET /blob (64 MiB) with curl            -> sha256 against the backends' file
@@ -20,15 +21,17 @@ import modes
 from tools.lab import Lab, LabError
 
 BACKENDS = ["198.19.0.11", "198.19.0.12", "198.19.0.13"]
-# mode -> (VIP, scheduler for the TCP services, scheduler for iperf3). iperf3's control and
-# data connections must reach the same server, hence source hashing there.
-PLAN = {"nat": ("198.19.100.1", "rr", "sh"),
-        "dsr": ("198.19.100.2", "maglev", "sh"),
-        "splice": ("198.19.100.3", "rr", "sh")}
+REMOTE = ["198.19.200.11", "198.19.200.12", "198.19.200.13"]    # lab remote_backends=3
+# mode -> (VIP, scheduler for the TCP services, scheduler for iperf3, backends). iperf3's
+# control and data connections must reach the same server, hence source hashing there.
+PLAN = {"nat": ("198.19.100.1", "rr", "sh", BACKENDS),
+        "dsr": ("198.19.100.2", "maglev", "sh", BACKENDS),
+        "splice": ("198.19.100.3", "rr", "sh", BACKENDS),
+        "tunnel": ("198.19.100.7", "maglev", "sh", REMOTE)}
 # Each mode gets its own client: a client that reaches one backend through two VIPs on the
 # same source port meets the backend's TIME_WAIT with timestamps of another VIP (its TS
 # offsets are per destination), and the backend's PAWS check refuses the SYN.
-CLIENT = {"nat": "c1", "dsr": "c2", "splice": "c3"}
+CLIENT = {"nat": "c1", "dsr": "c2", "splice": "c3", "tunnel": "c4"}
 
 
 def lbctl(lab, *args):
@@ -45,10 +48,10 @@ def traffic(lab, node, *args, timeout=120):
     return json.loads(lines[-1]) if lines else {"error": r.stderr.strip()[-300:]}
 
 
-def configure(lab, mode, vip, sched, iperf_sched):
+def configure(lab, mode, vip, sched, iperf_sched, backends):
     for port, s in ((80, sched), (9000, sched), (5201, iperf_sched)):
         lbctl(lab, "vip", "add", "%s:%d" % (vip, port), "--mode", mode, "--scheduler", s)
-        for b in BACKENDS:
+        for b in backends:
             lbctl(lab, "backend", "add", "%s:%d" % (vip, port), b)
 
 
@@ -108,21 +111,22 @@ def main(argv=None):
     p.add_argument("--name", default="twdemo")
     a = p.parse_args(argv)
     offload = a.io == "tap" and not a.no_offload
-    lab = Lab(a.name, backends=3, clients=len(CLIENT), io=a.io, offload=offload)
+    lab = Lab(a.name, backends=3, clients=len(CLIENT), io=a.io, offload=offload,
+              remote_backends=len(REMOTE))
     print("== lab up (%s, io=%s%s)" % (a.name, a.io, ", vnet offload" if offload else ""),
           flush=True)
     lab.down()    # a lab of that name left by a crashed run
     failed = False
     try:
         topo = lab.up()
-        print("   lb %s %s on %s (in %s), backends %s" % (
+        print("   lb %s %s on %s (in %s), backends %s; remote backends %s" % (
             topo["lb"]["address"], topo["lb"]["mac"], topo["lb"]["interface"],
-            topo["lb"]["interface_ns"], ", ".join(BACKENDS)), flush=True)
+            topo["lb"]["interface_ns"], ", ".join(BACKENDS), ", ".join(REMOTE)), flush=True)
         rows = []
         for mode in [m for m in PLAN if m in modes.REGISTRY]:
-            vip, sched, iperf_sched = PLAN[mode]
+            vip, sched, iperf_sched, backends = PLAN[mode]
             print("== %s: VIP %s (%s)" % (mode, vip, sched), flush=True)
-            configure(lab, mode, vip, sched, iperf_sched)
+            configure(lab, mode, vip, sched, iperf_sched, backends)
             rows += run_mode(lab, mode, vip)
         print()
         table(rows, ("mode", "test", "result", "moved", "backends that answered", "rate"))

@@ -6,6 +6,7 @@ the client directly; and a live switch dsr -> tunnel -> nat on backends reachabl
              +- brr: r1 r2 r3 198.19.200.11-13 (VIP on lo, vxlan0 02:74:77:76:78:6c)
                       r* -> rt -> c1 directly: the response never crosses lbd
 """
+import json
 import re
 
 import pytest
@@ -60,6 +61,21 @@ def test_echo_32MiB_identical_through_the_tunnel(lab):
     r = traffic(lab, "c1", "echo", VIP, "9000", "--bytes", str(32 << 20), "--seed", "5")
     assert r["identical"], r
     assert counters(lab)["tunnel_frag_needed"] >= 1
+
+
+def test_iperf3_both_ways_through_the_tunnel(lab):
+    """iperf3's control and data connections meet one server (source hashing), upload and
+    download (-R: the backend sends, directly to the client)."""
+    ep = "%s:5201" % VIP
+    lbctl(lab, "vip", "add", ep, "--mode", "tunnel", "--scheduler", "sh")
+    for r in REMOTE:
+        lbctl(lab, "backend", "add", ep, r)
+    for extra in ([], ["-R"]):
+        r = lab.exec("c1", ["iperf3", "-c", VIP, "-t", "2", "-J", *extra], timeout=30,
+                     check=False)
+        d = json.loads(r.stdout)
+        assert "error" not in d, (extra, d.get("error"))
+        assert d["end"]["sum_received"]["bytes"] > 0, extra
 
 
 def test_a_live_switch_dsr_tunnel_nat_on_backends_reachable_both_ways(lab):
