@@ -117,6 +117,7 @@ HTTP_MAX_HOST = 255
 
 # virtio_net_hdr.flags (linux/virtio_net.h), byte 0 of a frame's vnet header: the L4 checksum
 # is partial (only the pseudo-header sum; the kernel completes it on the way out)
+VNET_HDR_LEN = 10                   # struct virtio_net_hdr (no mergeable buffers)
 VNET_F_NEEDS_CSUM = 1
 
 # ServiceSpec.flags

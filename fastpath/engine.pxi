@@ -213,6 +213,16 @@ cdef class Engine:
         is not IPv4/TCP to a tunnel VIP."""
         return api_tunnel_mss(self, frame)
 
+    def tunnel_segment(self, frame, batch, int first=0):
+        """Cut a TCP superframe to a tunnel VIP (as punted: Ethernet onward) into segments of
+        tunnel_mss(frame) payload bytes each, the kernel's GSO way (IP id counted up, FIN/PSH
+        on the last, CWR on the first only, full checksums), into the rows of batch (behind a
+        zeroed vnet header when batch.hdr) from segment `first` on; batch.n is set to the
+        segments written. Returns (written,
+        total segments), or (0, 0) when the frame is not one it can cut. Process the batch
+        next: its frames are then encapsulated."""
+        return api_tunnel_segment(self, frame, batch, first)
+
     # ---- splice (splice.pxi; modes/splice/ is the Python side) --------------------------
     def splice_flow(self, cip, cport, vip, vport):
         """The splice state Python needs to talk to the backend as the client, or None."""

@@ -13,7 +13,10 @@
 #   bytes put in front of it, and the vnet header is kept (keep_vnet), so the kernel completes
 #   it on the way out; everything the LB writes (outer IP) carries a full checksum; the outer
 #   UDP checksum is 0 (RFC 7348, IPv4).
-# - A GSO superframe is punted (punt_tunnel_gso): it cannot leave as one frame here.
+# - A GSO superframe is punted (punt_tunnel_gso): it cannot leave as one frame here. Its
+#   handler (modes/tunnel.py) has tunnel_segment cut it here, in C, into rows of a batch
+#   that fit the MTU once encapsulated (as the kernel's GSO would: IP id counted up, seq
+#   moved, FIN/PSH on the last, CWR on the first only, full checksums), then processes them.
 # - Too big for sv.mtu once encapsulated: DF -> ICMP fragmentation needed to the client
 #   (tunnel_frag_needed, made in place, to the gateway), no DF -> drop_tunnel_too_big.
 # - No reverse path: a tunnel flow is never in the reverse index.
@@ -127,6 +130,69 @@ cdef object api_tunnel_mss(Engine self, frame):
     if sv == NULL or sv.mode != MODE_TUNNEL or sv.mtu < VXLAN_OVERHEAD + ihl + doff + 1:
         return 0
     return sv.mtu - VXLAN_OVERHEAD - ihl - doff
+
+
+cdef object api_tunnel_segment(Engine self, frame, batch, int first):
+    cdef const uint8_t[::1] b = frame
+    cdef uint8_t[:, ::1] buf = batch.buf
+    cdef uint32_t[::1] lens = batch.lens
+    cdef uint32_t mss = api_tunnel_mss(self, frame)
+    cdef uint32_t L = b.shape[0], tot, doff, end, plen, total, hl, k, j, c, ident, seq, s, i
+    cdef uint32_t stride = buf.shape[1]
+    cdef uint32_t hdr = batch.hdr
+    cdef uint8_t flags
+    cdef uint8_t *r
+    if first < 0:
+        raise ValueError("first must be >= 0, got %d" % first)
+    if mss == 0 or (b[14] & 15) != 5:
+        return (0, 0)
+    tot = rd16(&b[16])
+    doff = (b[46] >> 4) * 4
+    # a superframe's IP total length may be 0 or wrong (the kernel does not keep it): the
+    # frame's own length is what counts
+    end = L
+    if tot and 14 + tot <= L and 14 + tot >= 34 + doff:
+        end = 14 + tot
+    if doff < 20 or 34 + doff > end:
+        return (0, 0)
+    hl = 34 + doff
+    plen = end - hl
+    total = (plen + mss - 1) // mss if plen else 1
+    if stride < hdr + hl + (mss if plen > mss else plen) + VXLAN_OVERHEAD:
+        raise ValueError("batch snap %d is too small for segments of %d bytes"
+                         % (stride, hl + mss + VXLAN_OVERHEAD))
+    ident = rd16(&b[18])
+    seq = rd32(&b[38])
+    flags = b[47]
+    j = 0
+    with nogil:
+        k = first
+        while k < total and j < <uint32_t>buf.shape[0]:
+            c = plen - k * mss if plen - k * mss < mss else mss
+            r = &buf[j, 0]
+            memset(r, 0, hdr)                     # a zero vnet header: no GSO, checksums full
+            r += hdr
+            memcpy(r, &b[0], hl)
+            memcpy(r + hl, &b[hl + k * mss], c)
+            wr16(r + 16, 20 + doff + c)
+            wr16(r + 18, (ident + k) & 0xFFFF)
+            wr16(r + 24, 0)
+            s = 0
+            for i in range(14, 34, 2):
+                s += rd16(r + i)
+            wr16(r + 24, ~fold(s) & 0xFFFF)
+            wr32(r + 38, seq + k * mss)
+            r[47] = flags
+            if k != total - 1:
+                r[47] &= ~(TH_FIN | TH_PSH)       # FIN and PSH only on the last segment
+            if k:
+                r[47] &= ~0x80                    # CWR only on the first
+            wr16(r + 50, tcp_checksum(r, 34, doff + c))
+            lens[j] = hdr + hl + c
+            j += 1
+            k += 1
+    batch.n = j
+    return (j, total)
 
 
 # ---- the mode's row of XMIT (types.pxi) ---------------------------------------------------

@@ -49,7 +49,7 @@ SO_RCVBUFFORCE = 33
 SOCKET_BUF = 8 << 20
 
 
-VNET_HDR_LEN = 10         # struct virtio_net_hdr (no mergeable buffers)
+VNET_HDR_LEN = defs.VNET_HDR_LEN     # struct virtio_net_hdr (no mergeable buffers)
 SNAP = 2048               # a batch row: one <= 1514-byte frame ...
 SNAP_OFFLOAD = 65536 + 64  # ... or, with vnet headers, a 64 KiB superframe and its header
 
@@ -65,6 +65,10 @@ def _send_frames(fd, frames, counters, hdr=0):
         except OSError as exc:
             counters["send_errors"] += 1
             log.debug("send failed: %s", exc)
+
+
+def _tx_rows(batch):
+    return [batch.frame(i) for i in np.flatnonzero(batch.verdict[:batch.n] == defs.V_TX)]
 
 
 def _new_counters():
@@ -115,6 +119,13 @@ class _LiveIO:
         self._c["tx_errors"] += errors
 
     def send(self, frames):
+        """Frames made in Python: a list of frames, or a Batch whose V_TX rows go out (in one
+        tx_burst when its header length is this device's)."""
+        if isinstance(frames, fastpath.Batch):
+            if frames.hdr == self.hdr:
+                self.tx(frames)
+                return
+            frames = _tx_rows(frames)
         _send_frames(self.fd, frames, self._c, self.hdr)
 
     def info(self):
@@ -421,6 +432,8 @@ class PcapIO:
         return sent, 0
 
     def send(self, frames):
+        if isinstance(frames, fastpath.Batch):
+            frames = _tx_rows(frames)
         for f in frames:
             self._writer.writepkt(bytes(f), ts=self._ts)
             self._c["send_frames"] += 1

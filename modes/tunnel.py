@@ -21,18 +21,18 @@ client through its own router (`lb-lab doctor NODE --mode tunnel` checks it all)
   segments; DF clear -> dropped and counted (fragments: a later issue);
 - a GSO superframe (a TAP with vnet offload hands the LB up to 64 KiB) cannot be encapsulated
   whole: the kernel's TAP offers no UDP-tunnel segmentation here, so the fast path punts it
-  and this module's handler cuts it into segments that fit and sends each through the
-  engine again, which encapsulates them (counted: tunnel.segmented). Uploads through a
-  tunnel VIP pay Python for that; the client side of a download is ACKs, which never are.
+  and this module's handler has the engine cut it (in C) into segments that fit, then
+  processes them, which encapsulates them (counted: tunnel.superframes, tunnel.segmented).
+  Python's cost is per superframe; the client side of a download is ACKs, never cut.
 Maglev by default: a restarted or second LB sends a flow to the same backend. Health probes
 go along the VIP path: lbd's kernel sends them in VXLAN with the VIP's VNI to the backend's
 address (lb/health.py), so a backend whose VXLAN device or VIP is gone is taken down.
 """
 import dataclasses
-import struct
+
+import numpy as np
 
 from fastpath import Batch, defs
-from fastpath.inet import checksum
 
 from .base import LBError, Mode, SetArg, SpecPart, check_same_port
 
@@ -131,14 +131,19 @@ MODE = Tunnel()
 
 
 class Segmenter:
-    """The tunnel's punt handler: a TCP superframe (GSO) for a tunnel VIP, cut into segments
-    that fit the path MTU after encapsulation, each with full checksums, and sent through the
-    engine again, which encapsulates them. Anything that is not a TCP superframe it can cut
-    is dropped and counted (bad_frame)."""
+    """The tunnel's punt handler: a TCP superframe (GSO) for a tunnel VIP, cut by the engine
+    (Engine.tunnel_segment, in C) into segments that fit the path MTU after encapsulation,
+    each with full checksums, into a batch that the engine then processes, which
+    encapsulates them. What it returns is that batch (its V_TX rows are sent in one
+    tx_burst; it is valid until the next handle()), so Python's part is per superframe, not
+    per segment. Anything that is not a TCP superframe the engine can cut is dropped and
+    counted (bad_frame)."""
     reason = defs.C["punt_tunnel_gso"]
+    ROWS = 160                  # 64 KiB at the smallest MSS (MTU 576): one batch
 
     def __init__(self, engine):
         self.engine = engine
+        self.batches = {}       # snap -> Batch, made once
         self.c = {"superframes": 0, "segmented": 0, "bad_frame": 0, "not_sent": 0}
 
     def counters(self):
@@ -147,71 +152,36 @@ class Segmenter:
     def tick(self, now):
         return []
 
+    def _batch(self, mss):
+        # superframes come only with vnet headers: the batch has the device's, zeroed
+        hdr = defs.VNET_HDR_LEN
+        snap = -(-(hdr + 14 + 20 + 60 + mss + defs.VXLAN_OVERHEAD) // 2048) * 2048
+        b = self.batches.get(snap)
+        if b is None:
+            b = self.batches[snap] = Batch(self.ROWS, snap=snap, hdr=hdr)
+        return b
+
+    def _run(self, b, n, now):
+        self.engine.process(b, now)
+        sent = int(np.count_nonzero(b.verdict[:n] == defs.V_TX))
+        self.c["segmented"] += sent
+        self.c["not_sent"] += n - sent
+
     def handle(self, frame, now):
-        segs = segment_tcp(frame, self.engine.tunnel_mss(frame))
-        if segs is None:
+        mss = self.engine.tunnel_mss(frame)
+        b = self._batch(mss) if mss else None
+        n, total = self.engine.tunnel_segment(frame, b, 0) if b is not None else (0, 0)
+        if total == 0:
             self.c["bad_frame"] += 1
             return []
         self.c["superframes"] += 1
-        out = []
-        for i in range(0, len(segs), 256):
-            part = segs[i:i + 256]
-            b = Batch(len(part), snap=max(len(s) for s in part) + 128)
-            b.load(part)
-            self.engine.process(b, now)
-            for v, _reason, f in b.results():
-                if v == defs.V_TX:
-                    out.append(f)
-                else:
-                    self.c["not_sent"] += 1
-        self.c["segmented"] += len(out)
+        self._run(b, n, now)
+        if n == total:
+            return b
+        out = [b.frame(i) for i in range(n) if b.verdict[i] == defs.V_TX]
+        while n < total:                 # more segments than rows (a bigger frame than GSO's)
+            k, _ = self.engine.tunnel_segment(frame, b, n)
+            self._run(b, k, now)
+            out += [b.frame(i) for i in range(k) if b.verdict[i] == defs.V_TX]
+            n += k
         return out
-
-
-def segment_tcp(frame, mss):
-    """An Ethernet/IPv4/TCP frame -> [frames] of at most `mss` payload bytes each, with the
-    IP id counted up, FIN/PSH on the last, CWR on the first only, and full IP and TCP
-    checksums (RFC 1122 segmentation as the kernel's GSO does it). None if it is not one."""
-    if len(frame) < 54 or frame[12:14] != b"\x08\x00" or frame[23] != 6 or mss < 1:
-        return None
-    ihl = (frame[14] & 15) * 4
-    tot = struct.unpack("!H", frame[16:18])[0]
-    t = 14 + ihl
-    if ihl < 20 or t + 20 > len(frame):
-        return None
-    doff = (frame[t + 12] >> 4) * 4
-    # a superframe's IP total length may be 0 or wrong (the kernel does not keep it): the
-    # frame's own length is what counts
-    end = len(frame)
-    if tot and 14 + tot <= end and 14 + tot >= t + doff:
-        end = 14 + tot
-    if doff < 20 or t + doff > end:
-        return None
-    head_ip = bytearray(frame[14:t])
-    head_tcp = bytearray(frame[t:t + doff])
-    payload = frame[t + doff:end]
-    ident = struct.unpack("!H", frame[18:20])[0]
-    seq = struct.unpack("!I", frame[t + 4:t + 8])[0]
-    flags = frame[t + 13]
-    src, dst = frame[26:30], frame[30:34]
-    out = []
-    n = max(1, -(-len(payload) // mss))
-    for k in range(n):
-        chunk = payload[k * mss:(k + 1) * mss]
-        ip = bytearray(head_ip)
-        struct.pack_into("!HH", ip, 2, ihl + doff + len(chunk), (ident + k) & 0xFFFF)
-        ip[10:12] = b"\0\0"
-        struct.pack_into("!H", ip, 10, checksum(ip))
-        tcp = bytearray(head_tcp)
-        struct.pack_into("!I", tcp, 4, (seq + k * mss) & 0xFFFFFFFF)
-        f = flags
-        if k != n - 1:
-            f &= ~0x09                  # FIN and PSH only on the last segment
-        if k:
-            f &= ~0x80                  # CWR only on the first
-        tcp[13] = f
-        tcp[16:18] = b"\0\0"
-        pseudo = src + dst + struct.pack("!BBH", 0, 6, doff + len(chunk))
-        struct.pack_into("!H", tcp, 16, checksum(pseudo + bytes(tcp) + chunk))
-        out.append(frame[:14] + bytes(ip) + bytes(tcp) + chunk)
-    return out

@@ -17,7 +17,7 @@ from .serve import api_process, api_serve
 from .splice import (api_splice_bind, api_splice_by_backend, api_splice_drop, api_splice_flow,
                      api_splice_syn, api_splice_waiting)
 from .types import Flow, Real
-from .xmit_tunnel import api_tunnel_mss
+from .xmit_tunnel import api_tunnel_mss, api_tunnel_segment
 
 
 class Engine:
@@ -157,6 +157,16 @@ class Engine:
         VIP's MTU once encapsulated (modes/tunnel.py cuts superframes to it); 0 if the frame
         is not IPv4/TCP to a tunnel VIP."""
         return api_tunnel_mss(self, frame)
+
+    def tunnel_segment(self, frame, batch, first=0):
+        """Cut a TCP superframe to a tunnel VIP (as punted: Ethernet onward) into segments of
+        tunnel_mss(frame) payload bytes each, the kernel's GSO way (IP id counted up, FIN/PSH
+        on the last, CWR on the first only, full checksums), into the rows of batch (behind a
+        zeroed vnet header when batch.hdr) from segment `first` on; batch.n is set to the
+        segments written. Returns (written,
+        total segments), or (0, 0) when the frame is not one it can cut. Process the batch
+        next: its frames are then encapsulated."""
+        return api_tunnel_segment(self, frame, batch, first)
 
     # ---- splice (splice.py; modes/splice/ is the Python side) -----------------------------
     def splice_flow(self, cip, cport, vip, vport):

@@ -9,10 +9,12 @@ f is the frame as a bytearray the routine may grow (the engine's rowcap bounds i
 batch row bounds the compiled one); the vnet header is the engine's vnet (a bytearray copy of
 the row's header, or None), written back by the burst when keep_vnet is set.
 """
+import numpy as np
+
 from .. import defs
 from ..defs import C, XMIT_CONT
 from .flowtable import new_flow_default, service_find
-from .inet import fold, rd16, rd32, wr16, wr32
+from .inet import fold, rd16, rd32, tcp_checksum, wr16, wr32
 from .serve import xmit_out
 from .types import XMIT, Xmit
 
@@ -107,6 +109,56 @@ def api_tunnel_mss(self, frame):
     if sv is None or sv.mode != defs.MODE_TUNNEL or sv.mtu < OVERHEAD + ihl + doff + 1:
         return 0
     return sv.mtu - OVERHEAD - ihl - doff
+
+
+def api_tunnel_segment(self, frame, batch, first):
+    hdr = batch.hdr
+    if not isinstance(first, int):
+        raise TypeError("first must be an int, got %r" % (first,))
+    if first < 0:
+        raise ValueError("first must be >= 0, got %d" % first)
+    b = bytes(frame)
+    mss = api_tunnel_mss(self, b)
+    if mss == 0 or (b[14] & 15) != 5:
+        return (0, 0)
+    L = len(b)
+    tot = rd16(b, 16)
+    doff = (b[46] >> 4) * 4
+    end = L
+    if tot and 14 + tot <= L and 14 + tot >= 34 + doff:
+        end = 14 + tot
+    if doff < 20 or 34 + doff > end:
+        return (0, 0)
+    hl = 34 + doff
+    plen = end - hl
+    total = -(-plen // mss) if plen else 1
+    if batch.snap < hdr + hl + min(mss, plen) + OVERHEAD:
+        raise ValueError("batch snap %d is too small for segments of %d bytes"
+                         % (batch.snap, hl + mss + OVERHEAD))
+    ident, seq, flags = rd16(b, 18), rd32(b, 38), b[47]
+    j = 0
+    for k in range(first, total):
+        if j >= batch.size:
+            break
+        c = min(plen - k * mss, mss)
+        r = bytearray(b[:hl] + b[hl + k * mss:hl + k * mss + c])
+        wr16(r, 16, 20 + doff + c)
+        wr16(r, 18, (ident + k) & 0xFFFF)
+        wr16(r, 24, 0)
+        wr16(r, 24, ~fold(sum(rd16(r, i) for i in range(14, 34, 2))) & 0xFFFF)
+        wr32(r, 38, (seq + k * mss) & 0xFFFFFFFF)
+        r[47] = flags
+        if k != total - 1:
+            r[47] &= ~(defs.TH_FIN | defs.TH_PSH) & 0xFF      # FIN and PSH only on the last
+        if k:
+            r[47] &= ~0x80 & 0xFF                             # CWR only on the first
+        wr16(r, 50, tcp_checksum(r, 34, doff + c))
+        batch.buf[j, :hdr] = 0                  # a zero vnet header: no GSO, checksums full
+        batch.buf[j, hdr:hdr + len(r)] = np.frombuffer(bytes(r), np.uint8)
+        batch.lens[j] = hdr + len(r)
+        j += 1
+    batch.n = j
+    return (j, total)
 
 
 # ---- the mode's row of XMIT (types.py) ----------------------------------------------------

@@ -168,3 +168,31 @@ def test_frames_same_on_both_twins_with_vnet_headers(items):
         r = outcome(lambda: (e.process(b, 7), b.results(), [b.header(i) for i in range(b.n)]))
         results.append((r, e.counters(), sorted(e.flows())))
     assert results[0] == results[1]
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.integers(0, 5000), st.integers(0, 255), st.booleans(), st.sampled_from([576, 1000, 1500]),
+       st.integers(1, 8), st.integers(0, 4), st.integers(0, 3),
+       st.lists(st.tuples(st.integers(0, 5100), st.integers(0, 255)), max_size=3))
+def test_tunnel_segment_same_on_both_twins(plen, flags, zero_len, mtu, rows, first, doff_words,
+                                           pokes):
+    """Superframes to the tunnel VIP cut alike: the same segments, counts and errors, also
+    for wrong total lengths and data offsets (bytes poked at random offsets)."""
+    payload = bytes((i * 7) & 0xFF for i in range(plen))
+    f = bytearray(c2v(vip=VIP7, flags=flags, data=payload,
+                      opts=b"\x01" * (4 * doff_words)))
+    if zero_len:
+        f[16:18] = b"\0\0"
+    for off, val in pokes:
+        if off < len(f):
+            f[off] = val
+    results = []
+    for mod in (_engine, twin):
+        e = make_engine(mod.Engine, ServiceSpec)
+        e.set_services([ServiceSpec(F.ip2int(VIP7), 80, 6, defs.MODE_TUNNEL, defs.SCHED_HASH5,
+                                    [4], [1], 0, None, TunnelSpec(4242, mtu))])
+        b = Batch(rows, snap=1664)
+        r = outcome(lambda: e.tunnel_segment(bytes(f), b, first))
+        results.append((r, b.frames() if r[0] == "ok" else None))
+    assert results[0] == results[1]

@@ -1,6 +1,7 @@
 """The tunnel mode's fast path (fastpath/xmit_tunnel.pxi and its twin), frame by frame on both
 twins: a client frame in, the VXLAN frame out, built independently here with dpkt; the too-big
-answers; superframes punted and cut by modes/tunnel.py's Segmenter; the vnet header kept.
+answers; superframes punted, cut by the engine (tunnel_segment) for modes/tunnel.py's
+Segmenter; the vnet header kept.
 
     client 198.18.0.10 --- GW --- LB 198.19.0.2 === VXLAN (UDP 4789, VNI 4242) ===> r1 198.19.200.11
     VIP 198.19.100.7:80/tcp tunnel maglev [r1:80], mtu 1500
@@ -136,8 +137,10 @@ def test_a_superframe_is_punted_and_cut_to_fit(impl):
     v, reason, frame = b.results()[0]
     assert (v, reason) == (defs.V_PUNT, "punt_tunnel_gso")
     seg = tmode.Segmenter(e)
-    out = seg.handle(frame, NOW)
+    sent = seg.handle(frame, NOW)                               # a Batch: one tx_burst
+    out = [f for v, _, f in sent.results() if v == defs.V_TX]
     assert seg.counters()["superframes"] == 1 and len(out) == -(-len(payload) // 1410)
+    assert all(sent.header(i) == bytes(10) for i in range(sent.n))
     got = b""
     for k, f in enumerate(out):
         assert len(f) - 14 <= 1500 and F.checksums_ok(f) and F.checksums_ok(f[50:])
@@ -147,6 +150,66 @@ def test_a_superframe_is_punted_and_cut_to_fit(impl):
         got += bytes(inner.data.data)
     assert got == payload
     assert e.counters()["tunnel_fwd"] == 1 + len(out)
+
+
+def test_tunnel_segment_cuts_as_gso_does_and_continues_in_the_next_batch(impl):
+    e = engine(impl, mtu=1000)                                  # mss 1000 - 50 - 40 = 910
+    payload = bytes(range(251)) * 10                            # 2510 bytes: 910 910 690
+    sf = bytearray(c2v(data=payload, flags=F.TH_ACK | F.TH_PUSH | F.TH_FIN | 0x80))
+    sf[16:18] = b"\0\0"                      # a superframe's total length may be 0
+    b = Batch(2, snap=2048)
+    assert e.tunnel_segment(bytes(sf), b) == (2, 3) and b.n == 2
+    segs = b.frames()
+    assert e.tunnel_segment(bytes(sf), b, 2) == (1, 3) and b.n == 1
+    segs += b.frames()
+    assert e.tunnel_segment(bytes(sf), b, 3) == (0, 3)
+    ident = struct.unpack("!H", sf[18:20])[0]
+    got = b""
+    for k, f in enumerate(segs):
+        assert F.checksums_ok(f), k
+        ip = dpkt.ethernet.Ethernet(f).data
+        t = ip.data
+        assert (ip.len, ip.id, ip.df, ip.offset) == (40 + len(t.data), (ident + k) & 0xFFFF, 1, 0)
+        assert t.seq == 1000 + len(got) and len(t.data) == (910 if k < 2 else 690)
+        assert bool(t.flags & F.TH_FIN) == bool(t.flags & F.TH_PUSH) == (k == 2), k
+        assert bool(t.flags & 0x80) == (k == 0), k                # CWR on the first only
+        assert f[:14] == bytes(sf[:14])
+        got += bytes(t.data)
+    assert got == payload
+    # processed, each leaves in VXLAN within the MTU
+    b = Batch(3, snap=2048)
+    b.load(segs)
+    e.process(b, NOW)
+    assert [r[1] for r in b.results()] == ["tunnel_fwd"] * 3
+    assert all(len(f) - 14 <= 1000 for f in b.frames())
+
+
+@pytest.mark.parametrize("frame", [b"", b"\0" * 60, F.udp(GW, LB, CLIENT, VIP, 1, 80, b"x"),
+                                   F.tcp(GW, LB, CLIENT, "198.19.100.1", 1, 80, data=b"x" * 3000)])
+def test_tunnel_segment_leaves_what_it_cannot_cut(impl, frame):
+    b = Batch(4, snap=2048)
+    assert engine(impl).tunnel_segment(frame, b) == (0, 0)
+
+
+@pytest.mark.parametrize("batch,first,exc", [
+    (Batch(4, snap=1500, hdr=10), 0, ValueError), (Batch(4, snap=2048), -1, ValueError),
+    (Batch(4, snap=512), 0, ValueError), (Batch(4, snap=2048), "0", TypeError)])
+def test_tunnel_segment_refuses_bad_arguments(impl, batch, first, exc):
+    with pytest.raises(exc):
+        engine(impl).tunnel_segment(c2v(data=b"x" * 3000, flags=F.TH_ACK), batch, first)
+
+
+def test_a_superframe_longer_than_the_segmenters_batch_goes_out_whole(impl):
+    e = engine(impl)
+    run(e, [c2v()])
+    payload = bytes(range(256)) * 40
+    sf = c2v(data=payload, flags=F.TH_ACK | F.TH_PUSH)
+    seg = tmode.Segmenter(e)
+    seg.ROWS = 3                                                # 8 segments, 3 per batch
+    out = seg.handle(sf, NOW)
+    assert isinstance(out, list) and len(out) == 8
+    assert b"".join(bytes(dpkt.ethernet.Ethernet(f[50:]).data.data.data) for f in out) == payload
+    assert seg.counters() == {"superframes": 1, "segmented": 8, "bad_frame": 0, "not_sent": 0}
 
 
 def test_tunnel_mss_says_what_fits(impl):
