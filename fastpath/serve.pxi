@@ -175,7 +175,7 @@ cdef void burst(Engine self, uint8_t *base, uint32_t stride, uint32_t hdr, uint3
             r = process_frame(self, rp + hdr, L, now)
             if self.newlen and VMAP[r] == V_TX:
                 lens[j + i] = hdr + self.newlen   # a frame made in place (splice, tunnel)
-                if not self.keep_vnet:
+                if hdr and not self.keep_vnet:
                     memset(rp, 0, hdr)            # complete checksums, no GSO
             self.ctr[C_RX_FRAMES] += 1
             self.ctr[r] += 1

@@ -34,8 +34,10 @@ cdef void tunnel_inner_mac() noexcept nogil:
 
 cdef inline void outer_ip(Engine self, uint8_t *f, uint32_t tot, uint8_t proto,
                           uint32_t dst) noexcept nogil:
-    """An IPv4 header at f + 14 from us to dst, tot bytes in all, full checksum, no DF."""
-    cdef uint32_t s = 0, k
+    """An IPv4 header at f + 14 from us to dst, tot bytes in all, full checksum, no DF (the
+    checksum summed from the values written, not read back: the same sum, fewer loads)."""
+    cdef uint32_t s = (0x4500 + tot + (64 << 8 | proto) + (self.local_ip >> 16)
+                       + (self.local_ip & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF))
     f[12] = 0x08
     f[13] = 0
     f[14] = 0x45
@@ -47,8 +49,6 @@ cdef inline void outer_ip(Engine self, uint8_t *f, uint32_t tot, uint8_t proto,
     wr16(f + 24, 0)
     wr32(f + 26, self.local_ip)
     wr32(f + 30, dst)
-    for k in range(14, 34, 2):
-        s += rd16(f + k)
     wr16(f + 24, ~fold(s) & 0xFFFF)
 
 
