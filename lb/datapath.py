@@ -35,6 +35,16 @@ def monotonic_ms():
     return time.monotonic_ns() // 1000000
 
 
+def housekeep(engine, punts, send, budget, now):
+    """One tick's work on one engine, for both drivers: expire up to `budget` idle flows and
+    run the mode handlers' ticks (their frames go out with send). Returns the flows freed."""
+    expired = engine.expire(now, budget)
+    out = punts.tick(now)
+    if out:
+        send(out)
+    return expired
+
+
 class PuntTable:
     """One engine's mode punt handlers (modes/base.py Mode.punt_handler), by punt reason."""
 
@@ -127,10 +137,8 @@ class BurstLoop:
             return
         self._next_tick = now + TICK_MS
         self.loop_stats["ticks"] += 1
-        self.loop_stats["expired"] += self.engine.expire(now, self.expire_budget)
-        out = self.punts.tick(now)
-        if out:
-            self.io.send(out)
+        self.loop_stats["expired"] += housekeep(self.engine, self.punts, self.io.send,
+                                                self.expire_budget, now)
         self.control.timers(now)
 
     def stats(self):

@@ -78,6 +78,7 @@ log = logging.getLogger("lbd.health")
 
 MARK_BASE = 0x7477_0000        # "tw"; + a small id per backend IP; also the routing table number
 PROBE_VXLAN = "twprobe0"       # the collect-metadata VXLAN device of tunnel VIP-path probes
+PROBE_INNER_MAC = config.format_mac(defs.VXLAN_INNER_MAC.to_bytes(6, "big"))   # its neighbours
 MAX_IDS = 0x1_0000
 RULE_PREF = 10000              # before the main table (32766)
 STATUS_LINE_LIMIT = 4096
@@ -422,9 +423,9 @@ class PolicyRoutes:
                       for v in sorted(set(have) - set(paths))]
             new[b] = (interface, dict(paths))
         if self._vxlan:
-            mac = ":".join("%02x" % x for x in defs.VXLAN_INNER_MAC.to_bytes(6, "big"))
             lines += ["neigh replace %s lladdr %s dev %s nud permanent"
-                      % (config.format_ip(v), mac, PROBE_VXLAN) for v in sorted(neigh - self._neigh)]
+                      % (config.format_ip(v), PROBE_INNER_MAC, PROBE_VXLAN)
+                      for v in sorted(neigh - self._neigh)]
             lines += ["neigh del %s dev %s" % (config.format_ip(v), PROBE_VXLAN)
                       for v in sorted(self._neigh - neigh)]
             self._neigh = neigh

@@ -48,7 +48,7 @@ import time
 
 import fastpath
 
-from .datapath import BATCH_SIZE, TICK_MS, PuntTable, monotonic_ms, sum_counters
+from .datapath import BATCH_SIZE, TICK_MS, PuntTable, housekeep, monotonic_ms, sum_counters
 from .steer import Steering
 
 log = logging.getLogger("lbd.workers")
@@ -243,10 +243,8 @@ class Worker:
             return
         self._next_tick = now + TICK_MS
         self.stats["ticks"] += 1
-        self.stats["expired"] += self.engine.expire(now, self.expire_budget)
-        out = self.punts.tick(now)
-        if out:
-            self.io.send(out)
+        self.stats["expired"] += housekeep(self.engine, self.punts, self.io.send,
+                                           self.expire_budget, now)
 
     def _error(self, what):
         self.stats["errors"] += 1
