@@ -119,6 +119,15 @@ HTTP_MAX_HOST = 255
 # is partial (only the pseudo-header sum; the kernel completes it on the way out)
 VNET_HDR_LEN = 10                   # struct virtio_net_hdr (no mergeable buffers)
 VNET_F_NEEDS_CSUM = 1
+# The TAP's longer header (struct virtio_net_hdr_v1_hash_tunnel, Linux >= 6.17), set with
+# TUNSETVNETHDRSZ: the same first 10 bytes, then num_buffers, the hash fields (unused) and
+# at byte 20 outer_th_offset, at 22 inner_nh_offset (little-endian). With it a write() may
+# carry a TCP superframe inside a UDP tunnel (gso_type | VNET_GSO_UDP_TUNNEL_IPV4), which the
+# kernel segments outer and inner headers and all: tunnel's superframes leave whole.
+VNET_TNL_HDR_LEN = 24
+VNET_GSO_TCPV4 = 1                  # virtio_net_hdr.gso_type, byte 1
+VNET_GSO_ECN = 0x80
+VNET_GSO_UDP_TUNNEL_IPV4 = 0x20
 
 # ServiceSpec.flags
 SVC_EXPIRE_NODEST = 1   # a flow whose backend is down is expired on its next packet, which is
@@ -254,9 +263,13 @@ COUNTER_TABLE = (
     Counter("drop_tunnel_too_big", V_DROP, "tunnel",
             "the same without DF: not fragmented here, dropped"),
     Counter("punt_tunnel_gso", V_PUNT, "tunnel",
-            "a GSO superframe for a tunnel VIP: modes/tunnel.py segments it"),
+            "a GSO superframe for a tunnel VIP that cannot leave whole (no UDP-tunnel GSO on "
+            "the device, or too big once encapsulated): modes/tunnel.py segments it"),
     Counter("drop_tunnel_no_room", V_DROP, "tunnel",
             "the frame's row has no room for the 50 bytes of VXLAN headers"),
+    Counter("tunnel_gso_fwd", V_TX, "tunnel",
+            "a TCP superframe encapsulated whole (the TAP's UDP-tunnel GSO): the kernel cuts "
+            "it into segments that fit the path MTU"),
 )
 COUNTERS = [c.name for c in COUNTER_TABLE]
 C = {name: i for i, name in enumerate(COUNTERS)}

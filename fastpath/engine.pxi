@@ -42,6 +42,7 @@ cdef class Engine:
     cdef bint partial       # the frame's L4 checksum is partial (vnet NEEDS_CSUM)
     cdef uint8_t *vnet      # the current frame's virtio-net header (NULL without one)
     cdef bint keep_vnet     # the routine kept a partial checksum: do not clear the header
+    cdef bint vnet_tnl      # the header is the long one (VNET_TNL_HDR_LEN): UDP-tunnel GSO
     cdef WaitQ *waitq       # splice flows Python may have to look at (a ring of wq_size)
     cdef uint32_t wq_head, wq_tail, wq_size
     cdef PyThread_type_lock lock

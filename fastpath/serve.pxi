@@ -172,6 +172,7 @@ cdef void burst(Engine self, uint8_t *base, uint32_t stride, uint32_t hdr, uint3
             self.partial = hdr > 0 and row >= hdr and (rp[0] & VNET_F_NEEDS_CSUM)
             self.vnet = rp if hdr >= 10 and row >= hdr else NULL
             self.keep_vnet = False
+            self.vnet_tnl = self.vnet != NULL and hdr >= VNET_TNL_HDR_LEN
             r = process_frame(self, rp + hdr, L, now)
             if self.newlen and VMAP[r] == V_TX:
                 lens[j + i] = hdr + self.newlen   # a frame made in place (splice, tunnel)

@@ -13,10 +13,16 @@
 #   bytes put in front of it, and the vnet header is kept (keep_vnet), so the kernel completes
 #   it on the way out; everything the LB writes (outer IP) carries a full checksum; the outer
 #   UDP checksum is 0 (RFC 7348, IPv4).
-# - A GSO superframe is punted (punt_tunnel_gso): it cannot leave as one frame here. Its
-#   handler (modes/tunnel.py) has tunnel_segment cut it here, in C, into rows of a batch
-#   that fit the MTU once encapsulated (as the kernel's GSO would: IP id counted up, seq
-#   moved, FIN/PSH on the last, CWR on the first only, full checksums), then processes them.
+# - A TCP superframe (vnet GSO) leaves whole when the header is the long one (vnet_tnl: a TAP
+#   with TUNSETVNETHDRSZ 24): encapsulated like any frame, its header says UDP-tunnel GSO
+#   (gso_type | UDP_TUNNEL_IPV4, the outer UDP and inner IP offsets, hdr_len up to the inner
+#   TCP header) and its gso_size is lowered to what fits sv.mtu once encapsulated, so the
+#   kernel cuts it into segments that fit (tunnel_gso_fwd). It must carry NEEDS_CSUM, and
+#   its outer IP length must fit 16 bits.
+# - Any other superframe is punted (punt_tunnel_gso). Its handler (modes/tunnel.py) has
+#   tunnel_segment cut it here, in C, into rows of a batch that fit the MTU once
+#   encapsulated (as the kernel's GSO would: IP id counted up, seq moved, FIN/PSH on the
+#   last, CWR on the first only, full checksums), then processes them.
 # - Too big for sv.mtu once encapsulated: DF -> ICMP fragmentation needed to the client
 #   (tunnel_frag_needed, made in place, to the gateway), no DF -> drop_tunnel_too_big.
 # - No reverse path: a tunnel flow is never in the reverse index.
@@ -52,17 +58,50 @@ cdef inline void outer_ip(Engine self, uint8_t *f, uint32_t tot, uint8_t proto,
     wr16(f + 24, ~fold(s) & 0xFFFF)
 
 
+cdef inline bint tunnel_gso_whole(Engine self, uint8_t *f, uint32_t tot, Service *sv) noexcept nogil:
+    """May this superframe leave whole, in UDP-tunnel GSO? (The kernel's own checks: a TCP
+    type, a partial checksum; ours: the outer length fits, a segment fits sv.mtu.)"""
+    return (self.vnet_tnl and (self.vnet[1] & ~VNET_GSO_ECN) == VNET_GSO_TCPV4
+            and self.vnet[0] & VNET_F_NEEDS_CSUM and f[23] == PROTO_TCP
+            and 36 + 14 + tot <= 0xFFFF and 14 + tot + VXLAN_OVERHEAD <= self.rowcap
+            and sv.mtu > <uint32_t>(VXLAN_OVERHEAD + 20 + (f[46] >> 4) * 4))
+
+
+cdef inline void tunnel_gso_header(Engine self, uint8_t *f, Service *sv) noexcept nogil:
+    """The long vnet header of a superframe encapsulated by tunnel_fwd (csum_start moved
+    already): UDP-tunnel GSO, segments no bigger than sv.mtu allows."""
+    cdef uint8_t *v = self.vnet
+    cdef uint32_t doff = (f[VXLAN_OVERHEAD + 46] >> 4) * 4
+    cdef uint32_t mss = sv.mtu - VXLAN_OVERHEAD - 20 - doff
+    cdef uint32_t gso = v[4] | (<uint32_t>v[5] << 8)
+    cdef uint32_t hl = 14 + VXLAN_OVERHEAD + 20 + doff
+    if gso == 0 or gso > mss:
+        gso = mss
+    v[1] |= VNET_GSO_UDP_TUNNEL_IPV4
+    v[2] = hl & 0xFF
+    v[3] = hl >> 8
+    v[4] = gso & 0xFF
+    v[5] = gso >> 8
+    v[20] = 34                          # outer_th_offset: the outer UDP header
+    v[21] = 0
+    v[22] = 14 + VXLAN_OVERHEAD         # inner_nh_offset: the inner IP header
+    v[23] = 0
+
+
 cdef int tunnel_fwd(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, uint8_t tflags,
                     int64_t now) noexcept nogil:
     cdef uint32_t tot = rd16(f + 16)
     cdef uint16_t cs
     cdef uint64_t h
     cdef int k
+    cdef bint whole = False
     if not self.has_gw:
         return C_DROP_NO_NEIGH
     if self.vnet != NULL and self.vnet[1] != 0:
-        return C_PUNT_TUNNEL_GSO
-    if tot + VXLAN_OVERHEAD > sv.mtu:
+        if not tunnel_gso_whole(self, f, tot, sv):
+            return C_PUNT_TUNNEL_GSO
+        whole = True
+    elif tot + VXLAN_OVERHEAD > sv.mtu:
         if f[20] & 0x40:
             return tunnel_frag_needed(self, f, sv)
         return C_DROP_TUNNEL_TOO_BIG
@@ -89,6 +128,9 @@ cdef int tunnel_fwd(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, u
         self.vnet[7] = cs >> 8
         self.keep_vnet = True
     self.newlen = 14 + tot + VXLAN_OVERHEAD
+    if whole:
+        tunnel_gso_header(self, f, sv)
+        return C_TUNNEL_GSO_FWD
     return C_TUNNEL_FWD
 
 

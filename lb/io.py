@@ -19,8 +19,9 @@ Invariants:
   the per-frame loop is fastpath's (Engine.serve, rx_burst/tx_burst), draining the fd until
   EAGAIN.
 - Checksums and offload: with offload (TAP IFF_VNET_HDR + TUNSETOFFLOAD, AF_PACKET
-  PACKET_VNET_HDR) every frame carries a 10-byte virtio-net header, which tells a partial
-  checksum (NEEDS_CSUM) and a GSO superframe apart; the engine keeps their semantics and the
+  PACKET_VNET_HDR) every frame carries a virtio-net header (10 bytes; 24 on a TAP that takes
+  the long one, for UDP-tunnel GSO), which tells a partial checksum (NEEDS_CSUM) and a GSO
+  superframe apart; the engine keeps their semantics and the
   kernel segments and completes them on the way out. Without offload the TAP gets only
   complete checksums, and on AF_PACKET the lab turns the interface's offloads off (without
   the header a partial checksum cannot be told apart, and we do not guess).
@@ -32,6 +33,7 @@ import fcntl
 import logging
 import os
 import socket
+import struct
 
 import dpkt
 import numpy as np
@@ -143,7 +145,8 @@ class TapIO(_LiveIO):
     never looked up again.
 
     offload=True opens it with IFF_VNET_HDR and TUNSETOFFLOAD (checksum, TSO4, TSO6): every
-    read() then starts with a 10-byte virtio-net header and may carry a GSO superframe of up
+    read() then starts with a virtio-net header (.hdr bytes: 24 where the kernel takes the
+    long header, see _long_header, else 10) and may carry a GSO superframe of up
     to 64 KiB whose L4 checksum is partial (header flag NEEDS_CSUM); writes carry the header
     back, so the kernel segments and completes checksums on the way out. The fast path
     rewrites headers once per superframe (fastpath.Batch.hdr tells it where frames start).
@@ -156,6 +159,7 @@ class TapIO(_LiveIO):
     [self] and nothing else differs."""
     backend = "tap"
     TUNSETOFFLOAD = 0x400454D0
+    TUNSETVNETHDRSZ = 0x400454D8
     TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
     IFF_MULTI_QUEUE = 0x0100          # linux/if_tun.h (pytun may not export it)
 
@@ -174,7 +178,7 @@ class TapIO(_LiveIO):
                 for dev in [self._dev] + self._more:
                     fcntl.ioctl(dev.fileno(), self.TUNSETOFFLOAD,
                                 self.TUN_F_CSUM | self.TUN_F_TSO4 | self.TUN_F_TSO6)
-                self.hdr = VNET_HDR_LEN
+                self.hdr = self._long_header()
             self._dev.mtu = mtu
             self._dev.up()
             self.name = self._dev.name
@@ -193,6 +197,22 @@ class TapIO(_LiveIO):
             for dev in [self._dev] + self._more:
                 dev.close()
             raise
+
+    def _long_header(self):
+        """The vnet header's size: the long one (defs.VNET_TNL_HDR_LEN) where the kernel
+        takes it, so a write() may carry a superframe inside VXLAN (UDP-tunnel GSO, Linux
+        >= 6.17, which checks those headers on every write: a bad one is EINVAL), else the
+        plain 10 bytes. Reads are unchanged but for the longer header: without
+        TUN_F_UDP_TUNNEL_GSO in TUNSETOFFLOAD the kernel never hands us a tunnel superframe.
+        The size is the device's, shared by every queue."""
+        try:
+            fcntl.ioctl(self._dev.fileno(), self.TUNSETVNETHDRSZ,
+                        struct.pack("i", defs.VNET_TNL_HDR_LEN))
+        except OSError as e:
+            log.info("TAP vnet header stays %d bytes (%s): tunnel superframes are cut by lbd",
+                     VNET_HDR_LEN, e)
+            return VNET_HDR_LEN
+        return defs.VNET_TNL_HDR_LEN
 
     def _set_rps(self, rps):
         """RPS on the TAP's receive queues (the frames lbd writes): the kernel hands each
@@ -225,6 +245,7 @@ class TapIO(_LiveIO):
         d = super().info()
         d["mtu"] = self.mtu
         d["offload"] = bool(self.hdr)
+        d["vnet_hdr"] = self.hdr
         d["queues"] = len(self.queues)
         d["rps_cpus"] = self.rps_cpus
         return d
@@ -331,6 +352,7 @@ class AfPacketIO(_LiveIO):
         d = super().info()
         d["mac"] = ":".join("%02x" % b for b in self.mac)
         d["offload"] = bool(self.hdr)
+        d["vnet_hdr"] = self.hdr
         return d
 
     def close(self):

@@ -50,6 +50,7 @@ class Engine:
         self.partial = False
         self.vnet = None           # the current frame's vnet header (a copy), or None
         self.keep_vnet = False     # a routine kept a partial checksum: write vnet back
+        self.vnet_tnl = False      # the header is the long one: UDP-tunnel GSO
         self.waitq = collections.deque()     # (idx, c_isn, created, at): see splice_waiting()
         self.wq_size = defs.SPLICE_WAITQ_MIN
         while self.wq_size < capacity:

@@ -126,6 +126,7 @@ def burst(self, batch, now):
         self.partial = bool(hdr) and row >= hdr and bool(batch.buf[i, 0] & defs.VNET_F_NEEDS_CSUM)
         self.vnet = bytearray(batch.buf[i, :hdr].tobytes()) if hdr >= 10 and row >= hdr else None
         self.keep_vnet = False
+        self.vnet_tnl = self.vnet is not None and hdr >= defs.VNET_TNL_HDR_LEN
         reason = process_frame(self, f, n, now)
         ctr[C["rx_frames"]] += 1
         ctr[reason] += 1

@@ -42,14 +42,44 @@ def outer_ip(self, f, tot, proto, dst):
     wr16(f, 24, ~fold(sum(rd16(f, k) for k in range(14, 34, 2))) & 0xFFFF)
 
 
+def tunnel_gso_whole(self, f, tot, sv):
+    """May this superframe leave whole, in UDP-tunnel GSO? (The kernel's own checks: a TCP
+    type, a partial checksum; ours: the outer length fits, a segment fits sv.mtu.)"""
+    v = self.vnet
+    return bool(self.vnet_tnl and (v[1] & ~defs.VNET_GSO_ECN & 0xFF) == defs.VNET_GSO_TCPV4
+                and v[0] & defs.VNET_F_NEEDS_CSUM and f[23] == defs.PROTO_TCP
+                and 36 + 14 + tot <= 0xFFFF and 14 + tot + OVERHEAD <= self.rowcap
+                and sv.mtu > OVERHEAD + 20 + (f[46] >> 4) * 4)
+
+
+def tunnel_gso_header(self, f, sv):
+    """The long vnet header of a superframe encapsulated by tunnel_fwd (csum_start moved
+    already): UDP-tunnel GSO, segments no bigger than sv.mtu allows."""
+    v = self.vnet
+    doff = (f[OVERHEAD + 46] >> 4) * 4
+    mss = sv.mtu - OVERHEAD - 20 - doff
+    gso = v[4] | (v[5] << 8)
+    hl = 14 + OVERHEAD + 20 + doff
+    if gso == 0 or gso > mss:
+        gso = mss
+    v[1] |= defs.VNET_GSO_UDP_TUNNEL_IPV4
+    v[2], v[3] = hl & 0xFF, hl >> 8
+    v[4], v[5] = gso & 0xFF, gso >> 8
+    v[20], v[21] = 34, 0                    # outer_th_offset: the outer UDP header
+    v[22], v[23] = 14 + OVERHEAD, 0         # inner_nh_offset: the inner IP header
+
+
 def tunnel_fwd(self, f, n, e, sv, tflags, now):
     tot = rd16(f, 16)
+    whole = False
     if self.gw_mac is None:
         return C["drop_no_neigh"]
     vnet = self.vnet
     if vnet is not None and vnet[1] != 0:
-        return C["punt_tunnel_gso"]
-    if tot + OVERHEAD > sv.mtu:
+        if not tunnel_gso_whole(self, f, tot, sv):
+            return C["punt_tunnel_gso"]
+        whole = True
+    elif tot + OVERHEAD > sv.mtu:
         if f[20] & 0x40:
             return tunnel_frag_needed(self, f, sv)
         return C["drop_tunnel_too_big"]
@@ -74,6 +104,9 @@ def tunnel_fwd(self, f, n, e, sv, tflags, now):
         vnet[6], vnet[7] = cs & 0xFF, (cs >> 8) & 0xFF
         self.keep_vnet = True
     self.newlen = 14 + tot + OVERHEAD
+    if whole:
+        tunnel_gso_header(self, f, sv)
+        return C["tunnel_gso_fwd"]
     return C["tunnel_fwd"]
 
 

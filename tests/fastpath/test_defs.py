@@ -22,7 +22,7 @@ ABI = ["rx_frames", "drop_runt", "drop_not_our_mac", "punt_arp", "drop_vlan", "d
        "drop_tcp_bad_options", "punt_splice", "splice_fwd", "splice_rev", "drop_splice_state",
        "splice_established", "flow_rev_replaced", "splice_accepted", "splice_replay",
        "splice_waitq_lost", "splice_decided", "tunnel_fwd", "tunnel_frag_needed",
-       "drop_tunnel_too_big", "punt_tunnel_gso", "drop_tunnel_no_room"]
+       "drop_tunnel_too_big", "punt_tunnel_gso", "drop_tunnel_no_room", "tunnel_gso_fwd"]
 SPLICE_VIP = "198.19.100.6"
 
 

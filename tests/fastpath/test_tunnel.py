@@ -152,6 +152,70 @@ def test_a_superframe_is_punted_and_cut_to_fit(impl):
     assert e.counters()["tunnel_fwd"] == 1 + len(out)
 
 
+def long_vnet(flags=0, gso_type=0, hdr_len=0, gso_size=0, csum_start=0, csum_offset=0,
+              outer_th=0, inner_nh=0):
+    """struct virtio_net_hdr_v1_hash_tunnel (24 bytes): the plain header, num_buffers, the
+    hash fields, then outer_th_offset and inner_nh_offset."""
+    return (vnet(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset) + bytes(10)
+            + struct.pack("<HH", outer_th, inner_nh))
+
+
+def superframe(e, payload=bytes(range(256)) * 40):
+    run(e, [c2v()])
+    return c2v(data=payload, flags=F.TH_ACK | F.TH_PUSH), payload
+
+
+@pytest.mark.parametrize("gso_type", [defs.VNET_GSO_TCPV4, defs.VNET_GSO_TCPV4 | defs.VNET_GSO_ECN])
+@pytest.mark.parametrize("gso_size,mtu,out_size", [(1448, 1500, 1410), (1000, 1500, 1000),
+                                                   (1448, 1000, 910), (0, 1500, 1410)])
+def test_with_the_long_header_a_superframe_leaves_whole_in_udp_tunnel_gso(impl, gso_type, gso_size,
+                                                                          mtu, out_size):
+    e = engine(impl, mtu=mtu)
+    sf, payload = superframe(e)
+    h = long_vnet(defs.VNET_F_NEEDS_CSUM, gso_type, 54, gso_size, 34, 16)
+    b = run(e, [sf], hdr=defs.VNET_TNL_HDR_LEN, headers=[h], snap=12000)
+    v, reason, out = b.results()[0]
+    assert (v, reason) == (defs.V_TX, "tunnel_gso_fwd")
+    body, vx = expected_vxlan(sf)
+    assert len(out) == 14 + 50 + len(sf) - 14 and out[50:] == body and out[42:50] == vx
+    ip = dpkt.ethernet.Ethernet(out).data
+    assert (ip.len, ip.p, F.int2ip(int.from_bytes(ip.dst, "big")), ip.data.dport,
+            ip.data.ulen, ip.data.sum) == (len(out) - 14, 17, R1, 4789, len(out) - 34, 0)
+    assert F.checksums_ok(out)                          # the outer IP header: full
+    assert b.header(0) == long_vnet(defs.VNET_F_NEEDS_CSUM,
+                                    gso_type | defs.VNET_GSO_UDP_TUNNEL_IPV4,
+                                    14 + 50 + 20 + 20, out_size, 84, 16, 34, 64)
+    assert 50 + 20 + 20 + out_size <= mtu               # each segment the kernel cuts fits
+    c = e.counters()
+    assert (c["tunnel_gso_fwd"], c["punt_tunnel_gso"]) == (1, 0)
+
+
+@pytest.mark.parametrize("why,hdr,header,mtu", [
+    ("the plain header", 10, vnet(defs.VNET_F_NEEDS_CSUM, 1, 54, 1448, 34, 16), 1500),
+    ("no partial checksum", 24, long_vnet(0, 1, 54, 1448), 1500),
+    ("not TCP GSO", 24, long_vnet(defs.VNET_F_NEEDS_CSUM, defs.VNET_GSO_TCPV4 | 4, 54, 1448, 34,
+                                  16), 1500),
+])
+def test_what_cannot_leave_whole_is_punted_to_the_segmenter(impl, why, hdr, header, mtu):
+    e = engine(impl, mtu=mtu)
+    sf, _ = superframe(e)
+    b = run(e, [sf], hdr=hdr, headers=[header], snap=12000)
+    v, reason, out = b.results()[0]
+    assert (v, reason, out) == (defs.V_PUNT, "punt_tunnel_gso", sf), why
+
+
+def test_a_superframe_that_would_outgrow_64KiB_is_punted(impl):
+    e = engine(impl)
+    sf, _ = superframe(e, payload=b"y" * (65535 - 40 - 36 - 14 + 1))  # outer length 65536
+    h = long_vnet(defs.VNET_F_NEEDS_CSUM, 1, 54, 1448, 34, 16)
+    b = run(e, [sf], hdr=24, headers=[h], snap=65536 + 64)
+    assert b.results()[0][:2] == (defs.V_PUNT, "punt_tunnel_gso")
+    sf, _ = superframe(e, payload=b"y" * (65535 - 40 - 36 - 14))
+    b = run(e, [sf], hdr=24, headers=[h], snap=65536 + 64)
+    assert b.results()[0][:2] == (defs.V_TX, "tunnel_gso_fwd")
+    assert len(b.frames()[0]) - 14 == 65535
+
+
 def test_tunnel_segment_cuts_as_gso_does_and_continues_in_the_next_batch(impl):
     e = engine(impl, mtu=1000)                                  # mss 1000 - 50 - 40 = 910
     payload = bytes(range(251)) * 10                            # 2510 bytes: 910 910 690
