@@ -200,9 +200,9 @@ class TapIO(_LiveIO):
 
     def _long_header(self):
         """The vnet header's size: the long one (defs.VNET_TNL_HDR_LEN) where the kernel
-        takes it, so a write() may carry a superframe inside VXLAN (UDP-tunnel GSO, Linux
-        >= 6.17, which checks those headers on every write: a bad one is EINVAL), else the
-        plain 10 bytes. Reads are unchanged but for the longer header: without
+        takes it, so a write() may carry a superframe inside VXLAN (UDP-tunnel GSO; the
+        6.18 kernel here does, and checks those headers on every write: a bad one is
+        EINVAL), else the plain 10 bytes. Reads are unchanged but for the longer header: without
         TUN_F_UDP_TUNNEL_GSO in TUNSETOFFLOAD the kernel never hands us a tunnel superframe.
         The size is the device's, shared by every queue."""
         try:

@@ -20,15 +20,15 @@ client through its own router (`lb-lab doctor NODE --mode tunnel` checks it all)
   the MTU left after the 50 bytes of VXLAN, so the client's PMTU discovery shrinks its
   segments; DF clear -> dropped and counted (fragments: a later issue);
 - a GSO superframe (a TAP with vnet offload hands the LB up to 64 KiB) leaves whole where the
-  TAP takes the long vnet header (Linux >= 6.17, lb/io.py): the fast path encapsulates it
-  like any frame and marks it UDP-tunnel GSO with a segment size that fits `mtu`, and the
-  kernel cuts it (counter tunnel_gso_fwd). Where it cannot (a plain 10-byte header, a frame
-  too big to grow by 50 bytes within 64 KiB), the fast path punts it and this module's
-  handler has the engine cut it (in C) into segments that fit, then processes them, which
-  encapsulates them (counted: tunnel.superframes, tunnel.segmented); Python's cost is per
-  superframe. Either way no segment exceeds `mtu` and no ICMP is sent for a superframe: the
-  client's MSS is the client's, the backend sees smaller segments. The client side of a
-  download is ACKs, never cut.
+  TAP takes the long vnet header (the 6.18 kernel here does; lb/io.py): the fast path
+  encapsulates it like any frame and marks it UDP-tunnel GSO with a segment size that fits
+  `mtu`, and the kernel cuts it (counter tunnel_gso_fwd). Where it cannot (a plain 10-byte
+  header, a frame too big to grow by 50 bytes within 64 KiB), the fast path punts it and
+  this module's handler has the engine cut it (in C) into segments that fit, then processes
+  them, which encapsulates them (counted: tunnel.superframes, tunnel.segmented); Python's
+  cost is per superframe. Either way no segment exceeds `mtu` and no ICMP is sent for a
+  superframe: the client's MSS is the client's, the backend sees smaller segments. The
+  client side of a download is ACKs, never cut.
 Maglev by default: a restarted or second LB sends a flow to the same backend. Health probes
 go along the VIP path: lbd's kernel sends them in VXLAN with the VIP's VNI to the backend's
 address (lb/health.py), so a backend whose VXLAN device or VIP is gone is taken down.
