@@ -119,11 +119,11 @@ HTTP_MAX_HOST = 255
 # is partial (only the pseudo-header sum; the kernel completes it on the way out)
 VNET_HDR_LEN = 10                   # struct virtio_net_hdr (no mergeable buffers)
 VNET_F_NEEDS_CSUM = 1
-# The TAP's longer header (struct virtio_net_hdr_v1_hash_tunnel, Linux >= 6.17), set with
-# TUNSETVNETHDRSZ: the same first 10 bytes, then num_buffers, the hash fields (unused) and
-# at byte 20 outer_th_offset, at 22 inner_nh_offset (little-endian). With it a write() may
-# carry a TCP superframe inside a UDP tunnel (gso_type | VNET_GSO_UDP_TUNNEL_IPV4), which the
-# kernel segments outer and inner headers and all: tunnel's superframes leave whole.
+# The TAP's longer header (struct virtio_net_hdr_v1_hash_tunnel; the 6.18 kernel here parses
+# it), set with TUNSETVNETHDRSZ: the same first 10 bytes, then num_buffers, the hash fields
+# (unused) and at byte 20 outer_th_offset, at 22 inner_nh_offset (little-endian). With it a
+# write() may carry a TCP superframe inside a UDP tunnel (gso_type | VNET_GSO_UDP_TUNNEL_IPV4),
+# which the kernel segments, outer and inner headers and all: tunnel's superframes leave whole.
 VNET_TNL_HDR_LEN = 24
 VNET_GSO_TCPV4 = 1                  # virtio_net_hdr.gso_type, byte 1
 VNET_GSO_ECN = 0x80
@@ -270,6 +270,33 @@ COUNTER_TABLE = (
     Counter("tunnel_gso_fwd", V_TX, "tunnel",
             "a TCP superframe encapsulated whole (the TAP's UDP-tunnel GSO): the kernel cuts "
             "it into segments that fit the path MTU"),
+    # ICMP errors about flows (fastpath/icmp.pxi): each outcome its row
+    Counter("drop_icmp_not_error", V_DROP, None,
+            "ICMP through the LB that is not an error (echo to a VIP, ...): not forwarded"),
+    Counter("drop_icmp_bad", V_DROP, None,
+            "ICMP error whose quote is too short for the ports or not TCP/UDP, or whose "
+            "checksum is wrong"),
+    Counter("drop_icmp_no_flow", V_DROP, None,
+            "ICMP error about no flow of ours (client side: and the VIP's scheduler is not a "
+            "consistent hash; splice: the flow not bound yet)"),
+    Counter("icmp_hashed", None, None,
+            "ICMP error about no flow, sent to the backend the VIP's consistent hash gives "
+            "(an LB that restarted still routes it)"),
+    Counter("nat_icmp_fwd", V_TX, "nat",
+            "ICMP error from the client side, to the flow's backend: VIP -> backend in the "
+            "outer and the quoted headers"),
+    Counter("nat_icmp_rev", V_TX, "nat",
+            "ICMP error from the server side, to the client: backend -> VIP"),
+    Counter("dsr_icmp_fwd", V_TX, "dsr",
+            "ICMP error from the client side, to the flow's backend's MAC"),
+    Counter("splice_icmp_fwd", V_TX, "splice",
+            "ICMP error from the client side, to the flow's backend: addresses and the quoted "
+            "seq in the backend's space"),
+    Counter("splice_icmp_rev", V_TX, "splice",
+            "ICMP error from the server side, to the client: addresses and the quoted ack in "
+            "the client's space"),
+    Counter("tunnel_icmp_fwd", V_TX, "tunnel",
+            "ICMP error from the client side, in VXLAN to the flow's backend"),
 )
 COUNTERS = [c.name for c in COUNTER_TABLE]
 C = {name: i for i, name in enumerate(COUNTERS)}

@@ -242,6 +242,8 @@ cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcep
         ulen = rd16(f + 38)
         if ulen < 8 or ulen > l4len:
             return C_DROP_UDP_BAD_LEN
+    elif proto == PROTO_ICMP:
+        return icmp_in(self, f, n, tot, now)
     else:
         return C_DROP_UNKNOWN_DEST
     sport = rd16(f + 34)

@@ -264,6 +264,36 @@ cdef int splice_rev(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, u
     return C_SPLICE_REV
 
 
+cdef int splice_icmp(Engine self, uint8_t *f, uint32_t n, Icmp *q, Flow *e, Service *sv,
+                     int32_t real, bint fwd) noexcept nogil:
+    """An ICMP error about a bound splice flow (icmp.pxi), translated as nat's are and, for
+    TCP, its quoted seq and ack moved into the other connection's space: from the client
+    side the quote is our segment to the client (seq in our space, - delta for the
+    backend's), from the server side our segment to the backend (ack - delta: + delta for
+    the client's). Linux drops an ICMP error whose seq is outside its window."""
+    cdef Real *r
+    if e == NULL or e.real < 0 or e.state == S_SPL_WAIT or e.state == S_SPL_CONNECTING:
+        return C_DROP_ICMP_NO_FLOW        # nothing sent on it yet that an error could be about
+    if f[22] <= 1:
+        return C_DROP_TTL
+    if fwd:
+        r = &self.reals[e.real]
+        if not r.has_mac:
+            return C_DROP_NO_NEIGH
+        memcpy(f, r.mac, 6)
+        memcpy(f + 6, self.local_mac, 6)
+        icmp_translate(f, q, True, q.src, q.sport, e.rip, e.rport, <uint32_t>(0 - e.delta), 0)
+        self.newlen = n
+        return C_SPLICE_ICMP_FWD
+    if not self.has_gw:
+        return C_DROP_NO_NEIGH
+    memcpy(f, self.gw_mac, 6)
+    memcpy(f + 6, self.local_mac, 6)
+    icmp_translate(f, q, False, e.rip, e.rport, e.vip, e.vport, 0, e.delta)
+    self.newlen = n
+    return C_SPLICE_ICMP_REV
+
+
 # ---- binding a flow to a backend, our SYN, the replay ------------------------------------
 cdef void waitq_push(Engine self, uint32_t idx, int64_t now) noexcept nogil:
     if self.wq_tail - self.wq_head == self.wq_size:
@@ -460,3 +490,4 @@ cdef object api_splice_drop(Engine self, cip, cport, vip, vport):
 XMIT[MODE_SPLICE].new_flow = splice_new
 XMIT[MODE_SPLICE].fwd = splice_fwd
 XMIT[MODE_SPLICE].rev = splice_rev
+XMIT[MODE_SPLICE].icmp = splice_icmp

@@ -125,19 +125,37 @@ cdef struct Pkt:        # what process_frame parsed of a frame, for a new-flow r
     uint64_t h          # flow_hash of (src, dst, sport, dport, proto): the forward key
 
 
+cdef struct Icmp:       # an ICMP error's quote, as icmp_in parsed it (icmp.pxi)
+    uint32_t end        # frame offset where the ICMP message ends (14 + the outer length)
+    uint32_t ip         # frame offset of the quoted IP header
+    uint32_t l4         # frame offset of the quoted TCP/UDP header (at least 8 bytes of it)
+    uint32_t src        # the quoted packet's addresses, ports and protocol
+    uint32_t dst
+    uint16_t sport
+    uint16_t dport
+    uint8_t proto
+    uint64_t h          # flow_hash of the flow's forward key (client side) or reverse key
+
+
 # One mode's per-packet routines, one signature per role, bound by the flow's mode code as
 # IPVS binds packet_xmit once per connection. new_flow: a frame to one of the mode's VIPs
 # with no flow (make one and send the frame on it, or answer it); fwd: client -> VIP on the
 # flow; rev: backend -> client on it, NULL when the mode has no reverse path (the flow then
-# stays out of the reverse index). Each returns the frame's exit counter; sv is NULL on rev.
+# stays out of the reverse index); icmp: an ICMP error about one of the mode's flows (fwd:
+# from the client side, to the backend `real`, the flow e NULL when none was found and a
+# consistent hash chose; not fwd: from the server side, to the client), NULL when the mode
+# forwards none. Each returns the frame's exit counter; sv is NULL on rev and icmp not fwd.
 ctypedef int (*new_flow_fn)(Engine, uint8_t *, uint32_t, Service *, Pkt *, int64_t) noexcept nogil
 ctypedef int (*xmit_fn)(Engine, uint8_t *, uint32_t, Flow *, Service *, uint8_t,
                         int64_t) noexcept nogil
+ctypedef int (*icmp_fn)(Engine, uint8_t *, uint32_t, Icmp *, Flow *, Service *, int32_t,
+                        bint) noexcept nogil
 
 cdef struct Xmit:
     new_flow_fn new_flow
     xmit_fn fwd
     xmit_fn rev
+    icmp_fn icmp
 
 cdef Xmit XMIT[256]     # by mode code; filled by the xmit_*.pxi and splice.pxi that define them
 

@@ -18,7 +18,20 @@ cdef int dsr_fwd(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, uint
     return C_DSR_FWD
 
 
+cdef int dsr_icmp(Engine self, uint8_t *f, uint32_t n, Icmp *q, Flow *e, Service *sv,
+                  int32_t real, bint fwd) noexcept nogil:
+    """An ICMP error from the client side about a dsr flow (icmp.pxi): to the backend's MAC,
+    untouched, as the flow's frames go (the backend holds the VIP it is addressed to)."""
+    cdef Real *r = &self.reals[real]
+    if not r.has_mac:
+        return C_DROP_NO_NEIGH
+    memcpy(f, r.mac, 6)
+    memcpy(f + 6, self.local_mac, 6)
+    return C_DSR_ICMP_FWD
+
+
 # ---- the mode's row of XMIT (types.pxi) ---------------------------------------------------
 XMIT[MODE_DSR].new_flow = new_flow_default
 XMIT[MODE_DSR].fwd = dsr_fwd
 XMIT[MODE_DSR].rev = NULL
+XMIT[MODE_DSR].icmp = dsr_icmp

@@ -31,7 +31,34 @@ cdef int nat_rev(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, uint
     return C_NAT_REV
 
 
+cdef int nat_icmp(Engine self, uint8_t *f, uint32_t n, Icmp *q, Flow *e, Service *sv,
+                  int32_t real, bint fwd) noexcept nogil:
+    """An ICMP error about a nat flow (icmp.pxi), translated as the flow's packets are: from
+    the client side VIP -> the backend (e NULL: the one `real` the hash chose), from the
+    server side the backend -> VIP, to the gateway."""
+    cdef Real *r = &self.reals[real]
+    if f[22] <= 1:
+        return C_DROP_TTL
+    if fwd:
+        if not r.has_mac:
+            return C_DROP_NO_NEIGH
+        memcpy(f, r.mac, 6)
+        memcpy(f + 6, self.local_mac, 6)
+        icmp_translate(f, q, True, q.src, q.sport, r.ip if e == NULL else e.rip,
+                       r.port if e == NULL else e.rport, 0, 0)
+        self.newlen = n                 # checksums full: a vnet header is cleared
+        return C_NAT_ICMP_FWD
+    if not self.has_gw:
+        return C_DROP_NO_NEIGH
+    memcpy(f, self.gw_mac, 6)
+    memcpy(f + 6, self.local_mac, 6)
+    icmp_translate(f, q, False, e.rip, e.rport, e.vip, e.vport, 0, 0)
+    self.newlen = n
+    return C_NAT_ICMP_REV
+
+
 # ---- the mode's row of XMIT (types.pxi) ---------------------------------------------------
 XMIT[MODE_NAT].new_flow = new_flow_default
 XMIT[MODE_NAT].fwd = nat_fwd
 XMIT[MODE_NAT].rev = nat_rev
+XMIT[MODE_NAT].icmp = nat_icmp

@@ -58,7 +58,8 @@ cdef inline void outer_ip(Engine self, uint8_t *f, uint32_t tot, uint8_t proto,
     wr16(f + 24, ~fold(s) & 0xFFFF)
 
 
-cdef inline bint tunnel_gso_whole(Engine self, uint8_t *f, uint32_t tot, Service *sv) noexcept nogil:
+cdef inline bint tunnel_gso_whole(Engine self, uint8_t *f, uint32_t tot,
+                                  Service *sv) noexcept nogil:
     """May this superframe leave whole, in UDP-tunnel GSO? (The kernel's own checks: a TCP
     type, a partial checksum; ours: the outer length fits, a segment fits sv.mtu.)"""
     return (self.vnet_tnl and (self.vnet[1] & ~VNET_GSO_ECN) == VNET_GSO_TCPV4
@@ -88,11 +89,27 @@ cdef inline void tunnel_gso_header(Engine self, uint8_t *f, Service *sv) noexcep
     v[23] = 0
 
 
+cdef inline void tunnel_encap(Engine self, uint8_t *f, uint32_t tot, uint32_t rip, uint64_t hf,
+                              uint32_t vni) noexcept nogil:
+    """The addressed inner frame f[:14 + tot] moved behind outer Ethernet (to the gateway),
+    IP (us -> rip), UDP (source port from the flow hash hf) and VXLAN (vni) headers."""
+    cdef uint64_t h = hf ^ (hf >> 32)
+    memmove(f + VXLAN_OVERHEAD, f, 14 + tot)
+    memcpy(f, self.gw_mac, 6)
+    memcpy(f + 6, self.local_mac, 6)
+    outer_ip(self, f, 36 + 14 + tot, PROTO_UDP, rip)
+    wr16(f + 34, VXLAN_SPORT_MIN + <uint16_t>(h & 0x3FFF))
+    wr16(f + 36, VXLAN_PORT)
+    wr16(f + 38, 16 + 14 + tot)
+    wr16(f + 40, 0)
+    wr32(f + 42, 0x08000000)            # flags: the VNI is valid
+    wr32(f + 46, vni << 8)
+
+
 cdef int tunnel_fwd(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, uint8_t tflags,
                     int64_t now) noexcept nogil:
     cdef uint32_t tot = rd16(f + 16)
     cdef uint16_t cs
-    cdef uint64_t h
     cdef int k
     cdef bint whole = False
     if not self.has_gw:
@@ -110,17 +127,7 @@ cdef int tunnel_fwd(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, u
     k = xmit_out(self, f, n, e, TUNNEL_INNER_MAC, False, True, tflags, now)
     if k != XMIT_CONT:
         return k
-    memmove(f + VXLAN_OVERHEAD, f, 14 + tot)      # the inner frame, addressed by xmit_out
-    memcpy(f, self.gw_mac, 6)
-    memcpy(f + 6, self.local_mac, 6)
-    outer_ip(self, f, 36 + 14 + tot, PROTO_UDP, e.rip)
-    h = e.hf ^ (e.hf >> 32)
-    wr16(f + 34, VXLAN_SPORT_MIN + <uint16_t>(h & 0x3FFF))
-    wr16(f + 36, VXLAN_PORT)
-    wr16(f + 38, 16 + 14 + tot)
-    wr16(f + 40, 0)
-    wr32(f + 42, 0x08000000)            # flags: the VNI is valid
-    wr32(f + 46, sv.vni << 8)
+    tunnel_encap(self, f, tot, e.rip, e.hf, sv.vni)
     if self.vnet != NULL and self.vnet[0] & VNET_F_NEEDS_CSUM:
         cs = self.vnet[6] | (<uint16_t>self.vnet[7] << 8)     # little-endian csum_start
         cs += VXLAN_OVERHEAD
@@ -155,6 +162,24 @@ cdef int tunnel_frag_needed(Engine self, uint8_t *f, Service *sv) noexcept nogil
     wr16(f + 36, ~fold(s) & 0xFFFF)
     self.newlen = 70
     return C_TUNNEL_FRAG_NEEDED
+
+
+cdef int tunnel_icmp(Engine self, uint8_t *f, uint32_t n, Icmp *q, Flow *e, Service *sv,
+                     int32_t real, bint fwd) noexcept nogil:
+    """An ICMP error from the client side about a tunnel flow (icmp.pxi): in VXLAN to the
+    backend, untouched inside, as the flow's frames go (e NULL: the `real` the hash chose)."""
+    cdef uint32_t tot = q.end - 14
+    if not self.has_gw:
+        return C_DROP_NO_NEIGH
+    if tot + VXLAN_OVERHEAD > sv.mtu:
+        return C_DROP_TUNNEL_TOO_BIG      # (no error is answered with an error)
+    if 14 + tot + VXLAN_OVERHEAD > self.rowcap:
+        return C_DROP_TUNNEL_NO_ROOM
+    memcpy(f, TUNNEL_INNER_MAC, 6)
+    memcpy(f + 6, self.local_mac, 6)
+    tunnel_encap(self, f, tot, self.reals[real].ip if e == NULL else e.rip, q.h, sv.vni)
+    self.newlen = 14 + tot + VXLAN_OVERHEAD
+    return C_TUNNEL_ICMP_FWD
 
 
 # ---- the API's body (engine.pxi) ----------------------------------------------------------
@@ -242,3 +267,4 @@ tunnel_inner_mac()
 XMIT[MODE_TUNNEL].new_flow = new_flow_default
 XMIT[MODE_TUNNEL].fwd = tunnel_fwd
 XMIT[MODE_TUNNEL].rev = NULL
+XMIT[MODE_TUNNEL].icmp = tunnel_icmp

@@ -65,6 +65,18 @@ def icmp_echo(smac, dmac, src, dst, ident=7, seq=1, data=b"ping", ttl=64):
     return eth(dmac, smac, _ip(src, dst, 1, ic, ttl=ttl))
 
 
+def icmp_error(smac, dmac, src, dst, about, type=3, code=4, mtu=0, quote=28, ttl=64):
+    """An ICMP error from src to dst about the frame `about` (its IP packet quoted, the first
+    `quote` bytes of it, as a router quotes), fragmentation needed by default (mtu in the
+    second word). Full checksums."""
+    body = struct.pack("!BBHHH", type, code, 0, 0, mtu) + bytes(about)[14:14 + quote]
+    body = body[:2] + struct.pack("!H", ~inet_sum(body) & 0xFFFF) + body[4:]
+    ip = _ip(src, dst, 1, b"", ttl=ttl)
+    ip.data = body
+    ip.len = 20 + len(body)
+    return eth(dmac, smac, ip)
+
+
 def arp_request(smac, sip, tip):
     a = dpkt.arp.ARP(op=dpkt.arp.ARP_OP_REQUEST, sha=smac, spa=ipaddress.IPv4Address(sip).packed,
                      tha=b"\0" * 6, tpa=ipaddress.IPv4Address(tip).packed)

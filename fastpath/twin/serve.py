@@ -21,6 +21,7 @@ from .. import defs
 from ..defs import C, TH_ACK, TH_SYN, XMIT_CONT
 from ..io_py import rx_burst, tx_burst
 from .flowtable import flow_delete, flow_find, service_find, track
+from .icmp import icmp_in
 from .inet import flow_hash, ip_header_ok, rd16, rd32
 from .types import XMIT, Pkt
 
@@ -194,6 +195,8 @@ def process_frame(self, f, n, now):
         ulen = rd16(f, 38)
         if ulen < 8 or ulen > l4len:
             return C["drop_udp_bad_len"]
+    elif proto == defs.PROTO_ICMP:
+        return icmp_in(self, f, n, tot, now)
     else:
         return C["drop_unknown_dest"]
     sport = rd16(f, 34)

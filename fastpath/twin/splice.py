@@ -21,6 +21,7 @@ from ..checks import check_ip, check_port, check_real_idx
 from ..defs import C, TH_ACK, TH_FIN, TH_PSH, TH_RST, TH_SYN, XMIT_CONT
 from .flowtable import flow_alloc, flow_delete, flow_find, flow_insert, flow_insert_rev, schedule
 from .http import l7_match
+from .icmp import icmp_translate
 from .inet import (M32, flow_hash, mix64, patch16, patch32, rd16, rd32, rewrite, sack_ts,
                    tcp_frame, tcp_options, tcp_options_fast)
 from .serve import xmit_out
@@ -230,6 +231,34 @@ def splice_rev(self, f, n, e, sv, tflags, now):
     return C["splice_rev"]
 
 
+def splice_icmp(self, f, n, q, e, sv, real, fwd):
+    """An ICMP error about a bound splice flow (icmp.py), translated as nat's are and, for
+    TCP, its quoted seq and ack moved into the other connection's space: from the client
+    side the quote is our segment to the client (seq in our space, - delta for the
+    backend's), from the server side our segment to the backend (ack - delta: + delta for
+    the client's). Linux drops an ICMP error whose seq is outside its window."""
+    if e is None or e.real < 0 or e.state in (defs.S_SPL_WAIT, defs.S_SPL_CONNECTING):
+        return C["drop_icmp_no_flow"]     # nothing sent on it yet that an error could be about
+    if f[22] <= 1:
+        return C["drop_ttl"]
+    if fwd:
+        r = self.reals[e.real]
+        if r.mac is None:
+            return C["drop_no_neigh"]
+        f[0:6] = r.mac
+        f[6:12] = self.local_mac
+        icmp_translate(f, q, True, q.src, q.sport, e.rip, e.rport, (0 - e.delta) & M32, 0)
+        self.newlen = n
+        return C["splice_icmp_fwd"]
+    if self.gw_mac is None:
+        return C["drop_no_neigh"]
+    f[0:6] = self.gw_mac
+    f[6:12] = self.local_mac
+    icmp_translate(f, q, False, e.rip, e.rport, e.vip, e.vport, 0, e.delta)
+    self.newlen = n
+    return C["splice_icmp_rev"]
+
+
 # ---- binding a flow to a backend, our SYN, the replay ------------------------------------
 def waitq_push(self, idx, now):
     if len(self.waitq) == self.wq_size:
@@ -397,4 +426,4 @@ def api_splice_drop(self, cip, cport, vip, vport):
 
 
 # ---- the mode's row of XMIT (types.py) ----------------------------------------------------
-XMIT[defs.MODE_SPLICE] = Xmit(splice_new, splice_fwd, splice_rev)
+XMIT[defs.MODE_SPLICE] = Xmit(splice_new, splice_fwd, splice_rev, splice_icmp)

@@ -45,9 +45,12 @@ class Service:
 # what process_frame parsed of a frame, for a new-flow routine (h: flow_hash, the forward key)
 Pkt = namedtuple("Pkt", "src dst sport dport proto tflags h")
 
+# an ICMP error's quote, as icmp_in parsed it (icmp.py; types.pxi says what each field is)
+Icmp = namedtuple("Icmp", "end ip l4 src dst sport dport proto h")
+
 # One mode's per-packet routines, bound by the flow's mode code (types.pxi says what each
 # role does): new_flow(eng, f, n, sv, pkt, now), fwd(eng, f, n, e, sv, tflags, now),
-# rev(eng, f, n, e, None, tflags, now) or None for no reverse path. Each returns the frame's
-# exit counter.
-Xmit = namedtuple("Xmit", "new_flow fwd rev")
-XMIT = [Xmit(None, None, None)] * 256    # filled by xmit_*.py and splice.py
+# rev(eng, f, n, e, None, tflags, now) or None for no reverse path, icmp(eng, f, n, q, e,
+# sv, real, fwd) or None. Each returns the frame's exit counter.
+Xmit = namedtuple("Xmit", "new_flow fwd rev icmp")
+XMIT = [Xmit(None, None, None, None)] * 256    # filled by xmit_*.py and splice.py

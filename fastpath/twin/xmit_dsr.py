@@ -24,5 +24,16 @@ def dsr_fwd(self, f, n, e, sv, tflags, now):
     return C["dsr_fwd"]
 
 
+def dsr_icmp(self, f, n, q, e, sv, real, fwd):
+    """An ICMP error from the client side about a dsr flow (icmp.py): to the backend's MAC,
+    untouched, as the flow's frames go (the backend holds the VIP it is addressed to)."""
+    r = self.reals[real]
+    if r.mac is None:
+        return C["drop_no_neigh"]
+    f[0:6] = r.mac
+    f[6:12] = self.local_mac
+    return C["dsr_icmp_fwd"]
+
+
 # ---- the mode's row of XMIT (types.py) ----------------------------------------------------
-XMIT[defs.MODE_DSR] = Xmit(new_flow_default, dsr_fwd, None)
+XMIT[defs.MODE_DSR] = Xmit(new_flow_default, dsr_fwd, None, dsr_icmp)

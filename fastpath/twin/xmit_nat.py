@@ -14,6 +14,7 @@ Invariants:
 from .. import defs
 from ..defs import C, XMIT_CONT
 from .flowtable import new_flow_default
+from .icmp import icmp_translate
 from .inet import rewrite
 from .serve import xmit_out
 from .types import XMIT, Xmit
@@ -36,5 +37,30 @@ def nat_rev(self, f, n, e, sv, tflags, now):
     return C["nat_rev"]
 
 
+def nat_icmp(self, f, n, q, e, sv, real, fwd):
+    """An ICMP error about a nat flow (icmp.py), translated as the flow's packets are: from
+    the client side VIP -> the backend (e None: the one `real` the hash chose), from the
+    server side the backend -> VIP, to the gateway."""
+    r = self.reals[real]
+    if f[22] <= 1:
+        return C["drop_ttl"]
+    if fwd:
+        if r.mac is None:
+            return C["drop_no_neigh"]
+        f[0:6] = r.mac
+        f[6:12] = self.local_mac
+        icmp_translate(f, q, True, q.src, q.sport, r.ip if e is None else e.rip,
+                       r.port if e is None else e.rport, 0, 0)
+        self.newlen = n                 # checksums full: a vnet header is cleared
+        return C["nat_icmp_fwd"]
+    if self.gw_mac is None:
+        return C["drop_no_neigh"]
+    f[0:6] = self.gw_mac
+    f[6:12] = self.local_mac
+    icmp_translate(f, q, False, e.rip, e.rport, e.vip, e.vport, 0, 0)
+    self.newlen = n
+    return C["nat_icmp_rev"]
+
+
 # ---- the mode's row of XMIT (types.py) ----------------------------------------------------
-XMIT[defs.MODE_NAT] = Xmit(new_flow_default, nat_fwd, nat_rev)
+XMIT[defs.MODE_NAT] = Xmit(new_flow_default, nat_fwd, nat_rev, nat_icmp)

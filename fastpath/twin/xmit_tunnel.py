@@ -69,6 +69,22 @@ def tunnel_gso_header(self, f, sv):
     v[22], v[23] = 14 + OVERHEAD, 0         # inner_nh_offset: the inner IP header
 
 
+def tunnel_encap(self, f, tot, rip, hf, vni):
+    """The addressed inner frame f[:14 + tot] moved behind outer Ethernet (to the gateway),
+    IP (us -> rip), UDP (source port from the flow hash hf) and VXLAN (vni) headers."""
+    h = hf ^ (hf >> 32)
+    f[:] = bytes(OVERHEAD) + bytes(f[:14 + tot])
+    f[0:6] = self.gw_mac
+    f[6:12] = self.local_mac
+    outer_ip(self, f, 36 + 14 + tot, defs.PROTO_UDP, rip)
+    wr16(f, 34, defs.VXLAN_SPORT_MIN + (h & 0x3FFF))
+    wr16(f, 36, defs.VXLAN_PORT)
+    wr16(f, 38, 16 + 14 + tot)
+    wr16(f, 40, 0)
+    wr32(f, 42, 0x08000000)             # flags: the VNI is valid
+    wr32(f, 46, (vni << 8) & 0xFFFFFFFF)
+
+
 def tunnel_fwd(self, f, n, e, sv, tflags, now):
     tot = rd16(f, 16)
     whole = False
@@ -88,17 +104,7 @@ def tunnel_fwd(self, f, n, e, sv, tflags, now):
     k = xmit_out(self, f, n, e, TUNNEL_INNER_MAC, False, True, tflags, now)
     if k != XMIT_CONT:
         return k
-    f[:] = bytes(OVERHEAD) + bytes(f[:14 + tot])       # the inner frame, addressed by xmit_out
-    f[0:6] = self.gw_mac
-    f[6:12] = self.local_mac
-    outer_ip(self, f, 36 + 14 + tot, defs.PROTO_UDP, e.rip)
-    h = e.hf ^ (e.hf >> 32)
-    wr16(f, 34, defs.VXLAN_SPORT_MIN + (h & 0x3FFF))
-    wr16(f, 36, defs.VXLAN_PORT)
-    wr16(f, 38, 16 + 14 + tot)
-    wr16(f, 40, 0)
-    wr32(f, 42, 0x08000000)             # flags: the VNI is valid
-    wr32(f, 46, (sv.vni << 8) & 0xFFFFFFFF)
+    tunnel_encap(self, f, tot, e.rip, e.hf, sv.vni)
     if vnet is not None and vnet[0] & defs.VNET_F_NEEDS_CSUM:
         cs = (vnet[6] | (vnet[7] << 8)) + OVERHEAD
         vnet[6], vnet[7] = cs & 0xFF, (cs >> 8) & 0xFF
@@ -127,6 +133,23 @@ def tunnel_frag_needed(self, f, sv):
     wr16(f, 36, ~fold(sum(rd16(f, k) for k in range(34, 70, 2))) & 0xFFFF)
     self.newlen = 70
     return C["tunnel_frag_needed"]
+
+
+def tunnel_icmp(self, f, n, q, e, sv, real, fwd):
+    """An ICMP error from the client side about a tunnel flow (icmp.py): in VXLAN to the
+    backend, untouched inside, as the flow's frames go (e None: the `real` the hash chose)."""
+    tot = q.end - 14
+    if self.gw_mac is None:
+        return C["drop_no_neigh"]
+    if tot + OVERHEAD > sv.mtu:
+        return C["drop_tunnel_too_big"]   # (no error is answered with an error)
+    if 14 + tot + OVERHEAD > self.rowcap:
+        return C["drop_tunnel_no_room"]
+    f[0:6] = TUNNEL_INNER_MAC
+    f[6:12] = self.local_mac
+    tunnel_encap(self, f, tot, self.reals[real].ip if e is None else e.rip, q.h, sv.vni)
+    self.newlen = 14 + tot + OVERHEAD
+    return C["tunnel_icmp_fwd"]
 
 
 # ---- the API's body (engine.py) -----------------------------------------------------------
@@ -195,4 +218,4 @@ def api_tunnel_segment(self, frame, batch, first):
 
 
 # ---- the mode's row of XMIT (types.py) ----------------------------------------------------
-XMIT[defs.MODE_TUNNEL] = Xmit(new_flow_default, tunnel_fwd, None)
+XMIT[defs.MODE_TUNNEL] = Xmit(new_flow_default, tunnel_fwd, None, tunnel_icmp)

@@ -42,9 +42,11 @@ segment = st.tuples(st.booleans(), st.sampled_from([F.TH_ACK, F.TH_ACK | F.TH_PU
        ack_opt=st.lists(opt_piece, max_size=4), bsyn_opt=st.lists(opt_piece, max_size=5),
        segs=st.lists(segment, max_size=12), bind=st.booleans(), dt=st.integers(0, 300_000),
        first=st.sampled_from([b"", b"GET / HTTP/1.0\r\n\r\n"]), req=st.binary(max_size=1600),
-       fin=st.booleans(), synacks=st.integers(1, 3))
+       fin=st.booleans(), synacks=st.integers(1, 3),
+       icmps=st.lists(st.tuples(st.booleans(), st.integers(0, M32), st.integers(0, M32),
+                                st.sampled_from([28, 40, 48])), max_size=3))
 def test_splice_connections_same_on_both_twins(c_isn, s_isn, syn_opt, ack_opt, bsyn_opt, segs, bind,
-                                               dt, first, req, fin, synacks):
+                                               dt, first, req, fin, synacks, icmps):
     outs = []
     for mod in (_engine, twin):
         e = make_engine(mod.Engine, ServiceSpec)
@@ -81,6 +83,13 @@ def test_splice_connections_same_on_both_twins(c_isn, s_isn, syn_opt, ack_opt, b
             else:
                 run(F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000, flags=flags, seq=seq, ack=ack,
                           win=win, opts=options(opt), data=data))
+        for client_side, seq, ack, quote in icmps:     # ICMP errors about the flow's packets
+            if client_side:
+                about = F.tcp(LB, GW, VIP, CLIENT, 80, 40000, seq=seq, ack=ack, data=b"r" * 20)
+                run(F.icmp_error(GW, LB, "198.18.0.1", VIP, about, quote=quote))
+            else:
+                about = F.tcp(LB, B1, CLIENT, B1_IP, 40000, B1_PORT, seq=seq, ack=ack, data=b"q")
+                run(F.icmp_error(B1, LB, "198.19.0.1", CLIENT, about, quote=quote))
         outs.append((log, e.counters(), sorted(e.flows()),
                      e.splice_flow(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80)))
     assert outs[0] == outs[1]

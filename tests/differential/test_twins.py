@@ -29,6 +29,16 @@ TEMPLATES = [t for p in PORTS for t in (
     b2c(real=1, sport=p, flags=F.TH_ACK),
     F.udp(GWMAC, LB, "198.18.0.10", VIP2, p, 53, b"q"),
     F.udp(B3, LB, "198.19.0.13", "198.18.0.10", 5353, p, b"a"))] + [
+    # ICMP errors about flows (both sides, every mode, short and long quotes)
+    F.icmp_error(GWMAC, LB, "198.18.0.1", vip, F.tcp(LB, GWMAC, vip, "198.18.0.10", vport, p,
+                                                     data=b"d" * 60, ttl=63), quote=q)
+    for p in PORTS for q in (28, 48) for vip, vport in (
+        (VIP1, 80), (VIP1, 8080), (VIP3, 80), (VIP7, 80), ("198.19.100.6", 80))] + [
+    F.icmp_error(B1, LB, "198.19.0.11", "198.18.0.10",
+                 F.tcp(LB, B1, "198.18.0.10", "198.19.0.11", p, 80, data=b"d" * 60), quote=48)
+    for p in PORTS] + [
+    F.icmp_error(GWMAC, LB, "198.18.0.1", VIP2, F.udp(LB, GWMAC, VIP2, "198.18.0.10", 53, p,
+                                                      b"a"), type=11, code=0) for p in PORTS] + [
     c2v(ttl=1), c2v(ttl=2),
     F.arp_request(B1, "198.19.0.11", "198.19.0.2"), F.icmp_echo(B2, LB, "198.19.0.12", "198.19.0.2"),
     F.eth(LB, GWMAC, b"\0\x01\x08\x00" + c2v()[14:], etype=0x8100),

@@ -22,7 +22,9 @@ ABI = ["rx_frames", "drop_runt", "drop_not_our_mac", "punt_arp", "drop_vlan", "d
        "drop_tcp_bad_options", "punt_splice", "splice_fwd", "splice_rev", "drop_splice_state",
        "splice_established", "flow_rev_replaced", "splice_accepted", "splice_replay",
        "splice_waitq_lost", "splice_decided", "tunnel_fwd", "tunnel_frag_needed",
-       "drop_tunnel_too_big", "punt_tunnel_gso", "drop_tunnel_no_room", "tunnel_gso_fwd"]
+       "drop_tunnel_too_big", "punt_tunnel_gso", "drop_tunnel_no_room", "tunnel_gso_fwd",
+       "drop_icmp_not_error", "drop_icmp_bad", "drop_icmp_no_flow", "icmp_hashed", "nat_icmp_fwd",
+       "nat_icmp_rev", "dsr_icmp_fwd", "splice_icmp_fwd", "splice_icmp_rev", "tunnel_icmp_fwd"]
 SPLICE_VIP = "198.19.100.6"
 
 
@@ -50,8 +52,8 @@ def test_modes_table():
 
 
 def test_counters_of():
-    assert defs.counters_of("nat") == ["nat_fwd", "nat_rev"]
-    assert defs.counters_of("dsr") == ["dsr_fwd"]
+    assert defs.counters_of("nat") == ["nat_fwd", "nat_rev", "nat_icmp_fwd", "nat_icmp_rev"]
+    assert defs.counters_of("dsr") == ["dsr_fwd", "dsr_icmp_fwd"]
     assert defs.counters_of("splice") == [c.name for c in defs.COUNTER_TABLE if c.mode == "splice"]
     for m in defs.MODES:
         assert any(defs.COUNTER_TABLE[defs.C[n]].verdict == defs.V_TX for n in defs.counters_of(m))
