@@ -251,7 +251,7 @@ class Lab:
     """
 
     def __init__(self, name="tw", backends=3, clients=1, io="tap", start_lbd=True, offload=False,
-                 workers=1, remote_backends=0):
+                 workers=1, remote_backends=0, client_hop_mtu=None):
         if not NAME_RE.match(name or ""):
             raise LabError("lab name %r: use 1-20 characters of [A-Za-z0-9_]" % (name,))
         if not 1 <= backends <= MAX_BACKENDS:
@@ -265,7 +265,16 @@ class Lab:
             raise LabError("io: must be tap or afpacket, got %r" % (io,))
         if not (isinstance(workers, int) and 1 <= workers <= 16) or workers > 1 and io != "tap":
             raise LabError("workers: 1..16, more than 1 only with io tap; got %r" % (workers,))
+        if client_hop_mtu is not None and not (isinstance(client_hop_mtu, int)
+                                               and 576 <= client_hop_mtu < 1500):
+            raise LabError("client_hop_mtu: 576..1499 or None, got %r" % (client_hop_mtu,))
         self.name = name
+        # the client side of the path has a smaller hop (a VPN, a PPPoE line): rt's client
+        # interface has this MTU, and the clients, which know it for what they send (their
+        # route's mtu), still announce the MSS of their own 1500-byte link (advmss 1460), so
+        # what comes from the servers must be shrunk by path MTU discovery: rt answers it with
+        # ICMP fragmentation needed, addressed to the source it sees (a VIP)
+        self.client_hop_mtu = client_hop_mtu
         self.n_backends = backends
         self.n_clients = clients
         self.n_remote = remote_backends
@@ -461,17 +470,21 @@ class Lab:
 
         # 4. addresses, routes, per-interface sysctls, offloads, nftables
         steps = {}
+        hop = self.client_hop_mtu
         for i, c in enumerate(clients, 1):
             steps[self.ns(c)] = [(["ip", "-n", self.ns(c), "-batch", "-"],
                                   "link set lo up\n"
                                   "addr add %s/24 dev eth0\n"
                                   "link set eth0 up\n"
-                                  "route add default via %s\n" % (client_ip(i), RT_CLIENT))]
+                                  "route add default via %s%s\n"
+                                  % (client_ip(i), RT_CLIENT,
+                                     " mtu lock %d advmss 1460" % hop if hop else ""))]
         steps[rt] = [(["ip", "-n", rt, "-batch", "-"],
                       "link set lo up\n"
                       "addr add %s/24 dev eth0\naddr add %s/24 dev eth1\n"
                       "link set eth0 up\nlink set eth1 up\n"
-                      "route add %s via %s\n" % (RT_CLIENT, RT_SERVER, VIP_RANGE, LB_ADDRESS))]
+                      "route add %s via %s\n" % (RT_CLIENT, RT_SERVER, VIP_RANGE, LB_ADDRESS)
+                      + ("link set eth0 mtu %d\n" % hop if hop else ""))]
         if remotes:
             # eth2 inherits rp_filter 0 from default (step 2), so rt forwards between all three
             steps[rt].append((["ip", "-n", rt, "-batch", "-"],
@@ -650,6 +663,7 @@ class Lab:
             "backends": backends,
             "remote_backends": remotes,
             "remote_net": REMOTE_NET if remotes else None,
+            "client_hop_mtu": self.client_hop_mtu,
             "vxlan": ({"device": VXLAN_DEV, "vni": VXLAN_VNI, "port": VXLAN_PORT,
                        "inner_mac": VXLAN_INNER_MAC} if remotes else None),
             "nodes": nodes,
@@ -844,12 +858,16 @@ def cli():
               "PACKET_VNET_HDR and the veth's default offloads): GSO superframes through lbd")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 16),
               help="lbd's data-plane threads (tap: one TAP queue each)")
-def up(name, backends, clients, remote_backends, io, no_lbd, offload, workers):
+@click.option("--client-hop-mtu", type=click.IntRange(576, 1499), default=None,
+              help="a smaller hop on the client side (rt's client interface): the servers' "
+              "segments need path MTU discovery through the LB")
+def up(name, backends, clients, remote_backends, io, no_lbd, offload, workers, client_hop_mtu):
     if workers > 1 and io != "tap":
         raise click.UsageError("--workers > 1 needs --io tap")
     try:
         topo = Lab(name, backends=backends, clients=clients, io=io, start_lbd=not no_lbd,
-                   offload=offload, workers=workers, remote_backends=remote_backends).up()
+                   offload=offload, workers=workers, remote_backends=remote_backends,
+                   client_hop_mtu=client_hop_mtu).up()
     except LabError as e:
         raise click.ClickException(str(e))
     click.echo(json.dumps(topo, indent=2))
