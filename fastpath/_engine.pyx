@@ -63,6 +63,7 @@ include "engine.pxi"        # the Engine object and its Python API
 include "flowtable.pxi"     # flow entries, their indexes, services, scheduling, TCP state
 include "serve.pxi"         # process/serve, the burst, process_frame
 include "icmp.pxi"          # ICMP errors about a flow: found by the quote, to the mode's routine
+include "frag.pxi"          # fragments: the first scheduled, the rest follow it by IP id
 include "xmit_nat.pxi"      # nat's routines
 include "xmit_dsr.pxi"      # dsr's routine
 include "splice.pxi"        # splice's cookies, binding, replay, translation, and its API

@@ -149,6 +149,13 @@ F_RP_FIN = 32  # splice: the replayed request ends with the client's FIN
 SPLICE_WAIT_HANDOFF_MS = 100
 SPLICE_WAITQ_MIN = 4096
 
+# IPv4 fragments (fastpath/frag.pxi): the first is scheduled like any packet, the later ones
+# follow it by (src, dst, IP id, proto) in a table of FRAG_SLOTS entries (a key probes
+# FRAG_PROBE of them) for FRAG_TIMEOUT_MS after the first passed
+FRAG_SLOTS = 4096
+FRAG_PROBE = 4
+FRAG_TIMEOUT_MS = 5000
+
 # Eviction when the table is full: the least recently seen of EVICT_SAMPLE entries after a
 # rotating clock hand is evicted (an expired one first) and the new flow is served.
 EVICT_SAMPLE = 8
@@ -187,7 +194,7 @@ COUNTER_TABLE = (
     Counter("drop_ip_csum", V_DROP, None,
             "IPv4 header checksum wrong"),
     Counter("drop_ip_fragment", V_DROP, None,
-            "MF set or fragment offset non-zero"),
+            "a fragment for the LB itself, or for a flow whose mode forwards none (splice)"),
     Counter("drop_ttl", V_DROP, None,
             "TTL would reach 0 on a routed path (nat, splice)"),
     Counter("punt_local", V_PUNT, None,
@@ -297,6 +304,20 @@ COUNTER_TABLE = (
             "the client's space"),
     Counter("tunnel_icmp_fwd", V_TX, "tunnel",
             "ICMP error from the client side, in VXLAN to the flow's backend"),
+    # IPv4 fragments (fastpath/frag.pxi)
+    Counter("frag_first", None, None,
+            "a first fragment sent: the datagram's later fragments will follow it"),
+    Counter("frag_evicted", None, None,
+            "the fragment table had no free slot for a new datagram: its oldest entry went"),
+    Counter("drop_frag_no_first", V_DROP, None,
+            "a later fragment whose first was not sent (not seen yet, lost, timed out)"),
+    Counter("nat_frag_fwd", V_TX, "nat",
+            "a later fragment client -> backend: the destination address translated"),
+    Counter("nat_frag_rev", V_TX, "nat",
+            "a later fragment backend -> client: the source address translated"),
+    Counter("dsr_frag_fwd", V_TX, "dsr", "a later fragment to the flow's backend's MAC"),
+    Counter("tunnel_frag_fwd", V_TX, "tunnel",
+            "a later fragment in VXLAN to the flow's backend"),
 )
 COUNTERS = [c.name for c in COUNTER_TABLE]
 C = {name: i for i, name in enumerate(COUNTERS)}

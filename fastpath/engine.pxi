@@ -43,6 +43,7 @@ cdef class Engine:
     cdef uint8_t *vnet      # the current frame's virtio-net header (NULL without one)
     cdef bint keep_vnet     # the routine kept a partial checksum: do not clear the header
     cdef bint vnet_tnl      # the header is the long one (VNET_TNL_HDR_LEN): UDP-tunnel GSO
+    cdef Frag *frags        # FRAG_SLOTS datagrams whose first fragment was sent (frag.pxi)
     cdef WaitQ *waitq       # splice flows Python may have to look at (a ring of wq_size)
     cdef uint32_t wq_head, wq_tail, wq_size
     cdef PyThread_type_lock lock
@@ -68,11 +69,12 @@ cdef class Engine:
         while self.wq_size < <uint32_t>capacity:
             self.wq_size <<= 1
         self.waitq = <WaitQ *>malloc(self.wq_size * sizeof(WaitQ))
+        self.frags = <Frag *>calloc(FRAG_SLOTS, sizeof(Frag))
         self.wq_head = self.wq_tail = 0
         self.lock = PyThread_allocate_lock()
         self.want = 0
         if not (self.lock and self.fl and self.ifwd and self.irev and self.freel and self.reals
-                and self.svcs and self.svc_slot and self.ctr and self.waitq):
+                and self.svcs and self.svc_slot and self.ctr and self.waitq and self.frags):
             raise MemoryError()
         cdef uint32_t k
         for k in range(capacity):
@@ -93,6 +95,7 @@ cdef class Engine:
             for k in range(self.cap):
                 free(self.fl[k].rp)
         free(self.waitq)
+        free(self.frags)
         free(self.fl); free(self.ifwd); free(self.irev); free(self.freel); free(self.reals)
         free(self.svcs); free(self.svc_slot); free(self.ctr)
         free(self.tab); free(self.wts)

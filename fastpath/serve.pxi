@@ -189,6 +189,9 @@ cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcep
     cdef uint16_t et, tot, sport, dport, ulen
     cdef uint32_t ihl, l4len, doff, src, dst
     cdef uint8_t proto, tflags = 0
+    cdef uint16_t fo, ident
+    cdef bint first = False
+    cdef int r
     cdef uint64_t h
     cdef int32_t idx
     cdef Service *sv
@@ -221,13 +224,16 @@ cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcep
         return C_DROP_IP_BAD_LEN
     if not ip_header_ok(f, 14, 20):
         return C_DROP_IP_CSUM
-    if rd16(f + 20) & 0x3FFF:
-        return C_DROP_IP_FRAGMENT
+    fo = rd16(f + 20) & 0x3FFF          # MF and the fragment offset (frag.pxi)
+    ident = rd16(f + 18)
     proto = f[23]
     src = rd32(f + 26)
     dst = rd32(f + 30)
     if dst == self.local_ip:
-        return C_PUNT_LOCAL
+        return C_DROP_IP_FRAGMENT if fo else C_PUNT_LOCAL
+    if fo & 0x1FFF:
+        return frag_later(self, f, n, now)
+    first = fo != 0
     l4len = tot - 20
     if proto == PROTO_TCP:
         if l4len < 20:
@@ -240,9 +246,9 @@ cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcep
         if l4len < 8:
             return C_DROP_L4_TRUNCATED
         ulen = rd16(f + 38)
-        if ulen < 8 or ulen > l4len:
+        if ulen < 8 or (ulen > l4len and not first):   # (a first fragment: the rest follows)
             return C_DROP_UDP_BAD_LEN
-    elif proto == PROTO_ICMP:
+    elif proto == PROTO_ICMP and not first:
         return icmp_in(self, f, n, tot, now)
     else:
         return C_DROP_UNKNOWN_DEST
@@ -272,13 +278,25 @@ cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcep
         if idx < 0:
             if XMIT[sv.mode].new_flow == NULL:
                 return C_DROP_MODE
+            if first and XMIT[sv.mode].frag == NULL:
+                return C_DROP_IP_FRAGMENT
             p.src, p.dst, p.sport, p.dport, p.proto, p.tflags, p.h = (src, dst, sport, dport,
                                                                       proto, tflags, h)
-            return XMIT[sv.mode].new_flow(self, f, n, sv, &p, now)
+            r = XMIT[sv.mode].new_flow(self, f, n, sv, &p, now)
+            if first and VMAP[r] == V_TX:
+                idx = flow_find(self, self.ifwd, h, src, dst, sport, dport, proto, False)
+                if idx >= 0:
+                    frag_note(self, src, dst, ident, proto, idx, True, now)
+            return r
         e = &self.fl[idx]
         if XMIT[e.mode].fwd == NULL:
             return C_DROP_MODE
-        return XMIT[e.mode].fwd(self, f, n, e, sv, tflags, now)
+        if first and XMIT[e.mode].frag == NULL:
+            return C_DROP_IP_FRAGMENT
+        r = XMIT[e.mode].fwd(self, f, n, e, sv, tflags, now)
+        if first and VMAP[r] == V_TX:
+            frag_note(self, src, dst, ident, proto, idx, True, now)
+        return r
     idx = flow_find(self, self.irev, h, src, dst, sport, dport, proto, True)
     if idx < 0:
         return C_DROP_UNKNOWN_DEST
@@ -289,7 +307,12 @@ cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcep
         return C_DROP_UNKNOWN_DEST
     if XMIT[e.mode].rev == NULL:
         return C_DROP_MODE
-    return XMIT[e.mode].rev(self, f, n, e, NULL, tflags, now)
+    if first and XMIT[e.mode].frag == NULL:
+        return C_DROP_IP_FRAGMENT
+    r = XMIT[e.mode].rev(self, f, n, e, NULL, tflags, now)
+    if first and VMAP[r] == V_TX:
+        frag_note(self, src, dst, ident, proto, idx, False, now)
+    return r
 
 
 cdef inline int xmit_out(Engine self, uint8_t *f, uint32_t n, Flow *e, const uint8_t *dmac,

@@ -137,6 +137,18 @@ cdef struct Icmp:       # an ICMP error's quote, as icmp_in parsed it (icmp.pxi)
     uint64_t h          # flow_hash of the flow's forward key (client side) or reverse key
 
 
+cdef struct Frag:       # a datagram whose first fragment was sent (frag.pxi)
+    uint32_t src        # its key as it came in: addresses, IP id, protocol
+    uint32_t dst
+    uint16_t ident
+    uint8_t proto
+    uint8_t fwd         # 1: client -> backend, 0: backend -> client
+    uint8_t used
+    uint32_t idx        # the flow, and its created (the slot may have been reused since)
+    int64_t created
+    int64_t at          # ms when the first fragment passed
+
+
 # One mode's per-packet routines, one signature per role, bound by the flow's mode code as
 # IPVS binds packet_xmit once per connection. new_flow: a frame to one of the mode's VIPs
 # with no flow (make one and send the frame on it, or answer it); fwd: client -> VIP on the
@@ -144,18 +156,22 @@ cdef struct Icmp:       # an ICMP error's quote, as icmp_in parsed it (icmp.pxi)
 # stays out of the reverse index); icmp: an ICMP error about one of the mode's flows (fwd:
 # from the client side, to the backend `real`, the flow e NULL when none was found and a
 # consistent hash chose; not fwd: from the server side, to the client), NULL when the mode
-# forwards none. Each returns the frame's exit counter; sv is NULL on rev and icmp not fwd.
+# forwards none; frag: a later fragment of one of the mode's flows (fwd: client -> backend),
+# NULL when the mode forwards no fragments. Each returns the frame's exit counter; sv is NULL
+# on rev and icmp not fwd.
 ctypedef int (*new_flow_fn)(Engine, uint8_t *, uint32_t, Service *, Pkt *, int64_t) noexcept nogil
 ctypedef int (*xmit_fn)(Engine, uint8_t *, uint32_t, Flow *, Service *, uint8_t,
                         int64_t) noexcept nogil
 ctypedef int (*icmp_fn)(Engine, uint8_t *, uint32_t, Icmp *, Flow *, Service *, int32_t,
                         bint) noexcept nogil
+ctypedef int (*frag_fn)(Engine, uint8_t *, uint32_t, Flow *, bint, int64_t) noexcept nogil
 
 cdef struct Xmit:
     new_flow_fn new_flow
     xmit_fn fwd
     xmit_fn rev
     icmp_fn icmp
+    frag_fn frag
 
 cdef Xmit XMIT[256]     # by mode code; filled by the xmit_*.pxi and splice.pxi that define them
 

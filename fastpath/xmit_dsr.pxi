@@ -30,8 +30,21 @@ cdef int dsr_icmp(Engine self, uint8_t *f, uint32_t n, Icmp *q, Flow *e, Service
     return C_DSR_ICMP_FWD
 
 
+cdef int dsr_frag(Engine self, uint8_t *f, uint32_t n, Flow *e, bint fwd,
+                  int64_t now) noexcept nogil:
+    """A later fragment of a dsr flow (frag.pxi): to the backend's MAC, as the first went."""
+    cdef Real *r = &self.reals[e.real]
+    if not r.has_mac:
+        return C_DROP_NO_NEIGH
+    memcpy(f, r.mac, 6)
+    memcpy(f + 6, self.local_mac, 6)
+    frag_account(e, n, True, now)
+    return C_DSR_FRAG_FWD
+
+
 # ---- the mode's row of XMIT (types.pxi) ---------------------------------------------------
 XMIT[MODE_DSR].new_flow = new_flow_default
 XMIT[MODE_DSR].fwd = dsr_fwd
 XMIT[MODE_DSR].rev = NULL
 XMIT[MODE_DSR].icmp = dsr_icmp
+XMIT[MODE_DSR].frag = dsr_frag

@@ -182,6 +182,29 @@ cdef int tunnel_icmp(Engine self, uint8_t *f, uint32_t n, Icmp *q, Flow *e, Serv
     return C_TUNNEL_ICMP_FWD
 
 
+cdef int tunnel_frag(Engine self, uint8_t *f, uint32_t n, Flow *e, bint fwd,
+                     int64_t now) noexcept nogil:
+    """A later fragment of a tunnel flow (frag.pxi): in VXLAN to the backend, as the first
+    went; one that does not fit sv.mtu once encapsulated is dropped (a fragment has no DF to
+    answer): drop_tunnel_too_big."""
+    cdef uint32_t tot = rd16(f + 16)
+    cdef Service *sv = service_find(self, e.vip, e.vport, e.proto)
+    if not self.has_gw:
+        return C_DROP_NO_NEIGH
+    if sv == NULL or sv.mode != MODE_TUNNEL:
+        return C_DROP_MODE                # the VIP changed mode or went: sv.vni is unknown
+    if tot + VXLAN_OVERHEAD > sv.mtu:
+        return C_DROP_TUNNEL_TOO_BIG
+    if 14 + tot + VXLAN_OVERHEAD > self.rowcap:
+        return C_DROP_TUNNEL_NO_ROOM
+    memcpy(f, TUNNEL_INNER_MAC, 6)
+    memcpy(f + 6, self.local_mac, 6)
+    tunnel_encap(self, f, tot, e.rip, e.hf, sv.vni)
+    self.newlen = 14 + tot + VXLAN_OVERHEAD
+    frag_account(e, n, True, now)
+    return C_TUNNEL_FRAG_FWD
+
+
 # ---- the API's body (engine.pxi) ----------------------------------------------------------
 cdef object api_tunnel_mss(Engine self, frame):
     cdef const uint8_t[::1] b = frame
@@ -268,3 +291,4 @@ XMIT[MODE_TUNNEL].new_flow = new_flow_default
 XMIT[MODE_TUNNEL].fwd = tunnel_fwd
 XMIT[MODE_TUNNEL].rev = NULL
 XMIT[MODE_TUNNEL].icmp = tunnel_icmp
+XMIT[MODE_TUNNEL].frag = tunnel_frag

@@ -77,6 +77,30 @@ def icmp_error(smac, dmac, src, dst, about, type=3, code=4, mtu=0, quote=28, ttl
     return eth(dmac, smac, ip)
 
 
+def fragments(frame, size):
+    """The IPv4 packet of Ethernet `frame` cut into fragments of at most `size` payload bytes
+    (rounded down to a multiple of 8), as a router or the sender's stack cuts it: same
+    Ethernet header, same IP id, MF on all but the last, offsets in 8-byte units, each IP
+    header checksum computed. The L4 header (and its checksum) is in the first only."""
+    f = bytes(frame)
+    ihl = (f[14] & 15) * 4
+    tot = struct.unpack("!H", f[16:18])[0]
+    body = f[14 + ihl:14 + tot]
+    step = size // 8 * 8
+    base = struct.unpack("!H", f[20:22])[0]
+    out = []
+    for off in range(0, len(body), step):
+        chunk = body[off:off + step]
+        flags = (base & 0x4000) | (0x2000 if off + step < len(body) else 0) | ((off // 8) & 0x1FFF)
+        hdr = bytearray(f[14:14 + ihl])
+        hdr[2:4] = struct.pack("!H", ihl + len(chunk))
+        hdr[6:8] = struct.pack("!H", flags)
+        hdr[10:12] = b"\0\0"
+        hdr[10:12] = struct.pack("!H", ~inet_sum(bytes(hdr)) & 0xFFFF)
+        out.append(f[:14] + bytes(hdr) + chunk)
+    return out
+
+
 def arp_request(smac, sip, tip):
     a = dpkt.arp.ARP(op=dpkt.arp.ARP_OP_REQUEST, sha=smac, spa=ipaddress.IPv4Address(sip).packed,
                      tha=b"\0" * 6, tpa=ipaddress.IPv4Address(tip).packed)

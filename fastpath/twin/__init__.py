@@ -16,8 +16,8 @@ Invariants:
   module has put its row in types.XMIT before a frame is processed.
 - Nothing here imports socket; serve reads and writes the fds it is given (fastpath/io_py).
 """
-from . import (inet, types, engine, flowtable, serve, icmp, xmit_nat, xmit_dsr, splice,  # noqa: F401
-               http, xmit_tunnel)
+from . import (inet, types, engine, flowtable, serve, icmp, frag, xmit_nat, xmit_dsr,  # noqa: F401
+               splice, http, xmit_tunnel)
 from .engine import Engine  # noqa: F401
 from .inet import (csum_partial_replace4, csum_replace2, csum_replace4, flow_hash,  # noqa: F401
                    mix64, seq_add, seq_after)

@@ -16,7 +16,7 @@ from .flowtable import api_expire, api_flows, api_pick, api_set_services
 from .serve import api_process, api_serve
 from .splice import (api_splice_bind, api_splice_by_backend, api_splice_drop, api_splice_flow,
                      api_splice_syn, api_splice_waiting)
-from .types import Flow, Real
+from .types import Flow, Frag, Real
 from .xmit_tunnel import api_tunnel_mss, api_tunnel_segment
 
 
@@ -51,6 +51,7 @@ class Engine:
         self.vnet = None           # the current frame's vnet header (a copy), or None
         self.keep_vnet = False     # a routine kept a partial checksum: write vnet back
         self.vnet_tnl = False      # the header is the long one: UDP-tunnel GSO
+        self.frags = [Frag() for _ in range(defs.FRAG_SLOTS)]   # frag.py
         self.waitq = collections.deque()     # (idx, c_isn, created, at): see splice_waiting()
         self.wq_size = defs.SPLICE_WAITQ_MIN
         while self.wq_size < capacity:

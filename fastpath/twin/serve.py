@@ -21,6 +21,7 @@ from .. import defs
 from ..defs import C, TH_ACK, TH_SYN, XMIT_CONT
 from ..io_py import rx_burst, tx_burst
 from .flowtable import flow_delete, flow_find, service_find, track
+from .frag import frag_later, frag_note
 from .icmp import icmp_in
 from .inet import flow_hash, ip_header_ok, rd16, rd32
 from .types import XMIT, Pkt
@@ -173,13 +174,16 @@ def process_frame(self, f, n, now):
         return C["drop_ip_bad_len"]
     if not ip_header_ok(f, 14, 20):
         return C["drop_ip_csum"]
-    if rd16(f, 20) & 0x3FFF:
-        return C["drop_ip_fragment"]
+    fo = rd16(f, 20) & 0x3FFF           # MF and the fragment offset (frag.py)
+    ident = rd16(f, 18)
     proto = f[23]
     src = rd32(f, 26)
     dst = rd32(f, 30)
     if dst == self.local_ip:
-        return C["punt_local"]
+        return C["drop_ip_fragment"] if fo else C["punt_local"]
+    if fo & 0x1FFF:
+        return frag_later(self, f, n, now)
+    first = fo != 0
     l4len = tot - 20
     tflags = 0
     if proto == defs.PROTO_TCP:
@@ -193,9 +197,9 @@ def process_frame(self, f, n, now):
         if l4len < 8:
             return C["drop_l4_truncated"]
         ulen = rd16(f, 38)
-        if ulen < 8 or ulen > l4len:
+        if ulen < 8 or (ulen > l4len and not first):   # (a first fragment: the rest follows)
             return C["drop_udp_bad_len"]
-    elif proto == defs.PROTO_ICMP:
+    elif proto == defs.PROTO_ICMP and not first:
         return icmp_in(self, f, n, tot, now)
     else:
         return C["drop_unknown_dest"]
@@ -225,12 +229,24 @@ def process_frame(self, f, n, now):
         if idx < 0:
             if XMIT[sv.mode].new_flow is None:
                 return C["drop_mode"]
+            if first and XMIT[sv.mode].frag is None:
+                return C["drop_ip_fragment"]
             p = Pkt(src, dst, sport, dport, proto, tflags, h)
-            return XMIT[sv.mode].new_flow(self, f, n, sv, p, now)
+            r = XMIT[sv.mode].new_flow(self, f, n, sv, p, now)
+            if first and defs.VERDICTS[r] == defs.V_TX:
+                idx = flow_find(self, self.ifwd, h, src, dst, sport, dport, proto, False)
+                if idx >= 0:
+                    frag_note(self, src, dst, ident, proto, idx, True, now)
+            return r
         e = self.fl[idx]
         if XMIT[e.mode].fwd is None:
             return C["drop_mode"]
-        return XMIT[e.mode].fwd(self, f, n, e, sv, tflags, now)
+        if first and XMIT[e.mode].frag is None:
+            return C["drop_ip_fragment"]
+        r = XMIT[e.mode].fwd(self, f, n, e, sv, tflags, now)
+        if first and defs.VERDICTS[r] == defs.V_TX:
+            frag_note(self, src, dst, ident, proto, idx, True, now)
+        return r
     idx = flow_find(self, self.irev, h, src, dst, sport, dport, proto, True)
     if idx < 0:
         return C["drop_unknown_dest"]
@@ -241,7 +257,12 @@ def process_frame(self, f, n, now):
         return C["drop_unknown_dest"]
     if XMIT[e.mode].rev is None:
         return C["drop_mode"]
-    return XMIT[e.mode].rev(self, f, n, e, None, tflags, now)
+    if first and XMIT[e.mode].frag is None:
+        return C["drop_ip_fragment"]
+    r = XMIT[e.mode].rev(self, f, n, e, None, tflags, now)
+    if first and defs.VERDICTS[r] == defs.V_TX:
+        frag_note(self, src, dst, ident, proto, idx, False, now)
+    return r
 
 
 def xmit_out(self, f, n, e, dmac, routed, fwd, tflags, now):

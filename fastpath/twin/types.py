@@ -48,9 +48,19 @@ Pkt = namedtuple("Pkt", "src dst sport dport proto tflags h")
 # an ICMP error's quote, as icmp_in parsed it (icmp.py; types.pxi says what each field is)
 Icmp = namedtuple("Icmp", "end ip l4 src dst sport dport proto h")
 
+class Frag:
+    """A datagram whose first fragment was sent (frag.py; types.pxi says what each field is)."""
+    __slots__ = ("src", "dst", "ident", "proto", "fwd", "used", "idx", "created", "at")
+
+    def __init__(self):
+        self.src = self.dst = self.ident = self.proto = self.idx = self.created = self.at = 0
+        self.fwd = self.used = 0
+
+
 # One mode's per-packet routines, bound by the flow's mode code (types.pxi says what each
 # role does): new_flow(eng, f, n, sv, pkt, now), fwd(eng, f, n, e, sv, tflags, now),
 # rev(eng, f, n, e, None, tflags, now) or None for no reverse path, icmp(eng, f, n, q, e,
-# sv, real, fwd) or None. Each returns the frame's exit counter.
-Xmit = namedtuple("Xmit", "new_flow fwd rev icmp")
-XMIT = [Xmit(None, None, None, None)] * 256    # filled by xmit_*.py and splice.py
+# sv, real, fwd) or None, frag(eng, f, n, e, fwd, now) or None. Each returns the frame's exit
+# counter.
+Xmit = namedtuple("Xmit", "new_flow fwd rev icmp frag")
+XMIT = [Xmit(None, None, None, None, None)] * 256    # filled by xmit_*.py and splice.py

@@ -12,6 +12,7 @@ Invariants:
 from .. import defs
 from ..defs import C, XMIT_CONT
 from .flowtable import new_flow_default
+from .frag import frag_account
 from .serve import xmit_out
 from .types import XMIT, Xmit
 
@@ -35,5 +36,16 @@ def dsr_icmp(self, f, n, q, e, sv, real, fwd):
     return C["dsr_icmp_fwd"]
 
 
+def dsr_frag(self, f, n, e, fwd, now):
+    """A later fragment of a dsr flow (frag.py): to the backend's MAC, as the first went."""
+    r = self.reals[e.real]
+    if r.mac is None:
+        return C["drop_no_neigh"]
+    f[0:6] = r.mac
+    f[6:12] = self.local_mac
+    frag_account(e, n, True, now)
+    return C["dsr_frag_fwd"]
+
+
 # ---- the mode's row of XMIT (types.py) ----------------------------------------------------
-XMIT[defs.MODE_DSR] = Xmit(new_flow_default, dsr_fwd, None, dsr_icmp)
+XMIT[defs.MODE_DSR] = Xmit(new_flow_default, dsr_fwd, None, dsr_icmp, dsr_frag)

@@ -14,6 +14,7 @@ import numpy as np
 from .. import defs
 from ..defs import C, XMIT_CONT
 from .flowtable import new_flow_default, service_find
+from .frag import frag_account
 from .inet import fold, rd16, rd32, tcp_checksum, wr16, wr32
 from .serve import xmit_out
 from .types import XMIT, Xmit
@@ -152,6 +153,27 @@ def tunnel_icmp(self, f, n, q, e, sv, real, fwd):
     return C["tunnel_icmp_fwd"]
 
 
+def tunnel_frag(self, f, n, e, fwd, now):
+    """A later fragment of a tunnel flow (frag.py): in VXLAN to the backend, as the first
+    went; one that does not fit sv.mtu once encapsulated is dropped: drop_tunnel_too_big."""
+    tot = rd16(f, 16)
+    sv = service_find(self, e.vip, e.vport, e.proto)
+    if self.gw_mac is None:
+        return C["drop_no_neigh"]
+    if sv is None or sv.mode != defs.MODE_TUNNEL:
+        return C["drop_mode"]             # the VIP changed mode or went: sv.vni is unknown
+    if tot + OVERHEAD > sv.mtu:
+        return C["drop_tunnel_too_big"]
+    if 14 + tot + OVERHEAD > self.rowcap:
+        return C["drop_tunnel_no_room"]
+    f[0:6] = TUNNEL_INNER_MAC
+    f[6:12] = self.local_mac
+    tunnel_encap(self, f, tot, e.rip, e.hf, sv.vni)
+    self.newlen = 14 + tot + OVERHEAD
+    frag_account(e, n, True, now)
+    return C["tunnel_frag_fwd"]
+
+
 # ---- the API's body (engine.py) -----------------------------------------------------------
 def api_tunnel_mss(self, frame):
     b = bytes(frame)
@@ -218,4 +240,4 @@ def api_tunnel_segment(self, frame, batch, first):
 
 
 # ---- the mode's row of XMIT (types.py) ----------------------------------------------------
-XMIT[defs.MODE_TUNNEL] = Xmit(new_flow_default, tunnel_fwd, None, tunnel_icmp)
+XMIT[defs.MODE_TUNNEL] = Xmit(new_flow_default, tunnel_fwd, None, tunnel_icmp, tunnel_frag)

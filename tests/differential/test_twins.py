@@ -39,6 +39,12 @@ TEMPLATES = [t for p in PORTS for t in (
     for p in PORTS] + [
     F.icmp_error(GWMAC, LB, "198.18.0.1", VIP2, F.udp(LB, GWMAC, VIP2, "198.18.0.10", 53, p,
                                                       b"a"), type=11, code=0) for p in PORTS] + [
+    # fragments: firsts and later ones, both ways (nat), dsr, tunnel; any order in a list
+    fr for p in PORTS[:2] for fr in
+    F.fragments(F.udp(GWMAC, LB, "198.18.0.10", VIP2, p, 53, bytes(range(256)) * 9), 800)
+    + F.fragments(F.udp(B3, LB, "198.19.0.13", "198.18.0.10", 5353, p, b"r" * 2000), 1000)
+    + F.fragments(F.udp(GWMAC, LB, "198.18.0.10", VIP7, p, 80, b"t" * 2000), 900)
+    + F.fragments(F.tcp(GWMAC, LB, "198.18.0.10", VIP3, p, 80, data=b"s" * 2500), 1480)] + [
     c2v(ttl=1), c2v(ttl=2),
     F.arp_request(B1, "198.19.0.11", "198.19.0.2"), F.icmp_echo(B2, LB, "198.19.0.12", "198.19.0.2"),
     F.eth(LB, GWMAC, b"\0\x01\x08\x00" + c2v()[14:], etype=0x8100),

@@ -24,7 +24,9 @@ ABI = ["rx_frames", "drop_runt", "drop_not_our_mac", "punt_arp", "drop_vlan", "d
        "splice_waitq_lost", "splice_decided", "tunnel_fwd", "tunnel_frag_needed",
        "drop_tunnel_too_big", "punt_tunnel_gso", "drop_tunnel_no_room", "tunnel_gso_fwd",
        "drop_icmp_not_error", "drop_icmp_bad", "drop_icmp_no_flow", "icmp_hashed", "nat_icmp_fwd",
-       "nat_icmp_rev", "dsr_icmp_fwd", "splice_icmp_fwd", "splice_icmp_rev", "tunnel_icmp_fwd"]
+       "nat_icmp_rev", "dsr_icmp_fwd", "splice_icmp_fwd", "splice_icmp_rev", "tunnel_icmp_fwd",
+       "frag_first", "frag_evicted", "drop_frag_no_first", "nat_frag_fwd", "nat_frag_rev",
+       "dsr_frag_fwd", "tunnel_frag_fwd"]
 SPLICE_VIP = "198.19.100.6"
 
 
@@ -52,8 +54,9 @@ def test_modes_table():
 
 
 def test_counters_of():
-    assert defs.counters_of("nat") == ["nat_fwd", "nat_rev", "nat_icmp_fwd", "nat_icmp_rev"]
-    assert defs.counters_of("dsr") == ["dsr_fwd", "dsr_icmp_fwd"]
+    assert defs.counters_of("nat") == ["nat_fwd", "nat_rev", "nat_icmp_fwd", "nat_icmp_rev",
+                                       "nat_frag_fwd", "nat_frag_rev"]
+    assert defs.counters_of("dsr") == ["dsr_fwd", "dsr_icmp_fwd", "dsr_frag_fwd"]
     assert defs.counters_of("splice") == [c.name for c in defs.COUNTER_TABLE if c.mode == "splice"]
     for m in defs.MODES:
         assert any(defs.COUNTER_TABLE[defs.C[n]].verdict == defs.V_TX for n in defs.counters_of(m))

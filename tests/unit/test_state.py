@@ -253,7 +253,8 @@ def test_stats(st, engine):
                                         "health": None},
                                        {"backend": "198.19.0.12:8080", "weight": 2,
                                         "conns": 0, "health": None}]}]
-    assert r["modes"] == {"nat": {"nat_fwd": 1, "nat_rev": 0, "nat_icmp_fwd": 0, "nat_icmp_rev": 0}}
+    assert r["modes"] == {"nat": {"nat_fwd": 1, "nat_rev": 0, "nat_icmp_fwd": 0, "nat_icmp_rev": 0,
+                                  "nat_frag_fwd": 0, "nat_frag_rev": 0}}
     assert r["io"] == {"rx_bursts": 3}
     assert r["draining"] == []
     full = st.handle("stats", {"all": True})
