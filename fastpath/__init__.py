@@ -15,12 +15,12 @@ import numpy as np
 from . import defs
 
 if os.environ.get("THREEWAY_PUREPYTHON") == "1":
-    from .twin import Engine, flow_hash, mix64  # noqa: F401
+    from .twin import Engine, flow_hash, ip_fragment, mix64  # noqa: F401
     from .io_py import rx_burst, tx_burst  # noqa: F401
     IMPL = "py"
 else:
     try:
-        from ._engine import Engine, flow_hash, mix64  # noqa: F401
+        from ._engine import Engine, flow_hash, ip_fragment, mix64  # noqa: F401
         from ._io import rx_burst, tx_burst  # noqa: F401
     except ImportError as exc:  # pragma: no cover - the build is broken
         raise ImportError(

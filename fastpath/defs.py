@@ -318,6 +318,9 @@ COUNTER_TABLE = (
     Counter("dsr_frag_fwd", V_TX, "dsr", "a later fragment to the flow's backend's MAC"),
     Counter("tunnel_frag_fwd", V_TX, "tunnel",
             "a later fragment in VXLAN to the flow's backend"),
+    Counter("punt_tunnel_frag", V_PUNT, "tunnel",
+            "a frame without DF too big for the path MTU once encapsulated: encapsulated here; "
+            "modes/tunnel.py cuts the outer packet into IP fragments, as a router would"),
 )
 COUNTERS = [c.name for c in COUNTER_TABLE]
 C = {name: i for i, name in enumerate(COUNTERS)}

@@ -43,6 +43,7 @@ cdef class Engine:
     cdef uint8_t *vnet      # the current frame's virtio-net header (NULL without one)
     cdef bint keep_vnet     # the routine kept a partial checksum: do not clear the header
     cdef bint vnet_tnl      # the header is the long one (VNET_TNL_HDR_LEN): UDP-tunnel GSO
+    cdef uint16_t outer_id  # tunnel: the IP id of the latest outer packet to be fragmented
     cdef Frag *frags        # FRAG_SLOTS datagrams whose first fragment was sent (frag.pxi)
     cdef WaitQ *waitq       # splice flows Python may have to look at (a ring of wq_size)
     cdef uint32_t wq_head, wq_tail, wq_size
@@ -226,6 +227,11 @@ cdef class Engine:
         total segments), or (0, 0) when the frame is not one it can cut. Process the batch
         next: its frames are then encapsulated."""
         return api_tunnel_segment(self, frame, batch, first)
+
+    def tunnel_frag_mtu(self, frame):
+        """The path MTU of the tunnel VIP an encapsulated frame (punt_tunnel_frag's) belongs
+        to, found by its inner headers (a later fragment by the fragment table), or 0."""
+        return api_tunnel_frag_mtu(self, frame)
 
     # ---- splice (splice.pxi; modes/splice/ is the Python side) --------------------------
     def splice_flow(self, cip, cport, vip, vport):

@@ -11,7 +11,8 @@
 #
 # Invariants:
 # - The first fragment (offset 0, MF) goes through process_frame like any packet (its UDP
-#   length may exceed the fragment: the rest follows). When it is sent (V_TX), its
+#   length may exceed the fragment: the rest follows). When it is sent (or punted, as a
+#   tunnel frame to be cut into outer fragments is), its
 #   (src, dst, IP id, proto) is noted in the fragment table with the flow and the direction.
 # - A later fragment (offset > 0) is found by that key and sent by the mode's frag routine
 #   (XMIT[mode].frag: the IP header's translation only, or the frame as is); the flow's time
@@ -61,26 +62,33 @@ cdef void frag_note(Engine self, uint32_t src, uint32_t dst, uint16_t ident, uin
     self.ctr[C_FRAG_FIRST] += 1
 
 
-cdef int frag_later(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcept nogil:
-    """A later fragment: sent after its first, by the flow's mode, or dropped (counted)."""
-    cdef uint32_t src = rd32(f + 26), dst = rd32(f + 30)
-    cdef uint16_t ident = rd16(f + 18)
-    cdef uint8_t proto = f[23]
+cdef Frag *frag_entry(Engine self, uint32_t src, uint32_t dst, uint16_t ident,
+                     uint8_t proto) noexcept nogil:
+    """The entry of this datagram whose flow is still the one noted, or NULL (no age check)."""
     cdef uint64_t h = frag_hash(src, dst, ident, proto)
     cdef uint32_t k
     cdef Frag *g
     cdef Flow *e
     for k in range(FRAG_PROBE):
         g = &self.frags[(h + k) & (FRAG_SLOTS - 1)]
-        if (g.used and g.src == src and g.dst == dst and g.ident == ident and g.proto == proto
-                and now - g.at <= FRAG_TIMEOUT_MS):
+        if g.used and g.src == src and g.dst == dst and g.ident == ident and g.proto == proto:
             e = &self.fl[g.idx]
             if not e.used or e.created != g.created:
-                break                                 # the flow is gone
-            if XMIT[e.mode].frag == NULL:
-                return C_DROP_IP_FRAGMENT
-            return XMIT[e.mode].frag(self, f, n, e, g.fwd, now)
-    return C_DROP_FRAG_NO_FIRST
+                return NULL                           # the flow is gone
+            return g
+    return NULL
+
+
+cdef int frag_later(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcept nogil:
+    """A later fragment: sent after its first, by the flow's mode, or dropped (counted)."""
+    cdef Frag *g = frag_entry(self, rd32(f + 26), rd32(f + 30), rd16(f + 18), f[23])
+    cdef Flow *e
+    if g == NULL or now - g.at > FRAG_TIMEOUT_MS:
+        return C_DROP_FRAG_NO_FIRST
+    e = &self.fl[g.idx]
+    if XMIT[e.mode].frag == NULL:
+        return C_DROP_IP_FRAGMENT
+    return XMIT[e.mode].frag(self, f, n, e, g.fwd, now)
 
 
 cdef inline void frag_account(Flow *e, uint32_t n, bint fwd, int64_t now) noexcept nogil:

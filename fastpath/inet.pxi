@@ -285,3 +285,55 @@ cdef inline void rewrite(uint8_t *f, int ip_off, int port_off, uint32_t old_ip,
     if proto == PROTO_UDP and l4c == 0:
         l4c = 0xFFFF
     wr16(f + co, l4c)
+
+
+# ---- cutting a packet into IP fragments ----------------------------------------------------
+def ip_fragment(frame, uint32_t mtu, batch):
+    """The IPv4 packet of Ethernet frame `frame` cut into fragments of at most mtu IP bytes,
+    one per row of batch (its vnet header zeroed), as a router cuts a packet without DF
+    (RFC 791): the same Ethernet and IP header but for the total length, MF (set on all but
+    the last, which keeps the packet's own), the offset (the packet's plus the fragment's)
+    and the checksum; each fragment's data a multiple of 8 bytes but the last's. Returns the
+    number of rows (batch.n); 0 (batch.n 0) when the frame is not an IPv4 packet without
+    options or DF longer than mtu. ValueError: mtu outside 28..65535, too few or too short
+    rows."""
+    cdef const uint8_t[::1] b = frame
+    cdef uint8_t[:, ::1] buf = batch.buf
+    cdef uint32_t[::1] lens = batch.lens
+    cdef uint32_t hdr = batch.hdr, L = b.shape[0], tot, step, plen, off, c, k, j, fo, s, i
+    cdef uint8_t *r
+    if mtu < 28 or mtu > 65535:
+        raise ValueError("mtu must be 28..65535, got %d" % mtu)
+    batch.n = 0
+    if L < 34 or b[12] != 8 or b[13] != 0 or b[14] != 0x45:
+        return 0
+    tot = rd16(&b[16])
+    fo = rd16(&b[20])
+    if tot < 20 or 14 + tot > L or tot <= mtu or fo & 0x4000:
+        return 0
+    step = (mtu - 20) & ~7u
+    plen = tot - 20
+    k = (plen + step - 1) // step
+    if k > <uint32_t>buf.shape[0] or hdr + 34 + step > <uint32_t>buf.shape[1]:
+        raise ValueError("the batch (%d rows of %d bytes) cannot hold %d fragments of %d bytes"
+                         % (buf.shape[0], buf.shape[1], k, 34 + step))
+    with nogil:
+        for j in range(k):
+            off = j * step
+            c = plen - off if plen - off < step else step
+            r = &buf[j, 0]
+            memset(r, 0, hdr)                     # a zero vnet header: no GSO, checksums full
+            r += hdr
+            memcpy(r, &b[0], 34)
+            memcpy(r + 34, &b[34 + off], c)
+            wr16(r + 16, 20 + c)
+            wr16(r + 20, (fo & 0x8000) | (0x2000 if j + 1 < k else fo & 0x2000)
+                 | (((fo & 0x1FFF) + off // 8) & 0x1FFF))
+            wr16(r + 24, 0)
+            s = 0
+            for i in range(14, 34, 2):
+                s += rd16(r + i)
+            wr16(r + 24, ~fold(s) & 0xFFFF)
+            lens[j] = hdr + 34 + c
+    batch.n = k
+    return k

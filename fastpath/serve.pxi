@@ -174,8 +174,9 @@ cdef void burst(Engine self, uint8_t *base, uint32_t stride, uint32_t hdr, uint3
             self.keep_vnet = False
             self.vnet_tnl = self.vnet != NULL and hdr >= VNET_TNL_HDR_LEN
             r = process_frame(self, rp + hdr, L, now)
-            if self.newlen and VMAP[r] == V_TX:
-                lens[j + i] = hdr + self.newlen   # a frame made in place (splice, tunnel)
+            if self.newlen and VMAP[r] != V_DROP:
+                # a frame made in place (splice, tunnel; punt_tunnel_frag's is punted so)
+                lens[j + i] = hdr + self.newlen
                 if hdr and not self.keep_vnet:
                     memset(rp, 0, hdr)            # complete checksums, no GSO
             self.ctr[C_RX_FRAMES] += 1
@@ -283,7 +284,7 @@ cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcep
             p.src, p.dst, p.sport, p.dport, p.proto, p.tflags, p.h = (src, dst, sport, dport,
                                                                       proto, tflags, h)
             r = XMIT[sv.mode].new_flow(self, f, n, sv, &p, now)
-            if first and VMAP[r] == V_TX:
+            if first and VMAP[r] != V_DROP:
                 idx = flow_find(self, self.ifwd, h, src, dst, sport, dport, proto, False)
                 if idx >= 0:
                     frag_note(self, src, dst, ident, proto, idx, True, now)
@@ -294,7 +295,7 @@ cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcep
         if first and XMIT[e.mode].frag == NULL:
             return C_DROP_IP_FRAGMENT
         r = XMIT[e.mode].fwd(self, f, n, e, sv, tflags, now)
-        if first and VMAP[r] == V_TX:
+        if first and VMAP[r] != V_DROP:
             frag_note(self, src, dst, ident, proto, idx, True, now)
         return r
     idx = flow_find(self, self.irev, h, src, dst, sport, dport, proto, True)
@@ -310,7 +311,7 @@ cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcep
     if first and XMIT[e.mode].frag == NULL:
         return C_DROP_IP_FRAGMENT
     r = XMIT[e.mode].rev(self, f, n, e, NULL, tflags, now)
-    if first and VMAP[r] == V_TX:
+    if first and VMAP[r] != V_DROP:
         frag_note(self, src, dst, ident, proto, idx, False, now)
     return r
 

@@ -24,7 +24,10 @@
 #   encapsulated (as the kernel's GSO would: IP id counted up, seq moved, FIN/PSH on the
 #   last, CWR on the first only, full checksums), then processes them.
 # - Too big for sv.mtu once encapsulated: DF -> ICMP fragmentation needed to the client
-#   (tunnel_frag_needed, made in place, to the gateway), no DF -> drop_tunnel_too_big.
+#   (tunnel_frag_needed, made in place, to the gateway); no DF (a fragment, a datagram whose
+#   sender allows fragmenting) -> encapsulated in place and punted (punt_tunnel_frag), and
+#   modes/tunnel.py cuts the outer packet into IP fragments (ip_fragment) as a router would;
+#   with a partial inner checksum it cannot be cut: drop_tunnel_too_big.
 # - No reverse path: a tunnel flow is never in the reverse index.
 
 cdef uint8_t TUNNEL_INNER_MAC[6]       # defs.VXLAN_INNER_MAC as bytes, filled once below
@@ -39,17 +42,19 @@ cdef void tunnel_inner_mac() noexcept nogil:
 
 
 cdef inline void outer_ip(Engine self, uint8_t *f, uint32_t tot, uint8_t proto,
-                          uint32_t dst) noexcept nogil:
-    """An IPv4 header at f + 14 from us to dst, tot bytes in all, full checksum, no DF (the
-    checksum summed from the values written, not read back: the same sum, fewer loads)."""
-    cdef uint32_t s = (0x4500 + tot + (64 << 8 | proto) + (self.local_ip >> 16)
+                          uint32_t dst, uint16_t ident) noexcept nogil:
+    """An IPv4 header at f + 14 from us to dst, tot bytes in all, IP id ident, full checksum,
+    no DF (the checksum summed from the values written, not read back: the same sum, fewer
+    loads)."""
+    cdef uint32_t s = (0x4500 + tot + ident + (64 << 8 | proto) + (self.local_ip >> 16)
                        + (self.local_ip & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF))
     f[12] = 0x08
     f[13] = 0
     f[14] = 0x45
     f[15] = 0
     wr16(f + 16, tot)
-    wr32(f + 18, 0)                     # id 0, no DF: the LB keeps within sv.mtu itself
+    wr16(f + 18, ident)                 # 0 but for a packet to be fragmented (punt_tunnel_frag)
+    wr16(f + 20, 0)                     # no DF
     f[22] = 64
     f[23] = proto
     wr16(f + 24, 0)
@@ -90,14 +95,18 @@ cdef inline void tunnel_gso_header(Engine self, uint8_t *f, Service *sv) noexcep
 
 
 cdef inline void tunnel_encap(Engine self, uint8_t *f, uint32_t tot, uint32_t rip, uint64_t hf,
-                              uint32_t vni) noexcept nogil:
+                              uint32_t vni, bint big) noexcept nogil:
     """The addressed inner frame f[:14 + tot] moved behind outer Ethernet (to the gateway),
-    IP (us -> rip), UDP (source port from the flow hash hf) and VXLAN (vni) headers."""
+    IP (us -> rip), UDP (source port from the flow hash hf) and VXLAN (vni) headers. big: the
+    packet will be cut into fragments, so its IP id is the engine's next (outer_id), which
+    tells its fragments from another packet's at the backend."""
     cdef uint64_t h = hf ^ (hf >> 32)
     memmove(f + VXLAN_OVERHEAD, f, 14 + tot)
     memcpy(f, self.gw_mac, 6)
     memcpy(f + 6, self.local_mac, 6)
-    outer_ip(self, f, 36 + 14 + tot, PROTO_UDP, rip)
+    if big:
+        self.outer_id += 1
+    outer_ip(self, f, 36 + 14 + tot, PROTO_UDP, rip, self.outer_id if big else 0)
     wr16(f + 34, VXLAN_SPORT_MIN + <uint16_t>(h & 0x3FFF))
     wr16(f + 36, VXLAN_PORT)
     wr16(f + 38, 16 + 14 + tot)
@@ -111,7 +120,7 @@ cdef int tunnel_fwd(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, u
     cdef uint32_t tot = rd16(f + 16)
     cdef uint16_t cs
     cdef int k
-    cdef bint whole = False
+    cdef bint whole = False, big = False
     if not self.has_gw:
         return C_DROP_NO_NEIGH
     if self.vnet != NULL and self.vnet[1] != 0:
@@ -121,13 +130,15 @@ cdef int tunnel_fwd(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, u
     elif tot + VXLAN_OVERHEAD > sv.mtu:
         if f[20] & 0x40:
             return tunnel_frag_needed(self, f, sv)
-        return C_DROP_TUNNEL_TOO_BIG
+        if self.partial:
+            return C_DROP_TUNNEL_TOO_BIG  # (outer fragments cannot carry a partial checksum)
+        big = True                        # encapsulated, then cut by modes/tunnel.py
     if 14 + tot + VXLAN_OVERHEAD > self.rowcap:
         return C_DROP_TUNNEL_NO_ROOM
     k = xmit_out(self, f, n, e, TUNNEL_INNER_MAC, False, True, tflags, now)
     if k != XMIT_CONT:
         return k
-    tunnel_encap(self, f, tot, e.rip, e.hf, sv.vni)
+    tunnel_encap(self, f, tot, e.rip, e.hf, sv.vni, big)
     if self.vnet != NULL and self.vnet[0] & VNET_F_NEEDS_CSUM:
         cs = self.vnet[6] | (<uint16_t>self.vnet[7] << 8)     # little-endian csum_start
         cs += VXLAN_OVERHEAD
@@ -138,6 +149,8 @@ cdef int tunnel_fwd(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, u
     if whole:
         tunnel_gso_header(self, f, sv)
         return C_TUNNEL_GSO_FWD
+    if big:
+        return C_PUNT_TUNNEL_FRAG
     return C_TUNNEL_FWD
 
 
@@ -151,7 +164,7 @@ cdef int tunnel_frag_needed(Engine self, uint8_t *f, Service *sv) noexcept nogil
     memmove(f + 42, f + 14, 28)
     memcpy(f, self.gw_mac, 6)
     memcpy(f + 6, self.local_mac, 6)
-    outer_ip(self, f, 56, PROTO_ICMP, client)
+    outer_ip(self, f, 56, PROTO_ICMP, client, 0)
     f[34] = 3
     f[35] = 4
     wr16(f + 36, 0)
@@ -177,7 +190,7 @@ cdef int tunnel_icmp(Engine self, uint8_t *f, uint32_t n, Icmp *q, Flow *e, Serv
         return C_DROP_TUNNEL_NO_ROOM
     memcpy(f, TUNNEL_INNER_MAC, 6)
     memcpy(f + 6, self.local_mac, 6)
-    tunnel_encap(self, f, tot, self.reals[real].ip if e == NULL else e.rip, q.h, sv.vni)
+    tunnel_encap(self, f, tot, self.reals[real].ip if e == NULL else e.rip, q.h, sv.vni, False)
     self.newlen = 14 + tot + VXLAN_OVERHEAD
     return C_TUNNEL_ICMP_FWD
 
@@ -185,23 +198,23 @@ cdef int tunnel_icmp(Engine self, uint8_t *f, uint32_t n, Icmp *q, Flow *e, Serv
 cdef int tunnel_frag(Engine self, uint8_t *f, uint32_t n, Flow *e, bint fwd,
                      int64_t now) noexcept nogil:
     """A later fragment of a tunnel flow (frag.pxi): in VXLAN to the backend, as the first
-    went; one that does not fit sv.mtu once encapsulated is dropped (a fragment has no DF to
-    answer): drop_tunnel_too_big."""
+    went; one that does not fit sv.mtu once encapsulated is encapsulated and punted, to be cut
+    into outer fragments (punt_tunnel_frag)."""
     cdef uint32_t tot = rd16(f + 16)
     cdef Service *sv = service_find(self, e.vip, e.vport, e.proto)
     if not self.has_gw:
         return C_DROP_NO_NEIGH
     if sv == NULL or sv.mode != MODE_TUNNEL:
         return C_DROP_MODE                # the VIP changed mode or went: sv.vni is unknown
-    if tot + VXLAN_OVERHEAD > sv.mtu:
-        return C_DROP_TUNNEL_TOO_BIG
     if 14 + tot + VXLAN_OVERHEAD > self.rowcap:
         return C_DROP_TUNNEL_NO_ROOM
     memcpy(f, TUNNEL_INNER_MAC, 6)
     memcpy(f + 6, self.local_mac, 6)
-    tunnel_encap(self, f, tot, e.rip, e.hf, sv.vni)
+    tunnel_encap(self, f, tot, e.rip, e.hf, sv.vni, tot + VXLAN_OVERHEAD > sv.mtu)
     self.newlen = 14 + tot + VXLAN_OVERHEAD
     frag_account(e, n, True, now)
+    if tot + VXLAN_OVERHEAD > sv.mtu:
+        return C_PUNT_TUNNEL_FRAG
     return C_TUNNEL_FRAG_FWD
 
 
@@ -283,6 +296,29 @@ cdef object api_tunnel_segment(Engine self, frame, batch, int first):
             k += 1
     batch.n = j
     return (j, total)
+
+
+cdef object api_tunnel_frag_mtu(Engine self, frame):
+    cdef const uint8_t[::1] b = frame
+    cdef const uint8_t *f
+    cdef Service *sv
+    cdef Frag *g
+    cdef Flow *e
+    if (b.shape[0] < VXLAN_OVERHEAD + 34 + 4 or b[12] != 8 or b[13] != 0 or b[23] != PROTO_UDP
+            or rd16(&b[36]) != VXLAN_PORT or b[VXLAN_OVERHEAD + 14] != 0x45):
+        return 0
+    f = &b[VXLAN_OVERHEAD]
+    if rd16(f + 20) & 0x1FFF == 0:
+        sv = service_find(self, rd32(f + 30), rd16(f + 36), f[23])
+    else:
+        g = frag_entry(self, rd32(f + 26), rd32(f + 30), rd16(f + 18), f[23])
+        if g == NULL:
+            return 0
+        e = &self.fl[g.idx]
+        sv = service_find(self, e.vip, e.vport, e.proto)
+    if sv == NULL or sv.mode != MODE_TUNNEL:
+        return 0
+    return sv.mtu
 
 
 # ---- the mode's row of XMIT (types.pxi) ---------------------------------------------------

@@ -55,7 +55,8 @@ class PuntTable:
             h = m.punt_handler(engine, state.punt_context(m), mac)
             if h is not None:
                 self.handlers[m.name] = h
-                self.by_reason[h.reason] = h
+                for r in h.reasons:
+                    self.by_reason[r] = h
 
     def dispatch(self, batch, n, now, send, other):
         """The burst's punted frames (there are some: process() said so): each to its mode's
@@ -65,7 +66,7 @@ class PuntTable:
         for i in punted:
             h = self.by_reason.get(int(batch.reason[i]))
             if h is not None:
-                out = h.handle(batch.frame(i), now)
+                out = h.handle(batch.frame(i), now, int(batch.reason[i]))
                 if out:
                     send(out)
             else:

@@ -152,7 +152,8 @@ class Mode:
 
     def punt_handler(self, engine, ctx, mac):
         """The object that handles this mode's punted frames on one engine, or None.
-        It has: reason (the defs.C index of the punt counter it takes), handle(frame, now) ->
+        It has: reasons (the defs.C indexes of the punt counters it takes), handle(frame, now,
+        reason) ->
         [frames], tick(now) -> [frames], counters() -> dict. ctx: vip(ip, port) -> this mode's
         SpecPart.view of that VIP or None, mac_of(ip), gateway_mac()."""
         return None

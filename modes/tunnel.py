@@ -37,6 +37,7 @@ import dataclasses
 
 import numpy as np
 
+import fastpath
 from fastpath import Batch, defs
 
 from .base import LBError, Mode, SetArg, SpecPart, check_same_port
@@ -142,14 +143,21 @@ class Segmenter:
     encapsulates them. What it returns is that batch (its V_TX rows are sent in one
     tx_burst; it is valid until the next handle()), so Python's part is per superframe, not
     per segment. Anything that is not a TCP superframe the engine can cut is dropped and
-    counted (bad_frame)."""
-    reason = defs.C["punt_tunnel_gso"]
+    counted (bad_frame).
+
+    Its second punt, punt_tunnel_frag: a frame without DF that the fast path encapsulated
+    though it exceeds the path MTU (a fragment, or a datagram its sender lets be fragmented),
+    with an outer IP id of its own. It is cut into outer IP fragments (fastpath.ip_fragment,
+    in C) of at most the VIP's mtu, as a router would; the backend's kernel reassembles the
+    outer packet before VXLAN sees it (counted: fragmented, fragments)."""
+    reasons = (defs.C["punt_tunnel_gso"], defs.C["punt_tunnel_frag"])
     ROWS = 160                  # 64 KiB at the smallest MSS (MTU 576): one batch
 
     def __init__(self, engine):
         self.engine = engine
         self.batches = {}       # snap -> Batch, made once
-        self.c = {"superframes": 0, "segmented": 0, "bad_frame": 0, "not_sent": 0}
+        self.c = {"superframes": 0, "segmented": 0, "bad_frame": 0, "not_sent": 0,
+                  "fragmented": 0, "fragments": 0}
 
     def counters(self):
         return dict(self.c)
@@ -172,7 +180,21 @@ class Segmenter:
         self.c["segmented"] += sent
         self.c["not_sent"] += n - sent
 
-    def handle(self, frame, now):
+    def _fragment(self, frame):
+        mtu = self.engine.tunnel_frag_mtu(frame)
+        b = self._batch(mtu) if mtu else None
+        n = fastpath.ip_fragment(frame, mtu, b) if b is not None else 0
+        if n == 0:
+            self.c["bad_frame"] += 1
+            return []
+        b.verdict[:n] = defs.V_TX
+        self.c["fragmented"] += 1
+        self.c["fragments"] += n
+        return b
+
+    def handle(self, frame, now, reason=defs.C["punt_tunnel_gso"]):
+        if reason == defs.C["punt_tunnel_frag"]:
+            return self._fragment(frame)
         mss = self.engine.tunnel_mss(frame)
         b = self._batch(mss) if mss else None
         n, total = self.engine.tunnel_segment(frame, b, 0) if b is not None else (0, 0)

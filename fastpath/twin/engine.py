@@ -17,7 +17,7 @@ from .serve import api_process, api_serve
 from .splice import (api_splice_bind, api_splice_by_backend, api_splice_drop, api_splice_flow,
                      api_splice_syn, api_splice_waiting)
 from .types import Flow, Frag, Real
-from .xmit_tunnel import api_tunnel_mss, api_tunnel_segment
+from .xmit_tunnel import api_tunnel_frag_mtu, api_tunnel_mss, api_tunnel_segment
 
 
 class Engine:
@@ -51,6 +51,7 @@ class Engine:
         self.vnet = None           # the current frame's vnet header (a copy), or None
         self.keep_vnet = False     # a routine kept a partial checksum: write vnet back
         self.vnet_tnl = False      # the header is the long one: UDP-tunnel GSO
+        self.outer_id = 0          # tunnel: the IP id of the latest outer packet to be fragmented
         self.frags = [Frag() for _ in range(defs.FRAG_SLOTS)]   # frag.py
         self.waitq = collections.deque()     # (idx, c_isn, created, at): see splice_waiting()
         self.wq_size = defs.SPLICE_WAITQ_MIN
@@ -169,6 +170,11 @@ class Engine:
         total segments), or (0, 0) when the frame is not one it can cut. Process the batch
         next: its frames are then encapsulated."""
         return api_tunnel_segment(self, frame, batch, first)
+
+    def tunnel_frag_mtu(self, frame):
+        """The path MTU of the tunnel VIP an encapsulated frame (punt_tunnel_frag's) belongs
+        to, found by its inner headers (a later fragment by the fragment table), or 0."""
+        return api_tunnel_frag_mtu(self, frame)
 
     # ---- splice (splice.py; modes/splice/ is the Python side) -----------------------------
     def splice_flow(self, cip, cport, vip, vport):

@@ -41,21 +41,28 @@ def frag_note(self, src, dst, ident, proto, idx, fwd, now):
     self.ctr[C["frag_first"]] += 1
 
 
-def frag_later(self, f, n, now):
-    """A later fragment: sent after its first, by the flow's mode, or dropped (counted)."""
-    src, dst, ident, proto = rd32(f, 26), rd32(f, 30), rd16(f, 18), f[23]
+def frag_entry(self, src, dst, ident, proto):
+    """The entry of this datagram whose flow is still the one noted, or None (no age check)."""
     h = frag_hash(src, dst, ident, proto)
     for k in range(defs.FRAG_PROBE):
         g = self.frags[(h + k) & (SLOTS - 1)]
-        if (g.used and (g.src, g.dst, g.ident, g.proto) == (src, dst, ident, proto)
-                and now - g.at <= defs.FRAG_TIMEOUT_MS):
+        if g.used and (g.src, g.dst, g.ident, g.proto) == (src, dst, ident, proto):
             e = self.fl[g.idx]
             if not e.used or e.created != g.created:
-                break                                 # the flow is gone
-            if XMIT[e.mode].frag is None:
-                return C["drop_ip_fragment"]
-            return XMIT[e.mode].frag(self, f, n, e, bool(g.fwd), now)
-    return C["drop_frag_no_first"]
+                return None                           # the flow is gone
+            return g
+    return None
+
+
+def frag_later(self, f, n, now):
+    """A later fragment: sent after its first, by the flow's mode, or dropped (counted)."""
+    g = frag_entry(self, rd32(f, 26), rd32(f, 30), rd16(f, 18), f[23])
+    if g is None or now - g.at > defs.FRAG_TIMEOUT_MS:
+        return C["drop_frag_no_first"]
+    e = self.fl[g.idx]
+    if XMIT[e.mode].frag is None:
+        return C["drop_ip_fragment"]
+    return XMIT[e.mode].frag(self, f, n, e, bool(g.fwd), now)
 
 
 def frag_account(e, n, fwd, now):

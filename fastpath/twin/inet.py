@@ -9,6 +9,8 @@ Invariants:
   changes only. L4 checksums are never verified.
 - Nothing here knows a flow, an engine or a mode.
 """
+import numpy as np
+
 from .. import defs
 
 MASK64 = (1 << 64) - 1
@@ -207,3 +209,44 @@ def rewrite(f, ip_off, port_off, old_ip, old_port, new_ip, new_port, proto, part
     if proto == defs.PROTO_UDP and l4c == 0:
         l4c = 0xFFFF
     wr16(f, co, l4c)
+
+
+# ---- cutting a packet into IP fragments ----------------------------------------------------
+def ip_fragment(frame, mtu, batch):
+    """The IPv4 packet of Ethernet frame `frame` cut into fragments of at most mtu IP bytes,
+    one per row of batch; inet.pxi's ip_fragment says the rules."""
+    if not isinstance(mtu, int) or isinstance(mtu, bool):
+        raise TypeError("mtu must be an integer")
+    if mtu < 0 or mtu > 0xFFFFFFFF:
+        raise OverflowError("mtu out of range")
+    if mtu < 28 or mtu > 65535:
+        raise ValueError("mtu must be 28..65535, got %d" % mtu)
+    b = bytes(frame)
+    hdr = batch.hdr
+    batch.n = 0
+    if len(b) < 34 or b[12:14] != b"\x08\x00" or b[14] != 0x45:
+        return 0
+    tot = rd16(b, 16)
+    fo = rd16(b, 20)
+    if tot < 20 or 14 + tot > len(b) or tot <= mtu or fo & 0x4000:
+        return 0
+    step = (mtu - 20) & ~7
+    plen = tot - 20
+    k = (plen + step - 1) // step
+    if k > batch.buf.shape[0] or hdr + 34 + step > batch.buf.shape[1]:
+        raise ValueError("the batch (%d rows of %d bytes) cannot hold %d fragments of %d bytes"
+                         % (batch.buf.shape[0], batch.buf.shape[1], k, 34 + step))
+    for j in range(k):
+        off = j * step
+        c = min(step, plen - off)
+        r = bytearray(b[:34] + b[34 + off:34 + off + c])
+        wr16(r, 16, 20 + c)
+        wr16(r, 20, (fo & 0x8000) | (0x2000 if j + 1 < k else fo & 0x2000)
+             | (((fo & 0x1FFF) + off // 8) & 0x1FFF))
+        wr16(r, 24, 0)
+        wr16(r, 24, ~fold(sum(rd16(r, i) for i in range(14, 34, 2))) & 0xFFFF)
+        batch.buf[j, :hdr] = 0
+        batch.buf[j, hdr:hdr + len(r)] = np.frombuffer(bytes(r), np.uint8)
+        batch.lens[j] = hdr + len(r)
+    batch.n = k
+    return k

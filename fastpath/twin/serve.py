@@ -135,8 +135,8 @@ def burst(self, batch, now):
         v = verdict_of(reason)
         batch.verdict[i] = v
         batch.reason[i] = reason
-        if v == defs.V_TX:
-            if self.newlen:      # a frame made in place (splice, tunnel) may change size
+        if v == defs.V_TX or v == defs.V_PUNT and self.newlen:
+            if self.newlen:      # a frame made in place (splice, tunnel; punt_tunnel_frag's)
                 n = self.newlen
                 batch.lens[i] = hdr + n
                 if self.keep_vnet:
@@ -233,7 +233,7 @@ def process_frame(self, f, n, now):
                 return C["drop_ip_fragment"]
             p = Pkt(src, dst, sport, dport, proto, tflags, h)
             r = XMIT[sv.mode].new_flow(self, f, n, sv, p, now)
-            if first and defs.VERDICTS[r] == defs.V_TX:
+            if first and defs.VERDICTS[r] != defs.V_DROP:
                 idx = flow_find(self, self.ifwd, h, src, dst, sport, dport, proto, False)
                 if idx >= 0:
                     frag_note(self, src, dst, ident, proto, idx, True, now)
@@ -244,7 +244,7 @@ def process_frame(self, f, n, now):
         if first and XMIT[e.mode].frag is None:
             return C["drop_ip_fragment"]
         r = XMIT[e.mode].fwd(self, f, n, e, sv, tflags, now)
-        if first and defs.VERDICTS[r] == defs.V_TX:
+        if first and defs.VERDICTS[r] != defs.V_DROP:
             frag_note(self, src, dst, ident, proto, idx, True, now)
         return r
     idx = flow_find(self, self.irev, h, src, dst, sport, dport, proto, True)
@@ -260,7 +260,7 @@ def process_frame(self, f, n, now):
     if first and XMIT[e.mode].frag is None:
         return C["drop_ip_fragment"]
     r = XMIT[e.mode].rev(self, f, n, e, None, tflags, now)
-    if first and defs.VERDICTS[r] == defs.V_TX:
+    if first and defs.VERDICTS[r] != defs.V_DROP:
         frag_note(self, src, dst, ident, proto, idx, False, now)
     return r
 

@@ -14,7 +14,7 @@ import numpy as np
 from .. import defs
 from ..defs import C, XMIT_CONT
 from .flowtable import new_flow_default, service_find
-from .frag import frag_account
+from .frag import frag_account, frag_entry
 from .inet import fold, rd16, rd32, tcp_checksum, wr16, wr32
 from .serve import xmit_out
 from .types import XMIT, Xmit
@@ -29,12 +29,14 @@ def tunnel_inner_mac():
 TUNNEL_INNER_MAC = tunnel_inner_mac()
 
 
-def outer_ip(self, f, tot, proto, dst):
-    """An IPv4 header at f[14:34] from us to dst, tot bytes in all, full checksum, no DF."""
+def outer_ip(self, f, tot, proto, dst, ident):
+    """An IPv4 header at f[14:34] from us to dst, tot bytes in all, IP id ident, full
+    checksum, no DF."""
     f[12:14] = b"\x08\x00"
     f[14:16] = b"\x45\x00"
     wr16(f, 16, tot)
-    wr32(f, 18, 0)
+    wr16(f, 18, ident)                  # 0 but for a packet to be fragmented (punt_tunnel_frag)
+    wr16(f, 20, 0)                      # no DF
     f[22] = 64
     f[23] = proto
     wr16(f, 24, 0)
@@ -70,14 +72,17 @@ def tunnel_gso_header(self, f, sv):
     v[22], v[23] = 14 + OVERHEAD, 0         # inner_nh_offset: the inner IP header
 
 
-def tunnel_encap(self, f, tot, rip, hf, vni):
+def tunnel_encap(self, f, tot, rip, hf, vni, big):
     """The addressed inner frame f[:14 + tot] moved behind outer Ethernet (to the gateway),
-    IP (us -> rip), UDP (source port from the flow hash hf) and VXLAN (vni) headers."""
+    IP (us -> rip), UDP (source port from the flow hash hf) and VXLAN (vni) headers. big: the
+    packet will be cut into fragments, so its IP id is the engine's next (outer_id)."""
     h = hf ^ (hf >> 32)
     f[:] = bytes(OVERHEAD) + bytes(f[:14 + tot])
     f[0:6] = self.gw_mac
     f[6:12] = self.local_mac
-    outer_ip(self, f, 36 + 14 + tot, defs.PROTO_UDP, rip)
+    if big:
+        self.outer_id = (self.outer_id + 1) & 0xFFFF
+    outer_ip(self, f, 36 + 14 + tot, defs.PROTO_UDP, rip, self.outer_id if big else 0)
     wr16(f, 34, defs.VXLAN_SPORT_MIN + (h & 0x3FFF))
     wr16(f, 36, defs.VXLAN_PORT)
     wr16(f, 38, 16 + 14 + tot)
@@ -88,7 +93,7 @@ def tunnel_encap(self, f, tot, rip, hf, vni):
 
 def tunnel_fwd(self, f, n, e, sv, tflags, now):
     tot = rd16(f, 16)
-    whole = False
+    whole = big = False
     if self.gw_mac is None:
         return C["drop_no_neigh"]
     vnet = self.vnet
@@ -99,13 +104,15 @@ def tunnel_fwd(self, f, n, e, sv, tflags, now):
     elif tot + OVERHEAD > sv.mtu:
         if f[20] & 0x40:
             return tunnel_frag_needed(self, f, sv)
-        return C["drop_tunnel_too_big"]
+        if self.partial:
+            return C["drop_tunnel_too_big"]  # (outer fragments cannot carry a partial checksum)
+        big = True                        # encapsulated, then cut by modes/tunnel.py
     if 14 + tot + OVERHEAD > self.rowcap:
         return C["drop_tunnel_no_room"]
     k = xmit_out(self, f, n, e, TUNNEL_INNER_MAC, False, True, tflags, now)
     if k != XMIT_CONT:
         return k
-    tunnel_encap(self, f, tot, e.rip, e.hf, sv.vni)
+    tunnel_encap(self, f, tot, e.rip, e.hf, sv.vni, big)
     if vnet is not None and vnet[0] & defs.VNET_F_NEEDS_CSUM:
         cs = (vnet[6] | (vnet[7] << 8)) + OVERHEAD
         vnet[6], vnet[7] = cs & 0xFF, (cs >> 8) & 0xFF
@@ -114,6 +121,8 @@ def tunnel_fwd(self, f, n, e, sv, tflags, now):
     if whole:
         tunnel_gso_header(self, f, sv)
         return C["tunnel_gso_fwd"]
+    if big:
+        return C["punt_tunnel_frag"]
     return C["tunnel_fwd"]
 
 
@@ -126,7 +135,7 @@ def tunnel_frag_needed(self, f, sv):
     f[42:70] = f[14:42]
     f[0:6] = self.gw_mac
     f[6:12] = self.local_mac
-    outer_ip(self, f, 56, defs.PROTO_ICMP, client)
+    outer_ip(self, f, 56, defs.PROTO_ICMP, client, 0)
     f[34:36] = b"\x03\x04"
     wr16(f, 36, 0)
     wr16(f, 38, 0)
@@ -148,29 +157,30 @@ def tunnel_icmp(self, f, n, q, e, sv, real, fwd):
         return C["drop_tunnel_no_room"]
     f[0:6] = TUNNEL_INNER_MAC
     f[6:12] = self.local_mac
-    tunnel_encap(self, f, tot, self.reals[real].ip if e is None else e.rip, q.h, sv.vni)
+    tunnel_encap(self, f, tot, self.reals[real].ip if e is None else e.rip, q.h, sv.vni, False)
     self.newlen = 14 + tot + OVERHEAD
     return C["tunnel_icmp_fwd"]
 
 
 def tunnel_frag(self, f, n, e, fwd, now):
     """A later fragment of a tunnel flow (frag.py): in VXLAN to the backend, as the first
-    went; one that does not fit sv.mtu once encapsulated is dropped: drop_tunnel_too_big."""
+    went; one that does not fit sv.mtu once encapsulated is encapsulated and punted, to be cut
+    into outer fragments (punt_tunnel_frag)."""
     tot = rd16(f, 16)
     sv = service_find(self, e.vip, e.vport, e.proto)
     if self.gw_mac is None:
         return C["drop_no_neigh"]
     if sv is None or sv.mode != defs.MODE_TUNNEL:
         return C["drop_mode"]             # the VIP changed mode or went: sv.vni is unknown
-    if tot + OVERHEAD > sv.mtu:
-        return C["drop_tunnel_too_big"]
     if 14 + tot + OVERHEAD > self.rowcap:
         return C["drop_tunnel_no_room"]
     f[0:6] = TUNNEL_INNER_MAC
     f[6:12] = self.local_mac
-    tunnel_encap(self, f, tot, e.rip, e.hf, sv.vni)
+    tunnel_encap(self, f, tot, e.rip, e.hf, sv.vni, tot + OVERHEAD > sv.mtu)
     self.newlen = 14 + tot + OVERHEAD
     frag_account(e, n, True, now)
+    if tot + OVERHEAD > sv.mtu:
+        return C["punt_tunnel_frag"]
     return C["tunnel_frag_fwd"]
 
 
@@ -237,6 +247,25 @@ def api_tunnel_segment(self, frame, batch, first):
         j += 1
     batch.n = j
     return (j, total)
+
+
+def api_tunnel_frag_mtu(self, frame):
+    b = bytes(frame)
+    if (len(b) < OVERHEAD + 34 + 4 or b[12:14] != b"\x08\x00" or b[23] != defs.PROTO_UDP
+            or rd16(b, 36) != defs.VXLAN_PORT or b[OVERHEAD + 14] != 0x45):
+        return 0
+    f = b[OVERHEAD:]
+    if rd16(f, 20) & 0x1FFF == 0:
+        sv = service_find(self, rd32(f, 30), rd16(f, 36), f[23])
+    else:
+        g = frag_entry(self, rd32(f, 26), rd32(f, 30), rd16(f, 18), f[23])
+        if g is None:
+            return 0
+        e = self.fl[g.idx]
+        sv = service_find(self, e.vip, e.vport, e.proto)
+    if sv is None or sv.mode != defs.MODE_TUNNEL:
+        return 0
+    return sv.mtu
 
 
 # ---- the mode's row of XMIT (types.py) ----------------------------------------------------

@@ -107,7 +107,7 @@ class SpliceManager:
       ctx.vip(vip, port) -> the VIP's SpliceVip (modes/splice/vip.py) or None
       ctx.mac_of(ip) -> bytes | None; ctx.gateway_mac() -> bytes | None
     """
-    reason = defs.C["punt_splice"]
+    reasons = (defs.C["punt_splice"],)
 
     def __init__(self, engine, ctx, local_mac):
         self.engine = engine
@@ -129,7 +129,7 @@ class SpliceManager:
         return dict(self.c, open=len(self.conns), setting_up=len(self.pending))
 
     # ---- frames up from the fast path ------------------------------------------------------
-    def handle(self, frame, now):
+    def handle(self, frame, now, reason=None):
         self.now = now
         p = parse_tcp(frame)
         if p is None:

@@ -243,3 +243,28 @@ def test_tunnel_segment_same_on_both_twins(plen, flags, zero_len, mtu, rows, fir
         r = outcome(lambda: e.tunnel_segment(bytes(f), b, first))
         results.append((r, b.frames() if r[0] == "ok" else None))
     assert results[0] == results[1]
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.one_of(random_frames, st.builds(lambda n, df: F.udp(GWMAC, LB, "198.18.0.10", VIP2, 1, 53,
+                                                                bytes(n)) if not df else
+                                          F.tcp(GWMAC, LB, "198.18.0.10", VIP2, 1, 53,
+                                                data=bytes(n), df=True),
+                                          st.integers(0, 9000), st.booleans())),
+       st.integers(0, 10000), st.integers(1, 40), st.sampled_from([64, 600, 1600, 9100]),
+       st.lists(st.tuples(st.integers(14, 40), st.integers(0, 255)), max_size=2))
+def test_ip_fragment_same_on_both_twins(frame, mtu, rows, snap, pokes):
+    """Packets cut into fragments alike (random, malformed, DF, odd MTUs): the same rows,
+    counts and errors."""
+    f = bytearray(frame)
+    for off, val in pokes:
+        if off < len(f):
+            f[off] = val
+    results = []
+    for mod in (_engine, twin):
+        b = Batch(rows, snap=snap, hdr=10)
+        r = outcome(lambda: mod.ip_fragment(bytes(f), mtu, b))
+        results.append((r, b.n, [b.frame(i) for i in range(b.n)],
+                        [b.header(i) for i in range(b.n)]))
+    assert results[0] == results[1]

@@ -65,20 +65,80 @@ def test_dsr_fragments_go_to_the_backends_mac_untouched(impl):
     assert [f for _, _, f in got] == [B1 + LB + f[12:] for f in frs]
 
 
-@pytest.mark.parametrize("size,first,later", [(1000, "tunnel_fwd", "tunnel_frag_fwd"),
-                                              (1480, "drop_tunnel_too_big", "drop_frag_no_first")])
-def test_tunnel_fragments_in_vxlan_when_they_fit(impl, size, first, later):
+@pytest.mark.parametrize("size", [1000, 1480])
+def test_tunnel_fragments_in_vxlan(impl, size):
+    """Fragments that fit once encapsulated go out (the first as tunnel_fwd); those that do
+    not are encapsulated and punted to be cut into outer fragments (punt_tunnel_frag)."""
     e = make_engine(impl.Engine, ServiceSpec)
     e.set_services([ServiceSpec(F.ip2int(VIP7), 53, 17, defs.MODE_TUNNEL, defs.SCHED_HASH5, [4], [1],
                                 0, None, TunnelSpec(4242, 1500))])
     frs = F.fragments(F.udp(GW, LB, CLIENT, VIP7, 5000, 53, datagram()), size)
     got = run(e, frs)
-    assert [r for _, r, _ in got] == [first] + [later] * (len(frs) - 1)
+    fits = [len(fr) - 14 + 50 <= 1500 for fr in frs]
+    assert [r for _, r, _ in got] == [
+        ("tunnel_fwd" if k == 0 else "tunnel_frag_fwd") if fit else "punt_tunnel_frag"
+        for k, fit in enumerate(fits)]
     for (v, r, out), fr in zip(got, frs):
-        if v == defs.V_TX:
-            assert out[50:] == tmode.VXLAN_INNER_MAC + LB + fr[12:] and F.checksums_ok(out)
-    sports = {out[34:36] for v, _, out in got if v == defs.V_TX}
-    assert len(sports) <= 1                       # one flow, one outer source port
+        assert out[50:] == tmode.VXLAN_INNER_MAC + LB + fr[12:] and F.checksums_ok(out)
+    sports = {out[34:36] for _, _, out in got}
+    assert len(sports) == 1                       # one flow, one outer source port
+    ids = [int.from_bytes(out[18:20], "big") for v, _, out in got if v == defs.V_PUNT]
+    assert len(set(ids)) == len(ids) and 0 not in ids     # to be fragmented: an IP id each
+    assert all(out[18:20] == b"\0\0" for v, _, out in got if v == defs.V_TX)
+    if ids:
+        # modes/tunnel.py cuts each into outer fragments the backend reassembles
+        seg = tmode.Segmenter(e)
+        punted = [out for v, _, out in got if v == defs.V_PUNT]
+        for out in punted:
+            assert e.tunnel_frag_mtu(out) == 1500
+            b = seg.handle(out, NOW, defs.C["punt_tunnel_frag"])
+            pieces = [b.frame(i) for i in range(b.n)]
+            assert all(len(p) - 14 <= 1500 and F.inet_sum(p[14:34]) == 0xFFFF for p in pieces)
+            assert reassemble(pieces) == out
+        assert seg.counters()["fragmented"] == len(punted)
+
+
+def reassemble(pieces):
+    """The IP packet the fragments came from (in order, no overlap), as an Ethernet frame."""
+    body = b"".join(p[34:14 + int.from_bytes(p[16:18], "big")] for p in pieces)
+    first = bytearray(pieces[0][:34])
+    first[16:18] = (20 + len(body)).to_bytes(2, "big")
+    first[20:22] = b"\0\0"
+    first[24:26] = b"\0\0"
+    first[24:26] = (~F.inet_sum(bytes(first[14:34])) & 0xFFFF).to_bytes(2, "big")
+    return bytes(first) + body
+
+
+@pytest.mark.parametrize("size,mtu", [(3000, 1500), (1600, 576), (60000, 1500), (9000, 9000)])
+def test_ip_fragment_cuts_as_a_router_does(impl, size, mtu):
+    pkt = F.udp(GW, LB, CLIENT, VIP2, 1, 2, datagram(size))
+    b = Batch(64, snap=9100, hdr=10)
+    n = impl.ip_fragment(pkt, mtu, b)
+    if 20 + 8 + size <= mtu:
+        assert n == 0 and b.n == 0
+        return
+    pieces = [b.frame(i) for i in range(n)]
+    assert n == b.n == -(-(8 + size) // ((mtu - 20) // 8 * 8))
+    assert all(len(p) - 14 <= mtu and F.inet_sum(p[14:34]) == 0xFFFF for p in pieces)
+    assert all(b.header(i) == bytes(10) for i in range(n))
+    mf = [bool(p[20] & 0x20) for p in pieces]
+    assert mf == [True] * (n - 1) + [False]
+    assert reassemble(pieces) == pkt
+
+
+@pytest.mark.parametrize("frame", [
+    b"", b"\0" * 60, F.udp(GW, LB, CLIENT, VIP2, 1, 2, b"x" * 3000)[:100],
+    F.tcp(GW, LB, CLIENT, VIP2, 1, 2, data=b"x" * 3000, df=True)])
+def test_ip_fragment_leaves_what_it_may_not_cut(impl, frame):
+    b = Batch(8, snap=2048)
+    assert impl.ip_fragment(frame, 1500, b) == 0 and b.n == 0
+
+
+@pytest.mark.parametrize("mtu,batch", [(27, Batch(8)), (65536, Batch(8)), (1500, Batch(1)),
+                                       (1500, Batch(8, snap=600))])
+def test_ip_fragment_refuses_bad_arguments(impl, mtu, batch):
+    with pytest.raises(ValueError):
+        impl.ip_fragment(F.udp(GW, LB, CLIENT, VIP2, 1, 2, b"x" * 3000), mtu, batch)
 
 
 def test_a_later_fragment_after_the_timeout_has_no_first(impl):

@@ -102,9 +102,24 @@ def test_too_big_with_df_is_answered_like_a_router(impl):
     assert run(e, [fits]).results()[0][1] == "tunnel_fwd"
 
 
-def test_too_big_without_df_is_dropped_and_counted(impl):
+def test_too_big_without_df_is_encapsulated_and_punted_to_be_fragmented(impl):
     e = engine(impl, mtu=1000)
-    b = run(e, [c2v(data=b"y" * 1000, flags=F.TH_ACK, df=False)])
+    syn = c2v(data=b"y" * 1000, flags=F.TH_ACK, df=False)
+    b = run(e, [syn])
+    v, reason, out = b.results()[0]
+    assert (v, reason) == (defs.V_PUNT, "punt_tunnel_frag")
+    body, vx = expected_vxlan(syn)
+    assert out[50:] == body and out[18:20] != b"\0\0" and F.checksums_ok(out)
+    seg = tmode.Segmenter(e)
+    sent = seg.handle(out, NOW, defs.C["punt_tunnel_frag"])
+    assert sent.n == 2 and all(len(f) - 14 <= 1000 for f in sent.frames())
+    assert seg.counters()["fragments"] == 2
+
+
+def test_too_big_without_df_with_a_partial_checksum_is_dropped(impl):
+    e = engine(impl, mtu=1000)
+    b = run(e, [c2v(data=b"y" * 1000, flags=F.TH_ACK, df=False)], hdr=10,
+            headers=[vnet(defs.VNET_F_NEEDS_CSUM, 0, 0, 0, 34, 16)])
     assert b.results()[0][:2] == (defs.V_DROP, "drop_tunnel_too_big")
 
 
@@ -273,7 +288,8 @@ def test_a_superframe_longer_than_the_segmenters_batch_goes_out_whole(impl):
     out = seg.handle(sf, NOW)
     assert isinstance(out, list) and len(out) == 8
     assert b"".join(bytes(dpkt.ethernet.Ethernet(f[50:]).data.data.data) for f in out) == payload
-    assert seg.counters() == {"superframes": 1, "segmented": 8, "bad_frame": 0, "not_sent": 0}
+    assert seg.counters() == {"superframes": 1, "segmented": 8, "bad_frame": 0, "not_sent": 0,
+                              "fragmented": 0, "fragments": 0}
 
 
 def test_tunnel_mss_says_what_fits(impl):
