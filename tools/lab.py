@@ -687,7 +687,8 @@ class Lab:
         for what, argv in (
                 ("nginx", ["nginx", "-c", conf_path, "-p", d,
                            "-e", os.path.join(d, "nginx-error.log")]),
-                ("echo", [sys.executable, "-m", "tools.echo_server", "--port", str(PORTS["echo"])]),
+                ("echo", [sys.executable, "-m", "tools.echo_server", "--port", str(PORTS["echo"]),
+                          "--name", b]),
                 ("iperf3", ["iperf3", "-s", "-p", str(PORTS["iperf3"])])):
             logf = open(os.path.join(d, what + ".log"), "ab")
             p = self.popen(b, argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,

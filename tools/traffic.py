@@ -5,6 +5,9 @@ caller judges); every loop is bounded in count and time.
   http URL --count N [--keepalive] [--seconds T]   N GETs (or T s); X-Backend tally, errors
   echo HOST PORT --bytes N [--seed S]    N random bytes through an echo service; sha256 both ways
   echo-slow HOST PORT --seconds T        one connection, 1 KiB every 20 ms; all echoes checked
+  udp HOST PORT --sockets N --count K    N sockets x K datagrams through a UDP echo, each socket
+                                         asking "?id" first and last; answers, wrong sources,
+                                         losses, backend spread
   malformed IFACE DST_MAC --count N      a burst of malformed IPv4 frames to DST_MAC (raw socket)
   synflood DST PORT --count N --seconds T   SYNs from spoofed sources (raw IP socket)
 """
@@ -13,6 +16,8 @@ import hashlib
 import http.client
 import json
 import os
+import resource
+import selectors
 import socket
 import struct
 import sys
@@ -135,6 +140,143 @@ def cmd_echo_slow(a):
     return {"local": local, "messages": n, "mismatched": bad, "errors": err}
 
 
+UDP_ID_QUERY = b"?id"    # the lab echo answers it with the backend's name (tools/echo_server.py)
+
+
+def _udp_payload(seed, sock_index, seq, size):
+    """The datagram socket `sock_index` sends as its `seq`-th: its two indexes, then
+    deterministic bytes, `size` in all (>= 8): no two datagrams of a run are alike."""
+    head = struct.pack("!II", sock_index, seq)
+    tail = hashlib.shake_256(b"threeway-udp-%d-%d-%d" % (seed, sock_index, seq)).digest(size - 8)
+    return head + tail
+
+
+def _udp_id(data):
+    """The backend name in an answer to "?id" (b"b1\\n" -> "b1"), or None if it is none."""
+    if data.endswith(b"\n") and 1 < len(data) <= 64:
+        try:
+            name = data[:-1].decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        return name if name.isprintable() else None
+    return None
+
+
+def cmd_udp(a):
+    """N unconnected UDP sockets (so that an answer from any source is seen, and its source
+    checked: a connected socket would drop a wrong-source answer unseen), K datagrams each,
+    in rounds: the first and the last round ask "?id", the others carry one unique datagram
+    per socket. A round sends what is unanswered, waits up to --wait s, and resends at most
+    --retries times; what is still unanswered then is lost. The whole run stops at --timeout.
+
+    An answer counts when it comes from HOST:PORT and equals what is awaited (the echo of the
+    datagram, or a backend's name for "?id"). From another source: wrong_source, never an
+    answer. An answer already had (a resend answered twice): duplicate. The echo of a
+    datagram given up on: late (it was counted lost). From HOST:PORT but other bytes:
+    mismatched. moved: sockets whose first and last "?id" named different
+    backends (a UDP flow stays on its backend)."""
+    if not (1 <= a.sockets <= 20000 and 0 <= a.count <= 1000 and 8 <= a.size <= 65507):
+        raise SystemExit("udp: --sockets 1..20000, --count 0..1000, --size 8..65507")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < a.sockets + 64:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, a.sockets + 64), hard))
+    target = (socket.gethostbyname(a.host), a.port)
+    t0 = time.monotonic()
+    deadline = t0 + a.timeout
+    st = {"answered": 0, "mismatched": 0, "wrong_source": 0, "duplicates": 0, "lost": 0,
+          "late": 0, "retries": 0, "send_errors": 0}
+    wrong_from, samples = {}, []
+    ids = [[None, None] for _ in range(a.sockets)]   # the first and the last "?id" answer
+    had = [set() for _ in range(a.sockets)]          # echoes already counted, per socket
+    n_rounds = a.count + 2
+    out_of_time = False
+
+    def ours(i, data):
+        """data is the echo of a datagram socket i sent."""
+        if len(data) != a.size or data[:4] != struct.pack("!I", i):
+            return False
+        return data == _udp_payload(a.seed, i, struct.unpack_from("!I", data, 4)[0], a.size)
+
+    def received(i, data, src, rnd, want):
+        if src != target:
+            st["wrong_source"] += 1
+            k = "%s:%d" % src
+            wrong_from[k] = wrong_from.get(k, 0) + 1
+        elif i in want and want[i] != UDP_ID_QUERY and data == want[i]:
+            del want[i]
+            had[i].add(data)
+            st["answered"] += 1
+        elif i in want and want[i] == UDP_ID_QUERY and _udp_id(data):
+            del want[i]
+            ids[i][rnd != 0] = _udp_id(data)
+        elif data in had[i] or (_udp_id(data) is not None and _udp_id(data) in ids[i]):
+            st["duplicates"] += 1
+        elif ours(i, data):
+            st["late"] += 1      # the echo of a datagram given up on (lost), after all
+        else:
+            st["mismatched"] += 1
+            if len(samples) < 5:
+                samples.append("socket %d round %d: %r" % (i, rnd, data[:32]))
+
+    sel = selectors.DefaultSelector()
+    socks = []
+    try:
+        for i in range(a.sockets):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(s)
+            s.setblocking(False)
+            s.bind(("0.0.0.0", 0))
+            sel.register(s, selectors.EVENT_READ, i)
+        for rnd in range(n_rounds):
+            is_id = rnd in (0, n_rounds - 1)
+            want = {i: UDP_ID_QUERY if is_id else _udp_payload(a.seed, i, rnd - 1, a.size)
+                    for i in range(a.sockets)}
+            for attempt in range(a.retries + 1):
+                if not want or out_of_time:
+                    break
+                if attempt:
+                    st["retries"] += len(want)
+                for i, msg in want.items():
+                    try:
+                        socks[i].sendto(msg, target)
+                    except OSError:
+                        st["send_errors"] += 1
+                wait_end = min(time.monotonic() + a.wait, deadline)
+                while want:
+                    left = wait_end - time.monotonic()
+                    if left <= 0:
+                        out_of_time = time.monotonic() >= deadline
+                        break
+                    for key, _ in sel.select(left):
+                        i = key.data
+                        while True:
+                            try:
+                                data, src = socks[i].recvfrom(65535)
+                            except (BlockingIOError, InterruptedError):
+                                break
+                            except OSError as e:       # the socket's own error, said in samples
+                                if len(samples) < 5:
+                                    samples.append("socket %d: %r" % (i, e))
+                                break
+                            received(i, data, src, rnd, want)
+            if not is_id:
+                st["lost"] += len(want)
+    finally:
+        sel.close()
+        for s in socks:
+            s.close()
+    backends = {}
+    for first, _ in ids:
+        k = first if first is not None else "?"
+        backends[k] = backends.get(k, 0) + 1
+    return dict(st, sockets=a.sockets, datagrams=a.sockets * a.count, target="%s:%d" % target,
+                backends=backends,
+                id_lost=sum((f is None) + (last is None) for f, last in ids),
+                moved=sum(1 for f, last in ids if None not in (f, last) and f != last),
+                wrong_source_from=wrong_from, samples=samples, deadline=out_of_time,
+                seconds=round(time.monotonic() - t0, 3))
+
+
 # the fast-path counter each kind must land in (a frame cut inside the IP header cannot be
 # sent as such: Ethernet padding completes it, and it then fails the header checksum)
 EXPECTED_DROPS = {"ip_bad_len": "drop_ip_bad_len", "ip_options": "drop_ip_options",
@@ -235,6 +377,16 @@ def main(argv=None):
     es.add_argument("host")
     es.add_argument("port", type=int)
     es.add_argument("--seconds", type=float, default=5)
+    u = sub.add_parser("udp")
+    u.add_argument("host")
+    u.add_argument("port", type=int)
+    u.add_argument("--sockets", type=int, default=400)
+    u.add_argument("--count", type=int, default=5, help="datagrams per socket")
+    u.add_argument("--size", type=int, default=64, help="bytes per datagram (>= 8)")
+    u.add_argument("--seed", type=int, default=1)
+    u.add_argument("--wait", type=float, default=1.0, help="seconds a round waits for answers")
+    u.add_argument("--retries", type=int, default=2, help="resends of an unanswered datagram")
+    u.add_argument("--timeout", type=float, default=60, help="the whole run at most")
     m = sub.add_parser("malformed")
     m.add_argument("iface")
     m.add_argument("dst_mac")
@@ -251,7 +403,7 @@ def main(argv=None):
     sf.add_argument("--seed", type=int, default=1)
     a = p.parse_args(argv)
     fn = {"http": cmd_http, "echo": cmd_echo, "echo-slow": cmd_echo_slow,
-          "malformed": cmd_malformed, "synflood": cmd_synflood}[a.cmd]
+          "udp": cmd_udp, "malformed": cmd_malformed, "synflood": cmd_synflood}[a.cmd]
     print(json.dumps(fn(a)), flush=True)
     return 0
 
