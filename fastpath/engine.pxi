@@ -44,6 +44,7 @@ cdef class Engine:
     cdef bint keep_vnet     # the routine kept a partial checksum: do not clear the header
     cdef bint vnet_tnl      # the header is the long one (VNET_TNL_HDR_LEN): UDP-tunnel GSO
     cdef uint16_t outer_id  # tunnel: the IP id of the latest outer packet to be fragmented
+    cdef uint8_t opts[40]   # a frame's IP options while its routine runs (serve.pxi opts_aside)
     cdef Frag *frags        # FRAG_SLOTS datagrams whose first fragment was sent (frag.pxi)
     cdef WaitQ *waitq       # splice flows Python may have to look at (a ring of wq_size)
     cdef uint32_t wq_head, wq_tail, wq_size

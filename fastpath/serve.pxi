@@ -188,7 +188,7 @@ cdef void burst(Engine self, uint8_t *base, uint32_t stride, uint32_t hdr, uint3
 cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcept nogil:
     """One frame f[:n]: its exit counter, the frame rewritten in place when it is sent."""
     cdef uint16_t et, tot, sport, dport, ulen
-    cdef uint32_t ihl, l4len, doff, src, dst
+    cdef uint32_t ihl, l4, l4len, doff, src, dst
     cdef uint8_t proto, tflags = 0
     cdef uint16_t fo, ident
     cdef bint first = False
@@ -218,12 +218,10 @@ cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcep
     ihl = (f[14] & 15) * 4
     if ihl < 20:
         return C_DROP_IP_BAD_HDR
-    if ihl > 20:
-        return C_DROP_IP_OPTIONS
     tot = rd16(f + 16)
     if tot < ihl or 14 + <uint32_t>tot > n:
         return C_DROP_IP_BAD_LEN
-    if not ip_header_ok(f, 14, 20):
+    if not ip_header_ok(f, 14, ihl):
         return C_DROP_IP_CSUM
     fo = rd16(f + 20) & 0x3FFF          # MF and the fragment offset (frag.pxi)
     ident = rd16(f + 18)
@@ -235,26 +233,29 @@ cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcep
     if fo & 0x1FFF:
         return frag_later(self, f, n, now)
     first = fo != 0
-    l4len = tot - 20
+    l4 = 14 + ihl                       # IP options (ihl > 20) are forwarded, see opts_aside
+    l4len = tot - ihl
     if proto == PROTO_TCP:
         if l4len < 20:
             return C_DROP_L4_TRUNCATED
-        doff = (f[46] >> 4) * 4
+        doff = (f[l4 + 12] >> 4) * 4
         if doff < 20 or doff > l4len:
             return C_DROP_TCP_BAD_DOFF
-        tflags = f[47]
+        tflags = f[l4 + 13]
     elif proto == PROTO_UDP:
         if l4len < 8:
             return C_DROP_L4_TRUNCATED
-        ulen = rd16(f + 38)
+        ulen = rd16(f + l4 + 4)
         if ulen < 8 or (ulen > l4len and not first):   # (a first fragment: the rest follows)
             return C_DROP_UDP_BAD_LEN
     elif proto == PROTO_ICMP and not first:
+        if ihl > 20:
+            return C_DROP_IP_OPTIONS    # (an ICMP error's own header with options: not read)
         return icmp_in(self, f, n, tot, now)
     else:
         return C_DROP_UNKNOWN_DEST
-    sport = rd16(f + 34)
-    dport = rd16(f + 36)
+    sport = rd16(f + l4)
+    dport = rd16(f + l4 + 2)
     h = _flow_hash(src, dst, sport, dport, proto)
     sv = service_find(self, dst, dport, proto)
     if sv != NULL:
@@ -283,7 +284,12 @@ cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcep
                 return C_DROP_IP_FRAGMENT
             p.src, p.dst, p.sport, p.dport, p.proto, p.tflags, p.h = (src, dst, sport, dport,
                                                                       proto, tflags, h)
-            r = XMIT[sv.mode].new_flow(self, f, n, sv, &p, now)
+            if ihl > 20 and XMIT[sv.mode].l4_at_34:
+                r = XMIT[sv.mode].new_flow(self, opts_aside(self, f, ihl), n + 20 - ihl, sv, &p,
+                                           now)
+                opts_back(self, f, ihl)
+            else:
+                r = XMIT[sv.mode].new_flow(self, f, n, sv, &p, now)
             if first and VMAP[r] != V_DROP:
                 idx = flow_find(self, self.ifwd, h, src, dst, sport, dport, proto, False)
                 if idx >= 0:
@@ -294,7 +300,11 @@ cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcep
             return C_DROP_MODE
         if first and XMIT[e.mode].frag == NULL:
             return C_DROP_IP_FRAGMENT
-        r = XMIT[e.mode].fwd(self, f, n, e, sv, tflags, now)
+        if ihl > 20 and XMIT[e.mode].l4_at_34:
+            r = XMIT[e.mode].fwd(self, opts_aside(self, f, ihl), n + 20 - ihl, e, sv, tflags, now)
+            opts_back(self, f, ihl)
+        else:
+            r = XMIT[e.mode].fwd(self, f, n, e, sv, tflags, now)
         if first and VMAP[r] != V_DROP:
             frag_note(self, src, dst, ident, proto, idx, True, now)
         return r
@@ -310,10 +320,43 @@ cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcep
         return C_DROP_MODE
     if first and XMIT[e.mode].frag == NULL:
         return C_DROP_IP_FRAGMENT
-    r = XMIT[e.mode].rev(self, f, n, e, NULL, tflags, now)
+    if ihl > 20 and XMIT[e.mode].l4_at_34:
+        r = XMIT[e.mode].rev(self, opts_aside(self, f, ihl), n + 20 - ihl, e, NULL, tflags, now)
+        opts_back(self, f, ihl)
+    else:
+        r = XMIT[e.mode].rev(self, f, n, e, NULL, tflags, now)
     if first and VMAP[r] != V_DROP:
         frag_note(self, src, dst, ident, proto, idx, False, now)
     return r
+
+
+cdef inline uint8_t *opts_aside(Engine self, uint8_t *f, uint32_t ihl) noexcept nogil:
+    """IP options set aside for a mode whose routines read the L4 header at offset 34
+    (Xmit.l4_at_34: nat, splice): the options kept in self.opts, the Ethernet and fixed IP
+    headers moved up against the L4 header, IHL 5 and the total length without the options.
+    The header checksum is left as it is: the routines patch it by deltas, and opts_back
+    restores what was taken out before anyone reads it. Returns where the frame now starts."""
+    cdef uint32_t k = ihl - 20
+    memcpy(self.opts, f + 34, k)
+    memmove(f + k, f, 34)
+    f[k + 14] = 0x45
+    wr16(f + k + 16, rd16(f + k + 16) - k)
+    self.rowcap -= k
+    return f + k
+
+
+cdef inline void opts_back(Engine self, uint8_t *f, uint32_t ihl) noexcept nogil:
+    """After the routine: a frame it made in place (newlen; ours, without the client's options)
+    moved back to the row's start; else the headers moved back and the options put back."""
+    cdef uint32_t k = ihl - 20
+    self.rowcap += k
+    if self.newlen:
+        memmove(f, f + k, self.newlen)
+        return
+    memmove(f, f + k, 34)
+    memcpy(f + 34, self.opts, k)
+    f[14] = 0x40 | (ihl >> 2)
+    wr16(f + 16, rd16(f + 16) + k)
 
 
 cdef inline int xmit_out(Engine self, uint8_t *f, uint32_t n, Flow *e, const uint8_t *dmac,

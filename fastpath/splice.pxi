@@ -491,3 +491,4 @@ XMIT[MODE_SPLICE].new_flow = splice_new
 XMIT[MODE_SPLICE].fwd = splice_fwd
 XMIT[MODE_SPLICE].rev = splice_rev
 XMIT[MODE_SPLICE].icmp = splice_icmp
+XMIT[MODE_SPLICE].l4_at_34 = 1

@@ -172,6 +172,8 @@ cdef struct Xmit:
     xmit_fn rev
     icmp_fn icmp
     frag_fn frag
+    uint8_t l4_at_34    # the routines read the L4 header at frame offset 34: a frame's IP
+                        # options are set aside around them (serve.pxi opts_aside)
 
 cdef Xmit XMIT[256]     # by mode code; filled by the xmit_*.pxi and splice.pxi that define them
 

@@ -91,3 +91,4 @@ XMIT[MODE_NAT].fwd = nat_fwd
 XMIT[MODE_NAT].rev = nat_rev
 XMIT[MODE_NAT].icmp = nat_icmp
 XMIT[MODE_NAT].frag = nat_frag
+XMIT[MODE_NAT].l4_at_34 = 1

@@ -67,7 +67,7 @@ cdef inline bint tunnel_gso_whole(Engine self, uint8_t *f, uint32_t tot,
                                   Service *sv) noexcept nogil:
     """May this superframe leave whole, in UDP-tunnel GSO? (The kernel's own checks: a TCP
     type, a partial checksum; ours: the outer length fits, a segment fits sv.mtu.)"""
-    return (self.vnet_tnl and (self.vnet[1] & ~VNET_GSO_ECN) == VNET_GSO_TCPV4
+    return (self.vnet_tnl and (self.vnet[1] & ~VNET_GSO_ECN) == VNET_GSO_TCPV4 and f[14] == 0x45
             and self.vnet[0] & VNET_F_NEEDS_CSUM and f[23] == PROTO_TCP
             and 36 + 14 + tot <= 0xFFFF and 14 + tot + VXLAN_OVERHEAD <= self.rowcap
             and sv.mtu > <uint32_t>(VXLAN_OVERHEAD + 20 + (f[46] >> 4) * 4))
@@ -158,22 +158,23 @@ cdef int tunnel_frag_needed(Engine self, uint8_t *f, Service *sv) noexcept nogil
     """ICMP destination unreachable, fragmentation needed (RFC 792/1191), to the client, made
     in place: the original IP header and 8 bytes after it, the MTU left after VXLAN."""
     cdef uint32_t client = rd32(f + 26)
+    cdef uint32_t q = (f[14] & 15) * 4 + 8    # the header (options too) and 8 bytes after it
     cdef uint32_t s = 0, k
     if not self.has_gw:
         return C_DROP_NO_NEIGH
-    memmove(f + 42, f + 14, 28)
+    memmove(f + 42, f + 14, q)
     memcpy(f, self.gw_mac, 6)
     memcpy(f + 6, self.local_mac, 6)
-    outer_ip(self, f, 56, PROTO_ICMP, client, 0)
+    outer_ip(self, f, 28 + q, PROTO_ICMP, client, 0)
     f[34] = 3
     f[35] = 4
     wr16(f + 36, 0)
     wr16(f + 38, 0)
     wr16(f + 40, sv.mtu - VXLAN_OVERHEAD)
-    for k in range(34, 70, 2):
+    for k in range(34, 42 + q, 2):
         s += rd16(f + k)
     wr16(f + 36, ~fold(s) & 0xFFFF)
-    self.newlen = 70
+    self.newlen = 42 + q
     return C_TUNNEL_FRAG_NEEDED
 
 

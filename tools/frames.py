@@ -39,24 +39,25 @@ def eth(dst, src, payload, etype=0x0800):
 
 
 def tcp(smac, dmac, src, dst, sport, dport, flags=TH_ACK, seq=1000, ack=0, data=b"", ttl=64,
-        win=65535, opts=b"", ident=1, df=False):
+        win=65535, opts=b"", ident=1, df=False, ip_opts=b""):
+    """opts: TCP options; ip_opts: IP options (a multiple of 4 bytes)."""
     t = dpkt.tcp.TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, win=win, data=data)
     if opts:
         t.opts = opts
         t.off = 5 + len(opts) // 4
-    ip = _ip(src, dst, 6, t, ttl=ttl, ident=ident)
+    ip = _ip(src, dst, 6, t, ttl=ttl, ident=ident, opts=ip_opts)
     if df:
         ip.df = 1
     return eth(dmac, smac, ip)
 
 
-def udp(smac, dmac, src, dst, sport, dport, data=b"", ttl=64, zero_csum=False):
+def udp(smac, dmac, src, dst, sport, dport, data=b"", ttl=64, zero_csum=False, ip_opts=b""):
     u = dpkt.udp.UDP(sport=sport, dport=dport, data=data)
     u.ulen = 8 + len(data)
-    ip = _ip(src, dst, 17, u, ttl=ttl)
+    ip = _ip(src, dst, 17, u, ttl=ttl, opts=ip_opts)
     raw = bytearray(eth(dmac, smac, ip))
     if zero_csum:
-        raw[40:42] = b"\0\0"
+        raw[34 + len(ip_opts) + 6:34 + len(ip_opts) + 8] = b"\0\0"
     return bytes(raw)
 
 

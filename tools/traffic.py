@@ -279,7 +279,7 @@ def cmd_udp(a):
 
 # the fast-path counter each kind must land in (a frame cut inside the IP header cannot be
 # sent as such: Ethernet padding completes it, and it then fails the header checksum)
-EXPECTED_DROPS = {"ip_bad_len": "drop_ip_bad_len", "ip_options": "drop_ip_options",
+EXPECTED_DROPS = {"ip_bad_len": "drop_ip_bad_len", "icmp_options": "drop_ip_options",
                   "frag_no_first": "drop_frag_no_first", "ip_csum": "drop_ip_csum",
                   "tcp_bad_doff": "drop_tcp_bad_doff", "l4_truncated": "drop_l4_truncated"}
 
@@ -298,7 +298,8 @@ def malformed_frames(dst_mac, src_mac, dst_ip):
     tcp = struct.pack("!HHIIBBHHH", 1234, 80, 1, 0, 0x50, 0x02, 65535, 0, 0)
     return {
         "ip_bad_len": eth + ip_hdr(tot=1400) + tcp,
-        "ip_options": eth + ip_hdr(ihl=6, tot=44, opts=b"\x01\x01\x01\x00") + tcp,
+        # IP options are forwarded, but an ICMP message's own are not read
+        "icmp_options": eth + ip_hdr(ihl=6, tot=44, proto=1, opts=b"\x01\x01\x01\x00") + tcp,
         "frag_no_first": eth + ip_hdr(off=0x0010) + tcp,     # a later fragment, no first
         "ip_csum": eth + ip_hdr(csum=False) + tcp,
         "tcp_bad_doff": eth + ip_hdr() + tcp[:12] + b"\xf0" + tcp[13:],

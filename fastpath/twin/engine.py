@@ -52,6 +52,7 @@ class Engine:
         self.keep_vnet = False     # a routine kept a partial checksum: write vnet back
         self.vnet_tnl = False      # the header is the long one: UDP-tunnel GSO
         self.outer_id = 0          # tunnel: the IP id of the latest outer packet to be fragmented
+        self.opts = b""            # a frame's IP options while its routine runs (serve.opts_aside)
         self.frags = [Frag() for _ in range(defs.FRAG_SLOTS)]   # frag.py
         self.waitq = collections.deque()     # (idx, c_isn, created, at): see splice_waiting()
         self.wq_size = defs.SPLICE_WAITQ_MIN

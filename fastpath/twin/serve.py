@@ -23,7 +23,7 @@ from ..io_py import rx_burst, tx_burst
 from .flowtable import flow_delete, flow_find, service_find, track
 from .frag import frag_later, frag_note
 from .icmp import icmp_in
-from .inet import flow_hash, ip_header_ok, rd16, rd32
+from .inet import flow_hash, ip_header_ok, rd16, rd32, wr16
 from .types import XMIT, Pkt
 
 BCAST = b"\xff" * 6
@@ -167,12 +167,10 @@ def process_frame(self, f, n, now):
     ihl = (f[14] & 15) * 4
     if ihl < 20:
         return C["drop_ip_bad_hdr"]
-    if ihl > 20:
-        return C["drop_ip_options"]
     tot = rd16(f, 16)
     if tot < ihl or 14 + tot > n:
         return C["drop_ip_bad_len"]
-    if not ip_header_ok(f, 14, 20):
+    if not ip_header_ok(f, 14, ihl):
         return C["drop_ip_csum"]
     fo = rd16(f, 20) & 0x3FFF           # MF and the fragment offset (frag.py)
     ident = rd16(f, 18)
@@ -184,27 +182,30 @@ def process_frame(self, f, n, now):
     if fo & 0x1FFF:
         return frag_later(self, f, n, now)
     first = fo != 0
-    l4len = tot - 20
+    l4 = 14 + ihl                       # IP options (ihl > 20) are forwarded, see opts_aside
+    l4len = tot - ihl
     tflags = 0
     if proto == defs.PROTO_TCP:
         if l4len < 20:
             return C["drop_l4_truncated"]
-        doff = (f[46] >> 4) * 4
+        doff = (f[l4 + 12] >> 4) * 4
         if doff < 20 or doff > l4len:
             return C["drop_tcp_bad_doff"]
-        tflags = f[47]
+        tflags = f[l4 + 13]
     elif proto == defs.PROTO_UDP:
         if l4len < 8:
             return C["drop_l4_truncated"]
-        ulen = rd16(f, 38)
+        ulen = rd16(f, l4 + 4)
         if ulen < 8 or (ulen > l4len and not first):   # (a first fragment: the rest follows)
             return C["drop_udp_bad_len"]
     elif proto == defs.PROTO_ICMP and not first:
+        if ihl > 20:
+            return C["drop_ip_options"]  # (an ICMP error's own header with options: not read)
         return icmp_in(self, f, n, tot, now)
     else:
         return C["drop_unknown_dest"]
-    sport = rd16(f, 34)
-    dport = rd16(f, 36)
+    sport = rd16(f, l4)
+    dport = rd16(f, l4 + 2)
     h = flow_hash(src, dst, sport, dport, proto)
     sv = service_find(self, dst, dport, proto)
     if sv is not None:
@@ -232,7 +233,12 @@ def process_frame(self, f, n, now):
             if first and XMIT[sv.mode].frag is None:
                 return C["drop_ip_fragment"]
             p = Pkt(src, dst, sport, dport, proto, tflags, h)
-            r = XMIT[sv.mode].new_flow(self, f, n, sv, p, now)
+            if ihl > 20 and XMIT[sv.mode].l4_at_34:
+                opts_aside(self, f, ihl)
+                r = XMIT[sv.mode].new_flow(self, f, n + 20 - ihl, sv, p, now)
+                opts_back(self, f, ihl)
+            else:
+                r = XMIT[sv.mode].new_flow(self, f, n, sv, p, now)
             if first and defs.VERDICTS[r] != defs.V_DROP:
                 idx = flow_find(self, self.ifwd, h, src, dst, sport, dport, proto, False)
                 if idx >= 0:
@@ -243,7 +249,12 @@ def process_frame(self, f, n, now):
             return C["drop_mode"]
         if first and XMIT[e.mode].frag is None:
             return C["drop_ip_fragment"]
-        r = XMIT[e.mode].fwd(self, f, n, e, sv, tflags, now)
+        if ihl > 20 and XMIT[e.mode].l4_at_34:
+            opts_aside(self, f, ihl)
+            r = XMIT[e.mode].fwd(self, f, n + 20 - ihl, e, sv, tflags, now)
+            opts_back(self, f, ihl)
+        else:
+            r = XMIT[e.mode].fwd(self, f, n, e, sv, tflags, now)
         if first and defs.VERDICTS[r] != defs.V_DROP:
             frag_note(self, src, dst, ident, proto, idx, True, now)
         return r
@@ -259,10 +270,39 @@ def process_frame(self, f, n, now):
         return C["drop_mode"]
     if first and XMIT[e.mode].frag is None:
         return C["drop_ip_fragment"]
-    r = XMIT[e.mode].rev(self, f, n, e, None, tflags, now)
+    if ihl > 20 and XMIT[e.mode].l4_at_34:
+        opts_aside(self, f, ihl)
+        r = XMIT[e.mode].rev(self, f, n + 20 - ihl, e, None, tflags, now)
+        opts_back(self, f, ihl)
+    else:
+        r = XMIT[e.mode].rev(self, f, n, e, None, tflags, now)
     if first and defs.VERDICTS[r] != defs.V_DROP:
         frag_note(self, src, dst, ident, proto, idx, False, now)
     return r
+
+
+def opts_aside(self, f, ihl):
+    """IP options set aside for a mode whose routines read the L4 header at offset 34 (see
+    serve.pxi): the options kept in self.opts and cut out of f, IHL 5, the total length
+    without them; the header checksum left as it is."""
+    k = ihl - 20
+    self.opts = bytes(f[34:34 + k])
+    del f[34:34 + k]
+    f[14] = 0x45
+    wr16(f, 16, rd16(f, 16) - k)
+    self.rowcap -= k
+
+
+def opts_back(self, f, ihl):
+    """After the routine: a frame it made in place (newlen) stays as it is (ours, without the
+    client's options); else the options put back, IHL and the total length restored."""
+    k = ihl - 20
+    self.rowcap += k
+    if self.newlen:
+        return
+    f[34:34] = self.opts
+    f[14] = 0x40 | (ihl >> 2)
+    wr16(f, 16, rd16(f, 16) + k)
 
 
 def xmit_out(self, f, n, e, dmac, routed, fwd, tflags, now):

@@ -426,4 +426,4 @@ def api_splice_drop(self, cip, cport, vip, vport):
 
 
 # ---- the mode's row of XMIT (types.py) ----------------------------------------------------
-XMIT[defs.MODE_SPLICE] = Xmit(splice_new, splice_fwd, splice_rev, splice_icmp, None)
+XMIT[defs.MODE_SPLICE] = Xmit(splice_new, splice_fwd, splice_rev, splice_icmp, None, True)

@@ -50,6 +50,7 @@ def tunnel_gso_whole(self, f, tot, sv):
     type, a partial checksum; ours: the outer length fits, a segment fits sv.mtu.)"""
     v = self.vnet
     return bool(self.vnet_tnl and (v[1] & ~defs.VNET_GSO_ECN & 0xFF) == defs.VNET_GSO_TCPV4
+                and f[14] == 0x45
                 and v[0] & defs.VNET_F_NEEDS_CSUM and f[23] == defs.PROTO_TCP
                 and 36 + 14 + tot <= 0xFFFF and 14 + tot + OVERHEAD <= self.rowcap
                 and sv.mtu > OVERHEAD + 20 + (f[46] >> 4) * 4)
@@ -130,18 +131,19 @@ def tunnel_frag_needed(self, f, sv):
     """ICMP destination unreachable, fragmentation needed (RFC 792/1191), to the client, made
     in place: the original IP header and 8 bytes after it, the MTU left after VXLAN."""
     client = rd32(f, 26)
+    q = (f[14] & 15) * 4 + 8            # the header (options too) and 8 bytes after it
     if self.gw_mac is None:
         return C["drop_no_neigh"]
-    f[42:70] = f[14:42]
+    f[42:42 + q] = f[14:14 + q]
     f[0:6] = self.gw_mac
     f[6:12] = self.local_mac
-    outer_ip(self, f, 56, defs.PROTO_ICMP, client, 0)
+    outer_ip(self, f, 28 + q, defs.PROTO_ICMP, client, 0)
     f[34:36] = b"\x03\x04"
     wr16(f, 36, 0)
     wr16(f, 38, 0)
     wr16(f, 40, sv.mtu - OVERHEAD)
-    wr16(f, 36, ~fold(sum(rd16(f, k) for k in range(34, 70, 2))) & 0xFFFF)
-    self.newlen = 70
+    wr16(f, 36, ~fold(sum(rd16(f, k) for k in range(34, 42 + q, 2))) & 0xFFFF)
+    self.newlen = 42 + q
     return C["tunnel_frag_needed"]
 
 

@@ -31,10 +31,11 @@ def options(pieces):
     return o + b"\0" * (-len(o) % 4)
 
 
+ip_options = st.sampled_from([b"", b"", b"\x07\x07\x04\0\0\0\0\x01", b"\x01" * 4])
 segment = st.tuples(st.booleans(), st.sampled_from([F.TH_ACK, F.TH_ACK | F.TH_PUSH, F.TH_FIN | F.TH_ACK,
                                                     F.TH_RST, F.TH_SYN | F.TH_ACK, F.TH_ACK | F.TH_SYN]),
                     st.integers(0, M32), st.integers(0, M32), st.integers(0, 65535),
-                    st.lists(opt_piece, max_size=5), st.binary(max_size=30))
+                    st.lists(opt_piece, max_size=5), st.binary(max_size=30), ip_options)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
@@ -75,14 +76,14 @@ def test_splice_connections_same_on_both_twins(c_isn, s_isn, syn_opt, ack_opt, b
             for _ in range(synacks):      # the backend resends it when our answer is lost
                 run(F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000, flags=F.TH_SYN | F.TH_ACK,
                           seq=s_isn, ack=(c_isn + 1) & M32, opts=options(bsyn_opt)))
-        for from_client, flags, seq, ack, win, opt, data in segs:
+        for from_client, flags, seq, ack, win, opt, data, ipo in segs:
             now += 7
             if from_client:
                 run(F.tcp(GW, LB, CLIENT, VIP, 40000, 80, flags=flags, seq=seq, ack=ack, win=win,
-                          opts=options(opt), data=data))
+                          opts=options(opt), data=data, ip_opts=ipo))
             else:
                 run(F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000, flags=flags, seq=seq, ack=ack,
-                          win=win, opts=options(opt), data=data))
+                          win=win, opts=options(opt), data=data, ip_opts=ipo))
         for client_side, seq, ack, quote in icmps:     # ICMP errors about the flow's packets
             if client_side:
                 about = F.tcp(LB, GW, VIP, CLIENT, 80, 40000, seq=seq, ack=ack, data=b"r" * 20)

@@ -39,6 +39,11 @@ TEMPLATES = [t for p in PORTS for t in (
     for p in PORTS] + [
     F.icmp_error(GWMAC, LB, "198.18.0.1", VIP2, F.udp(LB, GWMAC, VIP2, "198.18.0.10", 53, p,
                                                       b"a"), type=11, code=0) for p in PORTS] + [
+    # IP options (record route + NOP, or NOPs): nat both ways, dsr, tunnel
+    f for p in PORTS for o in (b"\x07\x07\x04\0\0\0\0\x01", b"\x01" * 4) for f in (
+        c2v(sport=p, ip_opts=o), c2v(sport=p, flags=F.TH_ACK, data=b"x" * 30, ip_opts=o),
+        b2c(sport=p, ip_opts=o), c2v(sport=p, vip=VIP3, ip_opts=o), c2v(sport=p, vip=VIP7, ip_opts=o),
+        c2v(sport=p, vip=VIP7, flags=F.TH_ACK, data=b"x" * 1460, df=True, ip_opts=o))] + [
     # fragments: firsts and later ones, both ways (nat), dsr, tunnel; any order in a list
     fr for p in PORTS[:2] for fr in
     F.fragments(F.udp(GWMAC, LB, "198.18.0.10", VIP2, p, 53, bytes(range(256)) * 9), 800)

@@ -104,7 +104,7 @@ class Fixture:
 TX, DROP, PUNT = defs.V_TX, defs.V_DROP, defs.V_PUNT
 ipv6 = F.eth(LB, GW, b"\x60" + b"\0" * 39, etype=0x86DD)
 vlan = F.eth(LB, GW, b"\0\x01\x08\x00" + c2v()[14:], etype=0x8100)
-opts_frame = F.eth(LB, GW, F._ip(CLIENT, VIP1, 6, b"\0" * 20, opts=b"\x01\x01\x01\x00"))
+RR = b"\x07\x07\x04\0\0\0\0\x01"      # IP record route, one slot, and a NOP: 8 bytes of options
 
 FIXTURES = [
     Fixture("nat: client SYN opens a flow and is rewritten to the backend",
@@ -173,7 +173,15 @@ FIXTURES = [
     Fixture("IP version 6 in an IPv4 frame", [patch(c2v(), 14, b"\x65")],
             [(DROP, "drop_ip_version", None)]),
     Fixture("IHL below 5", [patch(c2v(), 14, b"\x44")], [(DROP, "drop_ip_bad_hdr", None)]),
-    Fixture("IP options", [opts_frame], [(DROP, "drop_ip_options", None)]),
+    Fixture("nat: IP options are forwarded, the L4 header found after them",
+            [c2v(ip_opts=RR), b2c(ip_opts=RR), c2v(flags=F.TH_ACK, data=b"hi", ip_opts=RR)],
+            [(TX, "nat_fwd", c2b(ip_opts=RR)), (TX, "nat_rev", v2c(ip_opts=RR)),
+             (TX, "nat_fwd", c2b(flags=F.TH_ACK, data=b"hi", ip_opts=RR))]),
+    Fixture("dsr: IP options are left alone", [c2v(vip=VIP3, ip_opts=RR)],
+            [(TX, "dsr_fwd", F.tcp(LB, B1, CLIENT, VIP3, 40000, 80, flags=F.TH_SYN, ip_opts=RR))]),
+    Fixture("an ICMP message with IP options is not read",
+            [F.eth(LB, GW, F._ip(CLIENT, VIP1, 1, b"\x03\x04" + b"\0" * 30, opts=RR))],
+            [(DROP, "drop_ip_options", None)]),
     Fixture("total length beyond the frame", [fix_ip_csum(patch(c2v(), 16, b"\x05\xdc"))],
             [(DROP, "drop_ip_bad_len", None)]),
     Fixture("total length below the header", [fix_ip_csum(patch(c2v(), 16, b"\x00\x10"))],

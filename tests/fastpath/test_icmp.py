@@ -174,21 +174,8 @@ def test_an_error_changes_no_flow(impl):
     assert e.flows() == before
 
 
-def spliced(impl):
-    """A splice flow bound to b1 and established; returns (engine, c_isn, delta)."""
-    e = S.engine(impl)
-    c_isn = S.bound(e)
-    s_isn = 0xFFFFFF00                                   # delta crosses 2^32
-    synack = F.tcp(B1, LB, B1_IP, CLIENT, 80, 40000, flags=F.TH_SYN | F.TH_ACK, seq=s_isn,
-                   ack=c_isn + 1, opts=S.syn_opts(ts=5000, ws=7))
-    S.run(e, synack, S.NOW)
-    fl = e.splice_flow(F.ip2int(CLIENT), 40000, F.ip2int(S.VIP), 80)
-    assert fl["state"] == defs.S_ESTABLISHED
-    return e, c_isn, (fl["l_isn"] - s_isn) & S.M32, s_isn
-
-
 def test_splice_client_side_error_moves_the_quoted_seq_into_the_backends_space(impl):
-    e, c_isn, delta, s_isn = spliced(impl)
+    e, c_isn, delta, s_isn = S.spliced(impl)
     seq_b = (s_isn + 1) & S.M32
     about = tcp_out(S.VIP, CLIENT, 80, 40000, seq=(seq_b + delta) & S.M32, ack=c_isn + 1)
     v, reason, out = S.run(e, F.icmp_error(GW, LB, ROUTER, S.VIP, about, quote=48), S.NOW)
@@ -199,7 +186,7 @@ def test_splice_client_side_error_moves_the_quoted_seq_into_the_backends_space(i
 
 @pytest.mark.parametrize("quote", [28, 48])
 def test_splice_server_side_error_moves_the_quoted_ack_into_the_clients_space(impl, quote):
-    e, c_isn, delta, s_isn = spliced(impl)
+    e, c_isn, delta, s_isn = S.spliced(impl)
     ack_b = (s_isn + 1) & S.M32
     about = F.tcp(LB, B1, CLIENT, B1_IP, 40000, 80, flags=F.TH_ACK, seq=c_isn + 1, ack=ack_b,
                   data=b"z" * 30, ttl=63)

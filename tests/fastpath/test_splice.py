@@ -183,6 +183,36 @@ def bound(e, request=b"", fin=False, ts=True):
     return c_isn
 
 
+def spliced(impl):
+    """A splice flow bound to b1 and established; returns (engine, c_isn, delta, s_isn)."""
+    e = engine(impl)
+    c_isn = bound(e)
+    s_isn = 0xFFFFFF00                                   # delta crosses 2^32
+    synack = F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000, flags=F.TH_SYN | F.TH_ACK, seq=s_isn,
+                   ack=c_isn + 1, opts=syn_opts(ts=5000, ws=7))
+    run(e, synack, NOW)
+    fl = e.splice_flow(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80)
+    assert fl["state"] == defs.S_ESTABLISHED
+    return e, c_isn, (fl["l_isn"] - s_isn) & M32, s_isn
+
+
+def test_ip_options_ride_through_a_spliced_connection(impl):
+    """A client whose every segment carries IP options (record route): the cookie SYN-ACK is
+    ours (no options), the client's segments go on to the backend with their options and the
+    translated ack."""
+    rr = b"\x07\x07\x04\0\0\0\0\x01"
+    e = engine(impl)
+    syn = F.tcp(GW, LB, CLIENT, VIP, 40001, 80, flags=F.TH_SYN, seq=5, opts=syn_opts(), ip_opts=rr)
+    v, reason, out = run(e, syn)
+    assert (v, reason) == (defs.V_TX, "splice_synack") and out[14] == 0x45 and F.checksums_ok(out)
+    e, c_isn, delta, s_isn = spliced(impl)
+    data = F.tcp(GW, LB, CLIENT, VIP, 40000, 80, flags=F.TH_ACK, seq=c_isn + 1,
+                 ack=(s_isn + 1 + delta) & M32, data=b"more", ip_opts=rr)
+    want = F.tcp(LB, B1, CLIENT, B1_IP, 40000, B1_PORT, flags=F.TH_ACK, seq=c_isn + 1,
+                 ack=(s_isn + 1) & M32, data=b"more", ip_opts=rr, ttl=63)
+    assert run(e, data) == (defs.V_TX, "splice_fwd", want)
+
+
 def test_retransmitted_backend_synack_is_answered_again_until_the_request_is_acked(impl):
     e = engine(impl)
     req = b"GET / HTTP/1.0\r\n\r\n"

@@ -6,6 +6,9 @@ reaches lbd; lbd must get it to the backend that sent the segment (translated fo
 splice, to the MAC for dsr, in VXLAN for tunnel), or the download stalls forever (a PMTU
 black hole). So: /blob through every mode completes with the right sha256, the mode's ICMP
 counter moved, and the backend that served it has learnt the path MTU (`ip route get`).
+The same lab carries a client whose segments all have IP options (record route) through
+every mode: nat and splice find the TCP header after them and keep them, dsr and tunnel
+leave the IP header alone.
 
    c1 (route mtu lock 1400, advmss 1460) -- rt [eth0 mtu 1400] -- brs: lbd, b1 b2
                                               rt -- brr: r1 r2 (tunnel)
@@ -83,3 +86,33 @@ def test_blob_through_a_1400_hop(lab, mode):
     assert after.get("drop_icmp_bad", 0) == before.get("drop_icmp_bad", 0), after
     learnt = {n: learnt_mtu(lab, n, mark) for n in nodes}
     assert HOP in learnt.values(), (mode, learnt)
+
+
+CLIENT_WITH_OPTIONS = r"""
+import socket, sys
+s = socket.socket()
+# record route with 4 slots, then a NOP: every segment of this socket carries 20 bytes of options
+s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([7, 19, 4]) + bytes(16) + b"\x01")
+s.settimeout(10)
+s.connect((sys.argv[1], 80))
+s.sendall(b"GET /id HTTP/1.0\r\nHost: x\r\n\r\n")
+out = b""
+while True:
+    b = s.recv(65536)
+    if not b:
+        break
+    out += b
+print(out.split(b"\r\n\r\n", 1)[1].decode().strip(), out.split(b" ")[1].decode())
+"""
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_client_with_ip_options(lab, mode):
+    import sys
+    vip, backends, _, _ = MODES[mode]
+    before = counters(lab)
+    r = lab.exec("c1", [sys.executable, "-c", CLIENT_WITH_OPTIONS, vip], timeout=30)
+    name, status = r.stdout.split()
+    assert status == "200" and lab.topology["nodes"][name]["address"] in backends, (mode, r.stdout)
+    after = counters(lab)
+    assert after.get("drop_ip_options", 0) == before.get("drop_ip_options", 0), after
