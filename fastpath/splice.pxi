@@ -236,6 +236,8 @@ cdef int splice_rev(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, u
             return C_PUNT_SPLICE      # a request longer than one segment: Python replays it
         if tflags & TH_RST:
             return C_PUNT_SPLICE
+        if (tflags & (TH_SYN | TH_ACK)) == TH_ACK:
+            return C_PUNT_SPLICE      # a TIME_WAIT's answer to our SYN: Python resets it
         return C_DROP_SPLICE_STATE
     if e.state == S_SPL_WAIT:
         return C_DROP_SPLICE_STATE

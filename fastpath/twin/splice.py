@@ -203,6 +203,8 @@ def splice_rev(self, f, n, e, sv, tflags, now):
             return C["punt_splice"]   # a request longer than one segment: Python replays it
         if tflags & TH_RST:
             return C["punt_splice"]
+        if (tflags & (TH_SYN | TH_ACK)) == TH_ACK:
+            return C["punt_splice"]   # a TIME_WAIT's answer to our SYN: Python resets it
         return C["drop_splice_state"]
     if e.state == defs.S_SPL_WAIT:
         return C["drop_splice_state"]

@@ -37,7 +37,7 @@ import logging
 import struct
 
 from fastpath import defs
-from fastpath.defs import TH_ACK, TH_FIN, TH_PSH, TH_RST
+from fastpath.defs import TH_ACK, TH_FIN, TH_PSH, TH_RST, TH_SYN
 from fastpath.twin.inet import tcp_frame as _tcp_frame
 
 from . import http, rules
@@ -47,6 +47,7 @@ log = logging.getLogger("splice")
 
 M32 = 0xFFFFFFFF
 SYN_RETRIES_MS = (1000, 2000)      # resend the SYN to the backend after these waits
+TW_RESETS = 3                      # a backend's TIME_WAIT answered with RST + SYN at most so often
 ENGINE_DECIDED = "decided by the fast path's rules"   # Conn.decided of an adopted flow
 REPLAY_KEEP_MS = 5000              # keep the request to replay on a repeated SYN-ACK
 
@@ -82,7 +83,7 @@ class Conn:
     """Python-side state of one splice connection until it is spliced (then the fast path
     has it all) or refused."""
     __slots__ = ("key", "c_isn", "segs", "data", "started", "decided", "real", "backend",
-                 "syn_at", "syn_tries", "established_at", "redirect", "fin")
+                 "syn_at", "syn_tries", "established_at", "redirect", "fin", "tw_resets")
 
     def __init__(self, key, c_isn, now):
         self.key = key                 # (cip, cport, vip, vport)
@@ -95,6 +96,7 @@ class Conn:
         self.backend = None            # (ip, port, mac)
         self.syn_at = 0
         self.syn_tries = 0
+        self.tw_resets = 0
         self.established_at = None
         self.redirect = None           # the 302 we sent, to resend on a retransmitted request
         self.fin = False
@@ -123,7 +125,7 @@ class SpliceManager:
                                  "syn_retransmitted", "replayed", "replay_repeated",
                                  "backend_timeout", "backend_reset", "client_reset",
                                  "no_backend", "no_neigh", "bad_frame", "stray", "silent",
-                                 "spliced_inline", "adopted", "late")}
+                                 "spliced_inline", "adopted", "late", "time_wait_reset")}
 
     def counters(self):
         return dict(self.c, open=len(self.conns), setting_up=len(self.pending))
@@ -138,7 +140,7 @@ class SpliceManager:
         src, dst, sport, dport, seq, ack, flags, payload = p
         if self.ctx.vip(dst, dport) is not None:
             return self._from_client((src, sport, dst, dport), seq, flags, payload, now)
-        return self._from_backend(dst, dport, src, sport, flags, now)
+        return self._from_backend(dst, dport, src, sport, flags, now, ack)
 
     def _adopt(self, key, fl, at):
         """A flow the fast path decided and bound itself (its rules matched the request's
@@ -247,7 +249,7 @@ class SpliceManager:
             return b"\x01\x01\x08\x0a" + struct.pack("!II", fl["c_tsval"], fl["b_tsval"])
         return b""
 
-    def _from_backend(self, cip, cport, rip, rport, flags, now):
+    def _from_backend(self, cip, cport, rip, rport, flags, now, ack=0):
         key = self.by_backend.get((cip, cport, rip, rport))
         if key is None:
             key = self.engine.splice_by_backend(cip, cport, rip, rport)
@@ -269,6 +271,8 @@ class SpliceManager:
             self._forget(key)
             return out
         if fl["state"] == defs.S_SPL_CONNECTING:     # not our SYN-ACK (the fast path checks)
+            if flags & (TH_SYN | TH_ACK) == TH_ACK and conn.backend is not None:
+                return self._time_wait(conn, ack)
             return []
         # the backend's SYN-ACK: ACK it as the client and replay the request
         if conn.established_at is None:
@@ -297,6 +301,23 @@ class SpliceManager:
         return out
 
     # ---- answers of our own ----------------------------------------------------------------
+    def _time_wait(self, conn, ack):
+        """The backend answered our SYN with a bare ACK: it still holds TIME_WAIT for these
+        ports (the client reached it on the same 4-tuple before, e.g. through a nat VIP, and
+        PAWS or the sequence check refused our SYN). Do what the client's own stack does in
+        SYN-SENT (RFC 793): a RST at the ACK's sequence, which ends the TIME_WAIT, then the SYN
+        again, now rather than after a retransmission timeout. At most TW_RESETS times."""
+        if conn.tw_resets >= TW_RESETS:
+            return []
+        conn.tw_resets += 1
+        self.c["time_wait_reset"] += 1
+        cip, cport, _, _ = conn.key
+        ip, port, mac = conn.backend
+        if mac is None:
+            return []
+        return [tcp_frame(mac, self.mac, cip, ip, cport, port, ack, 0, TH_RST, win=0),
+                self.engine.splice_syn(*conn.key)]
+
     def _rst_client(self, conn, fl):
         cip, cport, vip, vport = conn.key
         gw = self.ctx.gateway_mac()

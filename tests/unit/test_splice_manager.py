@@ -197,6 +197,29 @@ def test_a_backend_reset_of_a_fast_path_flow_resets_the_client(impl):
     assert sm.counters()["backend_reset"] == 1 and e.flow_count() == 0
 
 
+def test_a_backends_time_wait_is_reset_and_the_syn_sent_again(impl):
+    """The backend answers our SYN with a bare ACK (it holds TIME_WAIT for the 4-tuple and
+    refused the SYN): a RST at that ACK's sequence, then the SYN again, at once; 3 times at
+    most."""
+    e, sm = setup_fast(impl)
+    cookie = connect(e, sm)
+    syn = run(e, sm, F.tcp(GW, LB, CLIENT, VIP, 40000, 80, seq=1001, ack=(cookie + 1) & M32,
+                           data=REQ))[2]
+    tw_ack = F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000, flags=F.TH_ACK, seq=777, ack=0xABCDEF01)
+    for k in range(3):
+        v, reason, _, made = run(e, sm, tw_ack)
+        assert (v, reason) == (defs.V_PUNT, "punt_splice")
+        rst = F.tcp(LB, B1, CLIENT, B1_IP, 40000, B1_PORT, flags=F.TH_RST, seq=0xABCDEF01, ack=0,
+                    win=0, ident=0, df=True)
+        assert made == [rst, syn], k
+    assert run(e, sm, tw_ack)[3] == []
+    assert sm.counters()["time_wait_reset"] == 3
+    # the backend's SYN-ACK after all: spliced as usual
+    v, reason, out, made = run(e, sm, F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000,
+                                            flags=F.TH_SYN | F.TH_ACK, seq=9, ack=1001))
+    assert reason == "splice_replay" and out.endswith(REQ)
+
+
 def test_a_frame_punted_while_connecting_and_handled_after_the_splice_is_left_alone(impl):
     """One burst: the client's second segment (punted: the flow is CONNECTING), then the
     backend's SYN-ACK (the flow is spliced). Python handles the punted frame after the whole
