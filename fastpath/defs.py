@@ -321,6 +321,12 @@ COUNTER_TABLE = (
     Counter("punt_tunnel_frag", V_PUNT, "tunnel",
             "a frame without DF too big for the path MTU once encapsulated: encapsulated here; "
             "modes/tunnel.py cuts the outer packet into IP fragments, as a router would"),
+    Counter("splice_frag_needed", V_TX, "splice",
+            "a client segment (DF) bigger than its backend announced: ICMP fragmentation "
+            "needed to the client, with the backend's MSS + 40 as the MTU"),
+    Counter("splice_mss_lowered", None, "splice",
+            "a backend's SYN-ACK announced less than its VIP's cookie SYN-ACKs did: they now "
+            "announce that"),
 )
 COUNTERS = [c.name for c in COUNTER_TABLE]
 C = {name: i for i, name in enumerate(COUNTERS)}

@@ -154,6 +154,8 @@ cdef class Engine:
         cdef uint32_t ipv = check_ip(ip)
         cdef uint16_t portv = check_port(port)
         cdef Real *r = &self.reals[<int>idx]
+        if r.ip != ipv or r.port != portv:
+            r.mss, r.nosack = 0, 0        # another backend: what was learnt is not its
         r.ip = ipv
         r.port = portv
         if m is None:

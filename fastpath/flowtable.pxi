@@ -208,6 +208,15 @@ cdef inline Service *service_find(Engine self, uint32_t vip, uint16_t port,
         j = (j + 1) & (SVC_SLOTS - 1)
 
 
+cdef inline void splice_cap(Service *sv, Real *r) noexcept nogil:
+    """What a splice service may promise in its cookie SYN-ACK, given one of its backends:
+    no more MSS than it announced, no SACK if it had none (learnt in splice.pxi)."""
+    if r.mss and r.mss < sv.mss_cap:
+        sv.mss_cap = r.mss
+    if r.nosack:
+        sv.nosack = 1
+
+
 cdef inline void track(Flow *e, uint8_t tflags, bint fwd) noexcept nogil:
     """IPVS-like TCP state from the flags seen in each direction."""
     if tflags & TH_RST:
@@ -281,6 +290,10 @@ cdef object api_set_services(Engine self, specs):
                 roff += 1
             sv.l7_n, sv.l7_limit = len(s.l7.rules), s.l7.limit
             sv.pool_n = len(s.l7.pools)
+        sv.mss_cap, sv.nosack = SPLICE_MSS, 0
+        for j in range(sv.off, off):          # its table and its pools' (splice.pxi learns)
+            if tab[j] >= 0 and tab[j] < MAX_REALS:
+                splice_cap(sv, &self.reals[tab[j]])
         key = _mix64((<uint64_t>sv.vip << 24) | (<uint64_t>sv.port << 8) | sv.proto)
         j = key & (SVC_SLOTS - 1)
         while self.svc_slot[j] >= 0:

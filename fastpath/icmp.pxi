@@ -30,6 +30,50 @@
 #   summed afresh over the message.
 
 
+cdef inline void outer_ip(Engine self, uint8_t *f, uint32_t tot, uint8_t proto,
+                          uint32_t dst, uint16_t ident) noexcept nogil:
+    """An IPv4 header at f + 14 from us to dst, tot bytes in all, IP id ident, full checksum,
+    no DF (the checksum summed from the values written, not read back: the same sum, fewer
+    loads)."""
+    cdef uint32_t s = (0x4500 + tot + ident + (64 << 8 | proto) + (self.local_ip >> 16)
+                       + (self.local_ip & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF))
+    f[12] = 0x08
+    f[13] = 0
+    f[14] = 0x45
+    f[15] = 0
+    wr16(f + 16, tot)
+    wr16(f + 18, ident)                 # 0 but for a packet to be fragmented (punt_tunnel_frag)
+    wr16(f + 20, 0)                     # no DF
+    f[22] = 64
+    f[23] = proto
+    wr16(f + 24, 0)
+    wr32(f + 26, self.local_ip)
+    wr32(f + 30, dst)
+    wr16(f + 24, ~fold(s) & 0xFFFF)
+
+
+cdef void icmp_frag_needed(Engine self, uint8_t *f, uint32_t mtu) noexcept nogil:
+    """ICMP destination unreachable, fragmentation needed (RFC 792/1191) from us to the
+    frame's source, made in place and addressed to the gateway (the caller checked has_gw):
+    the frame's IP header (options too) and the 8 bytes after it, next-hop MTU mtu."""
+    cdef uint32_t client = rd32(f + 26)
+    cdef uint32_t q = (f[14] & 15) * 4 + 8
+    cdef uint32_t s = 0, k
+    memmove(f + 42, f + 14, q)
+    memcpy(f, self.gw_mac, 6)
+    memcpy(f + 6, self.local_mac, 6)
+    outer_ip(self, f, 28 + q, PROTO_ICMP, client, 0)
+    f[34] = 3
+    f[35] = 4
+    wr16(f + 36, 0)
+    wr16(f + 38, 0)
+    wr16(f + 40, mtu)
+    for k in range(34, 42 + q, 2):
+        s += rd16(f + k)
+    wr16(f + 36, ~fold(s) & 0xFFFF)
+    self.newlen = 42 + q
+
+
 cdef inline bint icmp_is_error(uint8_t t) noexcept nogil:
     return t == 3 or t == 11 or t == 12
 

@@ -72,7 +72,7 @@ cdef int splice_new(Engine self, uint8_t *f, uint32_t n, Service *sv, Pkt *p,
     if p.proto != PROTO_TCP:
         return C_DROP_MODE          # a UDP service in splice mode (the control side has none)
     if (tflags & (TH_SYN | TH_ACK | TH_RST)) == TH_SYN:
-        return splice_synack(self, f, p.src, p.dst, p.sport, p.dport, now)
+        return splice_synack(self, f, sv, p.src, p.dst, p.sport, p.dport, now)
     if tflags & TH_RST or not tflags & TH_ACK:
         return C_SPLICE_BAD_COOKIE
     c_isn = rd32(f + 38) - 1
@@ -121,8 +121,10 @@ cdef int splice_new(Engine self, uint8_t *f, uint32_t n, Service *sv, Pkt *p,
     return C_SPLICE_ACCEPTED
 
 
-cdef int splice_synack(Engine self, uint8_t *f, uint32_t src, uint32_t dst, uint16_t sport,
-                       uint16_t dport, int64_t now) noexcept nogil:
+cdef int splice_synack(Engine self, uint8_t *f, Service *sv, uint32_t src, uint32_t dst,
+                       uint16_t sport, uint16_t dport, int64_t now) noexcept nogil:
+    """The cookie SYN-ACK: no state. It promises what every backend of the VIP has shown it
+    can keep (sv.mss_cap, sv.nosack: learnt from their SYN-ACKs, splice_learn)."""
     cdef Opts o
     cdef uint8_t opt[40]
     cdef uint8_t peer[6]
@@ -143,12 +145,12 @@ cdef int splice_synack(Engine self, uint8_t *f, uint32_t src, uint32_t dst, uint
     cookie = cookie_make(self, src, dst, sport, dport, c_isn, <uint32_t>(now >> 16) & 0xFF, mssi)
     opt[0] = 2
     opt[1] = 4
-    wr16(opt + 2, SPLICE_MSS)
+    wr16(opt + 2, sv.mss_cap)
     ol = 4
     if o.ts >= 0 and f[o.ts + 1] == 10:
         if o.ws >= 0 and f[o.ws + 1] == 3:
             ws = f[o.ws + 2] if f[o.ws + 2] < 14 else 14
-        sack = o.sackok >= 0 and f[o.sackok + 1] == 2
+        sack = o.sackok >= 0 and f[o.sackok + 1] == 2 and not sv.nosack
         my_ts = <uint32_t>((now & ~(<int64_t>0x3F)) | ws | (0x10 if sack else 0))
         sack_ts(opt + 4, sack, my_ts, rd32(f + o.ts + 2))
         ol = 16
@@ -171,6 +173,7 @@ cdef int splice_fwd(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, u
     cdef Opts o
     cdef Real *r
     cdef int k, ln
+    cdef uint32_t gso
     tcp_options_fast(f, &o)
     if e.state == S_SPL_WAIT or e.state == S_SPL_CONNECTING:
         # no backend yet: the VIP's rules decide here, or Python buffers the request
@@ -188,6 +191,22 @@ cdef int splice_fwd(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, u
         e.flags |= F_SEEN
         return C_PUNT_SPLICE
     r = &self.reals[e.real]
+    if r.mss and rd16(f + 16) > r.mss + 40:
+        # more than the backend keeps: promised before it was known (a cookie SYN-ACK
+        # before splice_learn had seen it). A superframe's segments are cut smaller; a
+        # segment with DF is answered so the client's PMTU discovery shrinks it
+        if self.vnet != NULL and self.vnet[1] != 0:
+            gso = self.vnet[4] | (<uint32_t>self.vnet[5] << 8)
+            if gso + ((f[46] >> 4) * 4) > r.mss + 20:
+                gso = r.mss + 20 - ((f[46] >> 4) * 4)
+                self.vnet[4] = gso & 0xFF
+                self.vnet[5] = gso >> 8
+                self.keep_vnet = True
+        elif f[20] & 0x40:
+            if not self.has_gw:
+                return C_DROP_NO_NEIGH
+            icmp_frag_needed(self, f, r.mss + 40)
+            return C_SPLICE_FRAG_NEEDED
     k = xmit_out(self, f, n, e, r.mac if r.has_mac else NULL, True, True, tflags, now)
     if k != XMIT_CONT:
         return k
@@ -206,6 +225,23 @@ cdef int splice_fwd(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, u
     return C_SPLICE_FWD
 
 
+cdef void splice_learn(Engine self, uint8_t *f, Flow *e, Opts *o) noexcept nogil:
+    """A backend's SYN-ACK to us: what it announced (MSS, 536 without the option; SACK),
+    kept per backend (address and port: the Real), and the VIP's promise lowered to it (the
+    nmsynproxy way: the next cookie SYN-ACKs announce no more than the backends keep)."""
+    cdef Real *r = &self.reals[e.real]
+    cdef Service *sv
+    cdef uint16_t before
+    r.mss = rd16(f + o.mss + 2) if o.mss >= 0 and f[o.mss + 1] == 4 else 536
+    r.nosack = not (o.sackok >= 0 and f[o.sackok + 1] == 2)
+    sv = service_find(self, e.vip, e.vport, PROTO_TCP)
+    if sv != NULL and sv.mode == MODE_SPLICE:
+        before = sv.mss_cap
+        splice_cap(sv, r)
+        if sv.mss_cap < before:
+            self.ctr[C_SPLICE_MSS_LOWERED] += 1
+
+
 cdef int splice_rev(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, uint8_t tflags,
                     int64_t now) noexcept nogil:
     """Backend -> client: while connecting, its SYN-ACK (recorded, then answered by the
@@ -218,6 +254,7 @@ cdef int splice_rev(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, u
     ts = o.ts if o.ts >= 0 and f[o.ts + 1] == 10 else -1
     if e.state == S_SPL_CONNECTING:
         if (tflags & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK) and rd32(f + 42) == e.c_isn + 1:
+            splice_learn(self, f, e, &o)
             e.delta = e.l_isn - rd32(f + 38)
             ws = f[o.ws + 2] if o.ws >= 0 and f[o.ws + 1] == 3 else -1
             e.ws_b = (ws if ws < 14 else 14) if ws >= 0 and e.ws_c != 0xF else 0

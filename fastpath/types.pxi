@@ -77,6 +77,8 @@ cdef struct Real:       # a backend, Engine.reals[idx]; idx is the control side'
     uint8_t mac[6]      # its MAC (the next hop), when has_mac
     uint8_t has_mac     # 0 until the control side resolved it: drop_no_neigh
     uint8_t down        # health: flows of SVC_EXPIRE_NODEST services are expired
+    uint8_t nosack      # splice: its latest SYN-ACK offered no SACK
+    uint16_t mss        # splice: the MSS of its latest SYN-ACK (0: none seen yet)
     int64_t conns       # flows bound to it: lc reads it; the slot is reused only at 0
 
 
@@ -97,6 +99,8 @@ cdef struct Service:    # a VIP:port/proto, or a content rule's pool (sched, off
     uint32_t pool_n
     uint32_t vni        # tunnel: VXLAN network identifier
     uint32_t mtu        # tunnel: IP MTU towards the backends
+    uint16_t mss_cap    # splice: what its cookie SYN-ACK announces: SPLICE_MSS, or less when
+    uint8_t nosack      # a backend of its tables announced less; no SACK when one had none
 
 
 cdef struct L7Rule:

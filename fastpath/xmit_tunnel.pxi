@@ -41,28 +41,6 @@ cdef void tunnel_inner_mac() noexcept nogil:
         TUNNEL_INNER_MAC[k] = (mac >> (40 - 8 * k)) & 0xFF
 
 
-cdef inline void outer_ip(Engine self, uint8_t *f, uint32_t tot, uint8_t proto,
-                          uint32_t dst, uint16_t ident) noexcept nogil:
-    """An IPv4 header at f + 14 from us to dst, tot bytes in all, IP id ident, full checksum,
-    no DF (the checksum summed from the values written, not read back: the same sum, fewer
-    loads)."""
-    cdef uint32_t s = (0x4500 + tot + ident + (64 << 8 | proto) + (self.local_ip >> 16)
-                       + (self.local_ip & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF))
-    f[12] = 0x08
-    f[13] = 0
-    f[14] = 0x45
-    f[15] = 0
-    wr16(f + 16, tot)
-    wr16(f + 18, ident)                 # 0 but for a packet to be fragmented (punt_tunnel_frag)
-    wr16(f + 20, 0)                     # no DF
-    f[22] = 64
-    f[23] = proto
-    wr16(f + 24, 0)
-    wr32(f + 26, self.local_ip)
-    wr32(f + 30, dst)
-    wr16(f + 24, ~fold(s) & 0xFFFF)
-
-
 cdef inline bint tunnel_gso_whole(Engine self, uint8_t *f, uint32_t tot,
                                   Service *sv) noexcept nogil:
     """May this superframe leave whole, in UDP-tunnel GSO? (The kernel's own checks: a TCP
@@ -155,26 +133,11 @@ cdef int tunnel_fwd(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, u
 
 
 cdef int tunnel_frag_needed(Engine self, uint8_t *f, Service *sv) noexcept nogil:
-    """ICMP destination unreachable, fragmentation needed (RFC 792/1191), to the client, made
-    in place: the original IP header and 8 bytes after it, the MTU left after VXLAN."""
-    cdef uint32_t client = rd32(f + 26)
-    cdef uint32_t q = (f[14] & 15) * 4 + 8    # the header (options too) and 8 bytes after it
-    cdef uint32_t s = 0, k
+    """Too big for the path once encapsulated, DF set: ICMP fragmentation needed to the
+    client, with the MTU left after VXLAN (icmp.pxi's icmp_frag_needed)."""
     if not self.has_gw:
         return C_DROP_NO_NEIGH
-    memmove(f + 42, f + 14, q)
-    memcpy(f, self.gw_mac, 6)
-    memcpy(f + 6, self.local_mac, 6)
-    outer_ip(self, f, 28 + q, PROTO_ICMP, client, 0)
-    f[34] = 3
-    f[35] = 4
-    wr16(f + 36, 0)
-    wr16(f + 38, 0)
-    wr16(f + 40, sv.mtu - VXLAN_OVERHEAD)
-    for k in range(34, 42 + q, 2):
-        s += rd16(f + k)
-    wr16(f + 36, ~fold(s) & 0xFFFF)
-    self.newlen = 42 + q
+    icmp_frag_needed(self, f, sv.mtu - VXLAN_OVERHEAD)
     return C_TUNNEL_FRAG_NEEDED
 
 

@@ -103,6 +103,8 @@ class Engine:
         ipv = check_ip(ip)
         portv = check_port(port)
         r = self.reals[idx]
+        if (r.ip, r.port) != (ipv, portv):
+            r.mss, r.nosack = 0, False    # another backend: what was learnt is not its
         r.ip, r.port, r.mac = ipv, portv, m
 
     def real_conns(self, idx):

@@ -184,6 +184,15 @@ def service_find(self, vip, port, proto):
     return self.services.get((vip, port, proto))
 
 
+def splice_cap(sv, r):
+    """What a splice service may promise in its cookie SYN-ACK, given one of its backends:
+    no more MSS than it announced, no SACK if it had none (learnt in splice.py)."""
+    if r.mss and r.mss < sv.mss_cap:
+        sv.mss_cap = r.mss
+    if r.nosack:
+        sv.nosack = True
+
+
 def track(e, tflags, fwd):
     """IPVS-like TCP state from the flags seen in each direction."""
     if tflags & TH_RST:
@@ -221,6 +230,10 @@ def api_set_services(self, specs):
                 pools.append(p)
             sv.l7_rules = [(kind, bytes(arg), pools[pool]) for kind, arg, pool in s.l7.rules]
             sv.l7_limit, sv.pools = s.l7.limit, pools
+        sv.mss_cap, sv.nosack = defs.SPLICE_MSS, False
+        for t in sv.table + [t for p in sv.pools for t in p.table]:   # (splice.py learns)
+            if 0 <= t < defs.MAX_REALS:
+                splice_cap(sv, self.reals[t])
         new[(s.vip, s.port, s.proto)] = sv
     self.services = new
 

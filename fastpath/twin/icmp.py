@@ -12,6 +12,40 @@ from .types import XMIT, Icmp
 M32 = 0xFFFFFFFF
 
 
+def outer_ip(self, f, tot, proto, dst, ident):
+    """An IPv4 header at f[14:34] from us to dst, tot bytes in all, IP id ident, full
+    checksum, no DF."""
+    f[12:14] = b"\x08\x00"
+    f[14:16] = b"\x45\x00"
+    wr16(f, 16, tot)
+    wr16(f, 18, ident)                  # 0 but for a packet to be fragmented (punt_tunnel_frag)
+    wr16(f, 20, 0)                      # no DF
+    f[22] = 64
+    f[23] = proto
+    wr16(f, 24, 0)
+    wr32(f, 26, self.local_ip)
+    wr32(f, 30, dst)
+    wr16(f, 24, ~fold(sum(rd16(f, k) for k in range(14, 34, 2))) & 0xFFFF)
+
+
+def icmp_frag_needed(self, f, mtu):
+    """ICMP destination unreachable, fragmentation needed (RFC 792/1191) from us to the
+    frame's source, made in place and addressed to the gateway (the caller checked it): the
+    frame's IP header (options too) and the 8 bytes after it, next-hop MTU mtu."""
+    client = rd32(f, 26)
+    q = (f[14] & 15) * 4 + 8
+    f[42:42 + q] = f[14:14 + q]
+    f[0:6] = self.gw_mac
+    f[6:12] = self.local_mac
+    outer_ip(self, f, 28 + q, defs.PROTO_ICMP, client, 0)
+    f[34:36] = b"\x03\x04"
+    wr16(f, 36, 0)
+    wr16(f, 38, 0)
+    wr16(f, 40, mtu)
+    wr16(f, 36, ~fold(sum(rd16(f, k) for k in range(34, 42 + q, 2))) & 0xFFFF)
+    self.newlen = 42 + q
+
+
 def icmp_is_error(t):
     return t in (3, 11, 12)
 

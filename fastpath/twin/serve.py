@@ -143,6 +143,8 @@ def burst(self, batch, now):
                     batch.buf[i, :hdr] = np.frombuffer(bytes(self.vnet), np.uint8)
                 else:
                     batch.buf[i, :hdr] = 0     # complete checksums, no GSO
+            elif self.keep_vnet:     # rewritten in place, its header changed (splice's GSO size)
+                batch.buf[i, :hdr] = np.frombuffer(bytes(self.vnet), np.uint8)
             batch.buf[i, hdr:hdr + n] = np.frombuffer(bytes(f[:n]), np.uint8)
 
 

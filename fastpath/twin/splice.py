@@ -19,9 +19,10 @@ Invariants:
 from .. import defs
 from ..checks import check_ip, check_port, check_real_idx
 from ..defs import C, TH_ACK, TH_FIN, TH_PSH, TH_RST, TH_SYN, XMIT_CONT
-from .flowtable import flow_alloc, flow_delete, flow_find, flow_insert, flow_insert_rev, schedule
+from .flowtable import (flow_alloc, flow_delete, flow_find, flow_insert, flow_insert_rev, schedule,
+                        service_find, splice_cap)
 from .http import l7_match
-from .icmp import icmp_translate
+from .icmp import icmp_frag_needed, icmp_translate
 from .inet import (M32, flow_hash, mix64, patch16, patch32, rd16, rd32, rewrite, sack_ts,
                    tcp_frame, tcp_options, tcp_options_fast)
 from .serve import xmit_out
@@ -61,7 +62,7 @@ def splice_new(self, f, n, sv, p, now):
     if p.proto != defs.PROTO_TCP:
         return C["drop_mode"]          # a UDP service in splice mode (the control side has none)
     if (tflags & (TH_SYN | TH_ACK | TH_RST)) == TH_SYN:
-        return splice_synack(self, f, p.src, p.dst, p.sport, p.dport, now)
+        return splice_synack(self, f, sv, p.src, p.dst, p.sport, p.dport, now)
     if tflags & TH_RST or not tflags & TH_ACK:
         return C["splice_bad_cookie"]
     c_isn = (rd32(f, 38) - 1) & M32
@@ -111,7 +112,9 @@ def splice_new(self, f, n, sv, p, now):
     return C["splice_accepted"]
 
 
-def splice_synack(self, f, src, dst, sport, dport, now):
+def splice_synack(self, f, sv, src, dst, sport, dport, now):
+    """The cookie SYN-ACK: no state. It promises what every backend of the VIP has shown it
+    can keep (sv.mss_cap, sv.nosack: learnt from their SYN-ACKs, splice_learn)."""
     doff = (f[46] >> 4) * 4
     opts = tcp_options(f, 54, 34 + doff)
     if opts is None:
@@ -124,10 +127,10 @@ def splice_synack(self, f, src, dst, sport, dport, now):
             break
     c_isn = rd32(f, 38)
     cookie = cookie_make(self, src, dst, sport, dport, c_isn, (now >> 16) & 0xFF, mssi)
-    o = bytearray([2, 4, defs.SPLICE_MSS >> 8, defs.SPLICE_MSS & 0xFF])
+    o = bytearray([2, 4, sv.mss_cap >> 8, sv.mss_cap & 0xFF])
     if 8 in opts and f[opts[8] + 1] == 10:
         ws = min(f[opts[3] + 2], 14) if 3 in opts and f[opts[3] + 1] == 3 else 0xF
-        sack = 4 in opts and f[opts[4] + 1] == 2
+        sack = 4 in opts and f[opts[4] + 1] == 2 and not sv.nosack
         my_ts = ((now & ~0x3F) | ws | (0x10 if sack else 0)) & M32
         o += sack_ts(sack, my_ts, rd32(f, opts[8] + 2))
         if ws != 0xF:
@@ -159,6 +162,20 @@ def splice_fwd(self, f, n, e, sv, tflags, now):
         e.flags |= defs.F_SEEN
         return C["punt_splice"]
     r = self.reals[e.real]
+    if r.mss and rd16(f, 16) > r.mss + 40:
+        # more than the backend keeps (splice.pxi says when): a superframe's segments are
+        # cut smaller; a segment with DF is answered so the client's PMTU shrinks it
+        if self.vnet is not None and self.vnet[1] != 0:
+            gso = self.vnet[4] | (self.vnet[5] << 8)
+            if gso + ((f[46] >> 4) * 4) > r.mss + 20:
+                gso = r.mss + 20 - ((f[46] >> 4) * 4)
+                self.vnet[4], self.vnet[5] = gso & 0xFF, (gso >> 8) & 0xFF
+                self.keep_vnet = True
+        elif f[20] & 0x40:
+            if self.gw_mac is None:
+                return C["drop_no_neigh"]
+            icmp_frag_needed(self, f, r.mss + 40)
+            return C["splice_frag_needed"]
     k = xmit_out(self, f, n, e, r.mac, True, True, tflags, now)
     if k != XMIT_CONT:
         return k
@@ -176,6 +193,20 @@ def splice_fwd(self, f, n, e, sv, tflags, now):
     return C["splice_fwd"]
 
 
+def splice_learn(self, f, e, opts):
+    """A backend's SYN-ACK to us: what it announced (MSS, 536 without the option; SACK),
+    kept per backend, and the VIP's promise lowered to it (splice.pxi says more)."""
+    r = self.reals[e.real]
+    r.mss = rd16(f, opts[2] + 2) if 2 in opts and f[opts[2] + 1] == 4 else 536
+    r.nosack = not (4 in opts and f[opts[4] + 1] == 2)
+    sv = service_find(self, e.vip, e.vport, defs.PROTO_TCP)
+    if sv is not None and sv.mode == defs.MODE_SPLICE:
+        before = sv.mss_cap
+        splice_cap(sv, r)
+        if sv.mss_cap < before:
+            self.ctr[C["splice_mss_lowered"]] += 1
+
+
 def splice_rev(self, f, n, e, sv, tflags, now):
     """Backend -> client: while connecting, its SYN-ACK (recorded, then answered by the
     replay or punted); after, the frame sent on with the client's view of seq, TSval and
@@ -185,6 +216,7 @@ def splice_rev(self, f, n, e, sv, tflags, now):
     if e.state == defs.S_SPL_CONNECTING:
         if ((tflags & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK)
                 and rd32(f, 42) == (e.c_isn + 1) & M32):
+            splice_learn(self, f, e, opts)
             e.delta = (e.l_isn - rd32(f, 38)) & M32
             ws = f[opts[3] + 2] if 3 in opts and f[opts[3] + 1] == 3 else -1
             e.ws_b = min(ws, 14) if ws >= 0 and e.ws_c != 0xF else 0

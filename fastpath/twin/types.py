@@ -29,17 +29,19 @@ class Flow:
 
 
 class Real:
-    __slots__ = ("ip", "port", "mac", "conns", "down")
+    __slots__ = ("ip", "port", "mac", "conns", "down", "mss", "nosack")
 
     def __init__(self):
         self.ip, self.port, self.mac, self.conns, self.down = 0, 0, None, 0, False
+        self.mss, self.nosack = 0, False     # splice: learnt from its latest SYN-ACK
 
 
 class Service:
     __slots__ = ("vip", "port", "proto", "mode", "sched", "table", "weights", "cursor", "flags",
                  "l7_rules", "l7_limit",      # rules: [(kind, arg, pool Service)]
                  "pools",                     # splice content-rule pools [Service]
-                 "vni", "mtu")                # tunnel
+                 "vni", "mtu",                # tunnel
+                 "mss_cap", "nosack")         # splice: what its cookie SYN-ACK announces
 
 
 # what process_frame parsed of a frame, for a new-flow routine (h: flow_hash, the forward key)

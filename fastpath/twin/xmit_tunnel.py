@@ -15,6 +15,7 @@ from .. import defs
 from ..defs import C, XMIT_CONT
 from .flowtable import new_flow_default, service_find
 from .frag import frag_account, frag_entry
+from .icmp import icmp_frag_needed, outer_ip
 from .inet import fold, rd16, rd32, tcp_checksum, wr16, wr32
 from .serve import xmit_out
 from .types import XMIT, Xmit
@@ -27,22 +28,6 @@ def tunnel_inner_mac():
 
 
 TUNNEL_INNER_MAC = tunnel_inner_mac()
-
-
-def outer_ip(self, f, tot, proto, dst, ident):
-    """An IPv4 header at f[14:34] from us to dst, tot bytes in all, IP id ident, full
-    checksum, no DF."""
-    f[12:14] = b"\x08\x00"
-    f[14:16] = b"\x45\x00"
-    wr16(f, 16, tot)
-    wr16(f, 18, ident)                  # 0 but for a packet to be fragmented (punt_tunnel_frag)
-    wr16(f, 20, 0)                      # no DF
-    f[22] = 64
-    f[23] = proto
-    wr16(f, 24, 0)
-    wr32(f, 26, self.local_ip)
-    wr32(f, 30, dst)
-    wr16(f, 24, ~fold(sum(rd16(f, k) for k in range(14, 34, 2))) & 0xFFFF)
 
 
 def tunnel_gso_whole(self, f, tot, sv):
@@ -128,22 +113,11 @@ def tunnel_fwd(self, f, n, e, sv, tflags, now):
 
 
 def tunnel_frag_needed(self, f, sv):
-    """ICMP destination unreachable, fragmentation needed (RFC 792/1191), to the client, made
-    in place: the original IP header and 8 bytes after it, the MTU left after VXLAN."""
-    client = rd32(f, 26)
-    q = (f[14] & 15) * 4 + 8            # the header (options too) and 8 bytes after it
+    """Too big for the path once encapsulated, DF set: ICMP fragmentation needed to the
+    client, with the MTU left after VXLAN (icmp.py's icmp_frag_needed)."""
     if self.gw_mac is None:
         return C["drop_no_neigh"]
-    f[42:42 + q] = f[14:14 + q]
-    f[0:6] = self.gw_mac
-    f[6:12] = self.local_mac
-    outer_ip(self, f, 28 + q, defs.PROTO_ICMP, client, 0)
-    f[34:36] = b"\x03\x04"
-    wr16(f, 36, 0)
-    wr16(f, 38, 0)
-    wr16(f, 40, sv.mtu - OVERHEAD)
-    wr16(f, 36, ~fold(sum(rd16(f, k) for k in range(34, 42 + q, 2))) & 0xFFFF)
-    self.newlen = 42 + q
+    icmp_frag_needed(self, f, sv.mtu - OVERHEAD)
     return C["tunnel_frag_needed"]
 
 

@@ -26,7 +26,8 @@ ABI = ["rx_frames", "drop_runt", "drop_not_our_mac", "punt_arp", "drop_vlan", "d
        "drop_icmp_not_error", "drop_icmp_bad", "drop_icmp_no_flow", "icmp_hashed", "nat_icmp_fwd",
        "nat_icmp_rev", "dsr_icmp_fwd", "splice_icmp_fwd", "splice_icmp_rev", "tunnel_icmp_fwd",
        "frag_first", "frag_evicted", "drop_frag_no_first", "nat_frag_fwd", "nat_frag_rev",
-       "dsr_frag_fwd", "tunnel_frag_fwd", "punt_tunnel_frag"]
+       "dsr_frag_fwd", "tunnel_frag_fwd", "punt_tunnel_frag", "splice_frag_needed",
+       "splice_mss_lowered"]
 SPLICE_VIP = "198.19.100.6"
 
 

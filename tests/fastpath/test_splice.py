@@ -4,6 +4,8 @@ SACK blocks, timestamps, window scale, an odd-aligned option). Expected frames a
 independently with dpkt (full checksums), so a byte-equal frame also proves the patches."""
 import struct
 
+import dpkt
+
 import pytest
 
 from fastpath import Batch, ServiceSpec, defs
@@ -349,3 +351,57 @@ def test_an_unbound_splice_flow_is_not_expired_for_a_down_backend(impl):
                         ack=(parse(out).seq + 1) & M32, data=b"GET"))[1] == "punt_splice"
     c = e.counters()
     assert c["flow_expired_nodest"] == 0 and c["flow_created"] == 1
+
+
+def test_the_cookie_promises_what_the_backends_have_shown_they_keep(impl):
+    """nmsynproxy's way: a backend's SYN-ACK with MSS 1360 and no SACK lowers what the VIP's
+    next cookie SYN-ACKs announce; it stays so when the services are set again, and goes
+    when the slot gets another backend."""
+    e = engine(impl)
+    c_isn = bound(e)
+    synack = F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000, flags=F.TH_SYN | F.TH_ACK, seq=7,
+                   ack=c_isn + 1, opts=syn_opts(ts=5000, ws=7, sack=False, mss=1360))
+    run(e, synack)
+    assert e.counters()["splice_mss_lowered"] == 1
+
+    def promised():
+        v, reason, out = run(e, F.tcp(GW, LB, CLIENT, VIP, 41000, 80, flags=F.TH_SYN,
+                                      opts=syn_opts()))
+        assert (v, reason) == (defs.V_TX, "splice_synack")
+        o = tcp_opts(parse(out))
+        return struct.unpack("!H", o[2])[0], 4 in o
+    assert promised() == (1360, False)
+    e.set_services([ServiceSpec(F.ip2int(VIP), 80, 6, defs.MODE_SPLICE, defs.SCHED_SEQ, [0], [1])])
+    assert promised() == (1360, False)
+    e.set_real(0, F.ip2int("198.19.0.21"), 80, B1)
+    e.set_services([ServiceSpec(F.ip2int(VIP), 80, 6, defs.MODE_SPLICE, defs.SCHED_SEQ, [0], [1])])
+    assert promised() == (defs.SPLICE_MSS, True)
+
+
+def test_a_client_segment_bigger_than_the_backend_keeps_gets_frag_needed(impl):
+    """Promised 1460 before the backend was known, it announced 1360: a full-size segment with
+    DF is answered with ICMP fragmentation needed (MTU 1400), one that fits goes on, and a
+    superframe's segment size is cut to fit."""
+    e = engine(impl)
+    c_isn = bound(e)
+    run(e, F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000, flags=F.TH_SYN | F.TH_ACK, seq=7,
+                 ack=c_isn + 1, opts=syn_opts(ts=5000, ws=7, mss=1360)))
+    fl = e.splice_flow(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80)
+    big = F.tcp(GW, LB, CLIENT, VIP, 40000, 80, flags=F.TH_ACK, seq=c_isn + 1,
+                ack=(fl["l_isn"] + 1) & M32, data=b"u" * 1448, opts=opt_ts(1002, 5), df=True)
+    v, reason, out = run(e, big)
+    assert (v, reason) == (defs.V_TX, "splice_frag_needed")
+    icmp = dpkt.ethernet.Ethernet(out).data
+    assert (out[:6], icmp.p, icmp.data.type, icmp.data.code) == (GW, 1, 3, 4)
+    assert struct.unpack("!H", out[40:42])[0] == 1400 and out[42:42 + 28] == big[14:42]
+    assert F.checksums_ok(out) and F.inet_sum(out[34:]) == 0xFFFF
+    fits = F.tcp(GW, LB, CLIENT, VIP, 40000, 80, flags=F.TH_ACK, seq=c_isn + 1,
+                 ack=(fl["l_isn"] + 1) & M32, data=b"u" * 1348, opts=opt_ts(1002, 5), df=True)
+    assert run(e, fits)[1] == "splice_fwd"
+    b = Batch(1, snap=12000, hdr=10)
+    sf = F.tcp(GW, LB, CLIENT, VIP, 40000, 80, flags=F.TH_ACK, seq=c_isn + 1,
+               ack=(fl["l_isn"] + 1) & M32, data=b"u" * 5792, opts=opt_ts(1002, 5), df=True)
+    b.load([sf], [struct.pack("<BBHHHH", 1, 1, 66, 1448, 34, 16)])
+    e.process(b, NOW)
+    assert b.results()[0][1] == "splice_fwd"
+    assert struct.unpack("<H", b.header(0)[4:6])[0] == 1360 + 20 - 32    # segments fit b1

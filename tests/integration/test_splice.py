@@ -325,3 +325,27 @@ def test_nat_then_splice_on_ports_the_backend_holds_in_time_wait(make_lab):
                               "http://%s/id" % vip], timeout=180).stdout
         assert re.search(r"Complete requests:\s+2000\b", out), (vip, out)
         assert re.search(r"Failed requests:\s+0\b", out), (vip, out)
+
+
+MAXSEG = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], 9000), timeout=5)
+print(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG))
+"""
+
+
+def test_a_backend_behind_a_smaller_mtu(make_lab):
+    """b2's interface has MTU 1400 and announces MSS 1360. The first connection was promised
+    1460 by the cookie before b2 was chosen: its full-size segments are answered with ICMP
+    fragmentation needed (MTU 1400) and the client's PMTU discovery shrinks them, so 8 MiB
+    echo back identical; the cookie SYN-ACKs after it announce 1360 (the client's TCP_MAXSEG)."""
+    lab = make_lab()
+    lab.exec("b2", ["ip", "link", "set", "eth0", "mtu", "1400"])
+    splice_vip(lab, 9000, {"default": [B2]})
+    r = traffic(lab, "c1", "echo", VIP, "9000", "--bytes", str(8 << 20), "--seed", "3")
+    assert r["identical"], r
+    c = counters(lab)
+    assert c["splice_frag_needed"] >= 1 and c["splice_mss_lowered"] == 1, c
+    lab.exec("c1", ["ip", "route", "flush", "cache"])        # forget the PMTU it learnt
+    maxseg = int(lab.exec("c1", [sys.executable, "-c", MAXSEG, VIP]).stdout)
+    assert maxseg <= 1360, maxseg
