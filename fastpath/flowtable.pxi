@@ -208,6 +208,17 @@ cdef inline Service *service_find(Engine self, uint32_t vip, uint16_t port,
         j = (j + 1) & (SVC_SLOTS - 1)
 
 
+cdef inline void flow_account(Flow *e, uint32_t n, bint fwd, int64_t now) noexcept nogil:
+    """A frame of e sent on (n bytes, fwd: client -> backend): the flow's time and counters."""
+    e.last = now
+    if fwd:
+        e.pkts_fwd += 1
+        e.bytes_fwd += n
+    else:
+        e.pkts_rev += 1
+        e.bytes_rev += n
+
+
 cdef inline void splice_cap(Service *sv, Real *r) noexcept nogil:
     """What a splice service may promise in its cookie SYN-ACK, given one of its backends:
     no more MSS than it announced, no SACK if it had none (learnt in splice.pxi)."""

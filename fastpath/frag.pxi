@@ -89,14 +89,3 @@ cdef int frag_later(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcept n
     if XMIT[e.mode].frag == NULL:
         return C_DROP_IP_FRAGMENT
     return XMIT[e.mode].frag(self, f, n, e, g.fwd, now)
-
-
-cdef inline void frag_account(Flow *e, uint32_t n, bint fwd, int64_t now) noexcept nogil:
-    """A later fragment sent on e: the flow's time and counters, not its TCP state."""
-    e.last = now
-    if fwd:
-        e.pkts_fwd += 1
-        e.bytes_fwd += n
-    else:
-        e.pkts_rev += 1
-        e.bytes_rev += n

@@ -300,11 +300,7 @@ cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcep
             return C_DROP_MODE
         if first and XMIT[e.mode].frag == NULL:
             return C_DROP_IP_FRAGMENT
-        if ihl > 20 and XMIT[e.mode].l4_at_34:
-            r = XMIT[e.mode].fwd(self, opts_aside(self, f, ihl), n + 20 - ihl, e, sv, tflags, now)
-            opts_back(self, f, ihl)
-        else:
-            r = XMIT[e.mode].fwd(self, f, n, e, sv, tflags, now)
+        r = xmit_call(self, XMIT[e.mode].fwd, f, n, ihl, e, sv, tflags, now)
         if first and VMAP[r] != V_DROP:
             frag_note(self, src, dst, ident, proto, idx, True, now)
         return r
@@ -320,11 +316,7 @@ cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcep
         return C_DROP_MODE
     if first and XMIT[e.mode].frag == NULL:
         return C_DROP_IP_FRAGMENT
-    if ihl > 20 and XMIT[e.mode].l4_at_34:
-        r = XMIT[e.mode].rev(self, opts_aside(self, f, ihl), n + 20 - ihl, e, NULL, tflags, now)
-        opts_back(self, f, ihl)
-    else:
-        r = XMIT[e.mode].rev(self, f, n, e, NULL, tflags, now)
+    r = xmit_call(self, XMIT[e.mode].rev, f, n, ihl, e, NULL, tflags, now)
     if first and VMAP[r] != V_DROP:
         frag_note(self, src, dst, ident, proto, idx, False, now)
     return r
@@ -359,6 +351,18 @@ cdef inline void opts_back(Engine self, uint8_t *f, uint32_t ihl) noexcept nogil
     wr16(f + 16, rd16(f + 16) + k)
 
 
+cdef inline int xmit_call(Engine self, xmit_fn fn, uint8_t *f, uint32_t n, uint32_t ihl, Flow *e,
+                          Service *sv, uint8_t tflags, int64_t now) noexcept nogil:
+    """A flow's forward or reverse routine on the frame, its IP options set aside around it
+    where the mode reads the L4 header at 34 (Xmit.l4_at_34)."""
+    cdef int r
+    if ihl > 20 and XMIT[e.mode].l4_at_34:
+        r = fn(self, opts_aside(self, f, ihl), n + 20 - ihl, e, sv, tflags, now)
+        opts_back(self, f, ihl)
+        return r
+    return fn(self, f, n, e, sv, tflags, now)
+
+
 cdef inline int xmit_out(Engine self, uint8_t *f, uint32_t n, Flow *e, const uint8_t *dmac,
                          bint routed, bint fwd, uint8_t tflags, int64_t now) noexcept nogil:
     """The part every transmit routine shares (IPVS's ip_vs_send_or_cont). A frame whose next
@@ -374,11 +378,5 @@ cdef inline int xmit_out(Engine self, uint8_t *f, uint32_t n, Flow *e, const uin
         track(e, tflags, fwd)
     memcpy(f, dmac, 6)
     memcpy(f + 6, self.local_mac, 6)
-    e.last = now
-    if fwd:
-        e.pkts_fwd += 1
-        e.bytes_fwd += n
-    else:
-        e.pkts_rev += 1
-        e.bytes_rev += n
+    flow_account(e, n, fwd, now)
     return XMIT_CONT

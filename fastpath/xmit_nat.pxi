@@ -81,7 +81,7 @@ cdef int nat_frag(Engine self, uint8_t *f, uint32_t n, Flow *e, bint fwd,
     else:
         wr16(f + 24, _csum_replace4(ipc, e.rip, e.vip))
         wr32(f + 26, e.vip)
-    frag_account(e, n, fwd, now)
+    flow_account(e, n, fwd, now)
     return C_NAT_FRAG_FWD if fwd else C_NAT_FRAG_REV
 
 

@@ -176,7 +176,7 @@ cdef int tunnel_frag(Engine self, uint8_t *f, uint32_t n, Flow *e, bint fwd,
     memcpy(f + 6, self.local_mac, 6)
     tunnel_encap(self, f, tot, e.rip, e.hf, sv.vni, tot + VXLAN_OVERHEAD > sv.mtu)
     self.newlen = 14 + tot + VXLAN_OVERHEAD
-    frag_account(e, n, True, now)
+    flow_account(e, n, True, now)
     if tot + VXLAN_OVERHEAD > sv.mtu:
         return C_PUNT_TUNNEL_FRAG
     return C_TUNNEL_FRAG_FWD

@@ -184,6 +184,17 @@ def service_find(self, vip, port, proto):
     return self.services.get((vip, port, proto))
 
 
+def flow_account(e, n, fwd, now):
+    """A frame of e sent on (n bytes, fwd: client -> backend): the flow's time and counters."""
+    e.last = now
+    if fwd:
+        e.pkts_fwd += 1
+        e.bytes_fwd += n
+    else:
+        e.pkts_rev += 1
+        e.bytes_rev += n
+
+
 def splice_cap(sv, r):
     """What a splice service may promise in its cookie SYN-ACK, given one of its backends:
     no more MSS than it announced, no SACK if it had none (learnt in splice.py)."""

@@ -63,14 +63,3 @@ def frag_later(self, f, n, now):
     if XMIT[e.mode].frag is None:
         return C["drop_ip_fragment"]
     return XMIT[e.mode].frag(self, f, n, e, bool(g.fwd), now)
-
-
-def frag_account(e, n, fwd, now):
-    """A later fragment sent on e: the flow's time and counters, not its TCP state."""
-    e.last = now
-    if fwd:
-        e.pkts_fwd += 1
-        e.bytes_fwd += n
-    else:
-        e.pkts_rev += 1
-        e.bytes_rev += n

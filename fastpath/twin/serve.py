@@ -20,7 +20,7 @@ import numpy as np
 from .. import defs
 from ..defs import C, TH_ACK, TH_SYN, XMIT_CONT
 from ..io_py import rx_burst, tx_burst
-from .flowtable import flow_delete, flow_find, service_find, track
+from .flowtable import flow_account, flow_delete, flow_find, service_find, track
 from .frag import frag_later, frag_note
 from .icmp import icmp_in
 from .inet import flow_hash, ip_header_ok, rd16, rd32, wr16
@@ -251,12 +251,7 @@ def process_frame(self, f, n, now):
             return C["drop_mode"]
         if first and XMIT[e.mode].frag is None:
             return C["drop_ip_fragment"]
-        if ihl > 20 and XMIT[e.mode].l4_at_34:
-            opts_aside(self, f, ihl)
-            r = XMIT[e.mode].fwd(self, f, n + 20 - ihl, e, sv, tflags, now)
-            opts_back(self, f, ihl)
-        else:
-            r = XMIT[e.mode].fwd(self, f, n, e, sv, tflags, now)
+        r = xmit_call(self, XMIT[e.mode].fwd, f, n, ihl, e, sv, tflags, now)
         if first and defs.VERDICTS[r] != defs.V_DROP:
             frag_note(self, src, dst, ident, proto, idx, True, now)
         return r
@@ -272,12 +267,7 @@ def process_frame(self, f, n, now):
         return C["drop_mode"]
     if first and XMIT[e.mode].frag is None:
         return C["drop_ip_fragment"]
-    if ihl > 20 and XMIT[e.mode].l4_at_34:
-        opts_aside(self, f, ihl)
-        r = XMIT[e.mode].rev(self, f, n + 20 - ihl, e, None, tflags, now)
-        opts_back(self, f, ihl)
-    else:
-        r = XMIT[e.mode].rev(self, f, n, e, None, tflags, now)
+    r = xmit_call(self, XMIT[e.mode].rev, f, n, ihl, e, None, tflags, now)
     if first and defs.VERDICTS[r] != defs.V_DROP:
         frag_note(self, src, dst, ident, proto, idx, False, now)
     return r
@@ -307,6 +297,17 @@ def opts_back(self, f, ihl):
     wr16(f, 16, rd16(f, 16) + k)
 
 
+def xmit_call(self, fn, f, n, ihl, e, sv, tflags, now):
+    """A flow's forward or reverse routine on the frame, its IP options set aside around it
+    where the mode reads the L4 header at 34 (Xmit.l4_at_34)."""
+    if ihl > 20 and XMIT[e.mode].l4_at_34:
+        opts_aside(self, f, ihl)
+        r = fn(self, f, n + 20 - ihl, e, sv, tflags, now)
+        opts_back(self, f, ihl)
+        return r
+    return fn(self, f, n, e, sv, tflags, now)
+
+
 def xmit_out(self, f, n, e, dmac, routed, fwd, tflags, now):
     """The part every transmit routine shares (IPVS's ip_vs_send_or_cont). A frame whose next
     hop's MAC (dmac) is unknown (None), or that a routed path (one that decrements the TTL)
@@ -321,11 +322,5 @@ def xmit_out(self, f, n, e, dmac, routed, fwd, tflags, now):
         track(e, tflags, fwd)
     f[0:6] = dmac
     f[6:12] = self.local_mac
-    e.last = now
-    if fwd:
-        e.pkts_fwd += 1
-        e.bytes_fwd += n
-    else:
-        e.pkts_rev += 1
-        e.bytes_rev += n
+    flow_account(e, n, fwd, now)
     return XMIT_CONT

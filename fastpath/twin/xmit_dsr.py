@@ -11,8 +11,7 @@ Invariants:
 """
 from .. import defs
 from ..defs import C, XMIT_CONT
-from .flowtable import new_flow_default
-from .frag import frag_account
+from .flowtable import flow_account, new_flow_default
 from .serve import xmit_out
 from .types import XMIT, Xmit
 
@@ -43,7 +42,7 @@ def dsr_frag(self, f, n, e, fwd, now):
         return C["drop_no_neigh"]
     f[0:6] = r.mac
     f[6:12] = self.local_mac
-    frag_account(e, n, True, now)
+    flow_account(e, n, True, now)
     return C["dsr_frag_fwd"]
 
 

@@ -13,9 +13,8 @@ Invariants:
 """
 from .. import defs
 from ..defs import C, XMIT_CONT
-from .flowtable import new_flow_default
+from .flowtable import flow_account, new_flow_default
 from .icmp import icmp_translate
-from .frag import frag_account
 from .inet import csum_replace2, csum_replace4, rd16, rewrite, wr16, wr32
 from .serve import xmit_out
 from .types import XMIT, Xmit
@@ -82,7 +81,7 @@ def nat_frag(self, f, n, e, fwd, now):
     else:
         wr16(f, 24, csum_replace4(ipc, e.rip, e.vip))
         wr32(f, 26, e.vip)
-    frag_account(e, n, fwd, now)
+    flow_account(e, n, fwd, now)
     return C["nat_frag_fwd"] if fwd else C["nat_frag_rev"]
 
 

@@ -13,8 +13,8 @@ import numpy as np
 
 from .. import defs
 from ..defs import C, XMIT_CONT
-from .flowtable import new_flow_default, service_find
-from .frag import frag_account, frag_entry
+from .flowtable import flow_account, new_flow_default, service_find
+from .frag import frag_entry
 from .icmp import icmp_frag_needed, outer_ip
 from .inet import fold, rd16, rd32, tcp_checksum, wr16, wr32
 from .serve import xmit_out
@@ -154,7 +154,7 @@ def tunnel_frag(self, f, n, e, fwd, now):
     f[6:12] = self.local_mac
     tunnel_encap(self, f, tot, e.rip, e.hf, sv.vni, tot + OVERHEAD > sv.mtu)
     self.newlen = 14 + tot + OVERHEAD
-    frag_account(e, n, True, now)
+    flow_account(e, n, True, now)
     if tot + OVERHEAD > sv.mtu:
         return C["punt_tunnel_frag"]
     return C["tunnel_frag_fwd"]
