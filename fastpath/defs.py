@@ -327,6 +327,10 @@ COUNTER_TABLE = (
     Counter("splice_mss_lowered", None, "splice",
             "a backend's SYN-ACK announced less than its VIP's cookie SYN-ACKs did: they now "
             "announce that"),
+    Counter("flow_recreated_rev", None, None,
+            "a backend's packet with no flow, on a consistent-hash VIP whose mode can rebuild "
+            "it (nat): the flow re-created, as the client's would be (after an LB restart, "
+            "a download's only packets come from the backend)"),
 )
 COUNTERS = [c.name for c in COUNTER_TABLE]
 C = {name: i for i, name in enumerate(COUNTERS)}

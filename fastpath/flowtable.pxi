@@ -169,6 +169,42 @@ cdef int new_flow_default(Engine self, uint8_t *f, uint32_t n, Service *sv, Pkt 
     return XMIT[sv.mode].fwd(self, f, n, &self.fl[idx], sv, p.tflags, now)
 
 
+cdef int32_t flow_from_backend(Engine self, uint32_t rip, uint32_t cip, uint16_t rport,
+                               uint16_t cport, uint8_t proto, uint8_t tflags,
+                               int64_t now) noexcept nogil:
+    """A backend's packet with no flow (lost: an LB restart, an eviction). In a download
+    only the backend sends, so waiting for the client's next packet would wait forever: find
+    the VIP whose consistent hash (maglev, sh, hash) gives this backend for this client port,
+    in a mode that can rebuild the flow from it (Xmit.rev_rebuild: nat), and re-create the
+    flow there (flow_recreated_rev). Returns the flow, or -1. One pass over the services."""
+    cdef uint32_t k
+    cdef uint64_t hf
+    cdef int32_t real
+    cdef uint32_t idx
+    cdef Service *sv
+    cdef Real *r
+    if proto == PROTO_TCP and tflags & (TH_SYN | TH_RST):
+        return -1                       # (a SYN-ACK or a reset opens nothing)
+    for k in range(self.nsvc):
+        sv = &self.svcs[k]
+        if (sv.proto != proto or not XMIT[sv.mode].rev_rebuild
+                or (sv.sched != SCHED_HASH5 and sv.sched != SCHED_HASHSRC)):
+            continue
+        hf = _flow_hash(cip, sv.vip, cport, sv.port, proto)
+        real = schedule(self, sv, hf, cip)
+        if real < 0:
+            continue
+        r = &self.reals[real]
+        if r.ip != rip or r.port != rport:
+            continue
+        idx = flow_create(self, sv, hf, cip, cport, real,
+                          S_ESTABLISHED if proto == PROTO_TCP else S_UDP, now)
+        self.ctr[C_FLOW_CREATED] += 1
+        self.ctr[C_FLOW_RECREATED_REV] += 1
+        return idx
+    return -1
+
+
 cdef int32_t schedule(Engine self, Service *sv, uint64_t h, uint32_t src) noexcept nogil:
     """The real a new flow of sv goes to (-1: none): one lookup in the table the control
     side built (lb/schedulers.py), or for lc the fewest conns per weight among candidates."""

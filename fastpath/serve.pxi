@@ -306,7 +306,9 @@ cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcep
         return r
     idx = flow_find(self, self.irev, h, src, dst, sport, dport, proto, True)
     if idx < 0:
-        return C_DROP_UNKNOWN_DEST
+        idx = flow_from_backend(self, src, dst, sport, dport, proto, tflags, now)
+        if idx < 0:
+            return C_DROP_UNKNOWN_DEST
     e = &self.fl[idx]
     if now - e.last > self.tmo[e.state]:
         flow_delete(self, idx)

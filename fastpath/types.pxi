@@ -178,6 +178,8 @@ cdef struct Xmit:
     frag_fn frag
     uint8_t l4_at_34    # the routines read the L4 header at frame offset 34: a frame's IP
                         # options are set aside around them (serve.pxi opts_aside)
+    uint8_t rev_rebuild # a backend's packet can rebuild a lost flow (flowtable.pxi
+                        # flow_from_backend): the flow is nothing but the tuple and the backend
 
 cdef Xmit XMIT[256]     # by mode code; filled by the xmit_*.pxi and splice.pxi that define them
 

@@ -572,13 +572,7 @@ class Lab:
             pids["lb"] = {"lbd": lbd_pid}
             self._save("building", extra={"pids": pids})
             if self.io == "tap":
-                # A TAP cannot join a bridge in another namespace: move it next to brs.
-                # lbd's fd keeps working after the move.
-                _wait("lbd's TAP lbtap in %s" % lb,
-                      lambda: _run(["ip", "-n", lb, "link", "show", "lbtap"],
-                                   check=False).returncode == 0, 5.0)
-                _run(["ip", "-n", lb, "link", "set", "lbtap", "netns", sw])
-                _run(["ip", "-n", sw, "link", "set", "lbtap", "master", "brs", "up"])
+                self._attach_tap()
                 ports["brs"].append("lbtap")
 
         # 7. topology
@@ -722,6 +716,43 @@ class Lab:
             return want <= have
         _wait("servers on %s (http :80, echo :9000 tcp+udp, iperf3 :5201)" % b, ready,
               SERVERS_READY_TIMEOUT)
+
+    def _attach_tap(self):
+        """A TAP cannot join a bridge in another namespace: move lbd's next to brs. lbd's fd
+        keeps working after the move."""
+        lb, sw = self.ns("lb"), self.ns("sw")
+        _wait("lbd's TAP lbtap in %s" % lb,
+              lambda: _run(["ip", "-n", lb, "link", "show", "lbtap"],
+                           check=False).returncode == 0, 5.0)
+        _run(["ip", "-n", lb, "link", "set", "lbtap", "netns", sw])
+        _run(["ip", "-n", sw, "link", "set", "lbtap", "master", "brs", "up"])
+
+    def restart_lbd(self, sig=signal.SIGTERM):
+        """Stop lbd with `sig` (SIGKILL: a crash) and start it again with the same config
+        file, as an operator would; its TAP goes with it and the new one is attached where
+        the old one was. Returns the seconds from the signal to lbd answering status again.
+        The topology's pid is updated."""
+        t = self.topology
+        pid, cfg = t["lb"]["pid"], t["lb"]["config"]
+        t0 = time.monotonic()
+        os.kill(pid, sig)
+        _wait("lbd %d to exit" % pid, lambda: not _alive(pid) or self._reap(), 10.0)
+        if self.io == "tap":
+            _wait("the old TAP to go", lambda: _run(
+                ["ip", "-n", self.ns("sw"), "link", "show", "lbtap"],
+                check=False).returncode != 0, 5.0)
+        new_pid, status = self._start_lbd(cfg, t["lb"]["control_socket"], t["lb"]["log"])
+        if self.io == "tap":
+            self._attach_tap()
+        t["lb"]["pid"], t["lb"]["status"] = new_pid, status
+        try:
+            with open(self.state_file) as f:
+                pids = json.load(f).get("pids", {})
+        except (OSError, ValueError):
+            pids = {}
+        pids["lb"] = {"lbd": new_pid}
+        self._save("up", t, extra={"pids": pids})
+        return time.monotonic() - t0
 
     def _start_lbd(self, cfg, sock, log):
         logf = open(log, "ab")

@@ -157,6 +157,30 @@ def new_flow_default(self, f, n, sv, p, now):
     return XMIT[sv.mode].fwd(self, f, n, self.fl[idx], sv, p.tflags, now)
 
 
+def flow_from_backend(self, rip, cip, rport, cport, proto, tflags, now):
+    """A backend's packet with no flow: re-created on the consistent-hash VIP that gives this
+    backend for this client port, in a mode that can rebuild it (flowtable.pxi says why)."""
+    if proto == defs.PROTO_TCP and tflags & (TH_SYN | TH_RST):
+        return -1
+    for sv in self.services.values():
+        if (sv.proto != proto or not XMIT[sv.mode].rev_rebuild
+                or sv.sched not in (defs.SCHED_HASH5, defs.SCHED_HASHSRC)):
+            continue
+        hf = flow_hash(cip, sv.vip, cport, sv.port, proto)
+        real = schedule(self, sv, hf, cip)
+        if real < 0:
+            continue
+        r = self.reals[real]
+        if (r.ip, r.port) != (rip, rport):
+            continue
+        idx = flow_create(self, sv, hf, cip, cport, real,
+                          defs.S_ESTABLISHED if proto == defs.PROTO_TCP else defs.S_UDP, now)
+        self.ctr[C["flow_created"]] += 1
+        self.ctr[C["flow_recreated_rev"]] += 1
+        return idx
+    return -1
+
+
 def schedule(self, sv, h, src):
     """The real a new flow of sv goes to (-1: none): one lookup in the table the control
     side built (lb/schedulers.py), or for lc the fewest conns per weight among candidates."""

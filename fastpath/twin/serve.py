@@ -20,7 +20,7 @@ import numpy as np
 from .. import defs
 from ..defs import C, TH_ACK, TH_SYN, XMIT_CONT
 from ..io_py import rx_burst, tx_burst
-from .flowtable import flow_account, flow_delete, flow_find, service_find, track
+from .flowtable import flow_account, flow_delete, flow_find, flow_from_backend, service_find, track
 from .frag import frag_later, frag_note
 from .icmp import icmp_in
 from .inet import flow_hash, ip_header_ok, rd16, rd32, wr16
@@ -257,7 +257,9 @@ def process_frame(self, f, n, now):
         return r
     idx = flow_find(self, self.irev, h, src, dst, sport, dport, proto, True)
     if idx < 0:
-        return C["drop_unknown_dest"]
+        idx = flow_from_backend(self, src, dst, sport, dport, proto, tflags, now)
+        if idx < 0:
+            return C["drop_unknown_dest"]
     e = self.fl[idx]
     if now - e.last > self.tmo[e.state]:
         flow_delete(self, idx)

@@ -63,7 +63,9 @@ class Frag:
 # role does): new_flow(eng, f, n, sv, pkt, now), fwd(eng, f, n, e, sv, tflags, now),
 # rev(eng, f, n, e, None, tflags, now) or None for no reverse path, icmp(eng, f, n, q, e,
 # sv, real, fwd) or None, frag(eng, f, n, e, fwd, now) or None; l4_at_34: the routines read
-# the L4 header at offset 34, so IP options are set aside around them (serve.py opts_aside).
+# the L4 header at offset 34, so IP options are set aside around them (serve.py opts_aside);
+# rev_rebuild: a backend's packet can rebuild a lost flow (flowtable.py flow_from_backend).
 # Each returns the frame's exit counter.
-Xmit = namedtuple("Xmit", "new_flow fwd rev icmp frag l4_at_34", defaults=(False,))
+Xmit = namedtuple("Xmit", "new_flow fwd rev icmp frag l4_at_34 rev_rebuild",
+                  defaults=(False, False))
 XMIT = [Xmit(None, None, None, None, None)] * 256    # filled by xmit_*.py and splice.py

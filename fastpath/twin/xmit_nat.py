@@ -86,4 +86,4 @@ def nat_frag(self, f, n, e, fwd, now):
 
 
 # ---- the mode's row of XMIT (types.py) ----------------------------------------------------
-XMIT[defs.MODE_NAT] = Xmit(new_flow_default, nat_fwd, nat_rev, nat_icmp, nat_frag, True)
+XMIT[defs.MODE_NAT] = Xmit(new_flow_default, nat_fwd, nat_rev, nat_icmp, nat_frag, True, True)

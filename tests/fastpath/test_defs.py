@@ -27,7 +27,7 @@ ABI = ["rx_frames", "drop_runt", "drop_not_our_mac", "punt_arp", "drop_vlan", "d
        "nat_icmp_rev", "dsr_icmp_fwd", "splice_icmp_fwd", "splice_icmp_rev", "tunnel_icmp_fwd",
        "frag_first", "frag_evicted", "drop_frag_no_first", "nat_frag_fwd", "nat_frag_rev",
        "dsr_frag_fwd", "tunnel_frag_fwd", "punt_tunnel_frag", "splice_frag_needed",
-       "splice_mss_lowered"]
+       "splice_mss_lowered", "flow_recreated_rev"]
 SPLICE_VIP = "198.19.100.6"
 
 

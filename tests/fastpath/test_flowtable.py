@@ -208,3 +208,30 @@ def test_process_returns_how_many_frames_it_punted(impl):
     assert e.process(b, 1000) == 0
     b.n = 0
     assert e.process(b, 1000) == 0
+
+
+def test_a_backends_packet_rebuilds_a_lost_nat_flow_on_a_consistent_hash_vip(impl):
+    """After an LB restart a download's only packets come from the backend: on VIP1:8080
+    (nat, maglev -> b2:8081) the flow is re-created from b2's packet and the packet goes on
+    as the VIP's; a SYN-ACK or a reset opens nothing, nor does a round-robin VIP (VIP1:80)."""
+    from .fixtures import REALS, v2c
+    e = make_engine(impl.Engine, ServiceSpec)
+    ip, port, mac = REALS[1]
+    data = F.tcp(mac, LB, ip, CLIENT, port, 40000, flags=F.TH_ACK, data=b"blob")
+    b = Batch(1)
+    b.load([data])
+    e.process(b, 1000)
+    v, reason, out = b.results()[0]
+    assert (v, reason) == (defs.V_TX, "nat_rev")
+    assert out == v2c(vport=8080, flags=F.TH_ACK, data=b"blob")
+    c = e.counters()
+    assert (c["flow_recreated_rev"], c["flow_created"], e.flow_count()) == (1, 1, 1)
+    assert defs.STATE_NAMES[e.flows()[0][7]] == "ESTABLISHED"
+    for flags in (F.TH_SYN | F.TH_ACK, F.TH_RST):
+        b.load([F.tcp(mac, LB, ip, CLIENT, port, 40001, flags=flags)])
+        e.process(b, 1000)
+        assert b.results()[0][1] == "drop_unknown_dest"
+    ip0, port0, mac0 = REALS[0]                   # b1:80 is behind VIP1:80, round robin
+    b.load([F.tcp(mac0, LB, ip0, CLIENT, port0, 40002, flags=F.TH_ACK, data=b"x")])
+    e.process(b, 1000)
+    assert b.results()[0][1] == "drop_unknown_dest" and e.flow_count() == 1
