@@ -155,21 +155,15 @@ cdef void icmp_translate(uint8_t *f, Icmp *q, bint fwd, uint32_t old_ip, uint16_
     the outer destination (fwd) or source (not fwd) old_ip -> new_ip where it is old_ip; the
     quoted source (fwd) or destination address and port old -> new; the quoted seq += dseq
     and ack += dack (TCP; 0: unchanged); the checksums as the module header says."""
-    cdef uint16_t ipc = rd16(f + 24)
-    cdef uint16_t ttl_word = rd16(f + 22)
     cdef uint32_t outer = 30 if fwd else 26
+    cdef uint32_t cur = rd32(f + outer)
     cdef uint32_t qa = q.ip + (12 if fwd else 16)
     cdef uint32_t qp = q.l4 + (0 if fwd else 2)
     cdef uint32_t co = q.l4 + (16 if q.proto == PROTO_TCP else 6)
     cdef bint has_l4c = co + 2 <= q.end
     cdef uint16_t l4c = rd16(f + co) if has_l4c else 0
     cdef uint32_t v
-    f[22] -= 1
-    ipc = _csum_replace2(ipc, ttl_word, rd16(f + 22))
-    if rd32(f + outer) == old_ip:
-        ipc = _csum_replace4(ipc, old_ip, new_ip)
-        wr32(f + outer, new_ip)
-    wr16(f + 24, ipc)
+    ip_route(f, outer, cur, new_ip if cur == old_ip else cur)
     # the quoted IP header and its checksum
     wr16(f + q.ip + 10, _csum_replace4(rd16(f + q.ip + 10), old_ip, new_ip))
     wr32(f + qa, new_ip)

@@ -260,18 +260,23 @@ cdef inline void patch16(uint8_t *f, int o, uint16_t v, bint partial) noexcept n
     wr16(f + 50, _csum_replace2(c, b, rd16(f + o + 1)))
 
 
+cdef inline void ip_route(uint8_t *f, int ip_off, uint32_t old_ip, uint32_t new_ip) noexcept nogil:
+    """A routed hop in place: TTL - 1 and the address at ip_off old_ip -> new_ip (the same
+    address: only the TTL), the header checksum patched for both."""
+    cdef uint16_t ttl_word = rd16(f + 22)
+    cdef uint16_t ipc
+    f[22] -= 1
+    ipc = _csum_replace2(rd16(f + 24), ttl_word, rd16(f + 22))
+    wr16(f + 24, _csum_replace4(ipc, old_ip, new_ip))
+    wr32(f + ip_off, new_ip)
+
+
 cdef inline void rewrite(uint8_t *f, int ip_off, int port_off, uint32_t old_ip,
                          uint16_t old_port, uint32_t new_ip, uint16_t new_port,
                          uint8_t proto, bint partial) noexcept nogil:
     """Replace one address and one port, decrement TTL, patch IPv4 and L4 checksums. A
     partial L4 checksum takes the address change only (the kernel sums the port later)."""
-    cdef uint16_t ipc = rd16(f + 24)
-    cdef uint16_t ttl_word = rd16(f + 22)
-    f[22] -= 1
-    ipc = _csum_replace2(ipc, ttl_word, rd16(f + 22))
-    ipc = _csum_replace4(ipc, old_ip, new_ip)
-    wr16(f + 24, ipc)
-    wr32(f + ip_off, new_ip)
+    ip_route(f, ip_off, old_ip, new_ip)
     wr16(f + port_off, new_port)
     cdef int co = 50 if proto == PROTO_TCP else 40
     cdef uint16_t l4c = rd16(f + co)

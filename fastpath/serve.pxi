@@ -139,6 +139,7 @@ cdef void burst(Engine self, uint8_t *base, uint32_t stride, uint32_t hdr, uint3
     cdef uint8_t *p
     cdef uint64_t h, v
     cdef uint64_t hs[64]
+    self.vnet_tnl = hdr >= VNET_TNL_HDR_LEN     # the long vnet header (with self.vnet set)
     # In chunks of 64: hash each plain IPv4 TCP/UDP frame and prefetch its index slots,
     # then read the slots and prefetch the flow entries they name, then process. The
     # prefetches only hide DRAM latency (100k flows do not fit in cache); what a frame
@@ -172,7 +173,6 @@ cdef void burst(Engine self, uint8_t *base, uint32_t stride, uint32_t hdr, uint3
             self.partial = hdr > 0 and row >= hdr and (rp[0] & VNET_F_NEEDS_CSUM)
             self.vnet = rp if hdr >= 10 and row >= hdr else NULL
             self.keep_vnet = False
-            self.vnet_tnl = self.vnet != NULL and hdr >= VNET_TNL_HDR_LEN
             r = process_frame(self, rp + hdr, L, now)
             if self.newlen and VMAP[r] != V_DROP:
                 # a frame made in place (splice, tunnel; punt_tunnel_frag's is punted so)

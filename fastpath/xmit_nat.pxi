@@ -62,8 +62,6 @@ cdef int nat_frag(Engine self, uint8_t *f, uint32_t n, Flow *e, bint fwd,
     """A later fragment of a nat flow (frag.pxi): only its IP header is translated (the L4
     header and its checksum were in the first)."""
     cdef Real *r = &self.reals[e.real]
-    cdef uint16_t ipc
-    cdef uint16_t ttl_word = rd16(f + 22)
     if fwd and not r.has_mac or not fwd and not self.has_gw:
         return C_DROP_NO_NEIGH
     if f[22] <= 1:
@@ -73,14 +71,10 @@ cdef int nat_frag(Engine self, uint8_t *f, uint32_t n, Flow *e, bint fwd,
     else:
         memcpy(f, self.gw_mac, 6)
     memcpy(f + 6, self.local_mac, 6)
-    f[22] -= 1
-    ipc = _csum_replace2(rd16(f + 24), ttl_word, rd16(f + 22))
     if fwd:
-        wr16(f + 24, _csum_replace4(ipc, e.vip, e.rip))
-        wr32(f + 30, e.rip)
+        ip_route(f, 30, e.vip, e.rip)
     else:
-        wr16(f + 24, _csum_replace4(ipc, e.rip, e.vip))
-        wr32(f + 26, e.vip)
+        ip_route(f, 26, e.rip, e.vip)
     flow_account(e, n, fwd, now)
     return C_NAT_FRAG_FWD if fwd else C_NAT_FRAG_REV
 

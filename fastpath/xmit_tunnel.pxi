@@ -93,6 +93,20 @@ cdef inline void tunnel_encap(Engine self, uint8_t *f, uint32_t tot, uint32_t ri
     wr32(f + 46, vni << 8)
 
 
+cdef inline int tunnel_as_is(Engine self, uint8_t *f, uint32_t tot, uint32_t rip, uint64_t hf,
+                             uint32_t vni, bint big) noexcept nogil:
+    """A frame whose flow's TCP state need not see it (an ICMP error, a later fragment) in
+    VXLAN to rip, its own Ethernet addressed to the VXLAN device: 0, or the counter of why
+    not (the row has no room)."""
+    if 14 + tot + VXLAN_OVERHEAD > self.rowcap:
+        return C_DROP_TUNNEL_NO_ROOM
+    memcpy(f, TUNNEL_INNER_MAC, 6)
+    memcpy(f + 6, self.local_mac, 6)
+    tunnel_encap(self, f, tot, rip, hf, vni, big)
+    self.newlen = 14 + tot + VXLAN_OVERHEAD
+    return 0
+
+
 cdef int tunnel_fwd(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, uint8_t tflags,
                     int64_t now) noexcept nogil:
     cdef uint32_t tot = rd16(f + 16)
@@ -150,13 +164,8 @@ cdef int tunnel_icmp(Engine self, uint8_t *f, uint32_t n, Icmp *q, Flow *e, Serv
         return C_DROP_NO_NEIGH
     if tot + VXLAN_OVERHEAD > sv.mtu:
         return C_DROP_TUNNEL_TOO_BIG      # (no error is answered with an error)
-    if 14 + tot + VXLAN_OVERHEAD > self.rowcap:
-        return C_DROP_TUNNEL_NO_ROOM
-    memcpy(f, TUNNEL_INNER_MAC, 6)
-    memcpy(f + 6, self.local_mac, 6)
-    tunnel_encap(self, f, tot, self.reals[real].ip if e == NULL else e.rip, q.h, sv.vni, False)
-    self.newlen = 14 + tot + VXLAN_OVERHEAD
-    return C_TUNNEL_ICMP_FWD
+    return (tunnel_as_is(self, f, tot, self.reals[real].ip if e == NULL else e.rip, q.h,
+                         sv.vni, False) or C_TUNNEL_ICMP_FWD)
 
 
 cdef int tunnel_frag(Engine self, uint8_t *f, uint32_t n, Flow *e, bint fwd,
@@ -166,20 +175,18 @@ cdef int tunnel_frag(Engine self, uint8_t *f, uint32_t n, Flow *e, bint fwd,
     into outer fragments (punt_tunnel_frag)."""
     cdef uint32_t tot = rd16(f + 16)
     cdef Service *sv = service_find(self, e.vip, e.vport, e.proto)
+    cdef bint big
+    cdef int k
     if not self.has_gw:
         return C_DROP_NO_NEIGH
     if sv == NULL or sv.mode != MODE_TUNNEL:
         return C_DROP_MODE                # the VIP changed mode or went: sv.vni is unknown
-    if 14 + tot + VXLAN_OVERHEAD > self.rowcap:
-        return C_DROP_TUNNEL_NO_ROOM
-    memcpy(f, TUNNEL_INNER_MAC, 6)
-    memcpy(f + 6, self.local_mac, 6)
-    tunnel_encap(self, f, tot, e.rip, e.hf, sv.vni, tot + VXLAN_OVERHEAD > sv.mtu)
-    self.newlen = 14 + tot + VXLAN_OVERHEAD
+    big = tot + VXLAN_OVERHEAD > sv.mtu
+    k = tunnel_as_is(self, f, tot, e.rip, e.hf, sv.vni, big)
+    if k:
+        return k
     flow_account(e, n, True, now)
-    if tot + VXLAN_OVERHEAD > sv.mtu:
-        return C_PUNT_TUNNEL_FRAG
-    return C_TUNNEL_FRAG_FWD
+    return C_PUNT_TUNNEL_FRAG if big else C_TUNNEL_FRAG_FWD
 
 
 # ---- the API's body (engine.pxi) ----------------------------------------------------------

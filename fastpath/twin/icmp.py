@@ -6,7 +6,7 @@ The parsed quote is an Icmp (types.py); f is the frame as a bytearray.
 from .. import defs
 from ..defs import C
 from .flowtable import flow_find, schedule, service_find
-from .inet import csum_replace2, csum_replace4, flow_hash, fold, rd16, rd32, wr16, wr32
+from .inet import csum_replace2, csum_replace4, flow_hash, fold, ip_route, rd16, rd32, wr16, wr32
 from .types import XMIT, Icmp
 
 M32 = 0xFFFFFFFF
@@ -115,20 +115,14 @@ def icmp_translate(f, q, fwd, old_ip, old_port, new_ip, new_port, dseq, dack):
     1; the outer destination (fwd) or source (not fwd) old_ip -> new_ip where it is old_ip;
     the quoted source (fwd) or destination address and port old -> new; the quoted seq +=
     dseq and ack += dack (TCP; 0: unchanged); the checksums as icmp.pxi's header says."""
-    ipc = rd16(f, 24)
-    ttl_word = rd16(f, 22)
     outer = 30 if fwd else 26
+    cur = rd32(f, outer)
     qa = q.ip + (12 if fwd else 16)
     qp = q.l4 + (0 if fwd else 2)
     co = q.l4 + (16 if q.proto == defs.PROTO_TCP else 6)
     has_l4c = co + 2 <= q.end
     l4c = rd16(f, co) if has_l4c else 0
-    f[22] -= 1
-    ipc = csum_replace2(ipc, ttl_word, rd16(f, 22))
-    if rd32(f, outer) == old_ip:
-        ipc = csum_replace4(ipc, old_ip, new_ip)
-        wr32(f, outer, new_ip)
-    wr16(f, 24, ipc)
+    ip_route(f, outer, cur, new_ip if cur == old_ip else cur)
     wr16(f, q.ip + 10, csum_replace4(rd16(f, q.ip + 10), old_ip, new_ip))
     wr32(f, qa, new_ip)
     wr16(f, qp, new_port)

@@ -185,17 +185,21 @@ def patch16(f, o, v, partial=False):
     wr16(f, 50, csum_replace2(c, old[1], rd16(f, o + 1)))
 
 
+def ip_route(f, ip_off, old_ip, new_ip):
+    """A routed hop in place: TTL - 1 and the address at ip_off old_ip -> new_ip (the same
+    address: only the TTL), the header checksum patched for both."""
+    ttl_word = rd16(f, 22)
+    f[22] -= 1
+    ipc = csum_replace2(rd16(f, 24), ttl_word, rd16(f, 22))
+    wr16(f, 24, csum_replace4(ipc, old_ip, new_ip))
+    wr32(f, ip_off, new_ip)
+
+
 def rewrite(f, ip_off, port_off, old_ip, old_port, new_ip, new_port, proto, partial=False):
     """Replace one address (at ip_off) and one port (at port_off), decrement TTL, and patch
     the IPv4 and L4 checksums incrementally. A partial L4 checksum (offloaded: it holds the
     pseudo-header sum) takes the address change only; the port is summed by the kernel."""
-    ipc = rd16(f, 24)
-    ttl_word = rd16(f, 22)
-    f[22] -= 1
-    ipc = csum_replace2(ipc, ttl_word, rd16(f, 22))
-    ipc = csum_replace4(ipc, old_ip, new_ip)
-    wr16(f, 24, ipc)
-    wr32(f, ip_off, new_ip)
+    ip_route(f, ip_off, old_ip, new_ip)
     wr16(f, port_off, new_port)
     co = 50 if proto == defs.PROTO_TCP else 40
     l4c = rd16(f, co)

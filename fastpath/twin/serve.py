@@ -119,6 +119,7 @@ def burst(self, batch, now):
     when it is sent. (No prefetching: the compiled burst's prefetches decide nothing.)"""
     hdr = batch.hdr
     ctr = self.ctr
+    self.vnet_tnl = hdr >= defs.VNET_TNL_HDR_LEN   # the long vnet header (with self.vnet set)
     for i in range(batch.n):
         row = min(int(batch.lens[i]), batch.snap)
         n = max(0, row - hdr)
@@ -128,7 +129,6 @@ def burst(self, batch, now):
         self.partial = bool(hdr) and row >= hdr and bool(batch.buf[i, 0] & defs.VNET_F_NEEDS_CSUM)
         self.vnet = bytearray(batch.buf[i, :hdr].tobytes()) if hdr >= 10 and row >= hdr else None
         self.keep_vnet = False
-        self.vnet_tnl = self.vnet is not None and hdr >= defs.VNET_TNL_HDR_LEN
         reason = process_frame(self, f, n, now)
         ctr[C["rx_frames"]] += 1
         ctr[reason] += 1

@@ -15,7 +15,7 @@ from .. import defs
 from ..defs import C, XMIT_CONT
 from .flowtable import flow_account, new_flow_default
 from .icmp import icmp_translate
-from .inet import csum_replace2, csum_replace4, rd16, rewrite, wr16, wr32
+from .inet import ip_route, rewrite
 from .serve import xmit_out
 from .types import XMIT, Xmit
 
@@ -66,21 +66,16 @@ def nat_frag(self, f, n, e, fwd, now):
     """A later fragment of a nat flow (frag.py): only its IP header is translated (the L4
     header and its checksum were in the first)."""
     r = self.reals[e.real]
-    ttl_word = rd16(f, 22)
     if fwd and r.mac is None or not fwd and self.gw_mac is None:
         return C["drop_no_neigh"]
     if f[22] <= 1:
         return C["drop_ttl"]
     f[0:6] = r.mac if fwd else self.gw_mac
     f[6:12] = self.local_mac
-    f[22] -= 1
-    ipc = csum_replace2(rd16(f, 24), ttl_word, rd16(f, 22))
     if fwd:
-        wr16(f, 24, csum_replace4(ipc, e.vip, e.rip))
-        wr32(f, 30, e.rip)
+        ip_route(f, 30, e.vip, e.rip)
     else:
-        wr16(f, 24, csum_replace4(ipc, e.rip, e.vip))
-        wr32(f, 26, e.vip)
+        ip_route(f, 26, e.rip, e.vip)
     flow_account(e, n, fwd, now)
     return C["nat_frag_fwd"] if fwd else C["nat_frag_rev"]
 

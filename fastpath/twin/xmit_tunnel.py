@@ -77,6 +77,19 @@ def tunnel_encap(self, f, tot, rip, hf, vni, big):
     wr32(f, 46, (vni << 8) & 0xFFFFFFFF)
 
 
+def tunnel_as_is(self, f, tot, rip, hf, vni, big):
+    """A frame whose flow's TCP state need not see it (an ICMP error, a later fragment) in
+    VXLAN to rip, its own Ethernet addressed to the VXLAN device: 0, or the counter of why
+    not (the row has no room)."""
+    if 14 + tot + OVERHEAD > self.rowcap:
+        return C["drop_tunnel_no_room"]
+    f[0:6] = TUNNEL_INNER_MAC
+    f[6:12] = self.local_mac
+    tunnel_encap(self, f, tot, rip, hf, vni, big)
+    self.newlen = 14 + tot + OVERHEAD
+    return 0
+
+
 def tunnel_fwd(self, f, n, e, sv, tflags, now):
     tot = rd16(f, 16)
     whole = big = False
@@ -129,13 +142,8 @@ def tunnel_icmp(self, f, n, q, e, sv, real, fwd):
         return C["drop_no_neigh"]
     if tot + OVERHEAD > sv.mtu:
         return C["drop_tunnel_too_big"]   # (no error is answered with an error)
-    if 14 + tot + OVERHEAD > self.rowcap:
-        return C["drop_tunnel_no_room"]
-    f[0:6] = TUNNEL_INNER_MAC
-    f[6:12] = self.local_mac
-    tunnel_encap(self, f, tot, self.reals[real].ip if e is None else e.rip, q.h, sv.vni, False)
-    self.newlen = 14 + tot + OVERHEAD
-    return C["tunnel_icmp_fwd"]
+    return (tunnel_as_is(self, f, tot, self.reals[real].ip if e is None else e.rip, q.h,
+                         sv.vni, False) or C["tunnel_icmp_fwd"])
 
 
 def tunnel_frag(self, f, n, e, fwd, now):
@@ -148,16 +156,12 @@ def tunnel_frag(self, f, n, e, fwd, now):
         return C["drop_no_neigh"]
     if sv is None or sv.mode != defs.MODE_TUNNEL:
         return C["drop_mode"]             # the VIP changed mode or went: sv.vni is unknown
-    if 14 + tot + OVERHEAD > self.rowcap:
-        return C["drop_tunnel_no_room"]
-    f[0:6] = TUNNEL_INNER_MAC
-    f[6:12] = self.local_mac
-    tunnel_encap(self, f, tot, e.rip, e.hf, sv.vni, tot + OVERHEAD > sv.mtu)
-    self.newlen = 14 + tot + OVERHEAD
+    big = tot + OVERHEAD > sv.mtu
+    k = tunnel_as_is(self, f, tot, e.rip, e.hf, sv.vni, big)
+    if k:
+        return k
     flow_account(e, n, True, now)
-    if tot + OVERHEAD > sv.mtu:
-        return C["punt_tunnel_frag"]
-    return C["tunnel_frag_fwd"]
+    return C["punt_tunnel_frag"] if big else C["tunnel_frag_fwd"]
 
 
 # ---- the API's body (engine.py) -----------------------------------------------------------
