@@ -257,7 +257,8 @@ def _join(path, key):
 class IOConfig:
     backend: str = "tap"                   # tap | afpacket
     interface: str = DEFAULT_INTERFACE     # tap: device to create; afpacket: interface to bind
-    offload: bool = False                  # vnet headers, GSO superframes, partial checksums
+    offload: Optional[bool] = None         # vnet headers, GSO superframes, partial checksums;
+                                           # None: on where the device takes them (lb/io.py)
     workers: int = 1                       # data-plane threads; > 1: one TAP queue each (tap only)
     rps: Optional[bool] = None             # tap: RPS on lbd's TAP (None: if it can be set)
 

@@ -263,9 +263,11 @@ def main(argv=None):
             print("lbd: cannot start: %s" % e, file=sys.stderr)
             return 1
         info = io.info()
-        log.info("threeway lbd: impl=%s io=%s interface=%s ifindex=%s address=%s mac=%s "
-                 "vips=%d workers=%d", fastpath.IMPL, info["backend"], info.get("interface"),
-                 info.get("ifindex"), cfg.lb.address, d.mac.hex(":"), len(cfg.vips),
+        log.info("threeway lbd: impl=%s io=%s interface=%s ifindex=%s offload=%s (%s) "
+                 "address=%s mac=%s vips=%d workers=%d", fastpath.IMPL, info["backend"],
+                 info.get("interface"), info.get("ifindex"),
+                 "on" if info.get("offload") else "off", info.get("offload_why") or "pcap",
+                 cfg.lb.address, d.mac.hex(":"), len(cfg.vips),
                  len(getattr(d.driver, "workers", ())) or 1)
         if pcap:
             return run_pcap(d)

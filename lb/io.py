@@ -29,6 +29,7 @@ Invariants:
   by one worker thread only (lb/workers.py).
 - Nothing here touches a frame's content; parsing is the fast path's job.
 """
+import errno
 import fcntl
 import logging
 import os
@@ -87,6 +88,7 @@ class _LiveIO:
         self.name = ""
         self.ifindex = 0
         self.hdr = 0                 # vnet header bytes in front of each frame
+        self.offload_why = None      # why offload is on or off (open_backend)
 
     def new_batch(self, size):
         """A Batch that fits this backend's frames."""
@@ -131,7 +133,8 @@ class _LiveIO:
         _send_frames(self.fd, frames, self._c, self.hdr)
 
     def info(self):
-        return {"backend": self.backend, "interface": self.name, "ifindex": self.ifindex}
+        return {"backend": self.backend, "interface": self.name, "ifindex": self.ifindex,
+                "offload_why": self.offload_why}
 
     def counters(self):
         return dict(self._c)
@@ -485,12 +488,34 @@ def rps_mask_text(ncpus):
             return ",".join(reversed(groups))
 
 
-def open_backend(backend, interface, offload=False, queues=1, rps=None):
+def open_backend(backend, interface, offload=None, queues=1, rps=None):
     """The live backend named in the config: 'tap' creates `interface` (with `queues` queues,
-    and RPS as TapIO says), 'afpacket' binds it."""
-    if backend == "tap":
-        return TapIO(interface, offload=offload, queues=queues, rps=rps)
-    if backend == "afpacket":
-        return AfPacketIO(interface, offload=offload)
-    raise ValueError("unknown io backend %r" % (backend,))
+    and RPS as TapIO says), 'afpacket' binds it.
 
+    offload None (the default, `[io] offload` absent): vnet headers where the device takes
+    them -- the fast path, GSO superframes whole through lbd -- and without them, with the
+    reason, where it does not. True: required (OSError if refused); False: off. The backend's
+    `offload_why` says which of these happened, for `lbctl status` and lbd's first log line."""
+    if backend not in ("tap", "afpacket"):
+        raise ValueError("unknown io backend %r" % (backend,))
+
+    def make(off):
+        if backend == "tap":
+            return TapIO(interface, offload=off, queues=queues, rps=rps)
+        return AfPacketIO(interface, offload=off)
+    if offload is not None:
+        io = make(offload)
+        io.offload_why = "io.offload = %s" % ("true" if offload else "false")
+        return io
+    try:
+        io = make(True)
+    except OSError as e:
+        if isinstance(e, (FileNotFoundError, PermissionError)) or e.errno in (
+                errno.ENODEV, errno.EPERM, errno.EACCES, errno.EBUSY):
+            raise                     # no such interface / not root: not about offload
+        io = make(False)
+        io.offload_why = "default, but the %s backend refused vnet headers: %s" % (backend, e)
+        log.warning("offload off: %s", io.offload_why)
+        return io
+    io.offload_why = "default (the %s backend takes vnet headers)" % backend
+    return io

@@ -46,9 +46,13 @@ def counters(lab):
     return lbctl(lab, "stats", "--all")["counters"]
 
 
-@pytest.mark.parametrize("io", ["tap", "afpacket"])
-def test_curl_reaches_every_backend_and_blob_is_intact(make_lab, io):
-    lab = make_lab(io=io)
+# tap with lbd's default (vnet offload on); afpacket on the slow path on purpose (no vnet
+# header, the veth's offloads off): tests/integration/test_offload.py has afpacket with them
+@pytest.mark.parametrize("io,offload", [("tap", True), ("afpacket", False)],
+                         ids=["tap", "afpacket-no-offload"])
+def test_curl_reaches_every_backend_and_blob_is_intact(make_lab, io, offload):
+    lab = make_lab(io=io, offload=offload)
+    assert lab.topology["lb"]["status"]["io"]["offload"] is offload
     nat_vip(lab, 80)
     out = lab.exec("c1", ["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9; do curl -sf --max-time 5 "
                           "http://%s/id; done" % VIP]).stdout.split()
