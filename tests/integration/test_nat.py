@@ -108,7 +108,7 @@ def test_lbctl_changes_affect_new_connections_and_existing_ones_finish(make_lab)
     lab = make_lab()
     nat_vip(lab, 80)
     # a long download, throttled so that it spans the changes below
-    p = lab.popen("c1", ["sh", "-c", "curl -sf --max-time 60 --limit-rate 12M "
+    p = lab.popen("c1", ["sh", "-c", "curl -sf --max-time 90 --limit-rate 4M "
                          "http://%s/blob | sha256sum" % VIP], stdout=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 10
