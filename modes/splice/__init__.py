@@ -57,6 +57,7 @@ class Splice(Mode):
     pools = True
     rules = True
     toml_keys = ("rule", "splice")
+    rules_key = "rule"
     set_args = (SetArg("splice_limit", "request bytes read before deciding (%d..%d)"
                        % (MIN_LIMIT, MAX_LIMIT), _limit_text),
                 SetArg("splice_timeout", "seconds to wait for them (0.05..60)", _seconds_text))
@@ -89,6 +90,12 @@ class Splice(Mode):
             check_rule_supported(x, "%s.rule[%d].redirect_probe" % (path, j))
         RuleSet(rules, limit=limit, field_prefix=_join(path, "rule"))    # order checks
         return SpliceOptions(tuple(rules), limit, timeout)
+
+    def dump_options(self, options):
+        out = {"splice": {"limit": options.limit, "timeout": options.timeout}}
+        if options.rules:
+            out["rule"] = [_rule_table(x) for x in options.rules]
+        return out
 
     def set_options(self, options, args):
         limit = args.get("splice_limit")
@@ -124,6 +131,9 @@ class Splice(Mode):
         del new[index]
         return dataclasses.replace(options, rules=tuple(new))
 
+    def rule_text(self, rule):
+        return format_rule(rule)
+
     # ---- the fast path and the punt handler ------------------------------------------------
     def spec(self, vip, members, build):
         view = SpliceVip(vip, members, build)
@@ -138,6 +148,16 @@ class Splice(Mode):
 
     def punt_handler(self, engine, ctx, mac):
         return SpliceManager(engine, ctx, mac)
+
+
+def _rule_table(rule):
+    """A [[vip.rule]] table that parse_rule reads back as `rule` (defaults left out)."""
+    d = rule_as_dict(rule)
+    if d["kind"] == "default":
+        del d["value"]
+    if not d["redirect_probe"]:
+        del d["redirect_probe"]
+    return d
 
 
 def _join(path, key):
