@@ -567,8 +567,9 @@ class LBState:
             except LBError as e:
                 raise LBError("backend", "%s (maglev_size %d; vip.set a larger one)"
                               % (e.message, v.maglev_size)) from None
-        config.validate_with_mode(config.check_mode(v.mode), v.port, v.proto,
-                                  _mode_backends(v.backends))
+        mode = config.check_mode(v.mode)
+        config.validate_with_mode(mode, v.port, v.proto, _mode_backends(v.backends))
+        mode.check_pools(v.options, {b.pool for b in v.backends}, "backend")
 
     def _replace(self, key, v):
         new = dict(self._vips)

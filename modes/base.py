@@ -124,6 +124,11 @@ class Mode:
     def validate(self, vip_port, proto, backends):
         """Raise LBError if this VIP cannot run in this mode. backends: [(ip, port, weight)]."""
 
+    def check_pools(self, options, pools, fld):
+        """Raise LBError(fld) if these options need a pool that is not in `pools` (the pool
+        names the VIP's backends have): what parse_options refuses in a file, a command must
+        not make (lbctl save would write a file lbd -c refuses)."""
+
     def check_pool(self, pool, fld):
         """A backend's pool name; LBError(fld) for a mode without pools unless it is "default"."""
         if pool != "default":

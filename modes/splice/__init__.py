@@ -114,6 +114,13 @@ class Splice(Mode):
     def check_pool(self, pool, fld):
         return check_pool_name(pool, fld)
 
+    def check_pools(self, options, pools, fld):
+        for i, rule in enumerate(options.rules):
+            if rule.pool not in pools:
+                raise LBError(fld, "rule %d (%s) sends to pool %r, which would have no "
+                              "backend left: delete or change the rule first"
+                              % (i, format_rule(rule), rule.pool))
+
     # ---- rules -----------------------------------------------------------------------------
     def rules_of(self, options):
         return options.rules

@@ -230,6 +230,7 @@ COMMANDS = st.sampled_from([
     ("vip.add", {"vip": "198.19.100.8:53", "proto": "udp", "mode": "dsr"}),
     ("backend.add", {"vip": "198.19.100.9:80", "backend": B1, "pool": "big", "weight": 3}),
     ("backend.add", {"vip": "198.19.100.9:80", "backend": B2 + ":8080"}),
+    ("backend.del", {"vip": "198.19.100.9:80", "backend": B1}),
     ("rule.add", {"vip": "198.19.100.9:80", "kind": "path_prefix", "value": "/blob",
                   "pool": "big"}),
     ("rule.add", {"vip": "198.19.100.9:80", "kind": "host", "value": "*.Example.com",
@@ -547,3 +548,20 @@ def test_dry_run_reports_what_the_apply_then_does(impl, old, new):
     assert after.vips == cfg.vips and after.flows.timeouts == cfg.flows.timeouts
     assert running.diff(after, cfg)["changes"] == 0
     assert (dry["changes"] == 0) == (running.dump(before[1]) == running.dump(after))
+
+
+def test_a_command_cannot_make_a_table_that_saves_to_a_refused_file(impl):
+    """A rule's pool must keep a backend (parse_options refuses a rule to an unknown pool)."""
+    sp = {"address": VA, "port": 80, "mode": "splice",
+          "backend": [{"address": B1, "pool": "big"}, {"address": B2}],
+          "rule": [{"kind": "path_prefix", "value": "/b", "pool": "big"}]}
+    s = state_of(impl, doc_with([sp]))
+    with pytest.raises(LBError) as e:
+        s.handle("backend.del", {"vip": VA + ":80", "backend": B1})
+    assert e.value.field == "backend" and "pool 'big'" in e.value.message
+    assert s.engine.calls == []
+    s.handle("backend.weight", {"vip": VA + ":80", "backend": B1, "weight": 0})
+    assert config.loads(s.handle("config.save", {})["toml"]) == s.running_config()
+    s.handle("rule.del", {"vip": VA + ":80", "index": 0})
+    s.handle("backend.del", {"vip": VA + ":80", "backend": B1})
+    assert config.loads(s.handle("config.save", {})["toml"]) == s.running_config()
