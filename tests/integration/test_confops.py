@@ -154,7 +154,7 @@ def test_sighup_applies_a_changed_file_and_a_download_keeps_going(lab):
     text2 += ('\n[[vip]]\naddress = "198.19.100.4"\nport = 80\nmode = "nat"\n'
               'scheduler = "rr"\n[[vip.backend]]\naddress = "%s"\n' % B2)
 
-    p = lab.popen("c1", ["sh", "-c", "curl -sf --max-time 90 --limit-rate 8M "
+    p = lab.popen("c1", ["sh", "-c", "curl -sf --max-time 90 --limit-rate 4M "
                          "http://%s:8080/blob | sha256sum" % NAT],
                   stdout=subprocess.PIPE, text=True)
     try:
