@@ -1,4 +1,5 @@
 """lbd: the balancer daemon. `lbd -c config.toml [--pcap-in A --pcap-out B] [--log-level L]`.
+`kill -HUP` reloads config.toml (see lb/running.py).
 
 Live, two kinds of thread (lb/workers.py):
 
@@ -35,6 +36,9 @@ Invariants:
 - [io] workers = N > 1 (live, tap only): N data-plane threads, one queue each of a
   multi-queue TAP, with an engine of their own and a steering program that keeps a flow on
   one worker (lb/workers.py, lb/steer.py).
+- SIGHUP re-reads the config file (Config.path) and applies it as `lbctl reload` does, in
+  the event loop like any control command: one atomic change, or nothing and an error in
+  the log naming the field ("SIGHUP: reload of F refused, nothing changed: vip[1].port: ...").
 - Exit codes: 0 clean stop (SIGTERM/SIGINT, end of pcap), 2 bad config or arguments (also a
   [health] interface lbd's namespace does not have), 1 any other startup failure (e.g. the
   interface cannot be opened).
@@ -160,6 +164,20 @@ class Control:
             **self.driver.status(),
         }
 
+    def reload_on_signal(self):
+        """SIGHUP: re-read the config file and apply the difference (LBState.apply_config),
+        as `lbctl reload` does; the outcome goes to the log, a refusal naming the field."""
+        path = self.cfg.path
+        try:
+            r = self.state.handle("config.reload", {})
+        except LBError as e:
+            log.error("SIGHUP: reload of %s refused, nothing changed: %s", path, e)
+            return
+        except Exception:
+            log.exception("SIGHUP: reload of %s failed", path)
+            return
+        log.info("SIGHUP: reloaded %s: %s", path, r["summary"])
+
     def extra_stats(self):
         h = self.health.view()
         out = {"io": self.io.counters(), "neigh": self.neigh.counters(), **self.driver.stats()}
@@ -182,6 +200,7 @@ async def run_live(d):
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, d.reload_on_signal)   # in the loop: between bursts
     server = ControlServer(d.cfg.lb.control_socket, d.handle)
     await server.start()
     try:
