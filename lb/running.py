@@ -14,7 +14,7 @@ Invariants:
   parse_options); nothing here names a mode.
 - Every key is written, defaults included, so a saved file means the same under tomorrow's
   defaults; left out are only the optional keys whose absence is itself a value: lb.mac,
-  lb.gateway, io.rps, health.interface (None), vip.on_backend_down (None: the mode's
+  lb.gateway, io.offload (None: on where the device takes it), io.rps, health.interface (None), vip.on_backend_down (None: the mode's
   default), a backend's pool "default", a VIP's [vip.health] when it is the default (no
   checks).
 - FIXED are the fields a running lbd cannot change (its address, devices, flow table size,
@@ -48,8 +48,10 @@ def dump(cfg):
     if cfg.lb.gateway is not None:
         lb["gateway"] = cfg.lb.gateway
     lb["control_socket"] = cfg.lb.control_socket
-    io = {"backend": cfg.io.backend, "interface": cfg.io.interface,
-          "offload": cfg.io.offload, "workers": cfg.io.workers}
+    io = {"backend": cfg.io.backend, "interface": cfg.io.interface}
+    if cfg.io.offload is not None:
+        io["offload"] = cfg.io.offload
+    io["workers"] = cfg.io.workers
     if cfg.io.rps is not None:
         io["rps"] = cfg.io.rps
     health = {}

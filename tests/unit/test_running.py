@@ -121,8 +121,9 @@ def documents(draw, fixed=None):
     interface = draw(st.sampled_from([None, "mg0"]))
     if fixed is None:
         backend = draw(st.sampled_from(config.IO_BACKENDS))
-        io = {"backend": backend, "interface": draw(st.sampled_from(["lbtap", "dp0"])),
-              "offload": draw(st.booleans())}
+        io = {"backend": backend, "interface": draw(st.sampled_from(["lbtap", "dp0"]))}
+        if draw(st.booleans()):          # left out: lbd's default (on where the device takes it)
+            io["offload"] = draw(st.booleans())
         if backend == "tap":
             io["workers"] = draw(st.integers(1, 16))
             if draw(st.booleans()):
