@@ -1,5 +1,4 @@
 """lb/schedulers.py: balance, disruption, weights and order independence of the tables."""
-import time
 from collections import Counter
 
 import numpy as np
