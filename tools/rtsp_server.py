@@ -33,10 +33,12 @@ def main():
     server.set_address(a.address)
     server.set_service(str(a.port))
     factory = GstRtspServer.RTSPMediaFactory()
-    factory.set_launch("( videotestsrc is-live=true pattern=ball ! video/x-raw,width=%d,"
+    factory.set_launch("( videotestsrc is-live=true pattern=ball ! video/x-raw,format=I420,width=%d,"
                        "height=240,framerate=5/1 ! jpegenc quality=50 ! rtpjpegpay name=pay0 "
                        "pt=26 )" % a.width)
-    factory.set_shared(True)
+    # each client its own pipeline: a probe that hangs up after its DESCRIBE must not
+    # unprepare the media of the client that follows it
+    factory.set_shared(False)
     server.get_mount_points().add_factory("/test", factory)
 
     def log_request(client, ctx, method):
