@@ -32,13 +32,18 @@ Rule semantics (RuleSet.decide):
   matches whatever reaches it, at once (so it belongs last: rules after a forward default
   can never match and are refused at configuration).
 - A redirect rule answers with an HTTP 302, so it matches only a valid HTTP request (whatever
-  its kind); sni rules cannot redirect.
+  its kind); sni rules cannot redirect. A redirect rule carries its probe (probe.ProbeSpec,
+  checked before the 302; None: no probe, the 302 at once).
+- rtsp matches only a complete, valid RTSP/1.0 request head (rtsp.py) whose path starts with
+  the value (`OPTIONS *` matches any value) and whose User-Agent contains `agent`
+  (case-insensitive; "" = any). Its action defaults to redirect: the punt handler answers
+  the session itself and decides again on its DESCRIBE (manager.py).
 - decide_final(data) is for the timeout or a full buffer: a PENDING rule becomes NO.
 
 Matching:
 - method: exact and case-sensitive (RFC 9110 9.1), e.g. "GET".
-- path_prefix: a plain prefix of the path as sent (before '?'), no percent-decoding or
-  dot-segment removal: it routes, it is not an access control.
+- path_prefix (and rtsp's value): a plain prefix of the path as sent (before '?'), no
+  percent-decoding or dot-segment removal: it routes, it is not an access control.
 - host / sni: case-insensitive; the request's port and one trailing dot are ignored;
   "example.com" is exact, "*.example.com" matches one or more labels before ".example.com"
   (www.example.com, a.b.example.com) and not example.com itself (nginx's server_name rule).
