@@ -19,7 +19,9 @@ HAProxy's redir does not check the server).
 
 Bytes the LB carried per 64 MiB object (/media/blob, the lab's 64 MiB blob): `curl -L` of it
 through the VIP, and the bytes that crossed lbd's TAP (lbtap in the switch namespace, rx + tx,
-from /sys/class/net) during the fetch, for the redirect (probe) VIP and for the splice VIP.
+from /sys/class/net) during the fetch, for the redirect (probe) VIP and for the splice VIP. The
+probe itself leaves from lbd's kernel side (mg0), not the TAP: its bytes are not in this count
+(a HEAD and its answer, a few hundred bytes).
 
 Writes bench/results/l7dsr_lab.json and l7dsr_lab.md. Invariants: one lab with a unique name,
 downed on exit (also on failure); haproxy started and stopped by its pid (tools/anchors.py);
@@ -195,7 +197,7 @@ def render(res):
                                                  ", ".join("%.0f" % r["rps"] for r in rs), errs,
                                                  sum(r["non2xx"] for r in rs)))
     L += ["", "Bytes that crossed lbd's TAP (rx + tx) while `curl -L` fetched the 64 MiB "
-          "/media/blob through the VIP:", "", "| VIP | downloaded | redirects | LB bytes | "
+          "/media/blob through the VIP (the probe goes out of mg0, not counted here):", "", "| VIP | downloaded | redirects | LB bytes | "
           "LB bytes / object |", "|---|---:|---:|---:|---:|"]
     for p, b in res["blob"].items():
         L.append("| %s | %d | %d | %d | %.4f |" % (p, b["downloaded"], b["redirects"],
