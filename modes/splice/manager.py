@@ -43,14 +43,13 @@ the engine), never per packet of a spliced connection.
 import collections
 import logging
 import struct
+import time
 
 from fastpath import defs
 from fastpath.defs import TH_ACK, TH_FIN, TH_PSH, TH_RST, TH_SYN
 from fastpath.twin.inet import tcp_frame as _tcp_frame
 
-import time
-
-from . import http, rules
+from . import rules
 from .probe import OK, Prober, WAKE_MS, http_probe_request, rtsp_probe_request
 from .redirect import (redirect_response, rtsp_answer, rtsp_redirect, rtsp_response,
                        target_host, unavailable_response)
@@ -398,7 +397,6 @@ class SpliceManager:
     def _probe_next(self, conn, fl, now):
         """Probe the next candidate (or take its cached result); [] while a probe runs."""
         scheme, path, query, cseq, spec = conn.target
-        vip_ip, vport = conn.key[2], conn.key[3]
         while conn.cands:
             real, ip, port, name = cand = conn.cands[0]
             ppath = spec.path or (path if path.startswith("/") else "/") + ("?" + query if query else "")
