@@ -9,6 +9,8 @@
                      [--interval S] [--timeout S] [--rise N] [--fall N]
     lbctl vip mode VIP:PORT MODE [--proto P]    (switch the mode of new connections)
     lbctl rule add VIP:PORT --kind K [--value V] --pool P [--action forward|redirect] [--index N]
+                  [--agent UA] [--no-probe | --probe-method M --probe-path P --probe-expect 2xx
+                  --probe-timeout S --probe-tries N --probe-cache S]       (redirect: L7 DSR)
     lbctl rule del VIP:PORT INDEX               lbctl rule list VIP:PORT
     lbctl backend add VIP:PORT IP[:PORT] --pool NAME   (splice pools)
     lbctl vip del VIP:PORT [--proto P]          lbctl vip list
@@ -139,6 +141,16 @@ def _check(ctx, fn, *a):
         return fn(*a)
     except LBError as e:
         _fail(ctx, e.field, e.message, EXIT_USAGE)
+
+
+def _num_text(text, kind):
+    """The number a --probe-* word spells, else the word (for the mode to reject by name)."""
+    if text is None:
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        return text
 
 
 def _int_text(text):
@@ -367,15 +379,18 @@ def _backend_args(ctx, endpoint, real, proto):
 @click.argument("real", metavar="IP[:PORT]")
 @click.option("--weight", default="1", show_default=True, help="0..65535; 0 = no new flows.")
 @click.option("--pool", help="The named pool, for a mode with pools (default: \"default\").")
+@click.option("--name", help="Its host name in answers the LB makes (splice redirect's Location).")
 @proto_option
 @json_option
 @click.pass_context
-def backend_add(ctx, endpoint, real, weight, pool, proto):
+def backend_add(ctx, endpoint, real, weight, pool, name, proto):
     """Add a backend (port defaults to the VIP's)."""
     args = _backend_args(ctx, endpoint, real, proto)
     args["weight"] = _check(ctx, config.check_weight, _int_text(weight))
     if pool is not None:
         args["pool"] = pool          # the VIP's mode checks it (a mode without pools refuses one)
+    if name is not None:
+        args["name"] = _check(ctx, config.check_backend_name, name, "name")
     _run(ctx, "backend.add", args, _render_vip_one)
 
 
@@ -447,21 +462,47 @@ def rule():
 
 @rule.command("add")
 @click.argument("endpoint", metavar="VIP:PORT")
-@click.option("--kind", required=True, help="method, path_prefix, host, sni, prefix or default.")
-@click.option("--value", help="What to match (none for default).")
+@click.option("--kind", required=True,
+              help="method, path_prefix, host, sni, prefix, default or rtsp.")
+@click.option("--value", help="What to match (none for default; rtsp: a stream path prefix).")
 @click.option("--pool", required=True, help="The pool that gets matching connections.")
-@click.option("--action", default="forward", show_default=True,
-              help="forward, or redirect: answer HTTP with a 302 to the chosen backend.")
+@click.option("--action", help="forward (default), or redirect: answer with a 302 to the "
+              "chosen backend once it passed its probe (rtsp: the default).")
+@click.option("--agent", help="rtsp: a User-Agent substring the request must carry.")
+@click.option("--probe/--no-probe", default=None,
+              help="redirect: probe the backend before the 302 (default: probe).")
+@click.option("--probe-method", help="HEAD (default), GET, ...; rtsp: DESCRIBE (default) or OPTIONS.")
+@click.option("--probe-path", help="A fixed path to probe, e.g. / (default: the request's own).")
+@click.option("--probe-expect", help="Statuses that pass, e.g. 2xx,3xx (default) or 200.")
+@click.option("--probe-timeout", help="Seconds per probe (default 1).")
+@click.option("--probe-tries", help="Backends tried before a 503 (default 3).")
+@click.option("--probe-cache", help="Seconds a result is reused per backend (default 0: off).")
 @click.option("--index", help="Insert at this position (default: the end).")
 @proto_option
 @json_option
 @click.pass_context
-def rule_add(ctx, endpoint, kind, value, pool, action, index, proto):
+def rule_add(ctx, endpoint, kind, value, pool, action, agent, probe, probe_method, probe_path,
+             probe_expect, probe_timeout, probe_tries, probe_cache, index, proto):
     """Add a content rule to a VIP (its mode checks it and names a bad field)."""
     args = _vip_args(ctx, endpoint, proto)
-    spec = {"kind": kind, "pool": pool, "action": action}
+    spec = {"kind": kind, "pool": pool}
+    if action is not None:
+        spec["action"] = action
     if value is not None:
         spec["value"] = value
+    if agent is not None:
+        spec["agent"] = agent
+    table = {k: v for k, v in (("method", probe_method), ("path", probe_path),
+                               ("expect", probe_expect),
+                               ("timeout", _num_text(probe_timeout, float)),
+                               ("tries", _num_text(probe_tries, int)),
+                               ("cache", _num_text(probe_cache, float))) if v is not None}
+    if table and probe is False:
+        _fail(ctx, "probe", "--no-probe with --probe-* options", EXIT_USAGE)
+    if table:
+        spec["probe"] = table
+    elif probe is not None:
+        spec["probe"] = probe
     args.update(spec)
     if index is not None:
         args["index"] = _int_text(index)
@@ -624,6 +665,9 @@ def _render_applied(r):
             click.echo("      backend %s weight %d -> %d" % (x["backend"], x["old"], x["new"]))
         for x in b["repooled"]:
             click.echo("      backend %s pool %s -> %s" % (x["backend"], x["old"], x["new"]))
+        for x in b.get("renamed", ()):
+            click.echo("      backend %s name %s -> %s" % (x["backend"], _val(x["old"] or None),
+                                                        _val(x["new"] or None)))
         if "rules" in v:
             click.echo("      rules: %s" % ("; ".join(v["rules"]["old"]) or "none"))
             click.echo("          -> %s" % ("; ".join(v["rules"]["new"]) or "none"))
@@ -708,6 +752,12 @@ def _render_vips(vips):
     _table(["VIP", "MODE", "SCHEDULER", "BACKEND", "WEIGHT"] + (["HEALTH"] if checked else []),
            rows)
     _render_health_notes(vips)
+    probes = [(v, p) for v in vips for p in v.get("probes", ())]
+    if probes:      # a mode's probes before its answers (splice's redirect), last result each
+        click.echo()
+        _table(["VIP", "PROBED", "LAST", "DETAIL", "MS", "OK", "FAILED"],
+               [["%s/%s" % (v["vip"], v["proto"]), p["backend"], p["last"], p["detail"],
+                 p["ms"], p["ok"], p["failed"]] for v, p in probes])
 
 
 def _render_vip_one(v):

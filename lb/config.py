@@ -301,6 +301,8 @@ class BackendConfig:
     port: int
     weight: int = 1
     pool: str = "default"          # the named pool it belongs to (modes with pools)
+    name: str = ""                 # the host name a mode's answers give it (splice redirect's
+                                   # Location), "" = its address
 
     @property
     def ip(self):
@@ -557,11 +559,27 @@ def mode_backends(backends):
 
 
 def parse_backend_table(raw, vip_port, path, mode):
-    check_keys(raw, ["address", "port", "weight", "pool"], path)
+    check_keys(raw, ["address", "port", "weight", "pool", "name"], path)
     if "address" not in raw:
         raise LBError(_join(path, "address"), "missing")
     address = format_ip(parse_ip(raw["address"], _join(path, "address")))
     port = parse_port(raw["port"], _join(path, "port")) if "port" in raw else vip_port
     weight = check_weight(raw.get("weight", 1), _join(path, "weight"))
     pool = mode.check_pool(raw.get("pool", "default"), _join(path, "pool"))
-    return BackendConfig(address=address, port=port, weight=weight, pool=pool)
+    name = check_backend_name(raw.get("name", ""), _join(path, "name"))
+    return BackendConfig(address=address, port=port, weight=weight, pool=pool, name=name)
+
+
+def check_backend_name(value, fld="name"):
+    """A backend's host name ("" = none): DNS labels of letters, digits and '-', dot-separated,
+    at most 253 characters. LBError(fld)."""
+    if value == "":
+        return ""
+    ok = isinstance(value, str) and value.isascii() and 0 < len(value) <= 253
+    if ok:
+        labels = value.rstrip(".").split(".")
+        ok = all(0 < len(x) <= 63 and x[0] != "-" and x[-1] != "-"
+                 and all(c.isalnum() or c == "-" for c in x) for x in labels)
+    if not ok:
+        raise LBError(fld, "must be a host name like media3.example, got %r" % (value,))
+    return value.lower()

@@ -16,7 +16,10 @@ Invariants:
   modes.REGISTRY through the door, one per engine); every other punt (ARP, traffic for the
   LB's own address) goes to Control's neighbour logic. lb/ names no mode here.
 - Timers: a driver calls its engines' expire and its PuntTables' tick every TICK_MS, and
-  Control.timers (ARP requests, gc) from the main thread.
+  Control.timers (ARP requests, gc) from the main thread. A handler with work in flight of
+  its own (splice's probes on non-blocking sockets) says by when it wants poll(now) called
+  (wake_ms); the driver then returns from its wait by that time and calls it, and also after
+  every burst with punts. Handlers without poll/wake_ms are left out of this.
 """
 import time
 
@@ -51,12 +54,15 @@ class PuntTable:
     def __init__(self, engine, state, mac):
         self.handlers = {}           # mode name -> handler
         self.by_reason = {}          # defs.C index of the punt counter -> handler
+        self.pollers = []            # handlers with poll(now) and wake_ms()
         for m in modes.REGISTRY.values():
             h = m.punt_handler(engine, state.punt_context(m), mac)
             if h is not None:
                 self.handlers[m.name] = h
                 for r in h.reasons:
                     self.by_reason[r] = h
+                if hasattr(h, "poll") and hasattr(h, "wake_ms"):
+                    self.pollers.append(h)
 
     def dispatch(self, batch, n, now, send, other):
         """The burst's punted frames (there are some: process() said so): each to its mode's
@@ -78,6 +84,18 @@ class PuntTable:
         for h in self.handlers.values():
             out += h.tick(now)
         return out
+
+    def poll(self, now):
+        """The handlers' own work in flight (never blocks): frames to send."""
+        out = []
+        for h in self.pollers:
+            out += h.poll(now)
+        return out
+
+    def wake_ms(self):
+        """The earliest time (ms) a handler wants poll() called, or None."""
+        w = [t for t in (h.wake_ms() for h in self.pollers) if t is not None]
+        return min(w) if w else None
 
     def counters(self):
         return {name: h.counters() for name, h in self.handlers.items()}
@@ -128,6 +146,9 @@ class BurstLoop:
         if npunt:
             self.loop_stats["punts"] += self.punts.dispatch(b, n, now, self.io.send,
                                                             self.control.to_neigh)
+        out = self.punts.poll(now)
+        if out:
+            self.io.send(out)
         self.loop_stats["bursts"] += 1
         self.loop_stats["frames"] += n
         return n

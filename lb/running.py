@@ -15,7 +15,7 @@ Invariants:
 - Every key is written, defaults included, so a saved file means the same under tomorrow's
   defaults; left out are only the optional keys whose absence is itself a value: lb.mac,
   lb.gateway, io.offload (None: on where the device takes it), io.rps, health.interface (None), vip.on_backend_down (None: the mode's
-  default), a backend's pool "default", a VIP's [vip.health] when it is the default (no
+  default), a backend's pool "default" and name "" (its address), a VIP's [vip.health] when it is the default (no
   checks).
 - FIXED are the fields a running lbd cannot change (its address, devices, flow table size,
   control socket...). check_fixed raises LBError naming the first one that differs from the
@@ -98,6 +98,8 @@ def dump_backend(b):
     d = {"address": b.address, "port": b.port, "weight": b.weight}
     if b.pool != "default":
         d["pool"] = b.pool
+    if b.name:
+        d["name"] = b.name
     return d
 
 
@@ -136,7 +138,7 @@ def diff(old, new):
 
     {"vips": {"added": [{vip, mode, scheduler, backends}], "removed": [{vip, mode,
       backends}], "changed": [{vip, fields: {name: [old, new]}, backends: {added: [{backend,
-      weight, pool}], removed: [backend], reweighted: [{backend, old, new}], repooled:
+      weight, pool}], removed: [backend], reweighted: [{backend, old, new}], renamed: [{backend, old, new}], repooled:
       [{backend, old, new}]}, rules: {old: [text], new: [text]} (only when they differ)}]},
      "timeouts": {name: [old, new]}, "health": {"interface": [old, new]} (when it differs),
      "changes": N}
@@ -183,6 +185,8 @@ def _vip_diff(a, b):
                        for k, x in bb.items() if k in ba and ba[k].weight != x.weight],
         "repooled": [{"backend": k, "old": ba[k].pool, "new": x.pool}
                      for k, x in bb.items() if k in ba and ba[k].pool != x.pool],
+        "renamed": [{"backend": k, "old": ba[k].name, "new": x.name}
+                    for k, x in bb.items() if k in ba and ba[k].name != x.name],
     }
     common_a = [k for k in ba if k in bb]
     common_b = [k for k in bb if k in ba]

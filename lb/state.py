@@ -244,17 +244,18 @@ class LBState:
         return [self._vip_view(v) for v in self._vips.values()]
 
     def _cmd_backend_add(self, args):
-        _known(args, "vip", "proto", "backend", "weight", "pool")
+        _known(args, "vip", "proto", "backend", "weight", "pool", "name")
         key, old = self._find_vip(args)
         bkey = self._backend_arg(args, old)
         weight = config.check_weight(_opt(args, "weight", 1))
         pool = config.check_mode(old.mode).check_pool(_opt(args, "pool", "default"), "pool")
+        name = config.check_backend_name(_opt(args, "name", ""), "name")
         if _find_backend(old, bkey) is not None:
             raise LBError("backend", "%s is already a backend of %s"
                           % (format_endpoint(*bkey), _vip_name(old)))
         v = copy.deepcopy(old)
         v.backends.append(BackendConfig(address=format_ip(bkey[0]), port=bkey[1], weight=weight,
-                                        pool=pool))
+                                        pool=pool, name=name))
         self._check_backends(v)
         return self._replace(key, v)
 
@@ -677,6 +678,7 @@ class LBState:
             "on_backend_down": config.effective_on_backend_down(v),
             "health": v.health.view(),
             "backends": [{"backend": b.key, "weight": b.weight, "pool": b.pool,
+                          **({"name": b.name} if b.name else {}),
                           "real": self._slots.get((b.ip, b.port)),
                           "health": self._backend_health(v, b)} for b in v.backends],
             **config.check_mode(v.mode).view(v),

@@ -204,10 +204,15 @@ class Worker:
         while self.running:
             if self._next_tick is None:
                 self._next_tick = self.clock()
-            # frames move in there, without the GIL, until a burst punts or a tick is due;
-            # it returns holding the engine lock
+            # frames move in there, without the GIL, until a burst punts or a tick is due
+            # (or a mode handler's poll: splice's probes in flight); it returns holding the
+            # engine lock
+            deadline = self._next_tick
+            wake = self.punts.wake_ms() if self.punts is not None else None
+            if wake is not None and wake < deadline:
+                deadline = wake
             try:
-                r = eng.serve(self.io.fd, self.batch, self._next_tick)
+                r = eng.serve(self.io.fd, self.batch, deadline)
             except Exception:              # refused before it took the lock: would repeat
                 self._error("worker %d: serve refused, stopping" % self.index)
                 break
@@ -220,6 +225,10 @@ class Worker:
                 if r["punts"]:
                     self.stats["punts"] += self.punts.dispatch(self.batch, self.batch.n, now,
                                                                self.io.send, up.append)
+                if self.punts.pollers:
+                    out = self.punts.poll(now)
+                    if out:
+                        self.io.send(out)
                 self.timers(now)
             except Exception:
                 self._error("worker %d: burst failed" % self.index)

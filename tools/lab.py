@@ -68,6 +68,14 @@ LB_ADDRESS = "198.19.0.2"
 LB_MGMT = "198.19.0.3"
 VIP_RANGE = "198.19.100.0/24"
 PORTS = {"http": 80, "echo": 9000, "iperf3": 5201}
+RTSP_PORT = 554                 # Lab(rtsp=True): tools/rtsp_server.py on every backend
+RTSP_PYTHON = "/usr/bin/python3"   # Debian's: python3-gi and gst-rtsp-server are importable there
+MEDIA_OBJECTS = ("a.txt", "b.txt", "c.txt")   # nginx /media/<x>: "<x> <node>\n"
+
+
+def rtsp_width(node):
+    """The width of node bN's RTSP test stream (320 + 16 * N): ffprobe's answer names the node."""
+    return 320 + 16 * int(node[1:])
 REPLY_MARK = 1       # fwmark of connections the LB delivered to a backend's real address
 REPLY_TABLE = 100    # their routing table: default via the LB
 MAX_CLIENTS = 100    # c1 .10 .. c100 .109
@@ -251,7 +259,7 @@ class Lab:
     """
 
     def __init__(self, name="tw", backends=3, clients=1, io="tap", start_lbd=True, offload=True,
-                 workers=1, remote_backends=0, client_hop_mtu=None):
+                 workers=1, remote_backends=0, client_hop_mtu=None, rtsp=False):
         if not NAME_RE.match(name or ""):
             raise LabError("lab name %r: use 1-20 characters of [A-Za-z0-9_]" % (name,))
         if not 1 <= backends <= MAX_BACKENDS:
@@ -283,6 +291,8 @@ class Lab:
         # ([io] offload left out of its config); False writes offload = false (the slow path)
         self.offload = offload
         self.workers = workers          # lbd's [io] workers: data-plane threads (TAP queues)
+        # an RTSP server (tools/rtsp_server.py, gst-rtsp-server) on every backend, port 554
+        self.rtsp = bool(rtsp)
         self.start_lbd = start_lbd
         self.state_dir = os.path.join(STATE_ROOT, "lab-" + name)
         self.state_file = os.path.join(self.state_dir, "state.json")
@@ -660,6 +670,10 @@ class Lab:
                    "pid": lbd_pid, "running": bool(self.start_lbd),
                    "status": lbd_status},
             "blob": {"path": "/blob", "file": BLOB_PATH, "size": BLOB_SIZE, "sha256": blob_sha},
+            "media": {"path": "/media/", "objects": list(MEDIA_OBJECTS),
+                      "log": "<state dir>/<node>/media-access.log"},
+            "rtsp": ({"port": RTSP_PORT, "path": "/test",
+                      "widths": {b: rtsp_width(b) for b in backends}} if self.rtsp else None),
             "ports": dict(PORTS),
             "clients": clients,
             "backends": backends,
@@ -682,6 +696,12 @@ class Lab:
             conf = f.read()
         for k, v in {"NODE": b, "DIR": d, "BLOB": BLOB_PATH}.items():
             conf = conf.replace("@%s@" % k, v)
+        # /media/: small objects that say which node served them (layer-7 DSR tests), with an
+        # access log of their own that shows who fetched them
+        os.makedirs(os.path.join(d, "media"), exist_ok=True)
+        for obj in MEDIA_OBJECTS:
+            with open(os.path.join(d, "media", obj), "w") as f:
+                f.write("%s %s\n" % (obj, b))
         conf_path = os.path.join(d, "nginx.conf")
         with open(conf_path, "w") as f:
             f.write(conf)
@@ -691,7 +711,10 @@ class Lab:
                            "-e", os.path.join(d, "nginx-error.log")]),
                 ("echo", [sys.executable, "-m", "tools.echo_server", "--port", str(PORTS["echo"]),
                           "--name", b]),
-                ("iperf3", ["iperf3", "-s", "-p", str(PORTS["iperf3"])])):
+                ("iperf3", ["iperf3", "-s", "-p", str(PORTS["iperf3"])])) + ((
+                ("rtsp", [RTSP_PYTHON, os.path.join(HERE, "rtsp_server.py"), "--port",
+                          str(RTSP_PORT), "--name", b, "--width", str(rtsp_width(b))]),)
+                if self.rtsp else ()):
             logf = open(os.path.join(d, what + ".log"), "ab")
             p = self.popen(b, argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                            cwd=REPO, start_new_session=True)
@@ -702,13 +725,14 @@ class Lab:
     def _wait_servers(self, b):
         ns, d = self.ns(b), os.path.join(self.state_dir, b)
         want = {("tcp", PORTS["http"]), ("tcp", PORTS["echo"]), ("tcp", PORTS["iperf3"]),
-                ("udp", PORTS["echo"])}
+                ("udp", PORTS["echo"])} | ({("tcp", RTSP_PORT)} if self.rtsp else set())
         mine = [p for p in self._procs if p.args[3] == ns]
 
         def ready():
             for p in mine:
                 if p.poll() is not None:
                     what = "nginx" if "nginx" in p.args else ("iperf3" if "iperf3" in p.args
+                                                              else "rtsp" if RTSP_PYTHON in p.args
                                                               else "echo")
                     raise LabError("%s on %s exited with %s; log:\n    %s"
                                    % (what, b, p.returncode,
@@ -902,13 +926,16 @@ def cli():
 @click.option("--client-hop-mtu", type=click.IntRange(576, 1499), default=None,
               help="a smaller hop on the client side (rt's client interface): the servers' "
               "segments need path MTU discovery through the LB")
-def up(name, backends, clients, remote_backends, io, no_lbd, offload, workers, client_hop_mtu):
+@click.option("--rtsp", is_flag=True, help="an RTSP server (gst-rtsp-server, rtsp://bN:554/test) "
+              "on every backend")
+def up(name, backends, clients, remote_backends, io, no_lbd, offload, workers, client_hop_mtu,
+       rtsp):
     if workers > 1 and io != "tap":
         raise click.UsageError("--workers > 1 needs --io tap")
     try:
         topo = Lab(name, backends=backends, clients=clients, io=io, start_lbd=not no_lbd,
                    offload=offload, workers=workers, remote_backends=remote_backends,
-                   client_hop_mtu=client_hop_mtu).up()
+                   client_hop_mtu=client_hop_mtu, rtsp=rtsp).up()
     except LabError as e:
         raise click.ClickException(str(e))
     click.echo(json.dumps(topo, indent=2))

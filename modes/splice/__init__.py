@@ -9,16 +9,20 @@ cost state. The package owns all of the mode:
   rules.py      the content rules, their grammar and validation, RuleSet.decide
   http.py       the one HTTP/1.x request head parser (tests keep a regex oracle)
   tls.py        the TLS ClientHello reader (SNI)
-  redirect.py   the 302 of a redirect rule (layer-7 DSR)
+  rtsp.py       the RTSP/1.0 request head parser (rtsp rules)
+  probe.py      the probe before a redirect (ProbeSpec, the Probe state machine, Prober on
+                non-blocking kernel sockets, ProbeBoard: the results `vip list` shows)
+  redirect.py   the LB's own answers of layer-7 DSR: HTTP 302/503, RTSP OPTIONS/302/...
   manager.py    SpliceManager: the connections being set up (the punt handler)
 
 The fast path's side is fastpath/splice.pxi (cookies, splicing) and fastpath/http.pxi (the
 first segment decided there). The public names of rules, http, tls and redirect are
 re-exported here, so `from modes import splice` reads like one library.
 
-TOML of a splice VIP: [[vip.rule]] tables (kind, value, pool, action) and [vip.splice]
-(limit, timeout); lbctl: `vip set --splice-limit N --splice-timeout S`, `rule add|del|list`,
-`backend add --pool NAME`.
+TOML of a splice VIP: [[vip.rule]] tables (kind, value, pool, action, agent, probe) and
+[vip.splice] (limit, timeout); a backend's `name` is the host a redirect's Location gives it;
+lbctl: `vip set --splice-limit N --splice-timeout S`, `rule add|del|list` (--probe-* options),
+`backend add --pool NAME --name HOST`.
 """
 import dataclasses
 
@@ -31,8 +35,9 @@ from .rules import (ACTIONS, HTTP_KINDS, KINDS, MAX_POOL_NAME, MAX_VALUE,  # noq
                     RULE_KEYS, Decision, Refuse, Rule, RuleSet, check_limit, check_pool_name,
                     escape_prefix, format_rule, parse_rule, rule_as_dict, unescape_prefix)
 from .tls import MAX_RECORDS, ClientHello, parse_tls_client_hello  # noqa: F401
-from .vip import (DEFAULT_TIMEOUT_S, SpliceOptions, SpliceVip, check_rule_supported,
-                  check_timeout)
+from .probe import ProbeBoard, ProbeSpec, parse_probe, probe_as_dict  # noqa: F401
+from .rtsp import RtspRequest, parse_rtsp_request  # noqa: F401
+from .vip import DEFAULT_TIMEOUT_S, SpliceOptions, SpliceVip, check_timeout
 
 
 def _limit_text(text):
@@ -62,6 +67,9 @@ class Splice(Mode):
                        % (MIN_LIMIT, MAX_LIMIT), _limit_text),
                 SetArg("splice_timeout", "seconds to wait for them (0.05..60)", _seconds_text))
 
+    def __init__(self):
+        self.board = ProbeBoard()      # last probe result per (VIP, backend), all workers
+
     def validate(self, vip_port, proto, backends):
         if proto not in ("tcp", 6):
             raise LBError("proto", "splice works on TCP only")
@@ -86,8 +94,6 @@ class Splice(Mode):
         pools = {b[3] for b in backends}
         rules = [parse_rule(x, "%s.rule[%d]" % (path, j), pools=pools, limit=limit)
                  for j, x in enumerate(rraw)]
-        for j, x in enumerate(rules):
-            check_rule_supported(x, "%s.rule[%d].redirect_probe" % (path, j))
         RuleSet(rules, limit=limit, field_prefix=_join(path, "rule"))    # order checks
         return SpliceOptions(tuple(rules), limit, timeout)
 
@@ -127,7 +133,6 @@ class Splice(Mode):
 
     def rule_add(self, options, spec, pools, index):
         rule = parse_rule(spec, "", pools=pools, limit=options.limit)
-        check_rule_supported(rule, "redirect_probe")
         new = list(options.rules)
         new.insert(index, rule)
         RuleSet(new, limit=options.limit)      # e.g. a rule after a default: unreachable
@@ -148,13 +153,15 @@ class Splice(Mode):
 
     def view(self, vip):
         o = vip.options
+        keep = {b.key for b in vip.backends}
         return {"rules": [dict(rule_as_dict(x), index=i, text=format_rule(x))
                           for i, x in enumerate(o.rules)],
+                "probes": self.board.view(vip.ip, vip.port, keep),
                 "splice_limit": o.limit, "splice_timeout": o.timeout,
                 "summary": "read up to %d bytes within %.2f s" % (o.limit, o.timeout)}
 
     def punt_handler(self, engine, ctx, mac):
-        return SpliceManager(engine, ctx, mac)
+        return SpliceManager(engine, ctx, mac, self.board)
 
 
 def _rule_table(rule):
@@ -162,8 +169,6 @@ def _rule_table(rule):
     d = rule_as_dict(rule)
     if d["kind"] == "default":
         del d["value"]
-    if not d["redirect_probe"]:
-        del d["redirect_probe"]
     return d
 
 

@@ -17,8 +17,16 @@ not cost state. The life of a connection:
   backend SYN-ACK   -> fast path records the deltas and answers it itself: ACK + the request
                        (one segment); a longer request is punted here and replayed by us. From
                        now on the fast path translates both ways
-  decision redirect -> we answer the HTTP request ourselves with a 302 to the chosen
-                       backend's own address (layer-7 DSR: large objects go direct), then FIN
+  decision redirect -> layer-7 DSR (large objects go direct): the rule's probe (probe.py)
+                       checks the backend the persistence hash chose (vip.py candidates),
+                       from the LB's own kernel side, while the client's request stays
+                       unacknowledged; passed -> we answer the HTTP request ourselves with a
+                       302 to that backend (its name or address), then FIN; failed -> the
+                       next candidate, at most probe.tries, then a 503. Never a 302 to a
+                       backend whose probe failed
+  rtsp redirect     -> we answer the session's requests ourselves (OPTIONS: 200 with the
+                       nodes' methods; others before DESCRIBE as redirect.rtsp_answer says)
+                       and the DESCRIBE, after the probe, with a 302 to rtsp://node/path
   refused           -> RST to the client (counted)
 
 Losses are covered without timers of our own where TCP already has them: a lost replay is
@@ -35,13 +43,17 @@ the engine), never per packet of a spliced connection.
 import collections
 import logging
 import struct
+import time
 
 from fastpath import defs
 from fastpath.defs import TH_ACK, TH_FIN, TH_PSH, TH_RST, TH_SYN
 from fastpath.twin.inet import tcp_frame as _tcp_frame
 
-from . import http, rules
-from .redirect import redirect_response
+from . import rules
+from .probe import OK, Prober, WAKE_MS, http_probe_request, rtsp_probe_request
+from .redirect import (redirect_response, rtsp_answer, rtsp_redirect, rtsp_response,
+                       target_host, unavailable_response)
+from .rtsp import NEED_MORE as RTSP_NEED_MORE, RtspRequest, parse_rtsp_request
 
 log = logging.getLogger("splice")
 
@@ -50,6 +62,8 @@ SYN_RETRIES_MS = (1000, 2000)      # resend the SYN to the backend after these w
 TW_RESETS = 3                      # a backend's TIME_WAIT answered with RST + SYN at most so often
 ENGINE_DECIDED = "decided by the fast path's rules"   # Conn.decided of an adopted flow
 REPLAY_KEEP_MS = 5000              # keep the request to replay on a repeated SYN-ACK
+RTSP_MAX_ANSWERS = 16              # requests of one RTSP session we answer before DESCRIBE
+PROBE_CACHE_MAX = 4096             # entries of the per-backend probe cache (per handler)
 
 
 # ---- frames made here (rare: a few per connection) -----------------------------------------
@@ -83,7 +97,9 @@ class Conn:
     """Python-side state of one splice connection until it is spliced (then the fast path
     has it all) or refused."""
     __slots__ = ("key", "c_isn", "segs", "data", "started", "decided", "real", "backend",
-                 "syn_at", "syn_tries", "established_at", "redirect", "fin", "tw_resets")
+                 "syn_at", "syn_tries", "established_at", "redirect", "fin", "tw_resets",
+                 "probing", "cands", "target", "rtsp", "sent", "consumed", "last_answer",
+                 "answers", "final_ack")
 
     def __init__(self, key, c_isn, now):
         self.key = key                 # (cip, cport, vip, vport)
@@ -98,8 +114,17 @@ class Conn:
         self.syn_tries = 0
         self.tw_resets = 0
         self.established_at = None
-        self.redirect = None           # the 302 we sent, to resend on a retransmitted request
+        self.redirect = None           # our last answer (302/503) before FIN, to resend
         self.fin = False
+        self.probing = None            # token of the probe in flight, while the client waits
+        self.cands = []                # redirect: the backends still to try, in order
+        self.target = None             # redirect: (scheme, path, query, cseq, spec)
+        self.rtsp = False              # an RTSP session we answer ourselves until DESCRIBE
+        self.sent = 0                  # bytes we sent the client before the last answer
+        self.consumed = 0              # client bytes our answers acknowledge
+        self.last_answer = None        # (seq offset, bytes) of the last RTSP answer, to resend
+        self.answers = 0               # RTSP requests answered before DESCRIBE
+        self.final_ack = None          # the ack our final answer carries (client bytes)
 
 
 class SpliceManager:
@@ -111,8 +136,13 @@ class SpliceManager:
     """
     reasons = (defs.C["punt_splice"],)
 
-    def __init__(self, engine, ctx, local_mac):
+    def __init__(self, engine, ctx, local_mac, board=None):
         self.engine = engine
+        self.board = board             # probe.ProbeBoard: results for `lbctl vip list`
+        self.prober = Prober()
+        self.probe_cache = {}          # (ip, port, method, path) -> (until ms, ok, detail)
+        self.probe_gen = 0
+        self.public = {}               # (vip, port) -> the Public header the nodes answered
         self.ctx = ctx
         self.mac = local_mac
         self.conns = {}                # key -> Conn: all we know of
@@ -125,10 +155,17 @@ class SpliceManager:
                                  "syn_retransmitted", "replayed", "replay_repeated",
                                  "backend_timeout", "backend_reset", "client_reset",
                                  "no_backend", "no_neigh", "bad_frame", "stray", "silent",
-                                 "spliced_inline", "adopted", "late", "time_wait_reset")}
+                                 "spliced_inline", "adopted", "late", "time_wait_reset",
+                                 # layer-7 DSR (probe, verify, redirect), HTTP and RTSP
+                                 "probe_sent", "probe_ok", "probe_failed", "probe_cached",
+                                 "probe_next", "redirect_sent", "redirect_unprobed",
+                                 "redirect_503", "redirect_resent", "rtsp_options",
+                                 "rtsp_answered", "rtsp_describe_redirected",
+                                 "rtsp_not_found", "rtsp_bad_request")}
 
     def counters(self):
-        return dict(self.c, open=len(self.conns), setting_up=len(self.pending))
+        return dict(self.c, open=len(self.conns), setting_up=len(self.pending),
+                    probes_in_flight=len(self.prober))
 
     # ---- frames up from the fast path ------------------------------------------------------
     def handle(self, frame, now, reason=None):
@@ -188,6 +225,10 @@ class SpliceManager:
             conn.fin = True
         if conn.redirect is not None:
             return self._redirect_more(conn, fl, flags, payload)
+        if conn.probing is not None:
+            return []                  # held: the probe decides (the client resends meanwhile)
+        if conn.rtsp:
+            return self._rtsp_more(conn, fl, now, payload)
         if conn.decided is None:
             return self._decide(conn, fl, now, final=conn.fin)
         return []
@@ -220,6 +261,14 @@ class SpliceManager:
             return self._refuse(conn, fl, d.reason)
         conn.decided = d
         cip, cport, vip_ip, vport = conn.key
+        if d.action == "redirect":
+            self.c["decided_redirect"] += 1
+            if d.reason == "rtsp":
+                conn.rtsp = True
+                return self._rtsp_more(conn, fl, now, conn.data)
+            req = d.http
+            return self._start_redirect(conn, fl, vip, d, ("http", req.path, req.query or "", "",
+                                                           d.rule.probe if d.rule else None), now)
         choice = vip.choose(d.pool, cip, cport, self.engine)
         if choice is None:
             self.c["no_backend"] += 1
@@ -230,9 +279,6 @@ class SpliceManager:
             self.c["no_neigh"] += 1
             return self._refuse(conn, fl, "backend %s MAC not resolved" % ip)
         conn.real, conn.backend = real, (ip, port, mac)
-        if d.action == "redirect":
-            self.c["decided_redirect"] += 1
-            return self._redirect(conn, fl, vip)
         # the engine makes the SYN and keeps a one-segment request: it answers the backend's
         # SYN-ACK itself (ACK + the request), so we only see that SYN-ACK for longer requests
         syn = self.engine.splice_bind(cip, cport, vip_ip, vport, real, now, conn.data, conn.fin)
@@ -333,13 +379,124 @@ class SpliceManager:
         self._forget(conn.key)
         return [f for f in out if f]
 
-    def _redirect(self, conn, fl, vip):
-        req = http.parse_http_request(conn.data, vip.limit)
-        if not isinstance(req, http.HttpRequest):
-            return self._refuse(conn, fl, "redirect needs an HTTP request")
-        ip, port, _ = conn.backend
-        host = _ipstr(ip) if port == 80 else "%s:%d" % (_ipstr(ip), port)
-        conn.redirect = redirect_response(host, req.path, req.query or "")
+    # ---- layer-7 DSR: probe, verify, redirect ---------------------------------------------
+    def _start_redirect(self, conn, fl, vip, d, target, now):
+        """The redirect of one request: its candidates (persistence by client address), then
+        the first probe; target = (scheme, path, query, cseq, ProbeSpec | None)."""
+        spec = target[4]
+        conn.target = target
+        conn.cands = vip.candidates(d.pool, conn.key[0], self.engine, spec.tries if spec else 1)
+        if not conn.cands:
+            self.c["no_backend"] += 1
+            return self._unavailable(conn, fl, "pool %s has no usable backend" % d.pool)
+        if spec is None:
+            self.c["redirect_unprobed"] += 1
+            return self._redirect_to(conn, fl, conn.cands[0])
+        return self._probe_next(conn, fl, now)
+
+    def _probe_next(self, conn, fl, now):
+        """Probe the next candidate (or take its cached result); [] while a probe runs."""
+        scheme, path, query, cseq, spec = conn.target
+        while conn.cands:
+            real, ip, port, name = cand = conn.cands[0]
+            ppath = spec.path or (path if path.startswith("/") else "/") + ("?" + query if query else "")
+            ckey = (ip, port, spec.method, ppath)
+            hit = self.probe_cache.get(ckey) if spec.cache else None
+            if hit is not None and hit[0] > now:
+                self.c["probe_cached"] += 1
+                if hit[1]:
+                    return self._redirect_to(conn, fl, cand)
+                conn.cands.pop(0)
+                if conn.cands:
+                    self.c["probe_next"] += 1
+                continue
+            host = target_host(_ipstr(ip), port, 554 if scheme == "rtsp" else 80, name)
+            if scheme == "rtsp":
+                req = rtsp_probe_request(spec.method, "rtsp://%s:%d%s" % (_ipstr(ip), port, ppath))
+            else:
+                req = http_probe_request(spec.method, host, ppath)
+            self.probe_gen += 1
+            conn.probing = (conn.key, conn.c_isn, self.probe_gen, ckey)
+            self.c["probe_sent"] += 1
+            self.prober.start(conn.probing, (_ipstr(ip), port), req, spec, now)
+            return self.poll(now)
+        return self._unavailable(conn, fl, "no backend passed its probe")
+
+    def poll(self, now):
+        """Probes that ended since the last call: redirect, try the next backend, or 503.
+        Called by the worker at least every WAKE_MS while probes are in flight (wake_ms),
+        after a burst's punts and on the tick. Never blocks."""
+        if not len(self.prober):
+            return []
+        self.now = now
+        out = []
+        for token, p in self.prober.poll(now):
+            key, c_isn, _, ckey = token
+            vip = self.ctx.vip(key[2], key[3])
+            ok = p.state == OK
+            self.c["probe_ok" if ok else "probe_failed"] += 1
+            if self.board is not None:
+                self.board.record(key[2], key[3], "%s:%d" % p.addr, p, time.time())
+            spec = p.spec
+            if spec.cache:
+                if len(self.probe_cache) >= PROBE_CACHE_MAX:
+                    self.probe_cache = {k: v for k, v in self.probe_cache.items() if v[0] > now}
+                    if len(self.probe_cache) >= PROBE_CACHE_MAX:
+                        self.probe_cache.clear()
+                self.probe_cache[ckey] = (now + int(spec.cache * 1000), ok, p.detail)
+            if ok and p.public:
+                self.public[(key[2], key[3])] = p.public
+            conn = self.conns.get(key)
+            if conn is None or conn.c_isn != c_isn or conn.probing != token:
+                continue                   # the client went away meanwhile
+            conn.probing = None
+            fl = self.engine.splice_flow(*key)
+            if fl is None or fl["c_isn"] != c_isn or vip is None:
+                self._forget(key, drop=fl is not None)
+                continue
+            if ok:
+                out += self._redirect_to(conn, fl, conn.cands[0])
+                continue
+            log.debug("splice %s: probe of %s failed: %s", _name(key), "%s:%d" % p.addr, p.detail)
+            conn.cands.pop(0)
+            if conn.cands:
+                self.c["probe_next"] += 1
+            out += self._probe_next(conn, fl, now)
+        return [f for f in out if f]
+
+    def wake_ms(self):
+        """When this handler wants poll() called at the latest (ms), or None: soon while
+        probes are in flight, so a probe's answer becomes the client's 302 without waiting
+        for the 100 ms tick."""
+        if not len(self.prober):
+            return None
+        return self.now + WAKE_MS
+
+    def _redirect_to(self, conn, fl, cand):
+        real, ip, port, name = cand
+        scheme, path, query, cseq, spec = conn.target
+        conn.real = real
+        conn.backend = (ip, port, None)
+        self.c["redirect_sent"] += 1
+        if scheme == "rtsp":
+            self.c["rtsp_describe_redirected"] += 1
+            host = target_host(_ipstr(ip), port, 554, name)
+            return self._final(conn, fl, rtsp_redirect(host, path, query, cseq))
+        host = target_host(_ipstr(ip), port, 80, name)
+        return self._final(conn, fl, redirect_response(host, path, query))
+
+    def _unavailable(self, conn, fl, reason):
+        self.c["redirect_503"] += 1
+        log.debug("splice %s: 503: %s", _name(conn.key), reason)
+        if conn.target is not None and conn.target[0] == "rtsp":
+            return self._final(conn, fl, rtsp_response(503, conn.target[3]))
+        return self._final(conn, fl, unavailable_response(reason))
+
+    def _final(self, conn, fl, answer):
+        """Our last answer on this connection, then FIN (redirect.py says why we close)."""
+        conn.redirect = answer
+        if conn.final_ack is None:
+            conn.final_ack = len(conn.data) if not conn.rtsp else conn.consumed
         return self._send_redirect(conn, fl)
 
     def _send_redirect(self, conn, fl):
@@ -347,9 +504,78 @@ class SpliceManager:
         if gw is None:
             return []
         cip, cport, vip, vport = conn.key
-        return [tcp_frame(gw, self.mac, vip, cip, vport, cport, fl["l_isn"] + 1,
-                          fl["c_isn"] + 1 + len(conn.data), TH_ACK | TH_PSH | TH_FIN,
+        return [tcp_frame(gw, self.mac, vip, cip, vport, cport, fl["l_isn"] + 1 + conn.sent,
+                          fl["c_isn"] + 1 + conn.final_ack, TH_ACK | TH_PSH | TH_FIN,
                           win=65535, opts=self._our_ts(fl), data=conn.redirect)]
+
+    def _answer(self, conn, fl, answer):
+        """One RTSP answer that keeps the connection open: acknowledges the requests
+        consumed so far."""
+        gw = self.ctx.gateway_mac()
+        conn.last_answer = (conn.sent, conn.consumed, answer)
+        off = conn.sent
+        conn.sent += len(answer)
+        if gw is None:
+            return []
+        cip, cport, vip, vport = conn.key
+        return [tcp_frame(gw, self.mac, vip, cip, vport, cport, fl["l_isn"] + 1 + off,
+                          fl["c_isn"] + 1 + conn.consumed, TH_ACK | TH_PSH, win=65535,
+                          opts=self._our_ts(fl), data=answer)]
+
+    def _rtsp_more(self, conn, fl, now, payload):
+        """The requests of an RTSP session we answer ourselves, in order, until its
+        DESCRIBE (redirected after the probe) or a request we cannot serve (answered, then
+        closed)."""
+        vip = self.ctx.vip(conn.key[2], conn.key[3])
+        if vip is None:
+            return self._refuse(conn, fl, "VIP gone")
+        out = []
+        progressed = False
+        while conn.consumed < len(conn.data) and conn.redirect is None and conn.probing is None:
+            rest = conn.data[conn.consumed:]
+            req = parse_rtsp_request(rest, vip.limit)
+            if req is RTSP_NEED_MORE or (isinstance(req, RtspRequest) and len(rest) < req.length):
+                if len(conn.data) - conn.consumed >= vip.limit:
+                    req = None
+                else:
+                    break
+            if not isinstance(req, RtspRequest):
+                self.c["rtsp_bad_request"] += 1
+                conn.consumed = len(conn.data)
+                return out + self._final(conn, fl, rtsp_response(400, ""))
+            progressed = True
+            start = conn.consumed
+            conn.consumed += req.length
+            if req.method == "DESCRIBE":
+                d = vip.ruleset.decide_final(conn.data[start:conn.consumed])
+                if not (isinstance(d, rules.Decision) and d.reason == "rtsp"
+                        and d.action == "redirect"):
+                    self.c["rtsp_not_found"] += 1
+                    return out + self._final(conn, fl, rtsp_response(404, req.cseq))
+                conn.decided = d
+                return out + self._start_redirect(
+                    conn, fl, vip, d, ("rtsp", req.path, req.query, req.cseq, d.rule.probe), now)
+            conn.answers += 1
+            if conn.answers > RTSP_MAX_ANSWERS:
+                return out + self._final(conn, fl, rtsp_response(455, req.cseq))
+            status, answer = rtsp_answer(req.method, req.cseq,
+                                         self.public.get((conn.key[2], conn.key[3])))
+            self.c["rtsp_options" if req.method == "OPTIONS" else "rtsp_answered"] += 1
+            out += self._answer(conn, fl, answer)
+        if not progressed and payload and conn.last_answer is not None \
+                and conn.consumed >= len(conn.data):
+            # a request we answered, sent again: our answer was lost
+            off, ack, answer = conn.last_answer
+            gw = self.ctx.gateway_mac()
+            if gw is not None:
+                cip, cport, vip_ip, vport = conn.key
+                out.append(tcp_frame(gw, self.mac, vip_ip, cip, vport, cport,
+                                     fl["l_isn"] + 1 + off, fl["c_isn"] + 1 + ack,
+                                     TH_ACK | TH_PSH, win=65535, opts=self._our_ts(fl),
+                                     data=answer))
+        if conn.fin and conn.redirect is None and conn.probing is None:
+            self._forget(conn.key)      # the client gave up before its DESCRIBE
+        return out
 
     def _our_ts(self, fl):
         # our own segments on a cookie connection: keep the client's PAWS happy with a TSval
@@ -366,11 +592,12 @@ class SpliceManager:
             out = []
             if gw is not None and flags & TH_FIN:
                 out.append(tcp_frame(gw, self.mac, vip, cip, vport, cport,
-                                     fl["l_isn"] + 2 + len(conn.redirect),
+                                     fl["l_isn"] + 2 + conn.sent + len(conn.redirect),
                                      fl["c_isn"] + 2 + len(conn.data), TH_ACK, opts=self._our_ts(fl)))
             self._forget(conn.key)
             return out
         if payload:       # the request again: our answer was lost
+            self.c["redirect_resent"] += 1
             return self._send_redirect(conn, fl)
         return []
 
@@ -379,7 +606,7 @@ class SpliceManager:
         """Timers of the connections being set up (a few), then retire spliced ones whose
         replay window is over (in time order: no scan of everything we keep)."""
         self.now = now
-        out = []
+        out = self.poll(now)
         for cip, cport, vip, vport, at in self.engine.splice_waiting(now):
             key = (cip, cport, vip, vport)
             fl = self.engine.splice_flow(*key)
@@ -410,6 +637,10 @@ class SpliceManager:
                 self._forget(key, drop=False)
                 continue
             vip = self.ctx.vip(key[2], key[3])
+            if conn.probing is not None:
+                continue                   # the prober ends it by its deadline (poll)
+            if conn.rtsp and conn.redirect is None:
+                continue                   # our RTSP session: the engine's splice_wait ends it
             if conn.decided is None:
                 if vip is None or now - conn.started >= vip.timeout_ms:
                     self.c["decided_at_timeout"] += 1

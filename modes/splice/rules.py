@@ -32,13 +32,18 @@ Rule semantics (RuleSet.decide):
   matches whatever reaches it, at once (so it belongs last: rules after a forward default
   can never match and are refused at configuration).
 - A redirect rule answers with an HTTP 302, so it matches only a valid HTTP request (whatever
-  its kind); sni rules cannot redirect.
+  its kind); sni rules cannot redirect. A redirect rule carries its probe (probe.ProbeSpec,
+  checked before the 302; None: no probe, the 302 at once).
+- rtsp matches only a complete, valid RTSP/1.0 request head (rtsp.py) whose path starts with
+  the value (`OPTIONS *` matches any value) and whose User-Agent contains `agent`
+  (case-insensitive; "" = any). Its action defaults to redirect: the punt handler answers
+  the session itself and decides again on its DESCRIBE (manager.py).
 - decide_final(data) is for the timeout or a full buffer: a PENDING rule becomes NO.
 
 Matching:
 - method: exact and case-sensitive (RFC 9110 9.1), e.g. "GET".
-- path_prefix: a plain prefix of the path as sent (before '?'), no percent-decoding or
-  dot-segment removal: it routes, it is not an access control.
+- path_prefix (and rtsp's value): a plain prefix of the path as sent (before '?'), no
+  percent-decoding or dot-segment removal: it routes, it is not an access control.
 - host / sni: case-insensitive; the request's port and one trailing dot are ignored;
   "example.com" is exact, "*.example.com" matches one or more labels before ".example.com"
   (www.example.com, a.b.example.com) and not example.com itself (nginx's server_name rule).
@@ -57,15 +62,18 @@ from fastpath import defs as _fdefs
 from ..base import LBError
 from .http import DEFAULT_LIMIT, MAX_LIMIT, MAX_METHOD, MIN_LIMIT, NEED_MORE, HttpRequest, \
     _HOSTCHAR, _TCHAR, _VCHAR, _bad, normalize_host, parse_http_request
+from .probe import ProbeSpec, format_probe, parse_probe, probe_as_dict
+from .rtsp import RtspRequest, parse_rtsp_request
 from .tls import ClientHello, parse_tls_client_hello
 
 MAX_VALUE = 1024                # rule values (a prefix is further bounded by the limit)
 MAX_POOL_NAME = 32
 
-KINDS = ("method", "path_prefix", "host", "sni", "prefix", "default")
+KINDS = ("method", "path_prefix", "host", "sni", "prefix", "default", "rtsp")
 HTTP_KINDS = ("method", "path_prefix", "host")
 ACTIONS = ("forward", "redirect")
-RULE_KEYS = ("kind", "value", "pool", "action", "redirect_probe")
+RULE_KEYS = ("kind", "value", "pool", "action", "agent", "probe")
+MAX_AGENT = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +81,9 @@ class Rule:
     kind: str                   # one of KINDS
     value: str                  # canonical text ("" for default); see the module docstring
     pool: str
-    action: str = "forward"     # forward | redirect
-    redirect_probe: bool = False  # only with redirect; carried for the splice module
+    action: str = "forward"     # forward | redirect (an rtsp rule's default is redirect)
+    probe: Optional[ProbeSpec] = None   # redirect only: checked before the 302 (None: no probe)
+    agent: str = ""             # rtsp only: a User-Agent substring, lowercased ("" = any)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +96,8 @@ class Decision:
     # of equality: a prefix or default rule may decide before the request head is complete.
     http: Optional[HttpRequest] = field(default=None, compare=False)
     tls: Optional[ClientHello] = field(default=None, compare=False)
+    rtsp: Optional[RtspRequest] = field(default=None, compare=False)
+    rule: Optional[Rule] = field(default=None, compare=False)     # the rule that matched
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +133,12 @@ class RuleSet:
                 raise LBError("%s[%d]" % (field_prefix, i + 1),
                               "unreachable: %s[%d] is a default that matches everything "
                               "before it" % (field_prefix, i))
-        self.needs_http = any(r.kind in HTTP_KINDS or r.action == "redirect" for r in self.rules)
+        self.needs_http = any(r.kind in HTTP_KINDS or (r.action == "redirect" and r.kind != "rtsp")
+                              for r in self.rules)
         self.needs_tls = any(r.kind == "sni" for r in self.rules)
+        self.needs_rtsp = any(r.kind == "rtsp" for r in self.rules)
+        # the punt handler answers an RTSP session's requests itself up to its DESCRIBE
+        self.rtsp_redirect = any(r.kind == "rtsp" and r.action == "redirect" for r in self.rules)
 
     def __len__(self):
         return len(self.rules)
@@ -165,24 +180,27 @@ class RuleSet:
 
     def _decide(self, data, final):
         data = bytes(data[:self.limit])
-        http = tls = None
+        http = tls = rtsp = None
         if self.needs_http:
             http = parse_http_request(data, self.limit)
         if self.needs_tls:
             tls = parse_tls_client_hello(data, self.limit)
+        if self.needs_rtsp:
+            rtsp = parse_rtsp_request(data, self.limit)
         req = http if isinstance(http, HttpRequest) else None
         hello = tls if isinstance(tls, ClientHello) else None
+        rreq = rtsp if isinstance(rtsp, RtspRequest) else None
         for i, (rule, test, arg) in enumerate(self._compiled):
-            if rule.action == "redirect" and req is None:
+            if rule.action == "redirect" and rule.kind != "rtsp" and req is None:
                 v = _PENDING if http is NEED_MORE else _NO
             else:
-                v = test(arg, data, http, tls)
+                v = test(arg, data, http, tls, rtsp)
             if v == _PENDING:
                 if final:
                     continue
                 return NEED_MORE
             if v == _MATCH:
-                return Decision(rule.action, rule.pool, i, rule.kind, req, hello)
+                return Decision(rule.action, rule.pool, i, rule.kind, req, hello, rreq, rule)
         return Refuse("no rule matched")
 
 
@@ -190,13 +208,13 @@ def _state(parsed):
     return _PENDING if parsed is NEED_MORE else _NO
 
 
-def _t_method(arg, data, http, tls):
+def _t_method(arg, data, http, tls, rtsp=None):
     if isinstance(http, HttpRequest):
         return _MATCH if http.method == arg else _NO
     return _state(http)
 
 
-def _t_path(arg, data, http, tls):
+def _t_path(arg, data, http, tls, rtsp=None):
     if isinstance(http, HttpRequest):
         return _MATCH if http.path.startswith(arg) else _NO
     return _state(http)
@@ -211,26 +229,35 @@ def _name_matches(arg, name):
     return len(name) > len(suffix) and name.endswith(suffix) and name[0] != "."
 
 
-def _t_host(arg, data, http, tls):
+def _t_host(arg, data, http, tls, rtsp=None):
     if isinstance(http, HttpRequest):
         return _MATCH if _name_matches(arg, http.hostname) else _NO
     return _state(http)
 
 
-def _t_sni(arg, data, http, tls):
+def _t_sni(arg, data, http, tls, rtsp=None):
     if isinstance(tls, ClientHello):
         return _MATCH if _name_matches(arg, normalize_host(tls.sni)) else _NO
     return _state(tls)
 
 
-def _t_prefix(arg, data, http, tls):
+def _t_prefix(arg, data, http, tls, rtsp=None):
     if data.startswith(arg):
         return _MATCH
     return _PENDING if arg.startswith(data) else _NO
 
 
-def _t_default(arg, data, http, tls):
+def _t_default(arg, data, http, tls, rtsp=None):
     return _MATCH
+
+
+def _t_rtsp(arg, data, http, tls, rtsp=None):
+    prefix, agent = arg
+    if isinstance(rtsp, RtspRequest):
+        # OPTIONS * is about the server, not a stream: any path prefix takes it
+        path_ok = rtsp.path == "*" or rtsp.path.startswith(prefix)
+        return _MATCH if path_ok and agent in rtsp.agent.lower() else _NO
+    return _state(rtsp)
 
 
 def _compile(rule):
@@ -244,6 +271,8 @@ def _compile(rule):
         return rule, (_t_host if k == "host" else _t_sni), arg
     if k == "prefix":
         return rule, _t_prefix, unescape_prefix(v, "value")
+    if k == "rtsp":
+        return rule, _t_rtsp, (v, rule.agent)
     return rule, _t_default, None
 
 
@@ -260,7 +289,9 @@ def parse_rule(spec, field_prefix="rule", pools=None, limit=DEFAULT_LIMIT):
     """A Rule from a dict (a [[vip.rule]] table, or lbctl's arguments); LBError names the field.
 
     spec keys: kind, value (absent or "" for default; None counts as absent), pool,
-    action (forward | redirect, default forward), redirect_probe (bool, redirect only).
+    action (forward | redirect; default forward, for rtsp redirect), probe (redirect only:
+    true, false or a table, probe.PROBE_KEYS; absent = true), agent (rtsp only: a
+    User-Agent substring, matched case-insensitively).
     pools: the pool names that exist, if the caller wants the name checked against them.
     The value is returned in canonical form (host/sni lowercased, prefix re-escaped)."""
     def f(name):
@@ -286,18 +317,28 @@ def parse_rule(spec, field_prefix="rule", pools=None, limit=DEFAULT_LIMIT):
     if pools is not None and pool not in pools:
         raise LBError(f("pool"), "unknown pool %r (have: %s)"
                       % (pool, ", ".join(sorted(pools)) or "none"))
-    action = spec.get("action", "forward")
+    action = spec.get("action", "redirect" if kind == "rtsp" else "forward")
     if action not in ACTIONS:
         raise LBError(f("action"), "must be forward or redirect, got %r" % (action,))
     if action == "redirect" and kind == "sni":
         raise LBError(f("action"), "redirect answers an HTTP request with a 302; an sni rule "
                       "matches TLS, which cannot be redirected")
-    probe = spec.get("redirect_probe", False)
-    if not isinstance(probe, bool):
-        raise LBError(f("redirect_probe"), "must be true or false, got %r" % (probe,))
-    if probe and action != "redirect":
-        raise LBError(f("redirect_probe"), "only applies to action redirect")
-    return Rule(kind=kind, value=value, pool=pool, action=action, redirect_probe=probe)
+    raw_probe = spec.get("probe")
+    if raw_probe is not None and action != "redirect":
+        raise LBError(f("probe"), "only applies to action redirect")
+    probe = parse_probe(True if raw_probe is None else raw_probe, kind, f("probe")) \
+        if action == "redirect" else None
+    agent = spec.get("agent", "")
+    if agent is None:
+        agent = ""
+    if agent and kind != "rtsp":
+        raise LBError(f("agent"), "only applies to kind rtsp (a User-Agent substring)")
+    if (not isinstance(agent, str) or len(agent) > MAX_AGENT or not agent.isascii()
+            or _bad(agent.encode(), _VCHAR + b" ")):
+        raise LBError(f("agent"), "must be a User-Agent substring of at most %d visible "
+                      "ASCII characters, got %r" % (MAX_AGENT, agent))
+    return Rule(kind=kind, value=value, pool=pool, action=action, probe=probe,
+                agent=agent.lower())
 
 
 def check_pool_name(pool, fld="pool"):
@@ -311,6 +352,7 @@ def check_pool_name(pool, fld="pool"):
 
 
 _EXAMPLES = {"method": "an HTTP method like GET", "path_prefix": "a path prefix like /blob",
+             "rtsp": "a stream path prefix like /live (/ for every stream)",
              "host": "a host name like www.example.com or *.example.com",
              "sni": "a server name like www.example.com or *.example.com",
              "prefix": r"a byte prefix like 'GET ' or '\x16\x03'"}
@@ -333,7 +375,7 @@ def _check_value(kind, value, fld, limit):
             raise LBError(fld, "must be an HTTP method token like GET (case-sensitive), got %r"
                           % (value,))
         return value
-    if kind == "path_prefix":
+    if kind in ("path_prefix", "rtsp"):
         if not value.isascii() or _bad(raw, _VCHAR) or not value.startswith("/"):
             raise LBError(fld, "must start with / and hold visible ASCII only (percent-encode "
                           "the rest, as clients send it), got %r" % (value,))
@@ -414,14 +456,22 @@ def escape_prefix(b):
 
 def rule_as_dict(rule):
     """The dict form (lbctl --json, the control socket); parse_rule(rule_as_dict(r)) == r."""
-    return {"kind": rule.kind, "value": rule.value, "pool": rule.pool, "action": rule.action,
-            "redirect_probe": rule.redirect_probe}
+    d = {"kind": rule.kind, "value": rule.value, "pool": rule.pool, "action": rule.action}
+    if rule.action == "redirect":
+        d["probe"] = False if rule.probe is None else probe_as_dict(rule.probe)
+    if rule.kind == "rtsp":
+        d["agent"] = rule.agent
+    return d
 
 
 def format_rule(rule):
-    """One line for lbctl: `path_prefix "/blob" -> big`, `default -> web (redirect, probe)`."""
+    """One line for lbctl: `path_prefix "/blob" -> big`,
+    `default -> web (redirect, probe HEAD <request path> 2xx,3xx 1s x3)`,
+    `rtsp "/" agent "vlc" -> media (redirect, no probe)`."""
     s = rule.kind if rule.kind == "default" else '%s "%s"' % (rule.kind, rule.value)
+    if rule.agent:
+        s += ' agent "%s"' % rule.agent
     s += " -> " + rule.pool
     if rule.action == "redirect":
-        s += " (redirect, probe)" if rule.redirect_probe else " (redirect)"
+        s += " (redirect, %s)" % (format_probe(rule.probe) if rule.probe else "no probe")
     return s

@@ -7,6 +7,8 @@ Invariants:
 - SpliceVip is built by the control side for each table swap and only read afterwards: the
   punt handler of every worker reads the same one.
 """
+import hashlib
+import struct
 from dataclasses import dataclass, field
 
 import fastpath
@@ -38,11 +40,10 @@ def check_timeout(v, fld="splice_timeout"):
     return float(v)
 
 
-def check_rule_supported(rule, fld):
-    """The HEAD probe before a redirect is not built yet: refuse it rather than ignore it."""
-    if rule.redirect_probe:
-        raise LBError(fld, "the HEAD probe before a redirect is not implemented; redirect "
-                      "without it (the chosen backend is health-checked if the VIP has checks)")
+def _hrw(cip, ip, port):
+    """Rendezvous weight of one backend for one client address (stable across workers and
+    restarts: a keyed hash, not Python's hash())."""
+    return hashlib.blake2b(struct.pack("!III", cip, ip, port), digest_size=8).digest()
 
 
 class SpliceVip:
@@ -65,8 +66,14 @@ class SpliceVip:
         self.timeout_ms = int(opts.timeout * 1000)
         self.ip, self.port = vip.ip, vip.port
         self.addr = {idx: (b.ip, b.port) for (idx, _, _), b in zip(members, vip.backends)}
+        # the name a redirect's Location gives a backend (BackendConfig.name), else its address
+        self.names = {idx: getattr(b, "name", "") or "" for (idx, _, _), b in
+                      zip(members, vip.backends)}
         tables = {name: build(tuple(mem)) for name, mem in pools.items()}
         self.l7spec, self.pool_index = self._engine_rules(tables)
+        # a redirect's candidates: the pool's members that take new flows (up, weight > 0)
+        self.usable = {name: tuple(idx for idx, _, w in mem if w > 0) for name, mem in pools.items()}
+        self.pool_sched = {name: t[0] for name, t in tables.items()}
 
     def _engine_rules(self, tables):
         """The L7Spec for the engine, and the index of each pool in it. Its pools: those the
@@ -93,3 +100,23 @@ class SpliceVip:
             return None
         real = engine.pick(self.ip, self.port, k, cip, cport)
         return None if real < 0 else (real,) + self.addr[real]
+
+    def candidates(self, pool, cip, engine, n):
+        """The backends a redirect of client address cip tries, in order, at most n:
+        [(real idx, ip, port, name)]. Source-address persistence (a redirected client fetches
+        from the node directly, so only its address can keep it there): the first is the
+        pool's consistent hash of cip when its scheduler is one (maglev: the engine's table,
+        client port 0; sh), else the rendezvous-hash winner among the pool's usable members;
+        the next ones follow in rendezvous order. The same client gets the same node while
+        that node is up and passes its probe; a node going down moves only its own clients."""
+        k = self.pool_index.get(pool)
+        members = self.usable.get(pool, ())
+        if k is None or not members:
+            return []
+        order = sorted(members, key=lambda r: _hrw(cip, *self.addr[r]), reverse=True)
+        if self.pool_sched.get(pool) in (defs.SCHED_HASH5, defs.SCHED_HASHSRC):
+            first = engine.pick(self.ip, self.port, k, cip, 0)
+            if first in order:
+                order.remove(first)
+                order.insert(0, first)
+        return [(r,) + self.addr[r] + (self.names.get(r, ""),) for r in order[:n]]

@@ -118,6 +118,9 @@ BAD = [
     (["backend", "del", "198.19.100.1:", "198.19.0.11"], "vip"),
     (["conns", "--vip", "198.19.100.1"], "vip"),
     (["conns", "--limit", "0"], "limit"),
+    (["backend", "add", VIP, "198.19.0.12", "--name", "bad name"], "name"),
+    (["rule", "add", VIP, "--kind", "default", "--pool", "p", "--action", "redirect",
+      "--no-probe", "--probe-tries", "2"], "probe"),
 ]
 
 
@@ -332,3 +335,29 @@ def test_restore_of_a_bad_file_is_a_usage_error_naming_the_field(lbd, tmp_path):
     f.write_text(run(lbd, "save").output.replace("capacity = 256", "capacity = 512"))
     r = run(lbd, "restore", str(f))
     assert r.exit_code == 1 and "error: flows.capacity: cannot change while lbd runs" in r.stderr
+
+
+def test_layer7_dsr_rule_and_backend_name(lbd):
+    """rule add --probe-* and backend add --name reach lbd as the mode's TOML-shaped values,
+    and come back in rule list / vip list."""
+    sv = "198.19.100.3:80"
+    assert run(lbd, "vip", "add", sv, "--mode", "splice").exit_code == 0
+    r = run(lbd, "backend", "add", sv, "198.19.0.12", "--pool", "media", "--name", "Media2.Example")
+    assert r.exit_code == 0, r.output
+    r = run(lbd, "rule", "add", sv, "--kind", "path_prefix", "--value", "/media/", "--pool",
+            "media", "--action", "redirect", "--probe-method", "GET", "--probe-path", "/",
+            "--probe-expect", "200", "--probe-timeout", "0.5", "--probe-tries", "2",
+            "--probe-cache", "1")
+    assert r.exit_code == 0, r.output
+    assert lbd.requests[-1]["args"]["probe"] == {"method": "GET", "path": "/", "expect": "200",
+                                                 "timeout": 0.5, "tries": 2, "cache": 1.0}
+    assert 'path_prefix "/media/" -> media (redirect, probe GET / 200 0.5s x2 cache 1s)' in r.stdout
+    r = run(lbd, "rule", "add", sv, "--kind", "rtsp", "--value", "/", "--agent", "VLC",
+            "--pool", "media", "--no-probe")
+    assert r.exit_code == 0, r.output
+    assert 'rtsp "/" agent "vlc" -> media (redirect, no probe)' in r.stdout
+    r = run(lbd, "rule", "add", sv, "--kind", "default", "--pool", "media", "--action",
+            "redirect", "--probe-tries", "x")
+    assert r.exit_code == 1 and "probe.tries" in r.output
+    v = [x for x in lbd.state.handle("vip.list", {}) if x["vip"] == sv][0]
+    assert v["backends"][0]["name"] == "media2.example" and v["probes"] == []

@@ -587,7 +587,7 @@ def test_limit_reached_is_never_need_more():
 
 
 def test_redirect_only_answers_http():
-    rs = RuleSet([R("default", "", "near", action="redirect", redirect_probe=True),
+    rs = RuleSet([R("default", "", "near", action="redirect", probe=l7.ProbeSpec()),
                   R("default", "", "fwd")])
     d = rs.decide(b"GET /p?q=1 HTTP/1.1\r\nHost: v\r\n\r\n")
     assert (d.action, d.pool, d.http.path, d.http.query) == ("redirect", "near", "/p", "q=1")
@@ -651,8 +651,23 @@ def test_parse_rule_good():
     assert l7.parse_rule({"kind": "path_prefix", "value": "/blob", "pool": "big"}) == \
         Rule("path_prefix", "/blob", "big")
     r = l7.parse_rule({"kind": "host", "value": "*.Example.COM", "pool": "web",
-                       "action": "redirect", "redirect_probe": True}, "vip[0].rule[0]")
-    assert r == Rule("host", "*.example.com", "web", "redirect", True)
+                       "action": "redirect", "probe": True}, "vip[0].rule[0]")
+    assert r == Rule("host", "*.example.com", "web", "redirect", l7.ProbeSpec())
+    # a redirect probes unless told not to; the probe's keys are checked and canonical
+    assert l7.parse_rule({"kind": "default", "pool": "a", "action": "redirect"}).probe == \
+        l7.ProbeSpec("HEAD", "", "2xx,3xx", 1.0, 3, 0.0)
+    assert l7.parse_rule({"kind": "default", "pool": "a", "action": "redirect",
+                          "probe": False}).probe is None
+    r = l7.parse_rule({"kind": "path_prefix", "value": "/media/", "pool": "m", "action": "redirect",
+                       "probe": {"method": "GET", "path": "/", "expect": "200, 3XX,204-206",
+                                 "timeout": 2, "tries": 2, "cache": 0.5}})
+    assert r.probe == l7.ProbeSpec("GET", "/", "200,3xx,204-206", 2.0, 2, 0.5)
+    assert l7.parse_rule(l7.rule_as_dict(r)) == r
+    # rtsp: redirect by default, DESCRIBE probe, User-Agent lowercased
+    r = l7.parse_rule({"kind": "rtsp", "value": "/live", "pool": "m", "agent": "VLC"})
+    assert (r.action, r.agent, r.probe.method, r.probe.expect) == ("redirect", "vlc", "DESCRIBE", "2xx")
+    assert l7.parse_rule(l7.rule_as_dict(r)) == r
+    assert l7.parse_rule({"kind": "rtsp", "value": "/", "pool": "m", "action": "forward"}).probe is None
     assert l7.parse_rule({"kind": "default", "pool": "a"}) == Rule("default", "", "a")
     assert l7.parse_rule({"kind": "default", "value": None, "pool": "a"}).value == ""
     assert l7.parse_rule({"kind": "prefix", "value": "\\x16\\x03\\\\ \\r\\n\\t\\0\"é"[:-1],
@@ -662,7 +677,7 @@ def test_parse_rule_good():
 
 @pytest.mark.parametrize("spec,fld,msg", [
     ({"kind": "hots", "value": "x", "pool": "p"}, "rule[2].kind",
-     "unknown kind 'hots' (method, path_prefix, host, sni, prefix, default)"),
+     "unknown kind 'hots' (method, path_prefix, host, sni, prefix, default, rtsp)"),
     ({"value": "x", "pool": "p"}, "rule[2].kind", "missing"),
     ({"kind": "host", "value": "x", "pool": "p", "pol": 1}, "rule[2].pol", "did you mean 'pool'"),
     ({"kind": "host", "pool": "p"}, "rule[2].value", "missing"),
@@ -689,10 +704,34 @@ def test_parse_rule_good():
     ({"kind": "host", "value": "a", "pool": "p", "action": "drop"}, "rule[2].action",
      "forward or redirect"),
     ({"kind": "sni", "value": "a", "pool": "p", "action": "redirect"}, "rule[2].action", "302"),
-    ({"kind": "host", "value": "a", "pool": "p", "redirect_probe": True}, "rule[2].redirect_probe",
+    ({"kind": "host", "value": "a", "pool": "p", "probe": True}, "rule[2].probe",
      "only applies to action redirect"),
-    ({"kind": "host", "value": "a", "pool": "p", "action": "redirect", "redirect_probe": 1},
-     "rule[2].redirect_probe", "true or false"),
+    ({"kind": "host", "value": "a", "pool": "p", "action": "redirect", "probe": 1},
+     "rule[2].probe", "true, false or a table"),
+    ({"kind": "host", "value": "a", "pool": "p", "action": "redirect", "probe": {"tmeout": 1}},
+     "rule[2].probe.tmeout", "unknown key"),
+    ({"kind": "host", "value": "a", "pool": "p", "action": "redirect", "probe": {"method": "G T"}},
+     "rule[2].probe.method", "HTTP method"),
+    ({"kind": "rtsp", "value": "/", "pool": "p", "probe": {"method": "HEAD"}},
+     "rule[2].probe.method", "OPTIONS or DESCRIBE"),
+    ({"kind": "host", "value": "a", "pool": "p", "action": "redirect", "probe": {"path": "x"}},
+     "rule[2].probe.path", "path like /"),
+    ({"kind": "host", "value": "a", "pool": "p", "action": "redirect", "probe": {"expect": "2yy"}},
+     "rule[2].probe.expect", "'2yy' is not a status"),
+    ({"kind": "host", "value": "a", "pool": "p", "action": "redirect", "probe": {"expect": "300-200"}},
+     "rule[2].probe.expect", "not a status"),
+    ({"kind": "host", "value": "a", "pool": "p", "action": "redirect", "probe": {"timeout": 0}},
+     "rule[2].probe.timeout", "seconds"),
+    ({"kind": "host", "value": "a", "pool": "p", "action": "redirect", "probe": {"tries": 0}},
+     "rule[2].probe.tries", "1..16"),
+    ({"kind": "host", "value": "a", "pool": "p", "action": "redirect", "probe": {"tries": True}},
+     "rule[2].probe.tries", "1..16"),
+    ({"kind": "host", "value": "a", "pool": "p", "action": "redirect", "probe": {"cache": -1}},
+     "rule[2].probe.cache", "0: no cache"),
+    ({"kind": "host", "value": "a", "pool": "p", "agent": "vlc"}, "rule[2].agent", "kind rtsp"),
+    ({"kind": "rtsp", "value": "/", "pool": "p", "agent": "\x01"}, "rule[2].agent", "User-Agent"),
+    ({"kind": "rtsp", "value": "live", "pool": "p"}, "rule[2].value", "start with /"),
+    ({"kind": "rtsp", "pool": "p"}, "rule[2].value", "stream path prefix"),
 ])
 def test_parse_rule_errors_name_the_field(spec, fld, msg):
     with pytest.raises(LBError) as e:
@@ -715,11 +754,17 @@ def test_parse_rule_checks_the_pool_exists_when_asked():
 
 
 def test_format_rule_and_dict_round_trip():
-    rules = [Rule("path_prefix", "/blob", "big"), Rule("default", "", "web", "redirect", True),
-             Rule("host", "*.example.com", "w", "redirect"), Rule("prefix", "\\x16\\x03", "t")]
+    rules = [Rule("path_prefix", "/blob", "big"),
+             Rule("default", "", "web", "redirect", l7.ProbeSpec()),
+             Rule("host", "*.example.com", "w", "redirect"), Rule("prefix", "\\x16\\x03", "t"),
+             Rule("rtsp", "/live", "m", "redirect", l7.ProbeSpec("DESCRIBE", expect="2xx",
+                                                                 cache=2.0), "vlc")]
     assert [l7.format_rule(r) for r in rules] == [
-        'path_prefix "/blob" -> big', "default -> web (redirect, probe)",
-        'host "*.example.com" -> w (redirect)', 'prefix "\\x16\\x03" -> t']
+        'path_prefix "/blob" -> big',
+        "default -> web (redirect, probe HEAD <request path> 2xx,3xx 1s x3)",
+        'host "*.example.com" -> w (redirect, no probe)', 'prefix "\\x16\\x03" -> t',
+        'rtsp "/live" agent "vlc" -> m (redirect, probe DESCRIBE <request path> 2xx 1s x3 '
+        'cache 2s)']
     for r in rules:
         assert l7.parse_rule(l7.rule_as_dict(r)) == r
 

@@ -45,10 +45,19 @@ def rules(draw, pools, limit):
                  "path_prefix": st.sampled_from(["/", "/blob", "/a/b"]),
                  "host": st.sampled_from(["www.Example.com", "*.example.com", "a-b.test."]),
                  "sni": st.sampled_from(["secure.example.com", "*.Example.org"]),
-                 "prefix": st.sampled_from(["GET ", "\\x16\\x03", "a\\\\b", "\\r\\n"])}[kind]
+                 "prefix": st.sampled_from(["GET ", "\\x16\\x03", "a\\\\b", "\\r\\n"]),
+                 "rtsp": st.sampled_from(["/", "/live"])}[kind]
         r = {"kind": kind, "value": draw(value), "pool": draw(st.sampled_from(pools))}
         if kind != "sni" and draw(st.booleans()):
             r["action"] = draw(st.sampled_from(["forward", "redirect"]))
+        if r.get("action", "redirect" if kind == "rtsp" else "forward") == "redirect" and (
+                draw(st.booleans())):
+            r["probe"] = draw(st.one_of(st.booleans(), st.fixed_dictionaries({}, optional={
+                "path": st.sampled_from(["", "/"]), "expect": st.sampled_from(["2xx,3xx", "200"]),
+                "timeout": st.sampled_from([0.05, 1, 30]), "tries": st.integers(1, 16),
+                "cache": st.sampled_from([0, 1, 3600])})))
+        if kind == "rtsp" and draw(st.booleans()):
+            r["agent"] = draw(st.sampled_from(["VLC", "ffmpeg/Lavf"]))
         out.append(r)
     if draw(st.booleans()):
         out.append({"kind": "default", "pool": draw(st.sampled_from(pools))})
@@ -77,6 +86,8 @@ def vip_tables(draw, address, port, interface, small=False):
             t["weight"] = draw(st.sampled_from([0, 1, 7, 65535]))
         if m.pools and draw(st.booleans()):
             t["pool"] = draw(st.sampled_from(pools))
+        if draw(st.booleans()):
+            t["name"] = draw(st.sampled_from(["media3.example", "B1.Example.COM"]))
         backends.append(t)
     if backends:
         raw["backend"] = backends
@@ -324,10 +335,10 @@ def test_reload_reports_changed_fields_backends_and_order(two):
                            "on_backend_down": [None, "keep"],
                            "backend_order": [[B1 + ":80", B2 + ":80"], [B2 + ":80", B1 + ":80"]]}
     assert a["backends"] == {"added": [{"backend": B3 + ":80", "weight": 1, "pool": "default"}],
-                             "removed": [], "repooled": [],
+                             "removed": [], "repooled": [], "renamed": [],
                              "reweighted": [{"backend": B2 + ":80", "old": 1, "new": 5}]}
     assert b == {"vip": VB + ":80/tcp", "fields": {}, "backends": {
-        "added": [], "removed": [B3 + ":80"], "reweighted": [], "repooled": []}}
+        "added": [], "removed": [B3 + ":80"], "reweighted": [], "repooled": [], "renamed": []}}
     assert d["changes"] == 4 + 2 + 1
     [v, w] = two.handle("vip.list", {})
     assert (v["scheduler"], v["maglev_size"], v["on_backend_down"]) == ("maglev", 503, "keep")

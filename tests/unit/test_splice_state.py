@@ -54,7 +54,7 @@ def test_rule_errors_name_the_field(st):
     fails(st, "rule.add", {"vip": SV, "kind": "hots", "value": "x", "pool": "big"}, "kind")
     fails(st, "rule.add", {"vip": SV, "kind": "host", "value": "x", "pool": "nopool"}, "pool")
     fails(st, "rule.add", {"vip": SV, "kind": "path_prefix", "value": "/x", "pool": "big",
-                           "action": "redirect", "redirect_probe": True}, "redirect_probe")
+                           "action": "redirect", "probe": {"tries": 99}}, "probe.tries")
     st.handle("rule.add", {"vip": SV, "kind": "default", "pool": "big"})
     fails(st, "rule.add", {"vip": SV, "kind": "method", "value": "GET", "pool": "big"}, "rule[1]")
     fails(st, "rule.del", {"vip": SV, "index": 5}, "index")
