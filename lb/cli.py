@@ -21,6 +21,8 @@
     lbctl save [-o FILE]                        (the running config as TOML for lbd -c)
     lbctl restore FILE [--dry-run]              (FILE becomes the running config, atomically)
     lbctl reload [--file F] [--dry-run]         (lbd re-reads its -c file, as on SIGHUP)
+    lbctl trace [--proto P] SRC:PORT DST:PORT   lbctl trace --follow FILTER [--count N]
+    lbctl capture [--vip V] [--client C] [--count N] [--seconds S] -w FILE   (lb/tracecli.py)
 
 Invariants:
 - Arguments are checked here with the validators of lb/config.py before anything is sent,
@@ -784,6 +786,11 @@ def _render_mapping(d):
     for k, v in items:
         click.echo("%s  %s" % ((k + ":").ljust(width + 1),
                                json.dumps(v) if isinstance(v, (list, dict)) else v))
+
+
+# the trace and capture commands live in their own module and register themselves on `main`;
+# imported here, at the end, because they import this module's plumbing
+from . import tracecli  # noqa: E402,F401
 
 
 if __name__ == "__main__":   # pragma: no cover

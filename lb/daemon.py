@@ -62,6 +62,8 @@ from .health import HealthMonitor, check_interface
 from .io import PcapIO, open_backend
 from .neigh import Neigh
 from .state import LBState
+from .trace import trace
+from .watch import WatchHub
 from .workers import Workers
 
 log = logging.getLogger("lbd")
@@ -109,6 +111,8 @@ class Control:
         self._next_gc = None
         self._last_error_log = 0.0
         self.loop_stats = {"gc_freed": 0, "errors": 0}
+        # lbctl trace --follow / capture: the one watch over driver.engine (lb/watch.py)
+        self.watch = WatchHub(self.engine, self._real_names)
         driver.attach(self)
 
     # --- what the drivers call --------------------------------------------------------------
@@ -148,7 +152,18 @@ class Control:
     def handle(self, cmd, args):
         if cmd == "status":
             return self.status()
+        if cmd == "trace":
+            return trace(self.state, self.engine, self.cfg.lb.ip, args, self.clock())
         return self.state.handle(cmd, args)
+
+    def streams(self):
+        """The control socket's streaming commands (lb/control.py): cmd -> open(args)."""
+        return {"watch": self.watch.open}
+
+    def _real_names(self):
+        """{real slot: "ip:port"} of the VIPs' backends (watch events name the backend)."""
+        return {b["real"]: b["backend"] for v in self.state.handle("vip.list", {})
+                for b in v["backends"] if b["real"] is not None}
 
     def status(self):
         return {
@@ -201,7 +216,7 @@ async def run_live(d):
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, d.reload_on_signal)   # in the loop: between bursts
-    server = ControlServer(d.cfg.lb.control_socket, d.handle)
+    server = ControlServer(d.cfg.lb.control_socket, d.handle, streams=d.streams())
     await server.start()
     try:
         d.driver.start(loop)

@@ -147,6 +147,46 @@ class EngineGroup:
                 out += w.engine.flows()
         return out
 
+    # --- trace and watch (lb/trace.py, lb/watch.py) --------------------------------------
+    def worker_of(self, cip, cport):
+        """The worker the steering program gives client cip:cport (lb/steer.py's key)."""
+        return (fastpath.mix64(cip << 16 | cport) & 0xFFFF) % len(self.workers)
+
+    def flow_get(self, src, sport, dst, dport, proto):
+        """Engine.flow_get on each worker's engine (a flow is on one); "worker" added."""
+        for w in self.workers:
+            with w.lock:
+                f = w.engine.flow_get(src, sport, dst, dport, proto)
+            if f is not None:
+                return dict(f, worker=w.index)
+        return None
+
+    def explain(self, cip, cport, vip, vport, proto):
+        """Engine.explain on the engine of the worker the client is steered to (each has
+        its own rr cursor and lc counts); "worker" added."""
+        w = self.workers[self.worker_of(cip, cport)]
+        with w.lock:
+            x = w.engine.explain(cip, cport, vip, vport, proto)
+        return None if x is None else dict(x, worker=w.index)
+
+    def watch_set(self, terms, snap=2048, size=1024):
+        self._each(lambda e: e.watch_set(terms, snap, size))
+
+    def watch_drain_workers(self):
+        """[(worker, record)] of every engine's watch ring, each engine's in its order."""
+        out = []
+        for w in self.workers:
+            with w.lock:
+                out += [(w.index, r) for r in w.engine.watch_drain()]
+        return out
+
+    def watch_status(self):
+        views = [w.engine.watch_status() for w in self.workers]
+        out = dict(views[0])
+        for k in ("pending", "seen", "lost"):
+            out[k] = sum(v[k] for v in views)
+        return out
+
 
 class EngineLock:
     """`with lock:` around Engine.acquire()/release(): the lock serve() takes per burst."""
