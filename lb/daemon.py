@@ -176,6 +176,7 @@ class Control:
             "neighbors": self.neigh.neighbors(),
             "health": {"interface": self.state.health_interface,
                        "checked": len(self.state.health_targets())},
+            "watch": self.watch.view(),
             **self.driver.status(),
         }
 

@@ -221,9 +221,9 @@ def flow_view(f, real_names, now_ms):
            "flags": flag_words(f["flags"])}
     if "worker" in f:
         out["worker"] = f["worker"]
-    s = f.get("splice")
+    s = f.get("xlate")
     if s is not None:
-        out["splice"] = {
+        out["translation"] = {
             "seq_delta": s["delta"], "ts_off": s["ts_off"], "client_isn": s["c_isn"],
             "our_isn": s["l_isn"], "mss": s["mss"],
             "window_shift": {"client": None if s["ws_c"] == 0xF else s["ws_c"],
@@ -259,10 +259,10 @@ def render(r):
                      % (f["age_s"], f["idle_s"], f["packets_fwd"], f["bytes_fwd"],
                         f["packets_rev"], f["bytes_rev"]))
         lines.append("  flags: %s" % (", ".join(f["flags"]) or "none"))
-        s = f.get("splice")
+        s = f.get("translation")
         if s:
             ws = s["window_shift"]
-            lines.append("  splice: seq delta %d  ts_off %d  mss %d  window shift client %s "
+            lines.append("  translation: seq delta %d  ts_off %d  mss %d  window shift client %s "
                          "backend %s ours %s  options %s  replay %d bytes" % (
                              s["seq_delta"], s["ts_off"], s["mss"], ws["client"], ws["backend"],
                              ws["ours"], ", ".join(s["options"]) or "none", s["replay_bytes"]))

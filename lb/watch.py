@@ -234,6 +234,14 @@ class WatchHub:
         self.current = Session(self, terms, count, seconds, with_bytes)
         return self.current
 
+    def view(self):
+        """What `status` shows: {on, filter, frames, lost, refused}."""
+        cur = self.current
+        return {"on": cur is not None,
+                "filter": (format_filter(cur.terms) or "every frame") if cur else None,
+                "frames": cur.sent if cur else 0, "lost": cur.lost if cur else 0,
+                "refused": self.refused}
+
     def engine_drain(self):
         """[(worker or None, record)] from every engine, oldest first per engine."""
         drain = getattr(self.engine, "watch_drain_workers", None)

@@ -183,6 +183,7 @@ class EngineGroup:
     def watch_status(self):
         views = [w.engine.watch_status() for w in self.workers]
         out = dict(views[0])
+        out["on"] = all(v["on"] for v in views)      # (set on one engine after another)
         for k in ("pending", "seen", "lost"):
             out[k] = sum(v[k] for v in views)
         return out

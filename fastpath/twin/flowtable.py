@@ -312,7 +312,7 @@ def flow_view(self, idx, key):
          "last": e.last, "pkts_fwd": e.pkts_fwd, "pkts_rev": e.pkts_rev,
          "bytes_fwd": e.bytes_fwd, "bytes_rev": e.bytes_rev}
     if e.mode == defs.MODE_SPLICE:
-        d["splice"] = {"c_isn": e.c_isn, "l_isn": e.l_isn, "delta": e.delta,
+        d["xlate"] = {"c_isn": e.c_isn, "l_isn": e.l_isn, "delta": e.delta,
                        "ts_off": e.ts_off, "mss": e.mss, "ws_c": e.ws_c, "ws_b": e.ws_b,
                        "ws_lb": e.ws_lb, "sopt": e.sopt, "replay_len": e.rp_len}
     return d

@@ -122,7 +122,7 @@ def burst(self, batch, now):
     for i in range(batch.n):
         # the watch costs this one branch per frame while none is set (watch.py)
         if self.watch_on:
-            watch_frame(self, batch, i, now)
+            watch_frame(self, batch, i, now, burst_frame)
         else:
             burst_frame(self, batch, i, now)
 

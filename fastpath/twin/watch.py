@@ -11,7 +11,6 @@ import time
 
 from .. import defs
 from ..checks import check_watch
-from . import serve
 from .flowtable import flow_find
 from .inet import flow_hash, rd16, rd32
 
@@ -60,15 +59,16 @@ def watch_match(self, f, n):
     return False
 
 
-def watch_frame(self, batch, i, now):
-    """burst_frame with the watch around it (see watch.pxi)."""
+def watch_frame(self, batch, i, now, burst_frame):
+    """burst_frame with the watch around it (see watch.pxi). The twin is handed serve's
+    burst_frame (serve imports this module, so this one cannot import serve)."""
     hdr = batch.hdr
     row = min(int(batch.lens[i]), batch.snap)
     n = max(0, row - hdr)
     data = batch.buf[i, hdr:hdr + n].tobytes()
     pre = watch_match(self, data, n)
     before = list(self.ctr)
-    serve.burst_frame(self, batch, i, now)
+    burst_frame(self, batch, i, now)
     olen = 0
     out = b""
     if batch.verdict[i] == defs.V_TX:

@@ -149,7 +149,7 @@ def test_flow_get_both_keys_and_explain(eng):
     assert fwd["state"] == defs.S_ESTABLISHED and fwd["created"] == 5000
     assert (fwd["pkts_fwd"], fwd["pkts_rev"]) == (2, 1)
     assert fwd["bytes_fwd"] == len(c2v()) + len(c2v(flags=F.TH_ACK, data=b"x" * 10))
-    assert "splice" not in fwd
+    assert "xlate" not in fwd
     rev = eng.flow_get(ip(REALS[0][0]), 80, ip(CLIENT), 40000, 6)
     assert rev["key"] == "rev" and rev["index"] == fwd["index"]
     assert eng.flow_get(ip(CLIENT), 40001, ip(VIP1), 80, 6) is None
