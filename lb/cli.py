@@ -758,7 +758,7 @@ def capture_cmd(ctx, path, vip, client, filter_, count, seconds, snap):
 
         def on_item(ev):
             ts = int(round(ev["ts"] * 1e9))
-            for key, data, length in (("in", ev["in_bytes"], ev["in"]["len"]),
+            for key, data, length in (("in", ev["in_bytes"], ev.get("in", {}).get("len")),
                                       ("out", ev.get("out_bytes"), ev.get("out", {}).get("len"))):
                 if limit is not None and pcap.frames >= limit:
                     return True

@@ -122,6 +122,7 @@ class Control:
             out = self.neigh.handle(frame)
             if out:
                 self.io.send(out)
+                self.watch.note_sent(out, None)
         except Exception:
             self._error("punted frame failed")
 
@@ -130,6 +131,7 @@ class Control:
         reqs = self.neigh.due_requests(now)
         if reqs:
             self.io.send(reqs)
+            self.watch.note_sent(reqs, None)
         if self._next_gc is None or now >= self._next_gc:
             self._next_gc = now + GC_MS
             self.loop_stats["gc_freed"] += self.state.gc() or 0

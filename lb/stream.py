@@ -92,10 +92,12 @@ def _read_reply(f, path):
 def event_line(ev):
     """One watch event as a line of text."""
     t = datetime.datetime.fromtimestamp(ev["ts"]).strftime("%H:%M:%S.%f")
-    i = ev["in"]
     parts = [t]
     if "worker" in ev:
         parts.append("w%d" % ev["worker"])
+    if ev.get("made"):
+        return " ".join(parts + ["lbd-made", _frame_text(ev["out"]), "=> sent by lbd"])
+    i = ev["in"]
     parts.append(ev.get("dir", "-"))
     parts.append(_frame_text(i))
     v = ev["verdict"]

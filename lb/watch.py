@@ -21,7 +21,12 @@ Invariants:
 - The engines are drained in the main thread, every DRAIN_MS, each under its lock (between
   bursts); a record the ring had no room for is counted (lost) and reported, never waited for.
 - Records are turned into events here, in the main thread; the fast path only copies bytes.
+- Frames Python makes and sends itself (a mode's punt answers, e.g. splice's SYN to the
+  backend after a decision in Python; ARP) reach note_sent, from whatever thread sent them:
+  matched here with the same terms, kept in a bounded deque (appends are atomic), shown as
+  "made by lbd". With no watch, note_sent returns at once.
 """
+import collections
 import ipaddress
 import time
 
@@ -162,6 +167,58 @@ def frame_summary(f):
     return out
 
 
+def frame_matches(terms, f):
+    """The fast path's watch_match in Python, for frames Python sent: every term holds for
+    the frame, or for the frame inside its VXLAN."""
+    for _depth in range(2):
+        s = frame_summary(f)
+        if "src" not in s:
+            return False
+        src, dst = ip_of(s["src"]), ip_of(s["dst"])
+        proto = PROTO_WORDS.get(s["proto"], None)
+        sport, dport = s.get("sport"), s.get("dport")
+        ok = True
+        for kind, val in terms:
+            if kind == defs.W_HOST:
+                ok = val in (src, dst)
+            elif kind == defs.W_PORT:
+                ok = val in (sport, dport)
+            elif kind == defs.W_PROTO:
+                ok = proto == val or (proto is None and s["proto"] == str(val))
+            elif kind == defs.W_SRC:
+                ok = src == val
+            elif kind == defs.W_DST:
+                ok = dst == val
+            elif kind == defs.W_SPORT:
+                ok = sport == val
+            else:
+                ok = dport == val
+            if not ok:
+                break
+        if ok:
+            return True
+        if not (s["proto"] == "udp" and dport == defs.VXLAN_PORT):
+            return False
+        f = f[14 + (f[14] & 15) * 4 + 16:]
+    return False
+
+
+def ip_of(text):
+    return int(ipaddress.IPv4Address(text))
+
+
+def made_event(ts_ns, frame, length, worker, with_bytes=False):
+    """A frame Python made and sent (note_sent; frame: its first snap bytes) as an event."""
+    ev = {"ts": ts_ns / 1e9, "made": True, "out": dict(frame_summary(frame), len=length),
+          "verdict": "made", "reason": "sent by lbd", "counters": {}}
+    if worker is not None:
+        ev["worker"] = worker
+    if with_bytes:
+        ev["in_bytes"] = ""
+        ev["out_bytes"] = bytes(frame).hex()
+    return ev
+
+
 def record_event(rec, worker, backend_name, with_bytes=False):
     """One engine record (Engine.watch_drain) as the event streamed to lbctl. backend_name:
     real idx -> "ip:port" (or None)."""
@@ -199,6 +256,8 @@ class WatchHub:
         self.clock = clock
         self.current = None
         self.refused = 0
+        self.made = collections.deque(maxlen=RING)   # (ts_ns, frame, len, worker): note_sent
+        self.made_lost = 0
 
     def open(self, args):
         """A Session for args {filter?: str|[words], client?, vip?, count?, seconds?,
@@ -231,7 +290,9 @@ class WatchHub:
             raise LBError("watch", "a watch is running already (%s); one at a time"
                           % (format_filter(self.current.terms) or "every frame"))
         self.engine.watch_set(terms, snap, RING)
-        self.current = Session(self, terms, count, seconds, with_bytes)
+        self.made.clear()
+        self.made_lost = 0
+        self.current = Session(self, terms, count, seconds, with_bytes, snap)
         return self.current
 
     def view(self):
@@ -241,6 +302,25 @@ class WatchHub:
                 "filter": (format_filter(cur.terms) or "every frame") if cur else None,
                 "frames": cur.sent if cur else 0, "lost": cur.lost if cur else 0,
                 "refused": self.refused}
+
+    def note_sent(self, frames, worker):
+        """Frames Python sent (any thread): kept when a watch is on and they match."""
+        cur = self.current
+        if cur is None:
+            return
+        now = time.time_ns()
+        for f in frames:
+            f = bytes(f)
+            if frame_matches(cur.terms, f):
+                if len(self.made) == self.made.maxlen:
+                    self.made_lost += 1
+                self.made.append((now, f[:cur.snap], len(f), worker))
+
+    def made_drain(self):
+        out = []
+        while self.made:
+            out.append(self.made.popleft())
+        return out
 
     def engine_drain(self):
         """[(worker or None, record)] from every engine, oldest first per engine."""
@@ -268,9 +348,10 @@ def parse_seconds(v):
 class Session:
     """One running watch (WatchHub.open): poll() -> (events, final or None)."""
 
-    def __init__(self, hub, terms, count, seconds, with_bytes):
+    def __init__(self, hub, terms, count, seconds, with_bytes, snap):
         self.hub = hub
         self.terms = terms
+        self.snap = snap
         self.count = count
         self.with_bytes = with_bytes
         self.started = hub.clock()
@@ -288,14 +369,19 @@ class Session:
         """The events recorded since the last poll (at most what count still allows), and the
         final line once the watch is over (count reached, seconds passed), else None."""
         events = []
-        recs = sorted(self.hub.engine_drain(), key=lambda wr: wr[1][0])   # workers, by time
+        recs = [(rec[0], worker, rec, None) for worker, rec in self.hub.engine_drain()]
+        recs += [(m[0], m[3], None, m) for m in self.hub.made_drain()]
+        recs.sort(key=lambda r: r[0])                   # workers and Python's, by time
         names = self.hub.backend_names() if recs else {}
-        for worker, rec in recs:
+        for ts, worker, rec, made in recs:
             if self.count is not None and self.sent >= self.count:
                 break
-            events.append(record_event(rec, worker, names.get, self.with_bytes))
+            if rec is not None:
+                events.append(record_event(rec, worker, names.get, self.with_bytes))
+            else:
+                events.append(made_event(ts, made[1], made[2], worker, self.with_bytes))
             self.sent += 1
-        self.lost = self.hub.engine_lost()
+        self.lost = self.hub.engine_lost() + self.hub.made_lost
         over = ((self.count is not None and self.sent >= self.count)
                 or (self.deadline is not None and self.hub.clock() >= self.deadline))
         return events, (self.final() if over else None)

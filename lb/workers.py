@@ -214,6 +214,8 @@ class Worker:
         self.expire_budget = expire_budget
         self.punt_sink = punt_sink         # callable(list of frame bytes), thread-safe
         self.punts = None                  # PuntTable, set once the state exists
+        self.sent_tap = None               # callable(frames, worker): frames Python made and
+                                           # sent here (lb/watch.py shows them), set by attach
         self.lock = EngineLock(engine)
         self.batch = io.new_batch(BATCH_SIZE)
         self.running = False
@@ -260,7 +262,7 @@ class Worker:
                 now = r["now"]
                 if r["punts"]:
                     self.stats["punts"] += self.punts.dispatch(self.batch, self.batch.n, now,
-                                                               self.io.send, up.append)
+                                                               self.send, up.append)
                 self.timers(now)
             except Exception:
                 self._error("worker %d: burst failed" % self.index)
@@ -284,8 +286,14 @@ class Worker:
             return
         self._next_tick = now + TICK_MS
         self.stats["ticks"] += 1
-        self.stats["expired"] += housekeep(self.engine, self.punts, self.io.send,
+        self.stats["expired"] += housekeep(self.engine, self.punts, self.send,
                                            self.expire_budget, now)
+
+    def send(self, frames):
+        """Frames Python made (a mode's punt answers and timers) out of this queue."""
+        self.io.send(frames)
+        if self.sent_tap is not None:
+            self.sent_tap(frames, self.index)
 
     def _error(self, what):
         self.stats["errors"] += 1
@@ -325,6 +333,7 @@ class Workers:
         self.control = control
         for w in self.workers:
             w.punts = PuntTable(w.engine, control.state, control.mac)
+            w.sent_tap = control.watch.note_sent
 
     # --- frames from the workers ---------------------------------------------------------
     def _punt_sink(self, frames):

@@ -363,3 +363,48 @@ def test_client_going_away_ends_the_watch(lbd):
     # and the one-line protocol is unchanged on the same server
     r = lbctl(lbd, "vip", "list")
     assert r.exit_code == 0 and NAT in r.stdout
+
+
+def test_frames_python_sent_are_shown_and_captured(lbd, tmp_path):
+    made = F.tcp(LB_MAC, MACS[B1], C1, B1, 40000, 80, flags=F.TH_SYN)
+    other = F.tcp(LB_MAC, MACS[B1], C2, B1, 40001, 80, flags=F.TH_SYN)
+    lbd.hub.note_sent([made], 0)                    # no watch: nothing kept
+    t, out = in_background(lambda: lbctl(lbd, "trace", "--follow", "host", C1, "--count", "1"))
+    wait_for(lambda: lbd.group.watch_status()["on"])
+    lbd.hub.note_sent([other, made], 1)
+    t.join(10)
+    r = out["r"]
+    assert r.exit_code == 0, r.output
+    (line,) = r.stdout.strip().splitlines()
+    assert "w1 lbd-made 198.18.0.10:40000 > 198.19.0.11:80 tcp [S]" in line
+    path = str(tmp_path / "m.pcap")
+    t, out = in_background(lambda: lbctl(lbd, "capture", "--client", C1, "--count", "1",
+                                         "-w", path))
+    wait_for(lambda: lbd.group.watch_status()["on"])
+    lbd.hub.note_sent([made], None)
+    t.join(10)
+    assert out["r"].exit_code == 0, out["r"].output
+    with open(path, "rb") as f:
+        assert [bytes(p) for _, p in dpkt.pcap.Reader(f)] == [made]
+
+
+FRAMES = [syn(C1, 40000), syn(C2, 5, vip=SPL, dport=8080),
+          F.udp(GW_MAC, LB_MAC, C1, NAT, 5353, 53, data=b"q"),
+          F.icmp_echo(GW_MAC, LB_MAC, C1, LB_IP),
+          F.udp(LB_MAC, GW_MAC, LB_IP, "198.19.200.11", 50000, defs.VXLAN_PORT,
+                data=b"\x08\0\0\0\0\x10\x92\0" + syn(C2, 7)),
+          F.arp_request(GW_MAC, "198.19.0.1", LB_IP)]
+TERMS = ["", "host 198.18.0.10", "host 198.18.0.11 and port 7", "src host 198.18.0.10 and udp",
+         "dst port 80", "icmp", "sport 5353", "dst host 198.19.0.2 and tcp",
+         "port 4789 and dst host 198.19.200.11"]
+
+
+@pytest.mark.parametrize("text", TERMS)
+def test_python_matcher_agrees_with_the_engine(impl, text):
+    terms = watch.parse_filter(text.replace("sport", "src port"))
+    e = impl.Engine(64)
+    e.set_local(ip(LB_IP), LB_MAC)
+    e.watch_set(terms)
+    send(e, FRAMES, 0)            # no services: nothing is sent, a record is a match on input
+    recorded = [bytes(r[4]) for r in e.watch_drain()]
+    assert recorded == [f for f in FRAMES if watch.frame_matches(terms, f)]
