@@ -169,3 +169,22 @@ def test_capture_writes_a_pcap_tcpdump_reads(lab, tmp_path):
     to_client = [ln for ln in lines if " > %s." % C1 in ln]
     assert to_vip and to_backend and to_client, lines       # received, sent, both directions
     assert all(C1 in ln for ln in lines)
+
+
+def test_ctrl_c_ends_follow_cleanly_and_turns_the_watch_off(lab):
+    import signal
+    p = subprocess.Popen(lbctl_cmd(lab, "trace", "--follow", "--vip", VIP + ":80"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_watch(lab, p)
+        assert len(curls(lab, "c1", 1)) == 1
+        wait_until(lambda: lbctl(lab, "status")["watch"]["frames"] > 0, "frames shown")
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err
+    assert out.strip() and all(VIP in ln for ln in out.strip().splitlines())
+    assert "frames in" in err
+    assert not watch_on(lab)
