@@ -13,7 +13,8 @@ Live, two kinds of thread (lb/workers.py):
     LBState.handle (engine writes under each engine's lock); ARP for wanted neighbors (1 s
     unresolved, 30 s refresh); state.gc every 5 s; health checks (asyncio tasks of
     lb/health.py: probes through the kernel's TCP stack, results into LBState, which swaps
-    tables on a transition)
+    tables on a transition); `trace` answered from the engines (lb/trace.py); a `watch`
+    stream (trace --follow, capture: lb/watch.py) drained from every engine each 100 ms
 
 Composition: one Control (below: state, health checks, neighbours, the control socket, the
 main thread's timers) is given one driver, which owns the engines (lb/datapath.py):
