@@ -76,7 +76,7 @@ def holder(lab, client_ep):
 @pytest.mark.parametrize("vip,mode", [(VIP, "nat"), (SPLICE_VIP, "splice")])
 def test_trace_of_a_live_flow_names_the_backend_that_answers(lab, vip, mode):
     p = lab.popen("c1", [sys.executable, "-m", "tools.traffic", "echo-slow", vip, "9000",
-                         "--seconds", "3"], stdout=subprocess.PIPE, text=True)
+                         "--seconds", "10"], stdout=subprocess.PIPE, text=True)
     try:
         local = json.loads(p.stdout.readline())["started"]
         backend = wait_until(lambda: holder(lab, local), "a backend holding " + local)
