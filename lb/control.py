@@ -20,7 +20,7 @@ Invariants:
   "internal". Nothing a client sends can stop the daemon.
 - A stream is polled in the event loop (session.poll() every session.interval s), so it
   never blocks the loop; its session is closed however the stream ends (count, client gone,
-  error), and the connection is closed after it.
+  error), before the last line is written, and the connection is closed after it.
 """
 import asyncio
 import json
@@ -217,6 +217,7 @@ class ControlServer:
                 for item in items:
                     writer.write(_encode({"ok": True, "more": True, "result": item}))
                 if final is not None:
+                    session.close()             # off before the client reads the last line
                     writer.write(_encode({"ok": True, "more": False, "result": final}))
                     break
                 await writer.drain()
@@ -230,7 +231,9 @@ class ControlServer:
                 items, _ = session.poll()
                 for item in items:
                     writer.write(_encode({"ok": True, "more": True, "result": item}))
-                writer.write(_encode({"ok": True, "more": False, "result": session.final()}))
+                final = session.final()
+                session.close()
+                writer.write(_encode({"ok": True, "more": False, "result": final}))
                 break
             await writer.drain()
         finally:

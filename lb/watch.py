@@ -289,10 +289,16 @@ class WatchHub:
             self.refused += 1
             raise LBError("watch", "a watch is running already (%s); one at a time"
                           % (format_filter(self.current.terms) or "every frame"))
-        self.engine.watch_set(terms, snap, RING)
         self.made.clear()
         self.made_lost = 0
+        # the session first: frames Python sends meanwhile are matched against it
         self.current = Session(self, terms, count, seconds, with_bytes, snap)
+        try:
+            self.engine.watch_set(terms, snap, RING)
+        except BaseException:
+            self.current = None
+            self.engine.watch_set(None)
+            raise
         return self.current
 
     def view(self):

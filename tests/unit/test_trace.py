@@ -262,6 +262,11 @@ def in_background(fn):
     return t, out
 
 
+def watching(d):
+    """The watch is set on every engine and its session is the hub's."""
+    return d.hub.current is not None and d.group.watch_status()["on"]
+
+
 def wait_for(cond, timeout=10):
     deadline = time.monotonic() + timeout
     while not cond():
@@ -271,7 +276,7 @@ def wait_for(cond, timeout=10):
 
 def test_follow_shows_only_the_watched_client_then_ends(lbd):
     t, out = in_background(lambda: lbctl(lbd, "trace", "--follow", "host", C1, "--count", "2"))
-    wait_for(lambda: lbd.group.watch_status()["on"])
+    wait_for(lambda: watching(lbd))
     lbd.send(0, [syn(C2, 40001), syn(C1, 40000)])
     lbd.send(1, [syn(C2, 40002), syn(C1, 40003)], now=1001)
     t.join(10)
@@ -290,7 +295,7 @@ def test_follow_shows_only_the_watched_client_then_ends(lbd):
 def test_follow_json_and_one_watch_at_a_time(lbd):
     t, out = in_background(lambda: lbctl(lbd, "--json", "trace", "--follow", "--client", C1,
                                          "--vip", NAT + ":80", "--seconds", "1.5"))
-    wait_for(lambda: lbd.group.watch_status()["on"])
+    wait_for(lambda: watching(lbd))
     second = lbctl(lbd, "trace", "--follow", "tcp")
     assert second.exit_code == 1 and "error: watch: a watch is running" in second.stderr
     lbd.send(0, [syn(C1, 40000), syn(C1, 40000, vip=NAT, dport=81)])
@@ -310,7 +315,7 @@ def test_capture_writes_a_pcap_of_both_directions(lbd, tmp_path):
     path = str(tmp_path / "f.pcap")
     t, out = in_background(lambda: lbctl(lbd, "capture", "--client", C1, "--count", "3",
                                          "-w", path))
-    wait_for(lambda: lbd.group.watch_status()["on"])
+    wait_for(lambda: watching(lbd))
     b = lbd.send(0, [syn(C1, 40000), syn(C2, 40009)])
     sent = b.frame(0)
     backend = F.int2ip(int.from_bytes(sent[30:34], "big"))
@@ -356,7 +361,7 @@ def test_client_going_away_ends_the_watch(lbd):
     s.sendall(b'{"cmd": "watch", "args": {"filter": "tcp"}}\n')
     f = s.makefile("rb")
     assert b'"more": true' in f.readline()
-    wait_for(lambda: lbd.group.watch_status()["on"])
+    wait_for(lambda: watching(lbd))
     f.close()
     s.close()
     wait_for(lambda: not lbd.group.watch_status()["on"])
@@ -370,7 +375,7 @@ def test_frames_python_sent_are_shown_and_captured(lbd, tmp_path):
     other = F.tcp(LB_MAC, MACS[B1], C2, B1, 40001, 80, flags=F.TH_SYN)
     lbd.hub.note_sent([made], 0)                    # no watch: nothing kept
     t, out = in_background(lambda: lbctl(lbd, "trace", "--follow", "host", C1, "--count", "1"))
-    wait_for(lambda: lbd.group.watch_status()["on"])
+    wait_for(lambda: watching(lbd))
     lbd.hub.note_sent([other, made], 1)
     t.join(10)
     r = out["r"]
@@ -380,7 +385,7 @@ def test_frames_python_sent_are_shown_and_captured(lbd, tmp_path):
     path = str(tmp_path / "m.pcap")
     t, out = in_background(lambda: lbctl(lbd, "capture", "--client", C1, "--count", "1",
                                          "-w", path))
-    wait_for(lambda: lbd.group.watch_status()["on"])
+    wait_for(lambda: watching(lbd))
     lbd.hub.note_sent([made], None)
     t.join(10)
     assert out["r"].exit_code == 0, out["r"].output
