@@ -164,7 +164,8 @@ def new_flow(engine, v, cip, cport, vip, vport, proto, real_names):
         out["decided_by"] = "content"
         out["why"] = ("decided by content: rules %s; which rule matches needs the request "
                       "(the first data segment), so this 5-tuple alone cannot say; without "
-                      "a match the VIP's table gives %s" % (rules or "none", out["why"]))
+                      "a match the VIP's table gives %s" % ("; ".join(rules) or "none",
+                                                             out["why"]))
     return out
 
 
