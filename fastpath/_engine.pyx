@@ -21,13 +21,13 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memcmp, memmove, memset
 from libc.errno cimport errno, EINTR, EBADF, EIO
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
 from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
                                PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK)
 
 from . import defs
 from .checks import (check_ip, check_mac, check_pool, check_port, check_real_idx, check_secret,
-                     check_specs)
+                     check_proto, check_specs, check_watch)
 
 include "_defs.pxi"
 include "_iocore.pxi"
@@ -69,3 +69,4 @@ include "xmit_dsr.pxi"      # dsr's routine
 include "splice.pxi"        # splice's cookies, binding, replay, translation, and its API
 include "http.pxi"          # the HTTP head reader and the content-rule matcher
 include "xmit_tunnel.pxi"   # tunnel's routines: the client's frame in VXLAN, ICMP frag needed
+include "watch.pxi"         # the watch: matching frames recorded into a ring (trace, capture)

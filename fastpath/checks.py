@@ -14,6 +14,14 @@ def check_port(port):
     return port
 
 
+def check_proto(proto):
+    """A flow's protocol: PROTO_TCP or PROTO_UDP."""
+    if proto not in (defs.PROTO_TCP, defs.PROTO_UDP) or isinstance(proto, bool):
+        raise ValueError("proto must be %d or %d, got %r" % (defs.PROTO_TCP, defs.PROTO_UDP,
+                                                             proto))
+    return proto
+
+
 def check_mac(mac):
     if not isinstance(mac, (bytes, bytearray)) or len(mac) != 6:
         raise ValueError("mac must be 6 bytes, got %r" % (mac,))
@@ -98,3 +106,33 @@ def _check_l7(s):
             raise ValueError("l7 rule pool %r out of range" % (pool,))
     for sched, table, weights in l7.pools:
         _check_table(sched, table, weights)
+
+
+_W_LIMITS = {defs.W_HOST: 0xFFFFFFFF, defs.W_SRC: 0xFFFFFFFF, defs.W_DST: 0xFFFFFFFF,
+             defs.W_PORT: 0xFFFF, defs.W_SPORT: 0xFFFF, defs.W_DPORT: 0xFFFF, defs.W_PROTO: 0xFF}
+
+
+def check_watch(terms, snap, size):
+    """A watch filter (Engine.watch_set): a list of (W_* kind, value), its snap length and
+    ring size. Returns the terms as a list of int pairs."""
+    if isinstance(snap, bool) or not isinstance(snap, int) or not (
+            defs.WATCH_SNAP_MIN <= snap <= defs.WATCH_SNAP_MAX):
+        raise ValueError("snap must be %d..%d, got %r" % (defs.WATCH_SNAP_MIN,
+                                                          defs.WATCH_SNAP_MAX, snap))
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= defs.WATCH_RING_MAX:
+        raise ValueError("size must be 1..%d, got %r" % (defs.WATCH_RING_MAX, size))
+    terms = list(terms)
+    if len(terms) > defs.WATCH_MAX_TERMS:
+        raise ValueError("at most %d watch terms, got %d" % (defs.WATCH_MAX_TERMS, len(terms)))
+    out = []
+    for t in terms:
+        if not isinstance(t, (tuple, list)) or len(t) != 2:
+            raise ValueError("a watch term is (kind, value), got %r" % (t,))
+        kind, value = t
+        if kind not in _W_LIMITS or isinstance(kind, bool):
+            raise ValueError("unknown watch term kind %r" % (kind,))
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _W_LIMITS[kind]:
+            raise ValueError("watch term %d: value must be 0..%d, got %r"
+                             % (kind, _W_LIMITS[kind], value))
+        out.append((kind, value))
+    return out

@@ -162,6 +162,24 @@ EVICT_SAMPLE = 8
 MAX_REALS = 4096
 MAX_SERVICES = 1024
 
+# --- the watch (fastpath/watch.pxi; lbctl trace --follow and capture, lb/watch.py) ---------
+# A filter is up to WATCH_MAX_TERMS terms (kind, value), all of which must hold for one view
+# of a frame: as received, as sent, or the inner frame of a VXLAN one as sent. An empty
+# filter matches every frame.
+W_HOST = 1          # value: an IPv4 address, the source or the destination
+W_PORT = 2          # value: a TCP/UDP port, the source or the destination
+W_PROTO = 3         # value: PROTO_TCP, PROTO_UDP or PROTO_ICMP
+W_SRC = 4           # value: the source address
+W_DST = 5           # value: the destination address
+W_SPORT = 6         # value: the source port
+W_DPORT = 7         # value: the destination port
+W_KINDS = (W_HOST, W_PORT, W_PROTO, W_SRC, W_DST, W_SPORT, W_DPORT)
+WATCH_MAX_TERMS = 8
+WATCH_MAX_CTR = 8           # counters one record can name (a frame moves 2 to 4)
+WATCH_SNAP_MIN = 64
+WATCH_SNAP_MAX = 65535      # bytes kept of each frame, in and out (a GSO superframe is cut)
+WATCH_RING_MAX = 65536      # records one engine keeps until the control side drains them
+
 # --- counters: one per exit branch of the fast path, plus flow-table events ----------------
 # verdict: what a frame whose exit this counter is gets (V_TX, V_DROP, V_PUNT); None for an
 # event, counted on top of a frame's exit (and for rx_frames). mode: the mode whose routines

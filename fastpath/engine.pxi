@@ -50,6 +50,17 @@ cdef class Engine:
     cdef uint32_t wq_head, wq_tail, wq_size
     cdef PyThread_type_lock lock
     cdef int want           # threads waiting in acquire(): serve() lets them in first
+    # the watch (watch.pxi): off (watch_on 0, nothing allocated) unless the control side set
+    # one; then each frame goes through watch_frame, and matching ones are recorded
+    cdef bint watch_on
+    cdef WatchTerm wterm[8] # the filter: wnterm terms, all of which must hold
+    cdef uint32_t wnterm
+    cdef WatchRec *wring    # wsize records, a ring: wcount of them from wfirst on
+    cdef uint8_t *wbytes    # (wsize + 1) * 2 * wsnap bytes: each record's frames; the last
+                            # slot is scratch for a frame that finds the ring full
+    cdef uint64_t *wctr     # the counters before the frame (to tell what it moved)
+    cdef uint32_t wsize, wfirst, wcount, wsnap
+    cdef uint64_t wseen, wlost  # frames that matched; of them, lost to a full ring
 
     def __cinit__(self, capacity, timeouts=None):
         if not isinstance(capacity, int) or not 1 <= capacity <= (1 << 24):
@@ -89,6 +100,12 @@ cdef class Engine:
         self.l7r = NULL
         self.pools = NULL
         self.blob = NULL
+        self.watch_on = 0
+        self.wring = NULL
+        self.wbytes = NULL
+        self.wctr = NULL
+        self.wnterm = self.wsize = self.wfirst = self.wcount = self.wsnap = 0
+        self.wseen = self.wlost = 0
         self.set_timeouts(timeouts or {})
 
     def __dealloc__(self):
@@ -102,6 +119,7 @@ cdef class Engine:
         free(self.svcs); free(self.svc_slot); free(self.ctr)
         free(self.tab); free(self.wts)
         free(self.l7r); free(self.pools); free(self.blob)
+        free(self.wring); free(self.wbytes); free(self.wctr)
         if self.lock:
             PyThread_free_lock(self.lock)
 
@@ -272,3 +290,34 @@ cdef class Engine:
     def splice_drop(self, cip, cport, vip, vport):
         """Forget a splice flow (refused, redirected, backend never answered)."""
         return api_splice_drop(self, cip, cport, vip, vport)
+
+    # ---- trace and watch (flowtable.pxi, watch.pxi; lb/trace.py, lb/watch.py) -----------
+    def flow_get(self, src, sport, dst, dport, proto):
+        """The flow a frame src:sport -> dst:dport/proto belongs to, found by a keyed lookup:
+        the forward index (client -> VIP), else the reverse one (backend -> client). A dict
+        of the entry (docs/interfaces.md), or None."""
+        return api_flow_get(self, src, sport, dst, dport, proto)
+
+    def explain(self, cip, cport, vip, vport, proto):
+        """Where a new flow cip:cport -> vip:vport/proto would go, without moving anything
+        (an rr cursor stays): {sched, table_size, hash, slot, real, l7_rules}, or None when
+        there is no such service."""
+        return api_explain(self, cip, cport, vip, vport, proto)
+
+    def watch_set(self, terms, snap=2048, size=1024):
+        """Watch frames matching terms (a list of (defs.W_* kind, value), all must hold;
+        [] matches every frame): each is recorded, up to snap bytes of it as received and as
+        sent, with its verdict, the counters it moved and its flow, into a ring of `size`
+        records (full: the frame is counted lost, never waited for). None: watch off (one
+        branch per frame). Resets the ring and its counts."""
+        api_watch_set(self, terms, snap, size)
+
+    def watch_drain(self, limit=None):
+        """The records in the ring, oldest first, removed from it: [(ts_ns, verdict, reason,
+        in_len, in_bytes, out_len, out_bytes, ((counter name, delta), ...), flow)], flow None
+        or (cip, cport, vip, vport, proto, rip, rport, real, mode, state, fwd)."""
+        return api_watch_drain(self, limit)
+
+    def watch_status(self):
+        """{on, terms, snap, size, pending, seen, lost}."""
+        return api_watch_status(self)

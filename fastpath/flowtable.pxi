@@ -388,3 +388,65 @@ cdef object api_expire(Engine self, int64_t now_ms, budget):
             self.ctr[C_FLOW_EXPIRED] += 1
             freed += 1
     return freed
+
+
+cdef object flow_view(Engine self, int32_t idx, str key):
+    """A flow entry as the dict flow_get returns; the splice fields only for a splice flow
+    (other modes leave them as a slot's previous flow had them)."""
+    cdef Flow *e = &self.fl[idx]
+    d = {"index": idx, "key": key, "cip": e.cip, "cport": e.cport, "vip": e.vip,
+         "vport": e.vport, "proto": e.proto, "rip": e.rip, "rport": e.rport, "real": e.real,
+         "mode": e.mode, "state": e.state, "flags": e.flags, "created": e.created,
+         "last": e.last, "pkts_fwd": e.pkts_fwd, "pkts_rev": e.pkts_rev,
+         "bytes_fwd": e.bytes_fwd, "bytes_rev": e.bytes_rev}
+    if e.mode == MODE_SPLICE:
+        d["xlate"] = {"c_isn": e.c_isn, "l_isn": e.l_isn, "delta": e.delta,
+                       "ts_off": e.ts_off, "mss": e.mss, "ws_c": e.ws_c, "ws_b": e.ws_b,
+                       "ws_lb": e.ws_lb, "sopt": e.sopt, "replay_len": e.rp_len}
+    return d
+
+
+cdef object api_flow_get(Engine self, src, sport, dst, dport, proto):
+    cdef uint32_t s = check_ip(src), d = check_ip(dst)
+    cdef uint16_t sp = check_port(sport), dp = check_port(dport)
+    cdef uint8_t pr = check_proto(proto)
+    cdef uint64_t h = _flow_hash(s, d, sp, dp, pr)
+    cdef int32_t idx = flow_find(self, self.ifwd, h, s, d, sp, dp, pr, False)
+    if idx >= 0:
+        return flow_view(self, idx, "fwd")
+    idx = flow_find(self, self.irev, h, s, d, sp, dp, pr, True)
+    if idx >= 0:
+        return flow_view(self, idx, "rev")
+    return None
+
+
+cdef object api_explain(Engine self, cip, cport, vip, vport, proto):
+    cdef uint32_t c = check_ip(cip), v = check_ip(vip)
+    cdef uint16_t cp = check_port(cport), vp = check_port(vport)
+    cdef uint8_t pr = check_proto(proto)
+    cdef Service *sv = service_find(self, v, vp, pr)
+    if sv == NULL:
+        return None
+    cdef uint64_t h = _flow_hash(c, v, cp, vp, pr)
+    cdef uint32_t n = sv.n, k = 0, j
+    cdef int32_t *t = self.tab + sv.off
+    cdef int32_t *w = self.wts + sv.off
+    cdef uint64_t key = 0
+    # as schedule() picks, without moving sv.cursor
+    if n:
+        if sv.sched == SCHED_SEQ:
+            key = sv.cursor
+            k = sv.cursor % n
+        elif sv.sched == SCHED_HASH5:
+            key = h
+            k = h % n
+        elif sv.sched == SCHED_HASHSRC:
+            key = _mix64(c)
+            k = key % n
+        else:
+            for j in range(1, n):
+                if self.reals[t[j]].conns * w[k] < self.reals[t[k]].conns * w[j]:
+                    k = j
+    return {"sched": sv.sched, "mode": sv.mode, "table_size": n, "hash": key,
+            "slot": k if n else -1, "real": t[k] if n else -1, "l7_rules": sv.l7_n,
+            "flags": sv.flags}

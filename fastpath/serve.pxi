@@ -133,9 +133,8 @@ cdef object api_serve(Engine self, int fd, batch, int64_t deadline_ms):
 cdef void burst(Engine self, uint8_t *base, uint32_t stride, uint32_t hdr, uint32_t *lens,
                 uint8_t *verdict, uint16_t *reason, int n, int64_t now) noexcept nogil:
     cdef int i, j, m
-    cdef uint32_t L, row
+    cdef uint32_t L
     cdef uint8_t *rp
-    cdef int r
     cdef uint8_t *p
     cdef uint64_t h, v
     cdef uint64_t hs[64]
@@ -165,24 +164,39 @@ cdef void burst(Engine self, uint8_t *base, uint32_t stride, uint32_t hdr, uint3
                 if v:
                     tw_prefetch(&self.fl[(v & 0xFFFFFFFFULL) - 1])
         for i in range(m):
-            row = lens[j + i] if lens[j + i] < stride else stride
-            L = row - hdr if row > hdr else 0
             rp = base + <size_t>(j + i) * stride
-            self.newlen = 0
-            self.rowcap = stride - hdr
-            self.partial = hdr > 0 and row >= hdr and (rp[0] & VNET_F_NEEDS_CSUM)
-            self.vnet = rp if hdr >= 10 and row >= hdr else NULL
-            self.keep_vnet = False
-            r = process_frame(self, rp + hdr, L, now)
-            if self.newlen and VMAP[r] != V_DROP:
-                # a frame made in place (splice, tunnel; punt_tunnel_frag's is punted so)
-                lens[j + i] = hdr + self.newlen
-                if hdr and not self.keep_vnet:
-                    memset(rp, 0, hdr)            # complete checksums, no GSO
-            self.ctr[C_RX_FRAMES] += 1
-            self.ctr[r] += 1
-            verdict[j + i] = VMAP[r]
-            reason[j + i] = r
+            # the watch costs this one branch per frame while none is set (watch.pxi)
+            if self.watch_on:
+                watch_frame(self, rp, stride, hdr, &lens[j + i], &verdict[j + i],
+                            &reason[j + i], now)
+            else:
+                burst_frame(self, rp, stride, hdr, &lens[j + i], &verdict[j + i],
+                            &reason[j + i], now)
+
+
+cdef inline void burst_frame(Engine self, uint8_t *rp, uint32_t stride, uint32_t hdr,
+                             uint32_t *lens, uint8_t *verdict, uint16_t *reason,
+                             int64_t now) noexcept nogil:
+    """One row of the burst (rp: its vnet header, then the frame): process_frame, the
+    length of a frame made in place, its exit counter, verdict and reason."""
+    cdef uint32_t row = lens[0] if lens[0] < stride else stride
+    cdef uint32_t L = row - hdr if row > hdr else 0
+    cdef int r
+    self.newlen = 0
+    self.rowcap = stride - hdr
+    self.partial = hdr > 0 and row >= hdr and (rp[0] & VNET_F_NEEDS_CSUM)
+    self.vnet = rp if hdr >= 10 and row >= hdr else NULL
+    self.keep_vnet = False
+    r = process_frame(self, rp + hdr, L, now)
+    if self.newlen and VMAP[r] != V_DROP:
+        # a frame made in place (splice, tunnel; punt_tunnel_frag's is punted so)
+        lens[0] = hdr + self.newlen
+        if hdr and not self.keep_vnet:
+            memset(rp, 0, hdr)            # complete checksums, no GSO
+    self.ctr[C_RX_FRAMES] += 1
+    self.ctr[r] += 1
+    verdict[0] = VMAP[r]
+    reason[0] = r
 
 
 cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcept nogil:

@@ -186,3 +186,33 @@ cdef Xmit XMIT[256]     # by mode code; filled by the xmit_*.pxi and splice.pxi 
 
 cdef enum:
     SVC_SLOTS = 4096    # the service table's open-addressing slots (>= 2 * MAX_SERVICES)
+
+
+cdef struct WatchTerm:  # one term of the watch filter (defs.W_*): all must hold for one view
+    uint32_t kind       # W_*
+    uint32_t value      # an address, a port or a protocol, host order
+
+
+cdef struct WatchRec:   # one watched frame (watch.pxi); its bytes are Engine.wbytes[slot]
+    int64_t ts_ns       # CLOCK_REALTIME ns when it was processed (the pcap's timestamp)
+    uint32_t in_len     # length as received (Ethernet frame, no vnet header)
+    uint32_t in_cap     # bytes of it kept (<= Engine.wsnap), at wbytes[slot * 2 * wsnap]
+    uint32_t out_len    # length as sent (0: not sent: dropped or punted)
+    uint32_t out_cap    # bytes of it kept, after the in bytes
+    uint16_t reason     # its exit counter
+    uint8_t verdict     # V_*
+    uint8_t nctr        # counters moved, in ctr_idx/ctr_delta (at most WATCH_MAX_CTR)
+    uint16_t ctr_idx[8]
+    int64_t ctr_delta[8]
+    int32_t flow        # the flow entry the frame belongs to after processing, or -1; then:
+    int32_t real        # its backend's index (-1: none yet)
+    uint32_t cip        # its key: client, VIP, backend
+    uint32_t vip
+    uint32_t rip
+    uint16_t cport
+    uint16_t vport
+    uint16_t rport
+    uint8_t proto
+    uint8_t mode        # MODE_*
+    uint8_t state       # S_*
+    uint8_t fwd         # 1: the frame went client -> backend, 0: backend -> client

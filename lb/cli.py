@@ -23,6 +23,10 @@
     lbctl save [-o FILE]                        (the running config as TOML for lbd -c)
     lbctl restore FILE [--dry-run]              (FILE becomes the running config, atomically)
     lbctl reload [--file F] [--dry-run]         (lbd re-reads its -c file, as on SIGHUP)
+    lbctl trace [--proto P] SRC:PORT DST:PORT   lbctl trace --follow FILTER [--count N]
+    lbctl capture [--vip V] [--client C] [--count N] [--seconds S] [--snap B] -w FILE
+    (FILTER: lb/watch.py; --follow and capture run until Ctrl-C, --count or --seconds;
+    capture's --count counts frames written, received and sent one each)
 
 Invariants:
 - Arguments are checked here with the validators of lb/config.py before anything is sent,
@@ -44,7 +48,7 @@ import click
 
 import modes
 
-from . import config
+from . import config, stream, trace as lbtrace, watch
 from .errors import LBError
 from .health import health_text
 
@@ -683,6 +687,141 @@ def _s(n):
 
 def _val(v):
     return "(not set)" if v is None else json.dumps(v)
+
+
+# --- trace, trace --follow, capture (lb/trace.py, lb/watch.py, lb/stream.py) -------------------
+
+def _watch_args(ctx, words, client, vip, count, seconds):
+    """The watch request's args, every one checked here first."""
+    args = {}
+    terms = _check(ctx, watch.parse_filter, list(words), "filter")
+    if words:
+        args["filter"] = " ".join(words)
+    terms += _check(ctx, watch.endpoint_terms, client, vip)
+    if client is not None:
+        args["client"] = client
+    if vip is not None:
+        args["vip"] = vip
+    if len(terms) > watch.defs.WATCH_MAX_TERMS:
+        _fail(ctx, "filter", "at most %d terms, got %d" % (watch.defs.WATCH_MAX_TERMS,
+                                                           len(terms)), EXIT_USAGE)
+    if count is not None:
+        args["count"] = _check(ctx, config.parse_int, _int_text(count), "count", 1,
+                               watch.MAX_COUNT)
+    if seconds is not None:
+        args["seconds"] = _check(ctx, watch.parse_seconds, _float_text(seconds))
+    return args
+
+
+def _run_stream(ctx, args, on_item):
+    o = _opts(ctx)
+    try:
+        return stream.stream(o["socket"], "watch", args, on_item)
+    except stream.StreamUnavailable as e:
+        if o.get("json"):
+            click.echo(json.dumps({"ok": False, "error": {"field": "socket", "message": str(e)}}))
+        click.echo("error: %s" % e, err=True)
+        ctx.exit(EXIT_UNREACHABLE)
+    except LBError as e:
+        _fail(ctx, e.field, e.message, EXIT_DAEMON)
+
+
+@main.command("trace")
+@click.argument("words", nargs=-1, metavar="SRC:PORT DST:PORT | FILTER")
+@click.option("--proto", default="tcp", show_default=True, help="tcp or udp (a 5-tuple).")
+@click.option("--follow", is_flag=True, help="Show matching frames live (FILTER).")
+@click.option("--client", help="--follow: frames of this client IP[:PORT].")
+@click.option("--vip", help="--follow: frames of this VIP:PORT.")
+@click.option("--count", help="--follow: stop after N frames.")
+@click.option("--seconds", help="--follow: stop after S seconds.")
+@json_option
+@click.pass_context
+def trace_cmd(ctx, words, proto, follow, client, vip, count, seconds):
+    """What lbd does with a 5-tuple; with --follow, each matching frame's verdict, live.
+
+    A 5-tuple is SRC:PORT DST:PORT: a client and a VIP, or a backend and a client (the
+    reverse direction). FILTER: `host A and port 80`, `src host A`, `dst port 8080`, `tcp`
+    (terms joined by `and`; all must hold)."""
+    if not follow:
+        for name, val in (("client", client), ("vip", vip), ("count", count),
+                          ("seconds", seconds)):
+            if val is not None:
+                _fail(ctx, name, "only with --follow", EXIT_USAGE)
+        if len(words) != 2:
+            _fail(ctx, "tuple", "give SRC:PORT DST:PORT (e.g. 198.18.0.10:40000 "
+                  "198.19.100.1:80), or --follow FILTER", EXIT_USAGE)
+        _check(ctx, config.parse_endpoint, words[0], "src")
+        _check(ctx, config.parse_endpoint, words[1], "dst")
+        _check(ctx, config.check_proto, proto)
+        _run(ctx, "trace", {"src": words[0], "dst": words[1], "proto": proto},
+             lambda r: click.echo(lbtrace.render(r)))
+        return
+    args = _watch_args(ctx, words, client, vip, count, seconds)
+    as_json = _opts(ctx).get("json")
+
+    def on_item(ev):
+        click.echo(json.dumps(ev) if as_json else stream.event_line(ev))
+
+    header, final = _run_stream(ctx, args, on_item)
+    if final is not None:
+        if as_json:
+            click.echo(json.dumps(final))
+        else:
+            click.echo("%d frames in %.3f s (%s); lost to a full ring: %d" % (
+                final["frames"], final["seconds"], header["result"]["watch"], final["lost"]),
+                err=True)
+
+
+@main.command("capture")
+@click.option("-w", "--write", "path", required=True, help="The pcap file to write.")
+@click.option("--vip", help="Frames of this VIP:PORT.")
+@click.option("--client", help="Frames of this client IP[:PORT].")
+@click.option("--filter", "filter_", help="A FILTER (as trace --follow), in one argument.")
+@click.option("--count", help="Stop after N frames written.")
+@click.option("--seconds", help="Stop after S seconds.")
+@click.option("--snap", default=str(watch.CAPTURE_SNAP), show_default=True,
+              help="Bytes kept of each frame.")
+@json_option
+@click.pass_context
+def capture_cmd(ctx, path, vip, client, filter_, count, seconds, snap):
+    """Write a pcap of the frames lbd received and sent that match (both directions, the
+    frames lbd made in place, e.g. splice's SYN-ACK cookies, too)."""
+    words = filter_.split() if filter_ else []
+    args = _watch_args(ctx, words, client, vip, count, seconds)
+    args["bytes"] = True
+    args["snap"] = _check(ctx, config.parse_int, _int_text(snap), "snap",
+                          watch.defs.WATCH_SNAP_MIN, watch.defs.WATCH_SNAP_MAX)
+    limit = args.get("count")
+    try:
+        fobj = open(path, "wb")
+    except OSError as e:
+        _fail(ctx, "write", "%s: %s" % (path, e.strerror or e), EXIT_USAGE)
+    counts = {"in": 0, "out": 0}
+    with fobj:
+        pcap = stream.PcapFile(fobj, args["snap"])
+
+        def on_item(ev):
+            ts = int(round(ev["ts"] * 1e9))
+            for key, data, length in (("in", ev["in_bytes"], ev.get("in", {}).get("len")),
+                                      ("out", ev.get("out_bytes"), ev.get("out", {}).get("len"))):
+                if limit is not None and pcap.frames >= limit:
+                    return True
+                if data:
+                    pcap.write(bytes.fromhex(data), ts, length)
+                    counts[key] += 1
+            fobj.flush()
+            return limit is not None and pcap.frames >= limit
+
+        header, final = _run_stream(ctx, args, on_item)
+    result = {"file": path, "frames": pcap.frames, "received": counts["in"],
+              "sent": counts["out"], "lost": (final or {}).get("lost"),
+              "watch": header["result"]["watch"]}
+    if _opts(ctx).get("json"):
+        click.echo(json.dumps(result))
+    else:
+        click.echo("%s: %d frames (%d received, %d sent; %s); lost to a full ring: %s" % (
+            path, pcap.frames, counts["in"], counts["out"], result["watch"], result["lost"]),
+            err=True)
 
 
 # --- human output ---------------------------------------------------------------------------

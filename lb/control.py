@@ -3,6 +3,13 @@
 Request  {"cmd": "vip.add", "args": {...}}
 Reply    {"ok": true, "result": ...}  or  {"ok": false, "error": {"field": ..., "message": ...}}
 
+Streaming commands (`watch`: lbctl trace --follow, lbctl capture) answer one request with
+many lines: each {"ok": true, "more": true, "result": ...} (the first is the stream's header),
+and a last {"ok": true, "more": false, "result": {...}} when the stream ends by itself; or a
+single error line when the request is refused. The client ends a stream early by sending any
+byte (then the last line comes) or by closing the connection. A reply without "more" is a
+whole reply: the one-line protocol is unchanged for every other command.
+
 Invariants:
 - Only root may talk to it: the socket file is 0600 in a 0700 directory, and the peer's uid
   (SO_PEERCRED) is checked on every connection.
@@ -11,6 +18,9 @@ Invariants:
 - A bad request is answered with an error and the connection stays usable; an LBError names
   its field; any other exception is logged with its traceback and answered with the field
   "internal". Nothing a client sends can stop the daemon.
+- A stream is polled in the event loop (session.poll() every session.interval s), so it
+  never blocks the loop; its session is closed however the stream ends (count, client gone,
+  error), before the last line is written, and the connection is closed after it.
 """
 import asyncio
 import json
@@ -80,9 +90,12 @@ def _json_default(o):
 class ControlServer:
     """ControlServer(path, handler); `await start()`, `await close()` (removes the socket)."""
 
-    def __init__(self, path, handler, allowed_uids=(0,)):
+    def __init__(self, path, handler, allowed_uids=(0,), streams=None):
         self.path = path
         self.handler = handler
+        # cmd -> open(args) -> a session: header(), poll() -> (items, final or None),
+        # interval (s), final(), close()
+        self.streams = dict(streams or {})
         self.allowed_uids = set(allowed_uids)
         self._server = None
         self.connections = 0
@@ -149,6 +162,10 @@ class ControlServer:
                 if not line.strip():
                     continue
                 self.requests += 1
+                stream = self._stream_of(line)
+                if stream is not None:
+                    await self._stream(stream, line, reader, writer)
+                    return
                 writer.write(_encode(dispatch(self.handler, line)))
                 await writer.drain()
         except (ConnectionError, BrokenPipeError):
@@ -157,6 +174,70 @@ class ControlServer:
             log.exception("control connection failed")
         finally:
             writer.close()
+
+
+    def _stream_of(self, line):
+        """The stream opener of a request line's cmd, or None (then dispatch answers it)."""
+        if not self.streams:
+            return None
+        try:
+            req = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not isinstance(req, dict):
+            return None
+        cmd = req.get("cmd")
+        return self.streams.get(cmd) if isinstance(cmd, str) else None
+
+    async def _stream(self, opener, line, reader, writer):
+        session = None
+
+        def open_session(cmd, args):
+            nonlocal session
+            session = opener(args)
+            return session.header()
+
+        first = dispatch(open_session, line)
+        if session is None:
+            writer.write(_encode(first))
+            await writer.drain()
+            return
+        try:
+            first["more"] = True
+            writer.write(_encode(first))
+            await writer.drain()
+            while True:
+                try:
+                    items, final = session.poll()
+                except Exception as exc:
+                    log.exception("stream failed")
+                    writer.write(_encode(error_reply("internal", "%s: %s"
+                                                     % (type(exc).__name__, exc))))
+                    break
+                for item in items:
+                    writer.write(_encode({"ok": True, "more": True, "result": item}))
+                if final is not None:
+                    session.close()             # off before the client reads the last line
+                    writer.write(_encode({"ok": True, "more": False, "result": final}))
+                    break
+                await writer.drain()
+                try:
+                    data = await asyncio.wait_for(reader.read(1), session.interval)
+                except asyncio.TimeoutError:
+                    continue
+                if not data:
+                    break                           # the client went away
+                # the client asks to stop: what is recorded, then the last line
+                items, _ = session.poll()
+                for item in items:
+                    writer.write(_encode({"ok": True, "more": True, "result": item}))
+                final = session.final()
+                session.close()
+                writer.write(_encode({"ok": True, "more": False, "result": final}))
+                break
+            await writer.drain()
+        finally:
+            session.close()
 
 
 def _socket_alive(path):

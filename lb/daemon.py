@@ -13,7 +13,8 @@ Live, two kinds of thread (lb/workers.py):
     LBState.handle (engine writes under each engine's lock); ARP for wanted neighbors (1 s
     unresolved, 30 s refresh); state.gc every 5 s; health checks (asyncio tasks of
     lb/health.py: probes through the kernel's TCP stack, results into LBState, which swaps
-    tables on a transition)
+    tables on a transition); `trace` answered from the engines (lb/trace.py); a `watch`
+    stream (trace --follow, capture: lb/watch.py) drained from every engine each 100 ms
 
 Composition: one Control (below: state, health checks, neighbours, the control socket, the
 main thread's timers) is given one driver, which owns the engines (lb/datapath.py):
@@ -62,6 +63,8 @@ from .health import HealthMonitor, check_interface
 from .io import PcapIO, open_backend
 from .neigh import Neigh
 from .state import LBState
+from .trace import trace
+from .watch import WatchHub
 from .workers import Workers
 
 log = logging.getLogger("lbd")
@@ -109,6 +112,8 @@ class Control:
         self._next_gc = None
         self._last_error_log = 0.0
         self.loop_stats = {"gc_freed": 0, "errors": 0}
+        # lbctl trace --follow / capture: the one watch over driver.engine (lb/watch.py)
+        self.watch = WatchHub(self.engine, self._real_names)
         driver.attach(self)
 
     # --- what the drivers call --------------------------------------------------------------
@@ -118,6 +123,7 @@ class Control:
             out = self.neigh.handle(frame)
             if out:
                 self.io.send(out)
+                self.watch.note_sent(out, None)
         except Exception:
             self._error("punted frame failed")
 
@@ -126,6 +132,7 @@ class Control:
         reqs = self.neigh.due_requests(now)
         if reqs:
             self.io.send(reqs)
+            self.watch.note_sent(reqs, None)
         if self._next_gc is None or now >= self._next_gc:
             self._next_gc = now + GC_MS
             self.loop_stats["gc_freed"] += self.state.gc() or 0
@@ -148,7 +155,18 @@ class Control:
     def handle(self, cmd, args):
         if cmd == "status":
             return self.status()
+        if cmd == "trace":
+            return trace(self.state, self.engine, self.cfg.lb.ip, args, self.clock())
         return self.state.handle(cmd, args)
+
+    def streams(self):
+        """The control socket's streaming commands (lb/control.py): cmd -> open(args)."""
+        return {"watch": self.watch.open}
+
+    def _real_names(self):
+        """{real slot: "ip:port"} of the VIPs' backends (watch events name the backend)."""
+        return {b["real"]: b["backend"] for v in self.state.handle("vip.list", {})
+                for b in v["backends"] if b["real"] is not None}
 
     def status(self):
         return {
@@ -161,6 +179,7 @@ class Control:
             "neighbors": self.neigh.neighbors(),
             "health": {"interface": self.state.health_interface,
                        "checked": len(self.state.health_targets())},
+            "watch": self.watch.view(),
             **self.driver.status(),
         }
 
@@ -201,7 +220,7 @@ async def run_live(d):
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, d.reload_on_signal)   # in the loop: between bursts
-    server = ControlServer(d.cfg.lb.control_socket, d.handle)
+    server = ControlServer(d.cfg.lb.control_socket, d.handle, streams=d.streams())
     await server.start()
     try:
         d.driver.start(loop)

@@ -147,6 +147,47 @@ class EngineGroup:
                 out += w.engine.flows()
         return out
 
+    # --- trace and watch (lb/trace.py, lb/watch.py) --------------------------------------
+    def worker_of(self, cip, cport):
+        """The worker the steering program gives client cip:cport (lb/steer.py's key)."""
+        return (fastpath.mix64(cip << 16 | cport) & 0xFFFF) % len(self.workers)
+
+    def flow_get(self, src, sport, dst, dport, proto):
+        """Engine.flow_get on each worker's engine (a flow is on one); "worker" added."""
+        for w in self.workers:
+            with w.lock:
+                f = w.engine.flow_get(src, sport, dst, dport, proto)
+            if f is not None:
+                return dict(f, worker=w.index)
+        return None
+
+    def explain(self, cip, cport, vip, vport, proto):
+        """Engine.explain on the engine of the worker the client is steered to (each has
+        its own rr cursor and lc counts); "worker" added."""
+        w = self.workers[self.worker_of(cip, cport)]
+        with w.lock:
+            x = w.engine.explain(cip, cport, vip, vport, proto)
+        return None if x is None else dict(x, worker=w.index)
+
+    def watch_set(self, terms, snap=2048, size=1024):
+        self._each(lambda e: e.watch_set(terms, snap, size))
+
+    def watch_drain_workers(self):
+        """[(worker, record)] of every engine's watch ring, each engine's in its order."""
+        out = []
+        for w in self.workers:
+            with w.lock:
+                out += [(w.index, r) for r in w.engine.watch_drain()]
+        return out
+
+    def watch_status(self):
+        views = [w.engine.watch_status() for w in self.workers]
+        out = dict(views[0])
+        out["on"] = all(v["on"] for v in views)      # (set on one engine after another)
+        for k in ("pending", "seen", "lost"):
+            out[k] = sum(v[k] for v in views)
+        return out
+
 
 class EngineLock:
     """`with lock:` around Engine.acquire()/release(): the lock serve() takes per burst."""
@@ -173,6 +214,8 @@ class Worker:
         self.expire_budget = expire_budget
         self.punt_sink = punt_sink         # callable(list of frame bytes), thread-safe
         self.punts = None                  # PuntTable, set once the state exists
+        self.sent_tap = None               # callable(frames, worker): frames Python made and
+                                           # sent here (lb/watch.py shows them), set by attach
         self.lock = EngineLock(engine)
         self.batch = io.new_batch(BATCH_SIZE)
         self.running = False
@@ -224,11 +267,11 @@ class Worker:
                 now = r["now"]
                 if r["punts"]:
                     self.stats["punts"] += self.punts.dispatch(self.batch, self.batch.n, now,
-                                                               self.io.send, up.append)
+                                                               self.send, up.append)
                 if self.punts.pollers:
                     out = self.punts.poll(now)
                     if out:
-                        self.io.send(out)
+                        self.send(out)
                 self.timers(now)
             except Exception:
                 self._error("worker %d: burst failed" % self.index)
@@ -252,8 +295,14 @@ class Worker:
             return
         self._next_tick = now + TICK_MS
         self.stats["ticks"] += 1
-        self.stats["expired"] += housekeep(self.engine, self.punts, self.io.send,
+        self.stats["expired"] += housekeep(self.engine, self.punts, self.send,
                                            self.expire_budget, now)
+
+    def send(self, frames):
+        """Frames Python made (a mode's punt answers and timers) out of this queue."""
+        self.io.send(frames)
+        if self.sent_tap is not None:
+            self.sent_tap(frames, self.index)
 
     def _error(self, what):
         self.stats["errors"] += 1
@@ -293,6 +342,7 @@ class Workers:
         self.control = control
         for w in self.workers:
             w.punts = PuntTable(w.engine, control.state, control.mac)
+            w.sent_tap = control.watch.note_sent
 
     # --- frames from the workers ---------------------------------------------------------
     def _punt_sink(self, frames):

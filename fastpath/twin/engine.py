@@ -12,11 +12,13 @@ import threading
 
 from .. import defs
 from ..checks import check_ip, check_mac, check_port, check_real_idx, check_secret
-from .flowtable import api_expire, api_flows, api_pick, api_set_services
+from .flowtable import (api_expire, api_explain, api_flow_get, api_flows, api_pick,
+                        api_set_services)
 from .serve import api_process, api_serve
 from .splice import (api_splice_bind, api_splice_by_backend, api_splice_drop, api_splice_flow,
                      api_splice_syn, api_splice_waiting)
 from .types import Flow, Frag, Real
+from .watch import api_watch_drain, api_watch_set, api_watch_status
 from .xmit_tunnel import api_tunnel_frag_mtu, api_tunnel_mss, api_tunnel_segment
 
 
@@ -60,6 +62,12 @@ class Engine:
             self.wq_size <<= 1
         self.lock = threading.Lock()
         self.want = 0
+        # the watch (watch.py): off unless the control side set one
+        self.watch_on = False
+        self.wterm = []            # the filter: (kind, value) terms, all of which must hold
+        self.wring = collections.deque()    # records, at most wsize
+        self.wsize = self.wsnap = 0
+        self.wseen = self.wlost = 0   # frames that matched; of them, lost to a full ring
         self.set_timeouts(timeouts or {})
 
     # ---- the engine lock (lb/workers.py) --------------------------------------------------
@@ -215,3 +223,34 @@ class Engine:
     def splice_drop(self, cip, cport, vip, vport):
         """Forget a splice flow (refused, redirected, backend never answered)."""
         return api_splice_drop(self, cip, cport, vip, vport)
+
+    # ---- trace and watch (flowtable.py, watch.py; lb/trace.py, lb/watch.py) -------------
+    def flow_get(self, src, sport, dst, dport, proto):
+        """The flow a frame src:sport -> dst:dport/proto belongs to, found by a keyed lookup:
+        the forward index (client -> VIP), else the reverse one (backend -> client). A dict
+        of the entry (docs/interfaces.md), or None."""
+        return api_flow_get(self, src, sport, dst, dport, proto)
+
+    def explain(self, cip, cport, vip, vport, proto):
+        """Where a new flow cip:cport -> vip:vport/proto would go, without moving anything
+        (an rr cursor stays): {sched, table_size, hash, slot, real, l7_rules}, or None when
+        there is no such service."""
+        return api_explain(self, cip, cport, vip, vport, proto)
+
+    def watch_set(self, terms, snap=2048, size=1024):
+        """Watch frames matching terms (a list of (defs.W_* kind, value), all must hold;
+        [] matches every frame): each is recorded, up to snap bytes of it as received and as
+        sent, with its verdict, the counters it moved and its flow, into a ring of `size`
+        records (full: the frame is counted lost, never waited for). None: watch off (one
+        branch per frame). Resets the ring and its counts."""
+        api_watch_set(self, terms, snap, size)
+
+    def watch_drain(self, limit=None):
+        """The records in the ring, oldest first, removed from it: [(ts_ns, verdict, reason,
+        in_len, in_bytes, out_len, out_bytes, ((counter name, delta), ...), flow)], flow None
+        or (cip, cport, vip, vport, proto, rip, rport, real, mode, state, fwd)."""
+        return api_watch_drain(self, limit)
+
+    def watch_status(self):
+        """{on, terms, snap, size, pending, seen, lost}."""
+        return api_watch_status(self)

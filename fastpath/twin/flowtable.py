@@ -14,7 +14,7 @@ Invariants:
 - The service table is swapped whole by api_set_services; flows and reals survive a swap.
 """
 from .. import defs
-from ..checks import check_ip, check_pool, check_port, check_specs
+from ..checks import check_ip, check_pool, check_port, check_proto, check_specs
 from ..defs import C, TH_ACK, TH_FIN, TH_RST, TH_SYN
 from .inet import flow_hash, mix64
 from .types import XMIT, Service
@@ -301,3 +301,61 @@ def api_expire(self, now_ms, budget):
             self.ctr[C["flow_expired"]] += 1
             freed += 1
     return freed
+
+
+def flow_view(self, idx, key):
+    """A flow entry as the dict flow_get returns; the splice fields only for a splice flow."""
+    e = self.fl[idx]
+    d = {"index": idx, "key": key, "cip": e.cip, "cport": e.cport, "vip": e.vip,
+         "vport": e.vport, "proto": e.proto, "rip": e.rip, "rport": e.rport, "real": e.real,
+         "mode": e.mode, "state": e.state, "flags": e.flags, "created": e.created,
+         "last": e.last, "pkts_fwd": e.pkts_fwd, "pkts_rev": e.pkts_rev,
+         "bytes_fwd": e.bytes_fwd, "bytes_rev": e.bytes_rev}
+    if e.mode == defs.MODE_SPLICE:
+        d["xlate"] = {"c_isn": e.c_isn, "l_isn": e.l_isn, "delta": e.delta,
+                       "ts_off": e.ts_off, "mss": e.mss, "ws_c": e.ws_c, "ws_b": e.ws_b,
+                       "ws_lb": e.ws_lb, "sopt": e.sopt, "replay_len": e.rp_len}
+    return d
+
+
+def api_flow_get(self, src, sport, dst, dport, proto):
+    s, d = check_ip(src), check_ip(dst)
+    sp, dp = check_port(sport), check_port(dport)
+    pr = check_proto(proto)
+    h = flow_hash(s, d, sp, dp, pr)
+    idx = flow_find(self, self.ifwd, h, s, d, sp, dp, pr, False)
+    if idx >= 0:
+        return flow_view(self, idx, "fwd")
+    idx = flow_find(self, self.irev, h, s, d, sp, dp, pr, True)
+    if idx >= 0:
+        return flow_view(self, idx, "rev")
+    return None
+
+
+def api_explain(self, cip, cport, vip, vport, proto):
+    c, v = check_ip(cip), check_ip(vip)
+    cp, vp = check_port(cport), check_port(vport)
+    pr = check_proto(proto)
+    sv = service_find(self, v, vp, pr)
+    if sv is None:
+        return None
+    h = flow_hash(c, v, cp, vp, pr)
+    n = len(sv.table)
+    key = k = 0
+    # as schedule() picks, without moving sv.cursor
+    if n:
+        if sv.sched == defs.SCHED_SEQ:
+            key, k = sv.cursor, sv.cursor % n
+        elif sv.sched == defs.SCHED_HASH5:
+            key, k = h, h % n
+        elif sv.sched == defs.SCHED_HASHSRC:
+            key = mix64(c)
+            k = key % n
+        else:
+            for j in range(1, n):
+                if (self.reals[sv.table[j]].conns * sv.weights[k]
+                        < self.reals[sv.table[k]].conns * sv.weights[j]):
+                    k = j
+    return {"sched": sv.sched, "mode": sv.mode, "table_size": n, "hash": key,
+            "slot": k if n else -1, "real": sv.table[k] if n else -1,
+            "l7_rules": len(sv.l7_rules), "flags": sv.flags}

@@ -25,6 +25,7 @@ from .frag import frag_later, frag_note
 from .icmp import icmp_in
 from .inet import flow_hash, ip_header_ok, rd16, rd32, wr16
 from .types import XMIT, Pkt
+from .watch import watch_frame
 
 BCAST = b"\xff" * 6
 
@@ -115,37 +116,46 @@ def api_serve(self, fd, batch, deadline_ms):
 
 
 def burst(self, batch, now):
-    """Every frame of the batch through process_frame, each a bytearray copy written back
-    when it is sent. (No prefetching: the compiled burst's prefetches decide nothing.)"""
-    hdr = batch.hdr
-    ctr = self.ctr
-    self.vnet_tnl = hdr >= defs.VNET_TNL_HDR_LEN   # the long vnet header (with self.vnet set)
+    """Every frame of the batch through burst_frame, or watch_frame while a watch is set.
+    (No prefetching: the compiled burst's prefetches decide nothing.)"""
+    self.vnet_tnl = batch.hdr >= defs.VNET_TNL_HDR_LEN   # the long vnet header (with self.vnet set)
     for i in range(batch.n):
-        row = min(int(batch.lens[i]), batch.snap)
-        n = max(0, row - hdr)
-        f = bytearray(batch.buf[i, hdr:hdr + n].tobytes())
-        self.newlen = 0
-        self.rowcap = batch.snap - hdr
-        self.partial = bool(hdr) and row >= hdr and bool(batch.buf[i, 0] & defs.VNET_F_NEEDS_CSUM)
-        self.vnet = bytearray(batch.buf[i, :hdr].tobytes()) if hdr >= 10 and row >= hdr else None
-        self.keep_vnet = False
-        reason = process_frame(self, f, n, now)
-        ctr[C["rx_frames"]] += 1
-        ctr[reason] += 1
-        v = verdict_of(reason)
-        batch.verdict[i] = v
-        batch.reason[i] = reason
-        if v == defs.V_TX or v == defs.V_PUNT and self.newlen:
-            if self.newlen:      # a frame made in place (splice, tunnel; punt_tunnel_frag's)
-                n = self.newlen
-                batch.lens[i] = hdr + n
-                if self.keep_vnet:
-                    batch.buf[i, :hdr] = np.frombuffer(bytes(self.vnet), np.uint8)
-                else:
-                    batch.buf[i, :hdr] = 0     # complete checksums, no GSO
-            elif self.keep_vnet:     # rewritten in place, its header changed (splice's GSO size)
+        # the watch costs this one branch per frame while none is set (watch.py)
+        if self.watch_on:
+            watch_frame(self, batch, i, now, burst_frame)
+        else:
+            burst_frame(self, batch, i, now)
+
+
+def burst_frame(self, batch, i, now):
+    """Row i of the batch through process_frame, as a bytearray copy written back when it is
+    sent; its exit counter, verdict and reason."""
+    hdr = batch.hdr
+    row = min(int(batch.lens[i]), batch.snap)
+    n = max(0, row - hdr)
+    f = bytearray(batch.buf[i, hdr:hdr + n].tobytes())
+    self.newlen = 0
+    self.rowcap = batch.snap - hdr
+    self.partial = bool(hdr) and row >= hdr and bool(batch.buf[i, 0] & defs.VNET_F_NEEDS_CSUM)
+    self.vnet = bytearray(batch.buf[i, :hdr].tobytes()) if hdr >= 10 and row >= hdr else None
+    self.keep_vnet = False
+    reason = process_frame(self, f, n, now)
+    self.ctr[C["rx_frames"]] += 1
+    self.ctr[reason] += 1
+    v = verdict_of(reason)
+    batch.verdict[i] = v
+    batch.reason[i] = reason
+    if v == defs.V_TX or v == defs.V_PUNT and self.newlen:
+        if self.newlen:      # a frame made in place (splice, tunnel; punt_tunnel_frag's)
+            n = self.newlen
+            batch.lens[i] = hdr + n
+            if self.keep_vnet:
                 batch.buf[i, :hdr] = np.frombuffer(bytes(self.vnet), np.uint8)
-            batch.buf[i, hdr:hdr + n] = np.frombuffer(bytes(f[:n]), np.uint8)
+            else:
+                batch.buf[i, :hdr] = 0     # complete checksums, no GSO
+        elif self.keep_vnet:     # rewritten in place, its header changed (splice's GSO size)
+            batch.buf[i, :hdr] = np.frombuffer(bytes(self.vnet), np.uint8)
+        batch.buf[i, hdr:hdr + n] = np.frombuffer(bytes(f[:n]), np.uint8)
 
 
 def process_frame(self, f, n, now):
