@@ -251,7 +251,7 @@ class Lab:
     """
 
     def __init__(self, name="tw", backends=3, clients=1, io="tap", start_lbd=True, offload=False,
-                 workers=1, remote_backends=0, client_hop_mtu=None):
+                 workers=1, remote_backends=0, client_hop_mtu=None, lbd_extra=""):
         if not NAME_RE.match(name or ""):
             raise LabError("lab name %r: use 1-20 characters of [A-Za-z0-9_]" % (name,))
         if not 1 <= backends <= MAX_BACKENDS:
@@ -282,6 +282,7 @@ class Lab:
         self.offload = offload          # vnet headers (tap, afpacket): GSO superframes through lbd
         self.workers = workers          # lbd's [io] workers: data-plane threads (TAP queues)
         self.start_lbd = start_lbd
+        self.lbd_extra = lbd_extra      # TOML appended to lbd's config (e.g. a [metrics] table)
         self.state_dir = os.path.join(STATE_ROOT, "lab-" + name)
         self.state_file = os.path.join(self.state_dir, "state.json")
         self._topology = None
@@ -566,6 +567,8 @@ class Lab:
                                 "offload": "true" if self.offload else "false",
                                 "workers": self.workers,
                                 "mac": lbmac, "gw": RT_SERVER, "sock": sock})
+            if self.lbd_extra:
+                f.write("\n" + self.lbd_extra.strip() + "\n")
         lbd_pid, lbd_status = None, None
         if self.start_lbd:
             lbd_pid, lbd_status = self._start_lbd(cfg, sock, log)
