@@ -176,7 +176,7 @@ class Collector:
     def _daemon(self, st):
         io = st.get("io") or {}
         queues = io.get("queues")
-        per = [(["queue"], [str(k)], c) for k, c in enumerate(queues.values())] if queues else []
+        per = [([str(k)], c) for k, c in enumerate(queues.values())] if queues else []
         for name in sorted(k for k, v in io.items() if isinstance(v, int)):
             fam = CounterMetricFamily("threeway_io_" + name, "IO backend (lb/io.py): %s%s"
                                       % (name.replace("_", " "),
@@ -186,7 +186,7 @@ class Collector:
             if per:
                 q = CounterMetricFamily("threeway_io_queue_" + name, "IO backend, per TAP "
                                         "queue: %s" % name.replace("_", " "), labels=["queue"])
-                for _, lv, c in per:
+                for lv, c in per:
                     q.add_metric(lv, c.get(name, 0))
                 yield q
         for name, n in sorted((st.get("neigh") or {}).items()):
