@@ -15,7 +15,8 @@ Invariants:
   direction (client_to_backend always; backend_to_client where the mode has a reverse path,
   or once it counted any). Per backend (label backend="IP:PORT", one real slot, shared by
   every VIP that uses that backend): the same from the real's counters. Per VIP x backend:
-  weight, and up (1/0) where the VIP has a health check.
+  weight, and up (1/0) where the VIP has a health check. A mode's punt-handler numbers are
+  `threeway_<mode>_punt_<name>`, untyped (they mix counters and gauges).
 - A request that is not `GET /metrics` gets 404/405/400; a slow or oversized request is cut
   off (REQUEST_TIMEOUT_S, MAX_REQUEST): the endpoint never blocks the loop.
 """
@@ -25,7 +26,7 @@ import time
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
-                                    InfoMetricFamily)
+                                    InfoMetricFamily, UnknownMetricFamily)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 import modes
@@ -210,6 +211,14 @@ class Collector:
                             ("punts", "ARP/ICMP punts the workers handed to the main thread")):
             if name in loop:
                 yield CounterMetricFamily("threeway_control_" + name, help_, value=loop[name])
+        for mode in sorted(modes.REGISTRY):
+            # a mode's punt handler (modes/base.py): its own numbers, counters and gauges
+            # mixed (splice's `open`), so untyped
+            for name, n in sorted((st.get(mode) or {}).items()):
+                if isinstance(n, int):
+                    yield UnknownMetricFamily("threeway_%s_punt_%s" % (mode, name),
+                                              "%s's punt handler (modes/): %s"
+                                              % (mode, name.replace("_", " ")), value=n)
         h = st.get("health") or {}
         for name in HEALTH_COUNTERS:
             if name in h:

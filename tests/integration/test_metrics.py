@@ -177,6 +177,10 @@ def test_per_vip_and_per_backend_match_what_the_client_sent(lab):
                offload="false", vnet_hdr="0", workers="1") == 1
     st = call(lab, "status")
     assert st["metrics"] == {"listen": METRICS}
+    r = subprocess.run([sys.executable, "-m", "lb.cli", "--socket",
+                        lab.topology["control_socket"], "status"],
+                       capture_output=True, text=True, timeout=20, cwd=REPO)
+    assert re.search(r"^metrics\.listen:\s+%s$" % re.escape(METRICS), r.stdout, re.M), r.stdout
 
 
 def test_health_gauge_flips_when_a_backend_stops(lab):

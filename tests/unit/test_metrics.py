@@ -212,7 +212,8 @@ def test_daemon_counters_become_families():
              "neigh": {"arp_learned": 2},
              "loop": {"punts": 1, "gc_freed": 0, "workers": {"w0": {"wakeups": 5, "errors": 0}}},
              "health": {"probes": 9, "probe_failures": 1, "transitions": 2, "tasks": 3,
-                        "in_flight": 1}}
+                        "in_flight": 1},
+             "splice": {"decided_forward": 4, "open": 1}}
 
     class NoState:
         def metrics_view(self):
@@ -227,6 +228,8 @@ def test_daemon_counters_become_families():
     assert val(s, "threeway_loop_wakeups_total") == 5
     assert val(s, "threeway_health_probes_total") == 9
     assert fams["threeway_health_tasks"].type == "gauge" and val(s, "threeway_health_tasks") == 3
+    assert val(s, "threeway_splice_punt_decided_forward") == 4
+    assert val(s, "threeway_splice_punt_open") == 1
 
 
 @pytest.mark.parametrize("listen,needle", [
