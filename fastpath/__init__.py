@@ -29,8 +29,11 @@ else:
             "on purpose." % exc) from exc
     IMPL = "cy"
 
-ServiceSpec = namedtuple("ServiceSpec", "vip port proto mode sched table weights flags l7 tunnel",
-                         defaults=(0, None, None))
+# slot: the VIP's counter slot (Engine.vip_stats), kept by the control side across swaps
+# (lb/state.py); None: the spec's position in the list
+ServiceSpec = namedtuple("ServiceSpec",
+                         "vip port proto mode sched table weights flags l7 tunnel slot",
+                         defaults=(0, None, None, None))
 # splice content rules for the fast path (fastpath/defs.py L7_*): limit (bytes that count),
 # rules: ((kind, arg bytes, pool index), ...) in order, pools: ((sched, table, weights), ...)
 L7Spec = namedtuple("L7Spec", "limit rules pools")

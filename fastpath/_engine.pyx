@@ -27,7 +27,7 @@ from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThr
 
 from . import defs
 from .checks import (check_ip, check_mac, check_pool, check_port, check_real_idx, check_secret,
-                     check_proto, check_specs, check_watch)
+                     check_proto, check_specs, check_vip_slot, check_watch)
 
 include "_defs.pxi"
 include "_iocore.pxi"

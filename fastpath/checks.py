@@ -40,6 +40,12 @@ def check_real_idx(idx):
         raise ValueError("real index must be 0..%d, got %r" % (defs.MAX_REALS - 1, idx))
 
 
+def check_vip_slot(slot):
+    """A VIP counter slot (ServiceSpec.slot, Engine.vip_stats)."""
+    if isinstance(slot, bool) or not isinstance(slot, int) or not 0 <= slot < defs.MAX_SERVICES:
+        raise ValueError("vip slot must be 0..%d, got %r" % (defs.MAX_SERVICES - 1, slot))
+
+
 def check_pool(pool, npools):
     """A content-rule pool index of a service with npools pools, or -1 for its own table."""
     if isinstance(pool, bool) or not isinstance(pool, int) or not -1 <= pool < npools:
@@ -54,7 +60,14 @@ def check_specs(specs):
     if len(specs) > defs.MAX_SERVICES:
         raise ValueError("at most %d services" % defs.MAX_SERVICES)
     seen = set()
-    for s in specs:
+    slots = set()
+    for k, s in enumerate(specs):
+        slot = getattr(s, "slot", None)
+        slot = k if slot is None else slot         # None: its position in the list
+        check_vip_slot(slot)
+        if slot in slots:
+            raise ValueError("duplicate vip slot %d" % slot)
+        slots.add(slot)
         key = (check_ip(s.vip), check_port(s.port), s.proto)
         if s.proto not in (defs.PROTO_TCP, defs.PROTO_UDP):
             raise ValueError("service proto must be tcp or udp, got %r" % (s.proto,))

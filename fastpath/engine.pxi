@@ -46,6 +46,7 @@ cdef class Engine:
     cdef uint16_t outer_id  # tunnel: the IP id of the latest outer packet to be fragmented
     cdef uint8_t opts[40]   # a frame's IP options while its routine runs (serve.pxi opts_aside)
     cdef Frag *frags        # FRAG_SLOTS datagrams whose first fragment was sent (frag.pxi)
+    cdef VipCtr *vctr       # MAX_SERVICES VIPs' counters, by Service.slot (flowtable.pxi)
     cdef WaitQ *waitq       # splice flows Python may have to look at (a ring of wq_size)
     cdef uint32_t wq_head, wq_tail, wq_size
     cdef PyThread_type_lock lock
@@ -83,11 +84,12 @@ cdef class Engine:
             self.wq_size <<= 1
         self.waitq = <WaitQ *>malloc(self.wq_size * sizeof(WaitQ))
         self.frags = <Frag *>calloc(FRAG_SLOTS, sizeof(Frag))
+        self.vctr = <VipCtr *>calloc(MAX_SERVICES, sizeof(VipCtr))
         self.wq_head = self.wq_tail = 0
         self.lock = PyThread_allocate_lock()
         self.want = 0
         if not (self.lock and self.fl and self.ifwd and self.irev and self.freel and self.reals
-                and self.svcs and self.svc_slot and self.ctr and self.waitq and self.frags):
+                and self.svcs and self.svc_slot and self.ctr and self.waitq and self.frags and self.vctr):
             raise MemoryError()
         cdef uint32_t k
         for k in range(capacity):
@@ -115,6 +117,7 @@ cdef class Engine:
                 free(self.fl[k].rp)
         free(self.waitq)
         free(self.frags)
+        free(self.vctr)
         free(self.fl); free(self.ifwd); free(self.irev); free(self.freel); free(self.reals)
         free(self.svcs); free(self.svc_slot); free(self.ctr)
         free(self.tab); free(self.wts)
@@ -173,7 +176,8 @@ cdef class Engine:
         cdef uint16_t portv = check_port(port)
         cdef Real *r = &self.reals[<int>idx]
         if r.ip != ipv or r.port != portv:
-            r.mss, r.nosack = 0, 0        # another backend: what was learnt is not its
+            r.mss, r.nosack = 0, 0        # another backend: what was learnt is not its,
+            r.flows = r.pkts_fwd = r.pkts_rev = r.bytes_fwd = r.bytes_rev = 0   # nor counted
         r.ip = ipv
         r.port = portv
         if m is None:
@@ -214,6 +218,18 @@ cdef class Engine:
 
     def expire(self, int64_t now_ms, budget):
         return api_expire(self, now_ms, budget)
+
+    def real_stats(self, idx):
+        """Metrics of real idx: (conns, flows, pkts_fwd, pkts_rev, bytes_fwd, bytes_rev):
+        flows bound now, flows ever bound, frames and bytes sent on its flows (fwd: client
+        -> backend). Zeroed when set_real gives the slot another ip:port."""
+        return api_real_stats(self, idx)
+
+    def vip_stats(self, slot):
+        """Metrics of VIP counter slot `slot` (ServiceSpec.slot): (conns, flows, pkts_fwd,
+        pkts_rev, bytes_fwd, bytes_rev), as real_stats. They survive set_services; a service
+        of another vip/port/proto taking the slot zeroes all but conns."""
+        return api_vip_stats(self, slot)
 
     # ---- per packet -----------------------------------------------------------------------
     def process(self, batch, int64_t now_ms):

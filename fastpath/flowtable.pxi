@@ -14,7 +14,9 @@
 # - Reals are referenced by index: Real.conns counts the flows bound to each, and the control
 #   side reuses a real's slot only at 0 (lb/state.py).
 # - The service table is swapped whole by api_set_services between bursts; flows and reals
-#   survive a swap.
+#   survive a swap, and so do the VIPs' counters (Engine.vctr, by Service.slot: a flow keeps
+#   the slot of its VIP in vslot). Per frame sent on a flow, flow_account moves its flow's,
+#   its VIP slot's and its real's frame and byte counters (metrics: lb/metrics.py).
 
 
 cdef inline int32_t flow_find(Engine self, uint64_t *tab, uint64_t h, uint32_t src,
@@ -86,6 +88,7 @@ cdef void flow_delete(Engine self, uint32_t idx) noexcept nogil:
         flow_unlink(self, self.irev, e.hr, idx, True)
     if e.real >= 0:
         self.reals[e.real].conns -= 1
+    self.vctr[e.vslot].conns -= 1
     if e.rp != NULL:
         free(e.rp)
         e.rp = NULL
@@ -135,8 +138,18 @@ cdef uint32_t flow_create(Engine self, Service *sv, uint64_t h, uint32_t src, ui
     if XMIT[sv.mode].rev != NULL:
         flow_insert_rev(self, idx)
     r.conns += 1
+    r.flows += 1
+    vip_flow_new(self, e, sv)
     self.nused += 1
     return idx
+
+
+cdef inline void vip_flow_new(Engine self, Flow *e, Service *sv) noexcept nogil:
+    """A flow created on sv: it keeps sv's counter slot, which counts it."""
+    cdef VipCtr *v = &self.vctr[sv.slot]
+    e.vslot = sv.slot
+    v.conns += 1
+    v.flows += 1
 
 
 cdef int new_flow_default(Engine self, uint8_t *f, uint32_t n, Service *sv, Pkt *p,
@@ -244,15 +257,32 @@ cdef inline Service *service_find(Engine self, uint32_t vip, uint16_t port,
         j = (j + 1) & (SVC_SLOTS - 1)
 
 
-cdef inline void flow_account(Flow *e, uint32_t n, bint fwd, int64_t now) noexcept nogil:
-    """A frame of e sent on (n bytes, fwd: client -> backend): the flow's time and counters."""
+cdef inline void flow_account(Engine self, Flow *e, uint32_t n, bint fwd,
+                              int64_t now) noexcept nogil:
+    """A frame of e sent on (n bytes, fwd: client -> backend): the flow's time and counters,
+    its VIP slot's and its real's (none while a splice flow is unbound). The real's line is
+    the one the forward routine read its MAC from; the VIP slots are a few hot lines."""
+    cdef VipCtr *v = &self.vctr[e.vslot]
+    cdef Real *r
     e.last = now
     if fwd:
         e.pkts_fwd += 1
         e.bytes_fwd += n
+        v.pkts_fwd += 1
+        v.bytes_fwd += n
     else:
         e.pkts_rev += 1
         e.bytes_rev += n
+        v.pkts_rev += 1
+        v.bytes_rev += n
+    if e.real >= 0:
+        r = &self.reals[e.real]
+        if fwd:
+            r.pkts_fwd += 1
+            r.bytes_fwd += n
+        else:
+            r.pkts_rev += 1
+            r.bytes_rev += n
 
 
 cdef inline void splice_cap(Service *sv, Real *r) noexcept nogil:
@@ -304,12 +334,18 @@ cdef object api_set_services(Engine self, specs):
     cdef uint32_t off = 0, k, j
     cdef uint64_t key
     cdef Service *sv
+    cdef VipCtr *vc
     for k in range(SVC_SLOTS):
         self.svc_slot[k] = -1
     for k, s in enumerate(specs):
         sv = &self.svcs[k]
         sv.vip, sv.port, sv.proto, sv.mode, sv.sched = s.vip, s.port, s.proto, s.mode, s.sched
         sv.off, sv.n, sv.cursor, sv.flags = off, len(s.table), 0, s.flags
+        sv.slot = k if getattr(s, "slot", None) is None else s.slot
+        vc = &self.vctr[sv.slot]
+        if not vc.used or vc.vip != sv.vip or vc.port != sv.port or vc.proto != sv.proto:
+            vc.vip, vc.port, vc.proto, vc.used = sv.vip, sv.port, sv.proto, 1
+            vc.flows = vc.pkts_fwd = vc.pkts_rev = vc.bytes_fwd = vc.bytes_rev = 0
         for j in range(sv.n):
             tab[off + j] = s.table[j]
             wts[off + j] = s.weights[j] if j < len(s.weights) else 1
@@ -450,3 +486,15 @@ cdef object api_explain(Engine self, cip, cport, vip, vport, proto):
     return {"sched": sv.sched, "mode": sv.mode, "table_size": n, "hash": key,
             "slot": k if n else -1, "real": t[k] if n else -1, "l7_rules": sv.l7_n,
             "flags": sv.flags}
+
+
+cdef object api_real_stats(Engine self, idx):
+    check_real_idx(idx)
+    cdef Real *r = &self.reals[<int>idx]
+    return (r.conns, r.flows, r.pkts_fwd, r.pkts_rev, r.bytes_fwd, r.bytes_rev)
+
+
+cdef object api_vip_stats(Engine self, slot):
+    check_vip_slot(slot)
+    cdef VipCtr *v = &self.vctr[<int>slot]
+    return (v.conns, v.flows, v.pkts_fwd, v.pkts_rev, v.bytes_fwd, v.bytes_rev)

@@ -394,5 +394,5 @@ cdef inline int xmit_out(Engine self, uint8_t *f, uint32_t n, Flow *e, const uin
         track(e, tflags, fwd)
     memcpy(f, dmac, 6)
     memcpy(f + 6, self.local_mac, 6)
-    flow_account(e, n, fwd, now)
+    flow_account(self, e, n, fwd, now)
     return XMIT_CONT

@@ -103,9 +103,11 @@ cdef int splice_new(Engine self, uint8_t *f, uint32_t n, Service *sv, Pkt *p,
     e.ws_lb = SPLICE_WSCALE if e.ws_c != 0xF else 0
     e.ws_b, e.b_tsval = 0, 0
     e.c_win = rd16(f + 48)
-    e.pkts_fwd, e.bytes_fwd = 1, n
+    e.pkts_fwd, e.bytes_fwd = 0, 0
     e.rp, e.rp_len = NULL, 0
     flow_insert(self, self.ifwd, p.h, idx)
+    vip_flow_new(self, e, sv)
+    flow_account(self, e, n, True, now)      # (the cookie ACK: the flow's first frame)
     self.nused += 1
     self.ctr[C_FLOW_CREATED] += 1
     if rd16(f + 16) > 20 + (f[46] >> 4) * 4 or tflags & TH_FIN:
@@ -181,9 +183,7 @@ cdef int splice_fwd(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, u
         if o.ts >= 0 and f[o.ts + 1] == 10:
             e.c_tsval = rd32(f + o.ts + 2)
         e.c_win = rd16(f + 48)
-        e.last = now
-        e.pkts_fwd += 1
-        e.bytes_fwd += n
+        flow_account(self, e, n, True, now)
         if e.state == S_SPL_WAIT and sv.l7_n and not e.flags & F_SEEN:
             k = splice_l7_bind(self, f, e, sv, tflags, now)
             if k:
@@ -263,9 +263,7 @@ cdef int splice_rev(Engine self, uint8_t *f, uint32_t n, Flow *e, Service *sv, u
                 # the client's view continues from our SYN-ACK's TSval (PAWS)
                 e.ts_off = <uint32_t>(now + 64) - e.b_tsval
             e.state = S_ESTABLISHED
-            e.last = now
-            e.pkts_rev += 1
-            e.bytes_rev += n
+            flow_account(self, e, n, False, now)
             self.ctr[C_SPLICE_ESTABLISHED] += 1
             if e.flags & F_INLINE:
                 # (one segment within the client's MSS, as the client itself sent it)
@@ -349,6 +347,7 @@ cdef void splice_bind_real(Engine self, Flow *e, int32_t real, int64_t now) noex
     e.hr = _flow_hash(r.ip, e.cip, r.port, e.cport, 6)
     flow_insert_rev(self, <uint32_t>(e - self.fl))
     r.conns += 1
+    r.flows += 1
     e.state = S_SPL_CONNECTING
     e.last = now
 

@@ -54,6 +54,8 @@ cdef struct Flow:
     uint8_t sopt        # SOPT_*: timestamps and SACK, as negotiated with the client
     uint16_t rp_len     # length of rp
     uint8_t *rp         # the request to replay (malloc'd; NULL once the backend acked it)
+    # metrics (appended: the struct travels as raw bytes in a takeover)
+    uint16_t vslot      # its VIP's counter slot (Service.slot at creation): Engine.vctr
 
 
 cdef struct WaitQ:      # splice: a flow Python may have to look at, for splice_waiting()
@@ -80,6 +82,13 @@ cdef struct Real:       # a backend, Engine.reals[idx]; idx is the control side'
     uint8_t nosack      # splice: its latest SYN-ACK offered no SACK
     uint16_t mss        # splice: the MSS of its latest SYN-ACK (0: none seen yet)
     int64_t conns       # flows bound to it: lc reads it; the slot is reused only at 0
+    # metrics (appended; zeroed by set_real when the slot gets another ip:port). Frames and
+    # bytes as flow_account counts them for the flows bound here (fwd: client -> backend)
+    uint64_t flows      # flows ever bound to it
+    uint64_t pkts_fwd
+    uint64_t pkts_rev
+    uint64_t bytes_fwd
+    uint64_t bytes_rev
 
 
 cdef struct Service:    # a VIP:port/proto, or a content rule's pool (sched, off, n, cursor)
@@ -101,6 +110,20 @@ cdef struct Service:    # a VIP:port/proto, or a content rule's pool (sched, off
     uint32_t mtu        # tunnel: IP MTU towards the backends
     uint16_t mss_cap    # splice: what its cookie SYN-ACK announces: SPLICE_MSS, or less when
     uint8_t nosack      # a backend of its tables announced less; no SACK when one had none
+    uint16_t slot       # its counters: Engine.vctr[slot] (ServiceSpec.slot, stable per VIP)
+
+
+cdef struct VipCtr:     # a VIP's counters, Engine.vctr[slot]: they outlive service swaps
+    uint32_t vip        # the service that last had the slot: another one zeroes the counters
+    uint16_t port       # (but not conns, which counts the flows still pointing here)
+    uint8_t proto
+    uint8_t used        # 1 once a service had the slot
+    int64_t conns       # flows now pointing at the slot
+    uint64_t flows      # flows ever created on it
+    uint64_t pkts_fwd   # frames client -> backend, as flow_account counts them
+    uint64_t pkts_rev   # frames backend -> client (modes with a reverse path)
+    uint64_t bytes_fwd
+    uint64_t bytes_rev
 
 
 cdef struct L7Rule:

@@ -38,7 +38,7 @@ cdef int dsr_frag(Engine self, uint8_t *f, uint32_t n, Flow *e, bint fwd,
         return C_DROP_NO_NEIGH
     memcpy(f, r.mac, 6)
     memcpy(f + 6, self.local_mac, 6)
-    flow_account(e, n, True, now)
+    flow_account(self, e, n, True, now)
     return C_DSR_FRAG_FWD
 
 

@@ -75,7 +75,7 @@ cdef int nat_frag(Engine self, uint8_t *f, uint32_t n, Flow *e, bint fwd,
         ip_route(f, 30, e.vip, e.rip)
     else:
         ip_route(f, 26, e.rip, e.vip)
-    flow_account(e, n, fwd, now)
+    flow_account(self, e, n, fwd, now)
     return C_NAT_FRAG_FWD if fwd else C_NAT_FRAG_REV
 
 

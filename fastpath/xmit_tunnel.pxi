@@ -185,7 +185,7 @@ cdef int tunnel_frag(Engine self, uint8_t *f, uint32_t n, Flow *e, bint fwd,
     k = tunnel_as_is(self, f, tot, e.rip, e.hf, sv.vni, big)
     if k:
         return k
-    flow_account(e, n, True, now)
+    flow_account(self, e, n, True, now)
     return C_PUNT_TUNNEL_FRAG if big else C_TUNNEL_FRAG_FWD
 
 

@@ -18,6 +18,9 @@ Schema: docs/interfaces.md. Invariants:
   interface of the VIP-path probes), `[vip.health]` the check of one VIP, and
   `vip.on_backend_down` what becomes of a down backend's flows (None: the mode's default,
   see `effective_on_backend_down`).
+- `[metrics] listen = "IP:PORT"`: where lbd serves Prometheus /metrics (lb/metrics.py); no
+  [metrics] section, or no listen, means no endpoint. Port 0 is refused (the address must
+  be known to be scraped).
 """
 import difflib
 import ipaddress
@@ -342,6 +345,20 @@ class HealthConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """[metrics]: the Prometheus endpoint (lb/metrics.py)."""
+    listen: Optional[str] = None           # "IP:PORT" of /metrics; None: no endpoint
+
+    @property
+    def endpoint(self):
+        """(dotted ip, port) or None."""
+        if self.listen is None:
+            return None
+        host, port = self.listen.split(":")
+        return host, int(port)
+
+
+@dataclass
 class VipConfig:
     address: str
     port: int
@@ -370,6 +387,7 @@ class Config:
     flows: FlowsConfig = field(default_factory=FlowsConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     vips: list = field(default_factory=list)       # [VipConfig]
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     path: Optional[str] = None                     # the file it came from, if any
 
 
@@ -404,7 +422,7 @@ def loads(text, source="config"):
 
 def parse(data):
     """A Config from the dict of a parsed TOML document; LBError names the bad field."""
-    check_keys(data, ["io", "lb", "flows", "health", "vip"], "")
+    check_keys(data, ["io", "lb", "flows", "health", "vip", "metrics"], "")
     io = _parse_io(data.get("io", {}))
     if "lb" not in data:
         raise LBError("lb", "missing section [lb] (the balancer's address)")
@@ -427,7 +445,8 @@ def parse(data):
                              path + ".health.check")
         seen[v.key] = path
         vips.append(v)
-    return Config(lb=lb, io=io, flows=flows, health=health, vips=vips)
+    metrics = _parse_metrics(data.get("metrics", {}))
+    return Config(lb=lb, io=io, flows=flows, health=health, vips=vips, metrics=metrics)
 
 
 def _parse_io(raw):
@@ -472,6 +491,15 @@ def _parse_health(raw):
         h.max_in_flight = parse_int(raw["max_in_flight"], "health.max_in_flight", 1,
                                     MAX_IN_FLIGHT)
     return h
+
+
+def _parse_metrics(raw):
+    check_keys(raw, ["listen"], "metrics")
+    m = MetricsConfig()
+    if "listen" in raw:
+        ip, port = parse_endpoint(raw["listen"], "metrics.listen")
+        m.listen = format_endpoint(ip, port)
+    return m
 
 
 def _parse_lb(raw):

@@ -40,9 +40,11 @@ Invariants:
 - SIGHUP re-reads the config file (Config.path) and applies it as `lbctl reload` does, in
   the event loop like any control command: one atomic change, or nothing and an error in
   the log naming the field ("SIGHUP: reload of F refused, nothing changed: vip[1].port: ...").
+- [metrics] listen (live only): GET /metrics served in the main loop (lb/metrics.py), read
+  at scrape time; `status` shows the address (metrics.listen, or null).
 - Exit codes: 0 clean stop (SIGTERM/SIGINT, end of pcap), 2 bad config or arguments (also a
   [health] interface lbd's namespace does not have), 1 any other startup failure (e.g. the
-  interface cannot be opened).
+  interface cannot be opened, or the metrics address cannot be bound).
 """
 import argparse
 import asyncio
@@ -61,6 +63,7 @@ from .datapath import GC_MS, TICK_MS, BurstLoop, monotonic_ms
 from .errors import LBError
 from .health import HealthMonitor, check_interface
 from .io import PcapIO, open_backend
+from .metrics import Collector, MetricsServer, registry
 from .neigh import Neigh
 from .state import LBState
 from .trace import trace
@@ -180,6 +183,7 @@ class Control:
             "health": {"interface": self.state.health_interface,
                        "checked": len(self.state.health_targets())},
             "watch": self.watch.view(),
+            "metrics": {"listen": self.cfg.metrics.listen},
             **self.driver.status(),
         }
 
@@ -196,6 +200,21 @@ class Control:
             log.exception("SIGHUP: reload of %s failed", path)
             return
         log.info("SIGHUP: reloaded %s: %s", path, r["summary"])
+
+    def metrics_collector(self):
+        """lb/metrics.py's collector over this daemon: every worker's engine, the state, the
+        IO backend's settings and the daemon's counters."""
+        workers = getattr(self.driver, "workers", None)
+        engines = [w.engine for w in workers] if workers else [self.engine]
+        capacity = getattr(self.driver, "capacity_per_worker", self.cfg.flows.capacity)
+        io = self.io.info()
+
+        def info():
+            return {"impl": fastpath.IMPL, "io_backend": io.get("backend", ""),
+                    "interface": io.get("interface") or "",
+                    "offload": str(bool(io.get("offload", False))).lower(),
+                    "vnet_hdr": io.get("vnet_hdr", 0), "workers": len(engines)}
+        return Collector(self.state, engines, capacity, info, self.extra_stats, self.started)
 
     def extra_stats(self):
         h = self.health.view()
@@ -222,6 +241,18 @@ async def run_live(d):
     loop.add_signal_handler(signal.SIGHUP, d.reload_on_signal)   # in the loop: between bursts
     server = ControlServer(d.cfg.lb.control_socket, d.handle, streams=d.streams())
     await server.start()
+    metrics = None
+    if d.cfg.metrics.listen is not None:
+        host, port = d.cfg.metrics.endpoint
+        metrics = MetricsServer(host, port, registry(d.metrics_collector()))
+        try:
+            await metrics.start()
+        except OSError as e:
+            print("lbd: metrics.listen %s: cannot listen: %s" % (d.cfg.metrics.listen,
+                                                              e.strerror or e), file=sys.stderr)
+            await server.close()
+            return 1
+        log.info("metrics on http://%s/metrics", d.cfg.metrics.listen)
     try:
         d.driver.start(loop)
         d._tick(loop)                 # first ARP requests go out now
@@ -232,6 +263,8 @@ async def run_live(d):
     finally:
         d.driver.stop(loop)
         await server.close()
+        if metrics is not None:
+            await metrics.close()
         await d.health.close()
     return 0
 

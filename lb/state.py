@@ -15,6 +15,9 @@ and applies both to a fast-path Engine. Invariants:
 - Scheduler tables are cached per VIP and rebuilt only when that VIP's backends, weights,
   scheduler or table size change (a Maglev table costs ~50 ms to build).
 - Mode changes (vip.set) affect new flows only: flows keep the mode pinned at creation.
+- VIP counter slots (ServiceSpec.slot, engine.vip_stats; metrics): one per VIP key, kept for
+  the VIP's life and while flows of a deleted VIP still point at it (a VIP added back in that
+  time gets it again); a new VIP takes the lowest slot nobody holds.
 - Health (lb/health.py probes, health_report() counts): one BackendHealth per (VIP, backend)
   of every VIP with checks, kept across commands while that pair exists. A down backend is
   left out of its VIP's new-flow table like weight 0. The engine's per-real down bit
@@ -71,6 +74,7 @@ class LBState:
         self._slots = {}       # (ip, port) -> real idx: referenced by a VIP, or draining
         self._free = []        # slots released by gc()
         self._next = 0         # slots from here on were never used
+        self._vslots = {}      # vip key -> VIP counter slot: live VIPs, or draining ones
         self._tables = {}      # vip key -> (signature, (kind, table, weights))
         self._macs = {}        # ip -> mac bytes, from learn_neighbor
         self._views = {}       # (vip ip, port, mode name) -> the mode's view (SpecPart.view)
@@ -131,6 +135,7 @@ class LBState:
                 del self._slots[key]
                 self._free.append(idx)
                 freed += 1
+        self._vslots = self._vip_slots(self._vips)
         return freed
 
     def handle(self, cmd, args):
@@ -635,6 +640,8 @@ class LBState:
                                               part.tunnel))
         if len(specs) > defs.MAX_SERVICES:
             raise LBError("vip", "at most %d VIPs" % defs.MAX_SERVICES)
+        vslots = self._vip_slots(new_vips)
+        specs = [s._replace(slot=vslots[key]) for s, key in zip(specs, new_vips)]
         try:
             checks.check_specs(specs)
         except ValueError as e:    # a bug here rather than a user error, but change nothing
@@ -656,11 +663,48 @@ class LBState:
             self.engine.set_real_up(idx, True)
         self.engine.set_services(specs)
         self._vips, self._slots, self._next = new_vips, slots, nxt
+        self._vslots = vslots
         self._free = free
         self._tables = tables
         self._views = views
         self._health, self._slot_down = new_health, slot_down
         self._notify()
+
+    def _vip_slots(self, vips):
+        """{vip key: counter slot} for vips: kept ones, new ones the lowest free, and those
+        of VIPs gone whose flows still point at their slot."""
+        out = {k: s for k, s in self._vslots.items()
+               if k in vips or self.engine.vip_stats(s)[0] > 0}
+        taken = set(out.values())
+        free = (s for s in range(defs.MAX_SERVICES) if s not in taken)
+        for key in vips:
+            if key not in out:
+                s = next(free, None)
+                if s is None:
+                    raise LBError("vip", "all %d VIP counter slots are in use (deleted VIPs "
+                                  "keep theirs while they have connections)" % defs.MAX_SERVICES)
+                out[key] = s
+        return out
+
+    def metrics_view(self):
+        """What lb/metrics.py reads besides the engines: per VIP {key, vip, proto, mode,
+        slot, backends: [{backend, weight, real, up}]} (up: True/False from its health check,
+        None when unchecked), and the real slots of backends no VIP references (draining):
+        [{backend, real}]."""
+        vips = []
+        for key, v in self._vips.items():
+            bs = []
+            for b in v.backends:
+                h = self._health.get((key, (b.ip, b.port)))
+                bs.append({"backend": format_endpoint(b.ip, b.port), "weight": b.weight,
+                           "real": self._slots[(b.ip, b.port)],
+                           "up": None if h is None else h.up})
+            vips.append({"key": key, "vip": "%s:%d" % (v.address, v.port), "proto": v.proto,
+                         "mode": v.mode, "slot": self._vslots[key], "backends": bs})
+        used = self._referenced(self._vips)
+        draining = [{"backend": format_endpoint(*k), "real": i}
+                    for k, i in self._slots.items() if k not in used]
+        return {"vips": vips, "draining": draining}
 
     def _reclaim(self, slots, used):
         """A slot of `slots` nobody references and no flow uses (removed from slots)."""

@@ -26,8 +26,8 @@ Invariants:
   release, taken by serve() in C) for one burst, its splice punts and its timer run;
   EngineGroup takes each engine's lock in turn for every write, and serve() lets such a
   waiting thread in before its next burst, so traffic cannot starve the control plane.
-  Lock-free reads (real_conns, counters, flow_count) read plain integers the other thread
-  may be updating: a value a burst old at worst.
+  Lock-free reads (real_conns, real_stats, vip_stats, counters, flow_count) read plain
+  integers the other thread may be updating: a value a burst old at worst.
 - Steering follows the services: EngineGroup.set_services attaches the program for the new
   set of VIP addresses before any engine sees the new table.
 - LBState and lb/neigh.py are touched by the main thread only: workers hand ARP and
@@ -125,6 +125,12 @@ class EngineGroup:
     # --- reads --------------------------------------------------------------------------
     def real_conns(self, idx):
         return sum(w.engine.real_conns(idx) for w in self.workers)
+
+    def real_stats(self, idx):
+        return tuple(map(sum, zip(*(w.engine.real_stats(idx) for w in self.workers))))
+
+    def vip_stats(self, slot):
+        return tuple(map(sum, zip(*(w.engine.vip_stats(slot) for w in self.workers))))
 
     def counters(self):
         total = None

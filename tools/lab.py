@@ -259,7 +259,7 @@ class Lab:
     """
 
     def __init__(self, name="tw", backends=3, clients=1, io="tap", start_lbd=True, offload=True,
-                 workers=1, remote_backends=0, client_hop_mtu=None, rtsp=False):
+                 workers=1, remote_backends=0, client_hop_mtu=None, rtsp=False, lbd_extra=""):
         if not NAME_RE.match(name or ""):
             raise LabError("lab name %r: use 1-20 characters of [A-Za-z0-9_]" % (name,))
         if not 1 <= backends <= MAX_BACKENDS:
@@ -294,6 +294,7 @@ class Lab:
         # an RTSP server (tools/rtsp_server.py, gst-rtsp-server) on every backend, port 554
         self.rtsp = bool(rtsp)
         self.start_lbd = start_lbd
+        self.lbd_extra = lbd_extra      # TOML appended to lbd's config (e.g. a [metrics] table)
         self.state_dir = os.path.join(STATE_ROOT, "lab-" + name)
         self.state_file = os.path.join(self.state_dir, "state.json")
         self._topology = None
@@ -578,6 +579,8 @@ class Lab:
                                 "offload": "" if self.offload else "offload = false\n",
                                 "workers": self.workers,
                                 "mac": lbmac, "gw": RT_SERVER, "sock": sock})
+            if self.lbd_extra:
+                f.write("\n" + self.lbd_extra.strip() + "\n")
         lbd_pid, lbd_status = None, None
         if self.start_lbd:
             lbd_pid, lbd_status = self._start_lbd(cfg, sock, log)

@@ -13,11 +13,11 @@ import threading
 from .. import defs
 from ..checks import check_ip, check_mac, check_port, check_real_idx, check_secret
 from .flowtable import (api_expire, api_explain, api_flow_get, api_flows, api_pick,
-                        api_set_services)
+                        api_real_stats, api_set_services, api_vip_stats)
 from .serve import api_process, api_serve
 from .splice import (api_splice_bind, api_splice_by_backend, api_splice_drop, api_splice_flow,
                      api_splice_syn, api_splice_waiting)
-from .types import Flow, Frag, Real
+from .types import Flow, Frag, Real, VipCtr
 from .watch import api_watch_drain, api_watch_set, api_watch_status
 from .xmit_tunnel import api_tunnel_frag_mtu, api_tunnel_mss, api_tunnel_segment
 
@@ -56,6 +56,7 @@ class Engine:
         self.outer_id = 0          # tunnel: the IP id of the latest outer packet to be fragmented
         self.opts = b""            # a frame's IP options while its routine runs (serve.opts_aside)
         self.frags = [Frag() for _ in range(defs.FRAG_SLOTS)]   # frag.py
+        self.vctr = [VipCtr() for _ in range(defs.MAX_SERVICES)]  # by Service.slot (flowtable.py)
         self.waitq = collections.deque()     # (idx, c_isn, created, at): see splice_waiting()
         self.wq_size = defs.SPLICE_WAITQ_MIN
         while self.wq_size < capacity:
@@ -112,7 +113,8 @@ class Engine:
         portv = check_port(port)
         r = self.reals[idx]
         if (r.ip, r.port) != (ipv, portv):
-            r.mss, r.nosack = 0, False    # another backend: what was learnt is not its
+            r.mss, r.nosack = 0, False    # another backend: what was learnt is not its,
+            r.flows = r.pkts_fwd = r.pkts_rev = r.bytes_fwd = r.bytes_rev = 0   # nor counted
         r.ip, r.port, r.mac = ipv, portv, m
 
     def real_conns(self, idx):
@@ -147,6 +149,18 @@ class Engine:
 
     def expire(self, now_ms, budget):
         return api_expire(self, now_ms, budget)
+
+    def real_stats(self, idx):
+        """Metrics of real idx: (conns, flows, pkts_fwd, pkts_rev, bytes_fwd, bytes_rev):
+        flows bound now, flows ever bound, frames and bytes sent on its flows (fwd: client
+        -> backend). Zeroed when set_real gives the slot another ip:port."""
+        return api_real_stats(self, idx)
+
+    def vip_stats(self, slot):
+        """Metrics of VIP counter slot `slot` (ServiceSpec.slot): (conns, flows, pkts_fwd,
+        pkts_rev, bytes_fwd, bytes_rev), as real_stats. They survive set_services; a service
+        of another vip/port/proto taking the slot zeroes all but conns."""
+        return api_vip_stats(self, slot)
 
     # ---- per packet -----------------------------------------------------------------------
     def process(self, batch, now_ms):

@@ -11,10 +11,13 @@ Invariants:
   full table evicts the least recently seen of EVICT_SAMPLE entries after a clock hand, an
   expired one first, and serves the new flow.
 - Reals are referenced by index: Real.conns counts the flows bound to each.
-- The service table is swapped whole by api_set_services; flows and reals survive a swap.
+- The service table is swapped whole by api_set_services; flows and reals survive a swap,
+  and so do the VIPs' counters (Engine.vctr, by Service.slot; a flow keeps its VIP's slot in
+  vslot). flow_account moves the flow's, its VIP slot's and its real's frame/byte counters.
 """
 from .. import defs
-from ..checks import check_ip, check_pool, check_port, check_proto, check_specs
+from ..checks import (check_ip, check_pool, check_port, check_proto, check_real_idx,
+                      check_specs, check_vip_slot)
 from ..defs import C, TH_ACK, TH_FIN, TH_RST, TH_SYN
 from .inet import flow_hash, mix64
 from .types import XMIT, Service
@@ -87,6 +90,7 @@ def flow_delete(self, idx):
         flow_unlink(self, self.irev, e.hr, idx, True)
     if e.real >= 0:
         self.reals[e.real].conns -= 1
+    self.vctr[e.vslot].conns -= 1
     e.rp = None
     e.used = 0
     self.freel.append(idx)
@@ -127,8 +131,18 @@ def flow_create(self, sv, h, src, sport, real, state, now):
     if XMIT[sv.mode].rev is not None:
         flow_insert_rev(self, idx)
     r.conns += 1
+    r.flows += 1
+    vip_flow_new(self, e, sv)
     self.nused += 1
     return idx
+
+
+def vip_flow_new(self, e, sv):
+    """A flow created on sv: it keeps sv's counter slot, which counts it."""
+    v = self.vctr[sv.slot]
+    e.vslot = sv.slot
+    v.conns += 1
+    v.flows += 1
 
 
 def new_flow_default(self, f, n, sv, p, now):
@@ -208,15 +222,29 @@ def service_find(self, vip, port, proto):
     return self.services.get((vip, port, proto))
 
 
-def flow_account(e, n, fwd, now):
-    """A frame of e sent on (n bytes, fwd: client -> backend): the flow's time and counters."""
+def flow_account(self, e, n, fwd, now):
+    """A frame of e sent on (n bytes, fwd: client -> backend): the flow's time and counters,
+    its VIP slot's and its real's (none while a splice flow is unbound)."""
+    v = self.vctr[e.vslot]
     e.last = now
     if fwd:
         e.pkts_fwd += 1
         e.bytes_fwd += n
+        v.pkts_fwd += 1
+        v.bytes_fwd += n
     else:
         e.pkts_rev += 1
         e.bytes_rev += n
+        v.pkts_rev += 1
+        v.bytes_rev += n
+    if e.real >= 0:
+        r = self.reals[e.real]
+        if fwd:
+            r.pkts_fwd += 1
+            r.bytes_fwd += n
+        else:
+            r.pkts_rev += 1
+            r.bytes_rev += n
 
 
 def splice_cap(sv, r):
@@ -250,9 +278,14 @@ def track(e, tflags, fwd):
 # ---- the API's bodies (engine.py) ---------------------------------------------------------
 def api_set_services(self, specs):
     new = {}
-    for s in check_specs(specs):
+    for k, s in enumerate(check_specs(specs)):
         sv = Service()
         sv.vip, sv.port, sv.proto, sv.mode, sv.sched = s.vip, s.port, s.proto, s.mode, s.sched
+        sv.slot = k if getattr(s, "slot", None) is None else s.slot
+        vc = self.vctr[sv.slot]
+        if vc.key != (sv.vip, sv.port, sv.proto):
+            vc.key = (sv.vip, sv.port, sv.proto)
+            vc.flows = vc.pkts_fwd = vc.pkts_rev = vc.bytes_fwd = vc.bytes_rev = 0
         sv.table, sv.weights, sv.cursor = list(s.table), list(s.weights), 0
         sv.flags = s.flags
         sv.l7_rules, sv.l7_limit, sv.pools = [], 0, []
@@ -359,3 +392,15 @@ def api_explain(self, cip, cport, vip, vport, proto):
     return {"sched": sv.sched, "mode": sv.mode, "table_size": n, "hash": key,
             "slot": k if n else -1, "real": sv.table[k] if n else -1,
             "l7_rules": len(sv.l7_rules), "flags": sv.flags}
+
+
+def api_real_stats(self, idx):
+    check_real_idx(idx)
+    r = self.reals[idx]
+    return (r.conns, r.flows, r.pkts_fwd, r.pkts_rev, r.bytes_fwd, r.bytes_rev)
+
+
+def api_vip_stats(self, slot):
+    check_vip_slot(slot)
+    v = self.vctr[slot]
+    return (v.conns, v.flows, v.pkts_fwd, v.pkts_rev, v.bytes_fwd, v.bytes_rev)

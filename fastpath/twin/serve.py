@@ -334,5 +334,5 @@ def xmit_out(self, f, n, e, dmac, routed, fwd, tflags, now):
         track(e, tflags, fwd)
     f[0:6] = dmac
     f[6:12] = self.local_mac
-    flow_account(e, n, fwd, now)
+    flow_account(self, e, n, fwd, now)
     return XMIT_CONT

@@ -19,8 +19,8 @@ Invariants:
 from .. import defs
 from ..checks import check_ip, check_port, check_real_idx
 from ..defs import C, TH_ACK, TH_FIN, TH_PSH, TH_RST, TH_SYN, XMIT_CONT
-from .flowtable import (flow_alloc, flow_delete, flow_find, flow_insert, flow_insert_rev, schedule,
-                        service_find, splice_cap)
+from .flowtable import (flow_account, flow_alloc, flow_delete, flow_find, flow_insert,
+                        flow_insert_rev, schedule, service_find, splice_cap, vip_flow_new)
 from .http import l7_match
 from .icmp import icmp_frag_needed, icmp_translate
 from .inet import (M32, flow_hash, mix64, patch16, patch32, rd16, rd32, rewrite, sack_ts,
@@ -94,9 +94,11 @@ def splice_new(self, f, n, sv, p, now):
     e.ws_lb = defs.SPLICE_WSCALE if e.ws_c != 0xF else 0
     e.ws_b, e.b_tsval = 0, 0
     e.c_win = rd16(f, 48)
-    e.pkts_fwd, e.bytes_fwd = 1, n
+    e.pkts_fwd, e.bytes_fwd = 0, 0
     e.rp, e.rp_len = None, 0
     flow_insert(self, self.ifwd, p.h, idx)
+    vip_flow_new(self, e, sv)
+    flow_account(self, e, n, True, now)      # (the cookie ACK: the flow's first frame)
     self.nused += 1
     self.ctr[C["flow_created"]] += 1
     if rd16(f, 16) > 20 + doff or tflags & TH_FIN:
@@ -152,9 +154,7 @@ def splice_fwd(self, f, n, e, sv, tflags, now):
         if 8 in opts and f[opts[8] + 1] == 10:
             e.c_tsval = rd32(f, opts[8] + 2)
         e.c_win = rd16(f, 48)
-        e.last = now
-        e.pkts_fwd += 1
-        e.bytes_fwd += n
+        flow_account(self, e, n, True, now)
         if e.state == defs.S_SPL_WAIT and sv.l7_rules and not e.flags & defs.F_SEEN:
             k = splice_l7_bind(self, f, e, sv, tflags, now)
             if k:
@@ -225,9 +225,7 @@ def splice_rev(self, f, n, e, sv, tflags, now):
                 # the client's view continues from our SYN-ACK's TSval (PAWS)
                 e.ts_off = (now + 64 - e.b_tsval) & M32
             e.state = defs.S_ESTABLISHED
-            e.last = now
-            e.pkts_rev += 1
-            e.bytes_rev += n
+            flow_account(self, e, n, False, now)
             self.ctr[C["splice_established"]] += 1
             if e.flags & defs.F_INLINE:
                 # (one segment within the client's MSS, as the client itself sent it)
@@ -308,6 +306,7 @@ def splice_bind_real(self, e, real, now):
     e.hr = flow_hash(r.ip, e.cip, r.port, e.cport, 6)
     flow_insert_rev(self, e.idx)
     r.conns += 1
+    r.flows += 1
     e.state = defs.S_SPL_CONNECTING
     e.last = now
 

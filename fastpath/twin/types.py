@@ -19,21 +19,25 @@ class Flow:
                  "pkts_fwd", "pkts_rev", "bytes_fwd", "bytes_rev",
                  "c_isn", "l_isn", "delta", "ts_off", "c_tsval", "b_tsval", "mss", "c_win",
                  "ws_c", "ws_b", "ws_lb", "sopt", "rp_len", "rp",
-                 "idx")          # its own index in the table (the compiled one subtracts)
+                 "idx",          # its own index in the table (the compiled one subtracts)
+                 "vslot")        # its VIP's counter slot: Engine.vctr
 
     def __init__(self, idx=0):
         self.idx = idx
         self.used = 0
         self.rp = None
         self.rp_len = 0
+        self.vslot = 0
 
 
 class Real:
-    __slots__ = ("ip", "port", "mac", "conns", "down", "mss", "nosack")
+    __slots__ = ("ip", "port", "mac", "conns", "down", "mss", "nosack",
+                 "flows", "pkts_fwd", "pkts_rev", "bytes_fwd", "bytes_rev")    # metrics
 
     def __init__(self):
         self.ip, self.port, self.mac, self.conns, self.down = 0, 0, None, 0, False
         self.mss, self.nosack = 0, False     # splice: learnt from its latest SYN-ACK
+        self.flows = self.pkts_fwd = self.pkts_rev = self.bytes_fwd = self.bytes_rev = 0
 
 
 class Service:
@@ -41,7 +45,18 @@ class Service:
                  "l7_rules", "l7_limit",      # rules: [(kind, arg, pool Service)]
                  "pools",                     # splice content-rule pools [Service]
                  "vni", "mtu",                # tunnel
-                 "mss_cap", "nosack")         # splice: what its cookie SYN-ACK announces
+                 "mss_cap", "nosack",         # splice: what its cookie SYN-ACK announces
+                 "slot")                      # its counters: Engine.vctr[slot]
+
+
+class VipCtr:
+    """A VIP's counters, Engine.vctr[slot] (types.pxi says what each field is)."""
+    __slots__ = ("key", "conns", "flows", "pkts_fwd", "pkts_rev", "bytes_fwd", "bytes_rev")
+
+    def __init__(self):
+        self.key = None             # (vip, port, proto) of the service that last had it
+        self.conns = 0
+        self.flows = self.pkts_fwd = self.pkts_rev = self.bytes_fwd = self.bytes_rev = 0
 
 
 # what process_frame parsed of a frame, for a new-flow routine (h: flow_hash, the forward key)

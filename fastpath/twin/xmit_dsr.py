@@ -42,7 +42,7 @@ def dsr_frag(self, f, n, e, fwd, now):
         return C["drop_no_neigh"]
     f[0:6] = r.mac
     f[6:12] = self.local_mac
-    flow_account(e, n, True, now)
+    flow_account(self, e, n, True, now)
     return C["dsr_frag_fwd"]
 
 

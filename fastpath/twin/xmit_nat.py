@@ -76,7 +76,7 @@ def nat_frag(self, f, n, e, fwd, now):
         ip_route(f, 30, e.vip, e.rip)
     else:
         ip_route(f, 26, e.rip, e.vip)
-    flow_account(e, n, fwd, now)
+    flow_account(self, e, n, fwd, now)
     return C["nat_frag_fwd"] if fwd else C["nat_frag_rev"]
 
 

@@ -160,7 +160,7 @@ def tunnel_frag(self, f, n, e, fwd, now):
     k = tunnel_as_is(self, f, tot, e.rip, e.hf, sv.vni, big)
     if k:
         return k
-    flow_account(e, n, True, now)
+    flow_account(self, e, n, True, now)
     return C["punt_tunnel_frag"] if big else C["tunnel_frag_fwd"]
 
 

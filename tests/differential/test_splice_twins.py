@@ -92,5 +92,6 @@ def test_splice_connections_same_on_both_twins(c_isn, s_isn, syn_opt, ack_opt, b
                 about = F.tcp(LB, B1, CLIENT, B1_IP, 40000, B1_PORT, seq=seq, ack=ack, data=b"q")
                 run(F.icmp_error(B1, LB, "198.19.0.1", CLIENT, about, quote=quote))
         outs.append((log, e.counters(), sorted(e.flows()),
-                     e.splice_flow(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80)))
+                     e.splice_flow(F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80),
+                     e.real_stats(0), e.vip_stats(0)))
     assert outs[0] == outs[1]

@@ -110,7 +110,8 @@ def run_both(frames_and_gaps, capacity):
             out.append(outcome(lambda: (e.process(b, now), b.results())[1]))
             out.append(e.expire(now, 3))
         results.append((out, e.counters(), sorted(e.flows()), e.flow_count(),
-                        [e.real_conns(i) for i in range(4)]))
+                        [e.real_conns(i) for i in range(4)],
+                        [e.real_stats(i) for i in range(5)], [e.vip_stats(s) for s in range(7)]))
     return results
 
 
@@ -145,7 +146,8 @@ specs = st.lists(st.builds(
     flags=st.sampled_from([0, defs.SVC_EXPIRE_NODEST, 2]),
     l7=st.none(),
     tunnel=st.one_of(st.none(), st.builds(TunnelSpec, st.sampled_from([0, 1, 4242, 1 << 24]),
-                                          st.sampled_from([100, 576, 1500, 9001])))),
+                                          st.sampled_from([100, 576, 1500, 9001]))),
+    slot=st.one_of(st.none(), st.integers(-1, 3), st.just(1024))),
     max_size=4)
 
 
@@ -163,7 +165,8 @@ def test_control_calls_and_errors_same_on_both_twins(service_list, frames, picks
         b = Batch(len(frames))
         b.load(frames)
         r.append(outcome(lambda: (e.process(b, 5), b.results())[1]))
-        r.append((e.counters(), sorted(e.flows())))
+        r.append((e.counters(), sorted(e.flows()), [e.real_stats(i) for i in range(6)],
+                  [e.vip_stats(s) for s in range(7)]))
         r += [outcome(lambda: e.pick(*p)) for p in picks]     # the same cursors moved alike
         results.append(r)
     assert results[0] == results[1]

@@ -147,6 +147,9 @@ def documents(draw, fixed=None):
         if draw(st.booleans()):
             lb["control_socket"] = "/tmp/lbd-test.sock"
         doc = {"lb": lb, "io": io, "flows": {"capacity": draw(st.integers(1, 1 << 20))}}
+        if draw(st.booleans()):
+            doc["metrics"] = {"listen": draw(st.sampled_from(["198.19.0.3:9100",
+                                                               "0.0.0.0:9101"]))}
         health = {"max_in_flight": draw(st.integers(1, 4096))}
     else:
         doc = copy.deepcopy(fixed)
@@ -439,6 +442,7 @@ FIXED_CHANGES = [
     ("io.rps", {"io": {"rps": False}}),
     ("flows.capacity", {"flows": {"capacity": 2048}}),
     ("health.max_in_flight", {"health": {"max_in_flight": 8}}),
+    ("metrics.listen", {"metrics": {"listen": "198.19.0.3:9100"}}),
 ]
 
 BAD_VALUES = [
