@@ -34,6 +34,8 @@ Invariants:
 import struct
 from collections import namedtuple
 
+import numpy as np
+
 MAGIC = b"TWSNAP\r\n"
 VERSION = 1
 HEADER = struct.Struct("=8sIIIIIIIIIIIIIIIQQH")
@@ -87,7 +89,7 @@ def parse(data, expect, counter_names, flow_hash, rev_modes):
     """Take a snapshot apart and check it against the importing engine (expect: flow_size,
     real_size, frag_size, wq_size, cap, max_reals, frag_slots, wq_cap). rev_modes: the mode
     codes with a reverse path (a flow in the reverse index must be of one). Returns a
-    Snapshot (flows: [(idx, record memoryview)], freel: [idx], reals/frags: memoryview,
+    Snapshot (flows: [(idx, record memoryview)], freel: uint32 array, reals/frags: memoryview,
     waitq: [(idx, c_isn, created, at)], rp: {idx: bytes}, counters: {known name: value}) or
     raises SnapshotError."""
     try:
@@ -132,9 +134,11 @@ def parse(data, expect, counter_names, flow_hash, rev_modes):
         last = idx
         heads[idx] = dict(zip(FLOW_HEAD_FIELDS, FLOW_HEAD.unpack_from(rec, 0)))
         flows.append((idx, rec))
-    freel = list(struct.unpack_from("=%dI" % h["nfree"], mv, off))
+    freel = np.frombuffer(mv, np.uint32, h["nfree"], off)
     off += 4 * h["nfree"]
-    if sorted(freel) != sorted(set(range(cap)) - set(heads)):
+    # every entry exactly once: in use, or on the free stack
+    seen = np.concatenate([freel, np.fromiter(heads, np.uint32, len(heads))])
+    if len(seen) and (seen.max() >= cap or np.bincount(seen, minlength=cap).max() != 1):
         raise SnapshotError("the free list is not exactly the unused entries")
     reals = mv[off:off + h["max_reals"] * rsz]
     off += h["max_reals"] * rsz

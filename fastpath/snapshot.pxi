@@ -68,9 +68,10 @@ cdef object api_import_state(Engine self, data):
             rec = req
             memcpy(bufs[k], &rec[0], len(req))
     # from here on nothing fails: the engine takes the snapshot's tables
-    for k in range(self.cap):
+    for k in range(self.cap):        # (the other fields of an unused entry are never read)
         free(self.fl[k].rp)
-    memset(self.fl, 0, self.cap * sizeof(Flow))
+        self.fl[k].rp = NULL
+        self.fl[k].used = 0
     memset(self.ifwd, 0, (self.mask + 1) * sizeof(uint64_t))
     memset(self.irev, 0, (self.mask + 1) * sizeof(uint64_t))
     for idx, r in s.flows:
@@ -84,11 +85,10 @@ cdef object api_import_state(Engine self, data):
     for k, (idx, req) in enumerate(rp_items):
         self.fl[idx].rp = bufs[k]
     free(bufs)
-    n = 0
-    for idx in s.freel:
-        self.freel[n] = idx
-        n += 1
-    self.nfree = n
+    cdef const uint32_t[::1] fr = s.freel
+    self.nfree = len(s.freel)
+    if self.nfree:
+        memcpy(self.freel, &fr[0], self.nfree * sizeof(uint32_t))
     self.nused = len(s.flows)
     self.hand, self.sweep = s.hand, s.sweep
     rec = s.reals

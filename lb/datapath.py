@@ -73,6 +73,18 @@ class PuntTable:
                 other(batch.frame(i))
         return len(punted)
 
+    def handover(self):
+        """{mode name: state} of the handlers that hand state to the next lbd (a handler's
+        optional handover()/take(state) pair, modes/base.py)."""
+        return {name: h.handover() for name, h in self.handlers.items()
+                if hasattr(h, "handover")}
+
+    def take(self, states):
+        for name, st in states.items():
+            h = self.handlers.get(name)
+            if h is not None and hasattr(h, "take"):
+                h.take(st)
+
     def tick(self, now):
         out = []
         for h in self.handlers.values():

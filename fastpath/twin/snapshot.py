@@ -86,7 +86,7 @@ def api_import_state(self, data):
         flow_insert(self, self.ifwd, e.hf, idx)
         if e.flags & defs.F_REV:
             flow_insert(self, self.irev, e.hr, idx)
-    self.freel = list(s.freel)
+    self.freel = s.freel.tolist()
     self.nused = len(s.flows)
     self.hand, self.sweep = s.hand, s.sweep
     for i, r in enumerate(self.reals):
