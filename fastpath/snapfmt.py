@@ -54,24 +54,21 @@ CTR = struct.Struct("=Q")
 N_STATES = 16                               # Engine.tmo has one timeout per state code
 PROTO_TCP = 6
 
-Snapshot = namedtuple("Snapshot", HEADER_FIELDS[1:] + ["flows", "freel", "reals", "frags",
-                                                        "waitq", "rp", "counters"])
+Snapshot = namedtuple("Snapshot", HEADER_FIELDS[1:] + ["flows", "flow_idx", "freel", "reals",
+                                                        "frags", "waitq", "rp", "counters"])
 
 
 class SnapshotError(ValueError):
     """A snapshot this engine cannot import; the message says what is wrong."""
 
 
-def pack(head, flows, freel, reals, frags, waitq, rp, counters):
-    """head: the HEADER fields but magic/version/n_* (dict); flows [(idx, record bytes)];
-    freel bytes (u32s); reals, frags bytes; waitq [record bytes]; rp [(idx, bytes)];
-    counters {name: value}."""
-    h = dict(head, magic=MAGIC, version=VERSION, nused=len(flows), nfree=len(freel) // 4,
+def pack(head, nused, flows, freel, reals, frags, waitq, rp, counters):
+    """head: the HEADER fields but magic/version/n_* (dict); flows: the flows section
+    (nused records of u32 index + Flow); freel bytes (u32s); reals, frags bytes; waitq
+    [record bytes]; rp [(idx, bytes)]; counters {name: value}."""
+    h = dict(head, magic=MAGIC, version=VERSION, nused=nused, nfree=len(freel) // 4,
              n_wq=len(waitq), n_rp=len(rp), n_ctr=len(counters))
-    out = [HEADER.pack(*(h[k] for k in HEADER_FIELDS))]
-    for idx, rec in flows:
-        out.append(U32.pack(idx))
-        out.append(rec)
+    out = [HEADER.pack(*(h[k] for k in HEADER_FIELDS)), flows]
     out.append(freel)
     out.append(reals)
     out.append(frags)
@@ -85,11 +82,12 @@ def pack(head, flows, freel, reals, frags, waitq, rp, counters):
     return b"".join(out)
 
 
-def parse(data, expect, counter_names, flow_hash, rev_modes):
+def parse(data, expect, counter_names, rev_modes):
     """Take a snapshot apart and check it against the importing engine (expect: flow_size,
     real_size, frag_size, wq_size, cap, max_reals, frag_slots, wq_cap). rev_modes: the mode
     codes with a reverse path (a flow in the reverse index must be of one). Returns a
-    Snapshot (flows: [(idx, record memoryview)], freel: uint32 array, reals/frags: memoryview,
+    Snapshot (flows: the flows section, flow_idx: its entry indexes (uint32 array), freel:
+    uint32 array, reals/frags: memoryview,
     waitq: [(idx, c_isn, created, at)], rp: {idx: bytes}, counters: {known name: value}) or
     raises SnapshotError."""
     try:
@@ -122,60 +120,51 @@ def parse(data, expect, counter_names, flow_hash, rev_modes):
     if len(mv) < need:
         raise SnapshotError("truncated: %d bytes, the tables alone take %d" % (len(mv), need))
     off = HEADER.size
-    flows = []
-    heads = {}
-    last = -1
-    for _ in range(h["nused"]):
-        idx = U32.unpack_from(mv, off)[0]
-        rec = mv[off + 4:off + 4 + fsz]
-        off += 4 + fsz
-        if idx >= cap or idx <= last:
-            raise SnapshotError("flow entry %d: out of order or beyond the capacity" % idx)
-        last = idx
-        heads[idx] = dict(zip(FLOW_HEAD_FIELDS, FLOW_HEAD.unpack_from(rec, 0)))
-        flows.append((idx, rec))
+    n = h["nused"]
+    fl = np.frombuffer(mv, flow_dtype(fsz), n, off)
+    flows_raw = mv[off:off + n * (4 + fsz)]
+    off += n * (4 + fsz)
     freel = np.frombuffer(mv, np.uint32, h["nfree"], off)
     off += 4 * h["nfree"]
-    # every entry exactly once: in use, or on the free stack
-    seen = np.concatenate([freel, np.fromiter(heads, np.uint32, len(heads))])
-    if len(seen) and (seen.max() >= cap or np.bincount(seen, minlength=cap).max() != 1):
-        raise SnapshotError("the free list is not exactly the unused entries")
     reals = mv[off:off + h["max_reals"] * rsz]
     off += h["max_reals"] * rsz
     frags = mv[off:off + h["frag_slots"] * h["frag_size"]]
     off += h["frag_slots"] * h["frag_size"]
-    conns = [0] * h["max_reals"]
-    fwd_keys, rev_keys = set(), set()
-    for idx, f in heads.items():
-        what = "flow entry %d" % idx
-        if f["used"] != 1:
-            raise SnapshotError("%s: not marked used" % what)
-        if f["state"] >= N_STATES:
-            raise SnapshotError("%s: state %d" % (what, f["state"]))
-        if not -1 <= f["real"] < h["max_reals"]:
-            raise SnapshotError("%s: real %d" % (what, f["real"]))
-        if f["real"] >= 0:
-            conns[f["real"]] += 1
-        key = (f["cip"], f["vip"], f["cport"], f["vport"], f["proto"])
-        if f["hf"] != flow_hash(*key):
-            raise SnapshotError("%s: its forward hash is not its key's" % what)
-        if key in fwd_keys:
-            raise SnapshotError("%s: a second flow on one forward key" % what)
-        fwd_keys.add(key)
-        if f["flags"] & 4:                           # defs.F_REV
-            rkey = (f["rip"], f["cip"], f["rport"], f["cport"], f["proto"])
-            if f["mode"] not in rev_modes or f["real"] < 0:
-                raise SnapshotError("%s: in the reverse index without a reverse path" % what)
-            if f["hr"] != flow_hash(*rkey):
-                raise SnapshotError("%s: its reverse hash is not its key's" % what)
-            if rkey in rev_keys:
-                raise SnapshotError("%s: a second flow on one reverse key" % what)
-            rev_keys.add(rkey)
-    for i in range(h["max_reals"]):
-        r = REAL_HEAD.unpack_from(reals, i * rsz)
-        if r[7] != conns[i]:
-            raise SnapshotError("real %d: conns %d, but %d flows are bound to it"
-                                % (i, r[7], conns[i]))
+    idx = fl["idx"]
+
+    def first(bad, what):
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise SnapshotError("flow entry %d: %s" % (idx[k], what(k)))
+
+    if n:
+        first(np.concatenate([[False], np.diff(idx.astype(np.int64)) <= 0]) | (idx >= cap),
+              lambda k: "out of order or beyond the capacity")
+    # every entry exactly once: in use, or on the free stack
+    seen = np.concatenate([freel, idx])
+    if len(seen) and (seen.max() >= cap or np.bincount(seen, minlength=cap).max() != 1):
+        raise SnapshotError("the free list is not exactly the unused entries")
+    first(fl["used"] != 1, lambda k: "not marked used")
+    first(fl["state"] >= N_STATES, lambda k: "state %d" % fl["state"][k])
+    first((fl["real"] < -1) | (fl["real"] >= h["max_reals"]), lambda k: "real %d" % fl["real"][k])
+    first(fl["hf"] != hash_of(fl["cip"], fl["vip"], fl["cport"], fl["vport"], fl["proto"]),
+          lambda k: "its forward hash is not its key's")
+    rev = (fl["flags"] & 4) != 0                     # defs.F_REV
+    first(rev & (~np.isin(fl["mode"], sorted(rev_modes)) | (fl["real"] < 0)),
+          lambda k: "in the reverse index without a reverse path")
+    first(rev & (fl["hr"] != hash_of(fl["rip"], fl["cip"], fl["rport"], fl["cport"],
+                                     fl["proto"])),
+          lambda k: "its reverse hash is not its key's")
+    _unique_keys(fl, np.ones(n, bool), ("cip", "vip", "cport", "vport", "proto"), "forward")
+    _unique_keys(fl, rev, ("rip", "cip", "rport", "cport", "proto"), "reverse")
+    bound = fl["real"][fl["real"] >= 0]
+    conns = np.bincount(bound, minlength=h["max_reals"]) if len(bound) else \
+        np.zeros(h["max_reals"], np.int64)
+    have = np.frombuffer(reals, real_dtype(rsz), h["max_reals"])["conns"]
+    if (have != conns).any():
+        i = int(np.flatnonzero(have != conns)[0])
+        raise SnapshotError("real %d: conns %d, but %d flows are bound to it"
+                            % (i, have[i], conns[i]))
     waitq = []
     for _ in range(h["n_wq"]):
         w = WAITQ.unpack_from(mv, off)
@@ -187,17 +176,16 @@ def parse(data, expect, counter_names, flow_hash, rev_modes):
     for _ in range(h["n_rp"]):
         if off + RP.size > len(mv):
             raise SnapshotError("truncated in the splice requests")
-        idx, n = RP.unpack_from(mv, off)
+        ridx, ln = RP.unpack_from(mv, off)
         off += RP.size
-        f = heads.get(idx)
-        if f is None or idx in rp:
-            raise SnapshotError("splice request of entry %d: no such flow, or twice" % idx)
-        rp_len = struct.unpack_from("@H", flows_rec(flows, idx), RP_LEN_OFF)[0]
-        if n != rp_len or off + n > len(mv):
+        k = int(np.searchsorted(fl["idx"], ridx))
+        if k >= len(fl) or fl["idx"][k] != ridx or ridx in rp:
+            raise SnapshotError("splice request of entry %d: no such flow, or twice" % ridx)
+        if ln != fl["rp_len"][k] or off + ln > len(mv):
             raise SnapshotError("splice request of entry %d: %d bytes, its flow says %d"
-                                % (idx, n, rp_len))
-        rp[idx] = bytes(mv[off:off + n])
-        off += n
+                                % (ridx, ln, fl["rp_len"][k]))
+        rp[ridx] = bytes(mv[off:off + ln])
+        off += ln
     known = set(counter_names)
     counters = {}
     for _ in range(h["n_ctr"]):
@@ -214,22 +202,75 @@ def parse(data, expect, counter_names, flow_hash, rev_modes):
             counters[name] = value
     if off != len(mv):
         raise SnapshotError("%d bytes after the end" % (len(mv) - off))
-    return Snapshot(*(h[k] for k in HEADER_FIELDS[1:]), flows=flows, freel=freel,
-                    reals=reals, frags=frags, waitq=waitq, rp=rp, counters=counters)
+    return Snapshot(*(h[k] for k in HEADER_FIELDS[1:]), flows=flows_raw, flow_idx=idx,
+                    freel=freel, reals=reals, frags=frags, waitq=waitq, rp=rp,
+                    counters=counters)
 
 
-# rp_len's offset in Flow: after the fields up to sopt (types.pxi); FLOW_HEAD ends at
-# created (64 bit), then 4 x u64 counters, 6 x u32, 2 x u16, 4 x u8
+# rp_len's offset in Flow: after the fields up to sopt (types.pxi)
 RP_LEN_OFF = struct.calcsize("@IIHHBBBBIHBBiqQQqQQQQIIIIIIHHBBBB")
+M64 = (1 << 64) - 1
 
 
-def flows_rec(flows, idx):
-    """The record of entry idx in parse()'s sorted flow list."""
-    lo, hi = 0, len(flows)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if flows[mid][0] < idx:
-            lo = mid + 1
-        else:
-            hi = mid
-    return flows[lo][1]
+def _offsets(st):
+    """The offset of each field of a native struct.Struct of single codes (and 6s)."""
+    out, pos = [], 0
+    for code in st.format.lstrip("@").replace("6s", "s"):
+        size = 6 if code == "s" else struct.calcsize(code)
+        if code != "s":
+            pos += -pos % size
+        out.append(pos)
+        pos += size
+    return out
+
+
+_NP = {"I": np.uint32, "H": np.uint16, "B": np.uint8, "i": np.int32, "q": np.int64,
+       "Q": np.uint64, "s": "S6"}
+
+
+def flow_dtype(fsz):
+    """A numpy record of the flows section: u32 entry index, then the Flow's head fields."""
+    codes = FLOW_HEAD.format.lstrip("@")
+    offs = _offsets(FLOW_HEAD)
+    return np.dtype({"names": ["idx"] + FLOW_HEAD_FIELDS + ["rp_len"],
+                     "formats": [np.uint32] + [_NP[c] for c in codes] + [np.uint16],
+                     "offsets": [0] + [4 + o for o in offs] + [4 + RP_LEN_OFF],
+                     "itemsize": 4 + fsz})
+
+
+def real_dtype(rsz):
+    return np.dtype({"names": ["conns"], "formats": [np.int64],
+                     "offsets": [_offsets(REAL_HEAD)[-1]], "itemsize": rsz})
+
+
+def _mix(x):
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xFF51AFD7ED558CCD)
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xC4CEB9FE1A85EC53)
+    return x ^ (x >> np.uint64(33))
+
+
+def hash_of(src, dst, sport, dport, proto):
+    """flow_hash (inet.pxi) over arrays."""
+    u = np.uint64
+    with np.errstate(over="ignore"):
+        return _mix(_mix((src.astype(u) << u(32)) | dst.astype(u))
+                    ^ ((sport.astype(u) << u(24)) | (dport.astype(u) << u(8)) | proto.astype(u)))
+
+
+def _unique_keys(fl, sel, fields, what):
+    """No two selected flows on one key (the index would find only one of them). The hashes
+    are their keys' (checked before), so only flows that share a hash can share a key."""
+    hk = "hf" if what == "forward" else "hr"
+    h = fl[hk][sel]
+    if len(h) < 2:
+        return
+    hs = np.sort(h)
+    twice = hs[1:][hs[1:] == hs[:-1]]
+    if not len(twice):
+        return
+    sub = fl[sel][np.isin(h, twice)]
+    keys = [tuple(int(r[f]) for f in fields) for r in sub]
+    if len(set(keys)) != len(keys):
+        raise SnapshotError("two flows on one %s key" % what)

@@ -12,21 +12,42 @@
 # - Records are copied with sizeof(): a field appended to Flow, Real, Frag or WaitQ travels.
 # - import_state checks the whole snapshot (snapfmt.parse) and allocates every request
 #   buffer before it changes anything: a refused snapshot leaves the engine as it was. The
-#   indexes are rebuilt from the flows' hashes.
+#   indexes are rebuilt from the flows' hashes, and the services' splice caps from the
+#   imported reals (services_recap).
+
+
+cdef void services_recap(Engine self) noexcept nogil:
+    """The services' splice caps (mss_cap, nosack) from the reals as they are now, as
+    set_services derives them: a takeover sets the services before the reals arrive."""
+    cdef uint32_t k, j, p, end
+    cdef Service *sv
+    for k in range(self.nsvc):
+        sv = &self.svcs[k]
+        end = sv.off + sv.n
+        for p in range(sv.pool_off, sv.pool_off + sv.pool_n):
+            if self.pools[p].off + self.pools[p].n > end:
+                end = self.pools[p].off + self.pools[p].n
+        sv.mss_cap, sv.nosack = SPLICE_MSS, 0
+        for j in range(sv.off, end):
+            if self.tab[j] >= 0 and self.tab[j] < MAX_REALS:
+                splice_cap(sv, &self.reals[self.tab[j]])
 
 
 cdef object api_export_state(Engine self):
-    cdef Flow tmp
-    cdef uint32_t k, j
+    cdef uint32_t k, j, n = 0
     cdef Flow *e
-    flows = []
+    cdef uint32_t step = 4 + sizeof(Flow)
+    cdef size_t rp_off = <size_t>(<char *>&self.fl[0].rp - <char *>&self.fl[0])
+    flows = bytearray(self.nused * step)
+    cdef uint8_t[::1] buf = flows
     rp = []
     for k in range(self.cap):
         e = &self.fl[k]
         if e.used:
-            memcpy(&tmp, e, sizeof(Flow))
-            tmp.rp = NULL
-            flows.append((k, (<char *>&tmp)[:sizeof(Flow)]))
+            memcpy(&buf[n * step], &k, 4)
+            memcpy(&buf[n * step + 4], e, sizeof(Flow))
+            memset(&buf[n * step + 4 + rp_off], 0, sizeof(uint8_t *))     # the pointer: 0
+            n += 1
             if e.rp != NULL:
                 rp.append((k, (<char *>e.rp)[:e.rp_len]))
     waitq = []
@@ -38,7 +59,7 @@ cdef object api_export_state(Engine self):
             "wq_size": sizeof(WaitQ), "cap": self.cap, "hand": self.hand, "sweep": self.sweep,
             "max_reals": MAX_REALS, "frag_slots": FRAG_SLOTS, "k0": self.k0, "k1": self.k1,
             "outer_id": self.outer_id}
-    return snapfmt.pack(head, flows, (<char *>self.freel)[:self.nfree * sizeof(uint32_t)],
+    return snapfmt.pack(head, n, flows, (<char *>self.freel)[:self.nfree * sizeof(uint32_t)],
                         (<char *>self.reals)[:MAX_REALS * sizeof(Real)],
                         (<char *>self.frags)[:FRAG_SLOTS * sizeof(Frag)], waitq, rp,
                         self.counters())
@@ -49,7 +70,7 @@ cdef object api_import_state(Engine self, data):
               "wq_size": sizeof(WaitQ), "cap": self.cap, "max_reals": MAX_REALS,
               "frag_slots": FRAG_SLOTS, "wq_cap": self.wq_size}
     rev_modes = {m for m in range(256) if XMIT[m].rev != NULL}
-    s = snapfmt.parse(data, expect, defs.COUNTERS, flow_hash, rev_modes)
+    s = snapfmt.parse(data, expect, defs.COUNTERS, rev_modes)
     cdef const uint8_t[::1] rec
     cdef uint32_t k, j, idx, n
     cdef Flow *e
@@ -68,16 +89,21 @@ cdef object api_import_state(Engine self, data):
             rec = req
             memcpy(bufs[k], &rec[0], len(req))
     # from here on nothing fails: the engine takes the snapshot's tables
-    for k in range(self.cap):        # (the other fields of an unused entry are never read)
-        free(self.fl[k].rp)
-        self.fl[k].rp = NULL
-        self.fl[k].used = 0
-    memset(self.ifwd, 0, (self.mask + 1) * sizeof(uint64_t))
-    memset(self.irev, 0, (self.mask + 1) * sizeof(uint64_t))
-    for idx, r in s.flows:
-        rec = r
+    if self.nused:
+        # (a fresh engine's table and indexes are zero: its pages stay untouched; the other
+        # fields of an unused entry are never read)
+        for k in range(self.cap):
+            free(self.fl[k].rp)
+            self.fl[k].rp = NULL
+            self.fl[k].used = 0
+        memset(self.ifwd, 0, (self.mask + 1) * sizeof(uint64_t))
+        memset(self.irev, 0, (self.mask + 1) * sizeof(uint64_t))
+    cdef const uint8_t[::1] raw = s.flows
+    cdef uint32_t step = 4 + sizeof(Flow)
+    for k in range(len(s.flow_idx)):
+        memcpy(&idx, &raw[k * step], 4)
         e = &self.fl[idx]
-        memcpy(e, &rec[0], sizeof(Flow))
+        memcpy(e, &raw[k * step + 4], sizeof(Flow))
         e.rp = NULL
         flow_insert(self, self.ifwd, e.hf, idx)
         if e.flags & F_REV:
@@ -89,7 +115,7 @@ cdef object api_import_state(Engine self, data):
     self.nfree = len(s.freel)
     if self.nfree:
         memcpy(self.freel, &fr[0], self.nfree * sizeof(uint32_t))
-    self.nused = len(s.flows)
+    self.nused = len(s.flow_idx)
     self.hand, self.sweep = s.hand, s.sweep
     rec = s.reals
     memcpy(self.reals, &rec[0], MAX_REALS * sizeof(Real))
@@ -103,4 +129,5 @@ cdef object api_import_state(Engine self, data):
         self.ctr[k] = s.counters.get(name, 0)
     self.k0, self.k1 = s.k0, s.k1
     self.outer_id = s.outer_id
-    return len(s.flows)
+    services_recap(self)
+    return len(s.flow_idx)

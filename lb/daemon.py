@@ -98,7 +98,7 @@ class Control:
         self.mac = cfg.lb.mac_bytes or default_mac(cfg, io)
         self.engine = driver.engine
         self.engine.set_local(cfg.lb.ip, self.mac)
-        # handed: a takeover's snapshot (lb/takeover.py); the engines have imported theirs
+        # handed: a takeover's phase 1 (lb/takeover.py): the running lbd's control side
         self.handed = handed
         self.state = LBState(self.engine, cfg, handed=handed and handed["state"])
         self.state.clock = clock
@@ -122,9 +122,6 @@ class Control:
         self._last_error_log = 0.0
         self.loop_stats = {"gc_freed": 0, "errors": 0}
         driver.attach(self)
-        if handed is not None:
-            for w, st in zip(driver.workers, handed["modes"]):
-                w.punts.take(st)
 
     def handed_over(self):
         """The takeover succeeded (lb/takeover.py): run_live ends, without tearing down."""
@@ -238,8 +235,8 @@ def took_over(d, taken):
     """The workers run: measure the pause, tell the old lbd (it exits), and log it."""
     first = min(w.started_ns or time.clock_gettime_ns(time.CLOCK_MONOTONIC)
                 for w in d.driver.workers)
-    snap = taken.snap
-    info = {"from_pid": snap["from_pid"], "pause_ms": round((first - snap["stopped_ns"]) / 1e6, 3),
+    info = {"from_pid": taken.snap["from_pid"],
+            "pause_ms": round((first - taken.stopped_ns) / 1e6, 3),
             "flows": d.engine.flow_count(), "vips": len(d.state._vips),
             "steps": getattr(taken, "steps", {})}
     reply = taken.confirm(info)
@@ -355,25 +352,28 @@ def main_takeover(cfg):
         return 1
     io = None
     try:
+        pre = taken.snap
+        io = adopt_backend(taken.io_fds, pre["io"])
+        driver = Workers(cfg, io, engines=engines)
+        if driver.steering is not None and pre["steering_vips"] is not None:
+            # the attached program is the old lbd's, for these VIPs: it stays
+            driver.steering.vips = frozenset(pre["steering_vips"])
+        t1 = time.monotonic()
+        d = Control(cfg, io, driver, handed=pre)
+        steps["state_ms"] = round((time.monotonic() - t1) * 1e3, 3)
+        tables = taken.ready()              # the old lbd stops its workers and sends
+        t2 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        steps["received_ms"] = round((t2 - tables["stopped_ns"]) / 1e6, 3)
         if os.environ.get(takeover.ABORT_ENV) == "1":
             raise LBError("takeover", "aborted on purpose (%s=1)" % takeover.ABORT_ENV)
-        snap = taken.snap
-        t1 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        steps["received_ms"] = round((t1 - snap["stopped_ns"]) / 1e6, 3)
-        io = adopt_backend(taken.io_fds, snap["io"])
-        driver = Workers(cfg, io, engines=engines)
-        if len(snap["engines"]) != len(driver.workers):
+        if len(tables["engines"]) != len(driver.workers):
             raise LBError("io.workers", "%d engines handed over for %d workers"
-                          % (len(snap["engines"]), len(driver.workers)))
-        if driver.steering is not None and snap["steering_vips"] is not None:
-            # the attached program is the old lbd's, for these VIPs: it stays
-            driver.steering.vips = frozenset(snap["steering_vips"])
-        for w, blob in zip(driver.workers, snap["engines"]):
+                          % (len(tables["engines"]), len(driver.workers)))
+        for w, blob, modes_state in zip(driver.workers, tables["engines"], tables["modes"]):
             w.engine.import_state(blob)
-        t2 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        steps["import_ms"] = round((t2 - t1) / 1e6, 3)
-        d = Control(cfg, io, driver, handed=snap)
-        steps["state_ms"] = round((time.clock_gettime_ns(time.CLOCK_MONOTONIC) - t2) / 1e6, 3)
+            w.punts.take(modes_state)
+        steps["import_ms"] = round((time.clock_gettime_ns(time.CLOCK_MONOTONIC) - t2) / 1e6, 3)
+        taken.stopped_ns = tables["stopped_ns"]
         taken.steps = steps
     except Exception as e:
         msg = str(e) if isinstance(e, LBError) else "%s: %s" % (type(e).__name__, e)

@@ -3,28 +3,36 @@ by cfg's control socket path) without losing a flow; the old process then exits 
 
 ```
  new lbd (N)                                   old lbd (O), serving
-  parse cfg, listen on a private socket P
+  make its engines, listen on a private socket P
   -- control socket: {"cmd": "takeover", "args": {path: P, versions, record sizes,
                       workers, capacity, io}} -->  check (else LBError, nothing stopped)
-                                                   stop its workers (within a tick)
-                                                   snapshot: every engine, the state, ARP,
-                                                   the modes' punt handlers (under the locks)
   <-- on P: one JSON line + SCM_RIGHTS fds ------  [control listening socket, data-plane fds]
-  <-- on P: u64 length + the snapshot (pickle) --
-  adopt the fds, build the engines, import,
-  start its workers (the pause ends)
-  -- on P: "ok {json}\\n" ------------------------>  reply ok to the takeover request,
-                                                   exit 0 without tearing down (no unlink
-                                                   of the socket, no route removal); its
-                                                   fds close, the kernel objects stay (N
-  serve the control socket on the received fd     holds them)
+  <-- on P: u64 length + pickle ----------------  phase 1, still forwarding: VIP table, real
+                                                   slots, scheduler tables, MACs, health,
+                                                   ARP table, steering VIPs, io info
+  build its control side (services, tables)
+  -- on P: "ready" ----------------------------->  stop its workers (within a tick)
+  <-- on P: u64 length + pickle ----------------  phase 2: every engine's export_state(),
+                                                   every worker's mode handler state
+  import, start its workers (the pause ends)
+  -- on P: "ok {json}" ------------------------->  reply ok to the takeover request, exit 0
+  serve the control socket on the received fd     without tearing down (no unlink of the
+                                                   socket, no route removal); its fds close,
+                                                   the kernel objects stay (N holds them)
 ```
+
+Why two phases: while O's main thread is in this handler, nothing else of its control side
+runs (commands, health results, ARP learning are all main-thread work), so what phase 1 sent
+cannot change before phase 2; only the workers' tables (engines, splice connections) can,
+and they go once the workers have stopped. N builds its services and scheduler tables while
+O still forwards, so the pause is only stop -> export -> transfer -> import -> start.
 
 Invariants:
 - O changes nothing before its checks pass (versions, snapshot record sizes, io.workers,
   flow capacity per worker, io backend/interface/offload): a refused takeover leaves it
   serving as before, and the new process exits 1 with O's message.
-- From the moment O stops its workers until N says "ok", O holds everything: if N fails
+- Until O stops its workers a failure costs nothing (O just refuses). From then until N
+  says "ok", O holds everything: if N fails
   (closes P, says anything else, or is silent for HANDOVER_TIMEOUT_S), O restarts its
   workers on the same fds and engines (nothing was changed by the export) and answers the
   request with an error; frames meanwhile waited in the kernel queues.
@@ -129,61 +137,65 @@ class Giver:
 
     def serve(self, args):
         """Hand everything to the lbd listening on args["path"]; returns when it runs (then
-        this process exits 0) or raises LBError after resuming."""
+        this process exits 0) or raises LBError (after resuming, if it had stopped)."""
         self.check(args)
         self.busy = True
         c = self.control
         loop = c.driver._loop
+        s = None
+        try:
+            # phase 1, still forwarding: the fds and the state only this (main) thread
+            # changes; the new lbd builds its control side from them
+            s = self.connect(args["path"])
+            fds, meta, pre = self.prepare()
+            socket.send_fds(s, [(json.dumps(meta) + "\n").encode()], fds)
+            _send_blob(s, pre)
+            s.settimeout(HANDOVER_TIMEOUT_S)
+            line = _readline(s)
+            if line != b"ready\n":
+                raise LBError("takeover", "the new lbd is not ready: %s" % _said(line))
+        except Exception as e:
+            if s is not None:
+                s.close()
+            self.busy = False
+            raise self._failed(args, e, False) from None
+        # phase 2: stop forwarding, the tables the workers change, and the new one starts
         t0 = now_ns()
         c.driver.stop(loop)
         stopped = now_ns()
         try:
-            fds, meta, payload = self.snapshot(stopped)
+            blob = self.tables(stopped)
             t_snap = now_ns()
-            reply = self.send(args["path"], fds, meta, payload)
+            _send_blob(s, blob)
+            line = _readline(s)
+            if not line.startswith(b"ok "):
+                raise LBError("takeover", "the new lbd did not take over: %s" % _said(line))
+            reply = json.loads(line[3:])
         except Exception as e:
             c.driver.start(loop)
             self.busy = False
-            log.error("takeover by pid %s failed, serving on: %s", args.get("pid"), e)
-            if isinstance(e, LBError):
-                raise
-            raise LBError("takeover", "the new lbd failed (%s: %s); this lbd (pid %d) serves "
-                          "on" % (type(e).__name__, e, os.getpid())) from None
+            raise self._failed(args, e, True) from None
+        finally:
+            s.close()
         self.done = True
         self.busy = False
-        log.info("handed over to pid %s: %d flows, snapshot %d bytes in %.1f ms; the new "
-                 "one reports a pause of %s ms; exiting", args.get("pid"), meta["flows"],
-                 len(payload), (t_snap - stopped) / 1e6, reply.get("pause_ms"))
+        log.info("handed over to pid %s: %d flows, tables %d bytes in %.1f ms; the new one "
+                 "reports a pause of %s ms; exiting", args.get("pid"), meta["flows"], len(blob),
+                 (t_snap - stopped) / 1e6, reply.get("pause_ms"))
         c.handed_over()
         return {"handed_over": True, "pid": os.getpid(), "to_pid": args.get("pid"),
-                "flows": meta["flows"], "bytes": len(payload),
+                "flows": reply.get("flows"), "bytes": len(pre) + len(blob),
                 "stop_ms": round((stopped - t0) / 1e6, 3), **reply}
 
-    def snapshot(self, stopped):
-        c = self.control
-        d = c.driver
-        engines = []
-        for w in d.workers:
-            with w.lock:
-                engines.append(w.engine.export_state())
-        state = {
-            "version": VERSION,
-            "engines": engines,
-            "state": c.state.handover(),
-            "neigh": c.neigh.handover(),
-            "modes": [w.punts.handover() for w in d.workers],
-            "steering_vips": None if d.steering is None else sorted(d.steering.vips or ()),
-            "io": c.io.handover_info(),
-            "stopped_ns": stopped,
-            "from_pid": os.getpid(),
-        }
-        payload = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-        fds = [c.control_server.listen_fd()] + c.io.handover_fds()
-        meta = {"version": VERSION, "fds": len(fds), "flows": sum(w.engine.flow_count()
-                                                                   for w in d.workers)}
-        return fds, meta, payload
+    def _failed(self, args, e, resumed):
+        what = "serving on" if not resumed else "its workers started again, serving on"
+        log.error("takeover by pid %s failed, %s: %s", args.get("pid"), what, e)
+        if isinstance(e, LBError):
+            return LBError(e.field, "%s; this lbd (pid %d) serves on" % (e.message, os.getpid()))
+        return LBError("takeover", "the new lbd failed (%s: %s); this lbd (pid %d) serves on"
+                       % (type(e).__name__, e, os.getpid()))
 
-    def send(self, path, fds, meta, payload):
+    def connect(self, path):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             s.settimeout(CONNECT_TIMEOUT_S)
@@ -192,16 +204,57 @@ class Giver:
                                                    _UCRED.size))
             if uid != 0:
                 raise LBError("path", "the takeover socket's owner is uid %d, not root" % uid)
-            socket.send_fds(s, [(json.dumps(meta) + "\n").encode()], fds)
-            s.sendall(LEN.pack(len(payload)) + payload)
-            s.settimeout(HANDOVER_TIMEOUT_S)
-            line = _readline(s)
-        finally:
+        except Exception:
             s.close()
-        if not line.startswith(b"ok "):
-            raise LBError("takeover", "the new lbd did not take over: %s"
-                          % (line.decode(errors="replace").strip() or "it closed the socket"))
-        return json.loads(line[3:])
+            raise
+        return s
+
+    def prepare(self):
+        """Phase 1: what only the main thread changes (it is busy here, so nothing does)."""
+        c = self.control
+        d = c.driver
+        pre = {"version": VERSION, "state": c.state.handover(), "neigh": c.neigh.handover(),
+               "steering_vips": None if d.steering is None else sorted(d.steering.vips or ()),
+               "io": c.io.handover_info(), "from_pid": os.getpid()}
+        fds = [c.control_server.listen_fd()] + c.io.handover_fds()
+        meta = {"version": VERSION, "fds": len(fds),
+                "flows": sum(w.engine.flow_count() for w in d.workers)}
+        return fds, meta, pickle.dumps(pre, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def tables(self, stopped):
+        """Phase 2, the workers stopped: every engine and every worker's mode handlers."""
+        d = self.control.driver
+        engines = []
+        for w in d.workers:
+            with w.lock:
+                engines.append(w.engine.export_state())
+        return pickle.dumps({"engines": engines, "modes": [w.punts.handover() for w in d.workers],
+                             "stopped_ns": stopped}, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _said(line):
+    return line.decode(errors="replace").strip() or "it closed the socket"
+
+
+def _send_blob(s, data):
+    s.sendall(LEN.pack(len(data)) + data)
+
+
+def _recv_blob(conn):
+    head = _recv_exact(conn, LEN.size)
+    return _recv_exact(conn, LEN.unpack(head)[0])
+
+
+def _recv_exact(conn, n):
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = conn.recv_into(view[got:])
+        if not k:
+            raise LBError("takeover", "the running lbd closed the socket mid-way")
+        got += k
+    return buf
 
 
 def _readline(s, limit=1 << 16):
@@ -225,6 +278,12 @@ class Taken:
         self.ctrl = ctrl          # the control connection our request is pending on
         self.listen_fd = fds[0]
         self.io_fds = fds[1:]
+
+    def ready(self):
+        """Phase 2: say we are ready; the running lbd stops its workers and sends its tables
+        ({engines, modes, stopped_ns})."""
+        self.conn.sendall(b"ready\n")
+        return pickle.loads(_recv_blob(self.conn))
 
     def confirm(self, info):
         """Tell O we run; then read O's answer to the takeover request (O exits after)."""
@@ -309,22 +368,7 @@ def take(cfg):
             meta = json.loads(msg)
             if meta.get("version") != VERSION or meta.get("fds") != len(fds):
                 raise LBError("takeover", "protocol error: %r with %d fds" % (meta, len(fds)))
-            head = b""
-            while len(head) < LEN.size:
-                chunk = conn.recv(LEN.size - len(head))
-                if not chunk:
-                    raise LBError("takeover", "the running lbd closed the socket mid-way")
-                head += chunk
-            n = LEN.unpack(head)[0]
-            buf = bytearray(n)
-            view = memoryview(buf)
-            got = 0
-            while got < n:
-                k = conn.recv_into(view[got:])
-                if not k:
-                    raise LBError("takeover", "the running lbd closed the socket mid-way")
-                got += k
-            snap = pickle.loads(buf)
+            snap = pickle.loads(_recv_blob(conn))
         except Exception:
             for fd in fds:
                 os.close(fd)

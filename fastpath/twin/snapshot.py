@@ -14,8 +14,7 @@ import collections
 import struct
 
 from .. import defs, snapfmt
-from .flowtable import flow_insert
-from .inet import flow_hash
+from .flowtable import flow_insert, splice_cap
 from .types import XMIT
 
 
@@ -40,6 +39,16 @@ FLOW_NAMES, REAL_NAMES, FRAG_NAMES = ([n for n, _ in f]
                                       for f in (FLOW_FIELDS, REAL_FIELDS, FRAG_FIELDS))
 
 
+def services_recap(self):
+    """The services' splice caps (mss_cap, nosack) from the reals as they are now, as
+    set_services derives them: a takeover sets the services before the reals arrive."""
+    for sv in self.services.values():
+        sv.mss_cap, sv.nosack = defs.SPLICE_MSS, False
+        for t in sv.table + [t for p in sv.pools for t in p.table]:
+            if 0 <= t < defs.MAX_REALS:
+                splice_cap(sv, self.reals[t])
+
+
 def api_export_state(self):
     flows = []
     rp = []
@@ -48,14 +57,14 @@ def api_export_state(self):
         if e.used:
             vals = [getattr(e, n, 0) for n in FLOW_NAMES]
             vals[rp_at] = vals[pad_at] = 0
-            flows.append((e.idx, FLOW.pack(*vals)))
+            flows.append(struct.pack("=I", e.idx) + FLOW.pack(*vals))
             if e.rp is not None:
                 rp.append((e.idx, bytes(e.rp)))
     head = {"flow_size": FLOW.size, "real_size": REAL.size, "frag_size": FRAG.size,
             "wq_size": WAITQ.size, "cap": self.cap, "hand": self.hand, "sweep": self.sweep,
             "max_reals": defs.MAX_REALS, "frag_slots": defs.FRAG_SLOTS, "k0": self.k0,
             "k1": self.k1, "outer_id": self.outer_id}
-    return snapfmt.pack(head, flows, struct.pack("=%dI" % len(self.freel), *self.freel),
+    return snapfmt.pack(head, len(flows), b"".join(flows), struct.pack("=%dI" % len(self.freel), *self.freel),
                         b"".join(REAL.pack(r.ip, r.port, r.mac or b"\0" * 6,
                                            1 if r.mac is not None else 0, 1 if r.down else 0,
                                            1 if r.nosack else 0, r.mss, r.conns)
@@ -70,16 +79,17 @@ def api_import_state(self, data):
               "wq_size": WAITQ.size, "cap": self.cap, "max_reals": defs.MAX_REALS,
               "frag_slots": defs.FRAG_SLOTS, "wq_cap": self.wq_size}
     rev_modes = {m for m in range(256) if XMIT[m].rev is not None}
-    s = snapfmt.parse(data, expect, defs.COUNTERS, flow_hash, rev_modes)
+    s = snapfmt.parse(data, expect, defs.COUNTERS, rev_modes)
     # from here on nothing fails: the engine takes the snapshot's tables
     for e in self.fl:
         e.used = 0
         e.rp = None
     self.ifwd = [0] * (self.mask + 1)
     self.irev = [0] * (self.mask + 1)
-    for idx, rec in s.flows:
+    step = 4 + FLOW.size
+    for k, idx in enumerate(s.flow_idx.tolist()):
         e = self.fl[idx]
-        for n, v in zip(FLOW_NAMES, FLOW.unpack(rec)):
+        for n, v in zip(FLOW_NAMES, FLOW.unpack_from(s.flows, k * step + 4)):
             if n != "pad":                 # the compiled struct's filler: no slot here
                 setattr(e, n, v)
         e.rp = s.rp.get(idx)
@@ -87,7 +97,7 @@ def api_import_state(self, data):
         if e.flags & defs.F_REV:
             flow_insert(self, self.irev, e.hr, idx)
     self.freel = s.freel.tolist()
-    self.nused = len(s.flows)
+    self.nused = len(s.flow_idx)
     self.hand, self.sweep = s.hand, s.sweep
     for i, r in enumerate(self.reals):
         v = dict(zip(REAL_NAMES, REAL.unpack_from(s.reals, i * REAL.size)))
@@ -101,4 +111,5 @@ def api_import_state(self, data):
     self.ctr = [s.counters.get(name, 0) for name in defs.COUNTERS]
     self.k0, self.k1 = s.k0, s.k1
     self.outer_id = s.outer_id
-    return len(s.flows)
+    services_recap(self)
+    return len(s.flow_idx)

@@ -6,6 +6,8 @@ compiled snapshot imports into the twin and back; a malformed snapshot is refuse
 message saying what is wrong, and the engine is unchanged."""
 import struct
 
+import dpkt
+
 import pytest
 
 from fastpath import Batch, ServiceSpec, defs, snapfmt, twin
@@ -178,7 +180,19 @@ def malformed(s):
         ("entry", _mutate(s, snapfmt.HEADER.size, "=I", 5000), "beyond the capacity"),
         ("hand", hdr("hand", 5000), "hand/sweep"),
         ("nused", hdr("nused", 6), "nused"),
+        ("two on one key", _same_key(s), "two flows on one forward key"),
     ]
+
+
+def _same_key(s):
+    """The second flow record given the first one's key and hashes (bytes 0..56 of Flow:
+    the tuple, state, backend, times and both hashes)."""
+    fsz = snapfmt.HEADER.unpack_from(s)[2]
+    r1 = snapfmt.HEADER.size + 4
+    r2 = r1 + 4 + fsz
+    b = bytearray(s)
+    b[r2:r2 + 56] = s[r1:r1 + 56]
+    return bytes(b)
 
 
 def test_a_malformed_snapshot_is_refused_and_changes_nothing(impl):
@@ -206,3 +220,33 @@ def test_a_malformed_snapshot_is_refused_and_changes_nothing(impl):
     # an engine of another capacity refuses it, naming the capacity
     with pytest.raises(snapfmt.SnapshotError, match="cap: the snapshot has 1024, this engine 512"):
         world(impl, capacity=512).import_state(s)
+
+
+def test_the_services_learn_the_imported_reals(impl):
+    """A splice VIP's cookie SYN-ACK promises no more MSS than its backends announced
+    (learnt from their SYN-ACKs into the reals). The importing engine's services were set
+    before the reals came: import_state derives the caps again, so both answer alike."""
+    a = world(impl)
+    traffic(a)
+    c_isn = 0x7FFFFFF0
+    synack = F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000, flags=F.TH_SYN | F.TH_ACK, seq=0x5000,
+                   ack=c_isn + 1, opts=syn_opts(ts=5000, ws=7, mss=1200))
+    assert run(a, [synack])[0][1] == "splice_replay"
+    b = world(impl)
+    b.import_state(a.export_state())
+    _, out_a = handshake(a, sport=40020)
+    _, out_b = handshake(b, sport=40020)
+    assert out_b == out_a
+    assert struct.unpack("!H", dict(dpkt.tcp.parse_opts(parse(out_b).opts))[2])[0] == 1200
+
+
+def test_the_vector_hash_is_the_engines(impl):
+    """snapfmt checks every flow's hashes with numpy: the same function as flow_hash."""
+    import random
+    import numpy as np
+    rnd = random.Random(7)
+    keys = [(rnd.getrandbits(32), rnd.getrandbits(32), rnd.getrandbits(16), rnd.getrandbits(16),
+             rnd.choice((6, 17))) for _ in range(200)] + [(0, 0, 0, 0, 0), (M32, M32, 65535, 65535, 255)]
+    cols = [np.array(c, dtype=t) for c, t in zip(zip(*keys), (np.uint32, np.uint32, np.uint16,
+                                                             np.uint16, np.uint8))]
+    assert snapfmt.hash_of(*cols).tolist() == [impl.flow_hash(*k) for k in keys]
