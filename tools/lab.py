@@ -966,6 +966,19 @@ def down(name):
         raise click.ClickException(str(e))
 
 
+@cli.command(help="Start a new lbd with --takeover beside the running one (a planned "
+             "restart: fds, flows and VIP table handed over); print its takeover status "
+             "(pause_ms ...) as JSON.")
+@NAME_OPT
+@click.option("--config", help="the new lbd's config file (default: the lab's)")
+def takeover(name, config):
+    try:
+        info = Lab(name).takeover_lbd(config=config)
+    except LabError as e:
+        raise click.ClickException(str(e))
+    click.echo(json.dumps(info, indent=2))
+
+
 @cli.command(help="Show the topology of a running lab.")
 @NAME_OPT
 @click.option("--json", "as_json", is_flag=True)
