@@ -162,7 +162,9 @@ class Giver:
         # phase 2: stop forwarding, the tables the workers change, and the new one starts
         t0 = now_ns()
         c.driver.stop(loop)
-        stopped = now_ns()
+        # the pause starts with the last burst of the last worker to stop
+        stopped = max((w.ended_ns for w in c.driver.workers if w.ended_ns), default=None) \
+            or now_ns()
         try:
             blob = self.tables(stopped)
             t_snap = now_ns()

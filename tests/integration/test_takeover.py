@@ -18,9 +18,12 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 import pytest
 
+from lb import takeover
+from lb.config import load as load_config
 from tools.lab import Lab, TakeoverFailed, _alive, _wait, unique_name
 
 from .test_nat import counters, lbctl
@@ -104,8 +107,16 @@ def test_takeover_in_the_middle_of_downloads_and_requests(lab, tmp_path):
             _wait("downloads under way", lambda: all(
                 counters(lab).get(k, 0) >= 500 for k in FWD.values()), 30.0)
             before = counters(lab)
+            t_take = time.monotonic()
             info = lab.takeover_lbd()
+            took = time.monotonic() - t_take
             after_takeover = counters(lab)
+            # the downloads' flows are in the new table with the age they had: made before
+            # the new lbd existed
+            old_flows = {m: sum(1 for c in lbctl(lab, "conns", "--vip", vip + ":80",
+                                                 "--limit", "100000")["conns"]
+                                if c["age_s"] > took and c["packets_fwd"] > 100)
+                         for m, (vip, _, _) in VIPS.items()}
             got = {k: v.split()[0] if v.split() else "" for k, v in finish(dl).items()}
         finally:
             open(stop, "w").close()
@@ -130,6 +141,7 @@ def test_takeover_in_the_middle_of_downloads_and_requests(lab, tmp_path):
     for k in ("flow_created",) + tuple(FWD.values()):
         assert after_takeover.get(k, 0) >= before[k], k
     assert info["flows"] >= len(VIPS) * PER_MODE
+    assert old_flows == dict.fromkeys(VIPS, PER_MODE), old_flows
     # the VIPs added with lbctl are the new lbd's
     assert sorted(v["vip"] for v in lbctl(lab, "vip", "list")) == sorted(
         vip + ":80" for vip, _, _ in VIPS.values())
@@ -171,6 +183,18 @@ def test_a_failed_takeover_leaves_the_old_lbd_serving(lab, tmp_path):
         lab.takeover_lbd(config=str(other))
     assert ei.value.returncode == 1 and "refused by the running lbd" in ei.value.log
     assert "flows.capacity" in ei.value.log
+    # takeover requests of another protocol or snapshot format: refused, naming the field
+    from lb.cli import request
+    args = takeover.request_args(load_config(lab.topology["lb"]["config"]), "/nonexistent")
+    for field, bad in (("version", {"version": 99}), ("records", {"records": {"flow_size": 1}}),
+                       ("io.workers", {"workers": 2})):
+        r = request(sock, "takeover", dict(args, **bad), timeout=10)
+        assert not r["ok"] and r["error"]["field"] == field, r
+    # a compatible request from nobody (its socket does not exist): phase 1 fails, nothing
+    # was stopped
+    r = request(sock, "takeover", args, timeout=10)
+    assert not r["ok"] and "serves on" in r["error"]["message"], r
+    assert lbctl(lab, "stats")["loop"]["workers"]["w0"]["alive"]
     # a new lbd that dies after the old one stopped its workers and sent everything: the
     # old one starts them again, and a download running meanwhile finishes intact
     sha = lab.topology["blob"]["sha256"]
