@@ -17,6 +17,8 @@ Invariants:
   LB's own address) goes to Control's neighbour logic. lb/ names no mode here.
 - Timers: a driver calls its engines' expire and its PuntTables' tick every TICK_MS, and
   Control.timers (ARP requests, gc) from the main thread.
+- A takeover (lb/takeover.py) carries each PuntTable's handlers' state to the next lbd's
+  table of the same worker (handover/take, for the handlers that have them).
 """
 import time
 

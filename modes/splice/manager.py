@@ -31,6 +31,10 @@ it comes up anyway.
 
 Python runs here once per new connection (the request's first segment, and one SYN made by
 the engine), never per packet of a spliced connection.
+
+A planned restart (lbd --takeover) carries every connection being set up to the next lbd's
+manager on the same worker (handover/take: request bytes, decision, backend, SYN timers, a
+redirect sent, the retire queue), taken while the workers are stopped, so none is lost.
 """
 import collections
 import logging
