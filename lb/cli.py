@@ -18,6 +18,9 @@
     lbctl conns [--vip VIP:PORT] [--proto P] [--limit N]
     lbctl stats [--all]                         lbctl status
     lbctl health show                           lbctl health interface NAME | --none
+    lbctl save [-o FILE]                        (the running config as TOML for lbd -c)
+    lbctl restore FILE [--dry-run]              (FILE becomes the running config, atomically)
+    lbctl reload [--file F] [--dry-run]         (lbd re-reads its -c file, as on SIGHUP)
 
 Invariants:
 - Arguments are checked here with the validators of lb/config.py before anything is sent,
@@ -30,8 +33,10 @@ Invariants:
 Protocol (lb/control.py serves it): one JSON line {"cmd": ..., "args": {...}} each way.
 """
 import json
+import os
 import socket
 import sys
+import time
 
 import click
 
@@ -535,6 +540,105 @@ def stats(ctx, all_):
 def status(ctx):
     """The daemon's status."""
     _run(ctx, "status", {}, _render_mapping)
+
+
+# --- save, restore, reload (lb/running.py) ---------------------------------------------------
+
+@main.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write it to this file "
+              "(default: stdout).")
+@json_option
+@click.pass_context
+def save(ctx, output):
+    """Print the running configuration as TOML that `lbd -c` and `lbctl restore` accept:
+    [lb], [io], [flows], [health] and every VIP as it is now (lbctl's changes included)."""
+    def render(r):
+        text = "# lbctl save, %s\n%s" % (time.strftime("%Y-%m-%d %H:%M:%S"), r["toml"])
+        if output:
+            with open(output, "w") as f:
+                f.write(text)
+        else:
+            click.echo(text, nl=False)
+    _run(ctx, "config.save", {}, render)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Print the difference only; change nothing.")
+@json_option
+@click.pass_context
+def restore(ctx, file, dry_run):
+    """Apply a saved configuration in one atomic change (ipvsadm -R): FILE's VIPs become the
+    VIP table (VIPs not in FILE are removed), its timeouts and health interface are applied;
+    existing flows of VIPs that stay keep going. What lbd cannot change at run time (lb.*,
+    io.*, flows.capacity) must equal the running values."""
+    _check(ctx, config.load, file)            # a bad file is refused here, naming the field
+    with open(file, encoding="utf-8") as f:
+        text = f.read()
+    _run(ctx, "config.restore", {"toml": text, "source": file, "dry_run": dry_run or None},
+         _render_applied)
+
+
+@main.command()
+@click.option("--file", "file", type=click.Path(dir_okay=False),
+              help="Read this file instead of lbd's own (-c); lbd reads it, by this path.")
+@click.option("--dry-run", is_flag=True, help="Print the difference only; change nothing.")
+@json_option
+@click.pass_context
+def reload(ctx, file, dry_run):
+    """Re-read lbd's config file (as SIGHUP does) and apply the difference in one atomic
+    change; existing flows are untouched. The file becomes the VIP table: VIPs added with
+    lbctl and not in the file are removed (--dry-run shows them)."""
+    args = {"dry_run": dry_run or None}
+    if file is not None:
+        _check(ctx, config.load, file)
+        args["file"] = os.path.abspath(file)
+    _run(ctx, "config.reload", args, _render_applied)
+
+
+def _render_applied(r):
+    d = r["diff"]
+    head = "%s: %s" % (r["source"], r["summary"])
+    if r.get("dry_run"):
+        head += " (dry run: nothing applied)" if d["changes"] else " (dry run)"
+    elif d["changes"]:
+        head += " (applied)"
+    click.echo(head)
+    for v in d["vips"]["added"]:
+        click.echo("  + vip %s: %s, %s, %d backend%s" % (v["vip"], v["mode"], v["scheduler"],
+                                                       v["backends"], _s(v["backends"])))
+    for v in d["vips"]["removed"]:
+        click.echo("  - vip %s: %s, %d backend%s (not in the file: removed)"
+                   % (v["vip"], v["mode"], v["backends"], _s(v["backends"])))
+    for v in d["vips"]["changed"]:
+        click.echo("  ~ vip %s" % v["vip"])
+        for k, (a, b) in v["fields"].items():
+            click.echo("      %s: %s -> %s" % (k, _val(a), _val(b)))
+        b = v["backends"]
+        for x in b["added"]:
+            pool = "" if x["pool"] == "default" else ", pool %s" % x["pool"]
+            click.echo("      + backend %s weight %d%s" % (x["backend"], x["weight"], pool))
+        for x in b["removed"]:
+            click.echo("      - backend %s" % x)
+        for x in b["reweighted"]:
+            click.echo("      backend %s weight %d -> %d" % (x["backend"], x["old"], x["new"]))
+        for x in b["repooled"]:
+            click.echo("      backend %s pool %s -> %s" % (x["backend"], x["old"], x["new"]))
+        if "rules" in v:
+            click.echo("      rules: %s" % ("; ".join(v["rules"]["old"]) or "none"))
+            click.echo("          -> %s" % ("; ".join(v["rules"]["new"]) or "none"))
+    for k, (a, b) in d["timeouts"].items():
+        click.echo("  timeouts.%s: %s -> %s" % (k, a, b))
+    for k, (a, b) in d["health"].items():
+        click.echo("  health.%s: %s -> %s" % (k, _val(a), _val(b)))
+
+
+def _s(n):
+    return "" if n == 1 else "s"
+
+
+def _val(v):
+    return "(not set)" if v is None else json.dumps(v)
 
 
 # --- human output ---------------------------------------------------------------------------

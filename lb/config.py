@@ -12,6 +12,8 @@ Schema: docs/interfaces.md. Invariants:
   `check_proto`, `check_scheduler`, `check_mode`, `parse_health_check`, ...) take the field
   name to blame, so lb/state.py and lb/cli.py report a bad command argument the same way as a
   bad config value.
+- `loads(text)` / `load(path)` / `parse(dict)` read what lb/running.py `dump` writes back
+  equal (`parse(dump(cfg)) == cfg`).
 - Health checks (lb/health.py runs them): `[health]` holds what is global (the management
   interface of the VIP-path probes), `[vip.health]` the check of one VIP, and
   `vip.on_backend_down` what becomes of a down backend's flows (None: the mode's default,
@@ -205,6 +207,10 @@ def parse_health_check(raw, path="", base=None):
     for k in ("rise", "fall"):
         if k in raw:
             setattr(hc, k, parse_int(raw[k], f(k), 1, MAX_RISE_FALL, "a count"))
+    if hc.check != "http":
+        # path and expect mean nothing then; kept at their defaults so that a VIP's check is
+        # one value whatever it was before (a saved config reads back equal, lb/running.py)
+        hc.path, hc.expect = HealthCheck.path, HealthCheck.expect
     return hc
 
 
@@ -257,7 +263,8 @@ def _join(path, key):
 class IOConfig:
     backend: str = "tap"                   # tap | afpacket
     interface: str = DEFAULT_INTERFACE     # tap: device to create; afpacket: interface to bind
-    offload: bool = False                  # vnet headers, GSO superframes, partial checksums
+    offload: Optional[bool] = None         # vnet headers, GSO superframes, partial checksums;
+                                           # None: on where the device takes them (lb/io.py)
     workers: int = 1                       # data-plane threads; > 1: one TAP queue each (tap only)
     rps: Optional[bool] = None             # tap: RPS on lbd's TAP (None: if it can be set)
 
@@ -368,15 +375,29 @@ def load(path):
     """Read and parse a TOML config file; LBError names the file (and line) or the field."""
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            text = f.read()
     except OSError as e:
         raise LBError(str(path), "cannot read config: %s" % (e.strerror or e)) from None
-    except tomllib.TOMLDecodeError as e:
-        # tomllib's message ends with "(at line L, column C)"
-        raise LBError(str(path), "TOML syntax error: %s" % e) from None
-    cfg = parse(data)
+    try:
+        text = text.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise LBError(str(path), "not UTF-8 text: %s" % e) from None
+    cfg = loads(text, str(path))
     cfg.path = str(path)
     return cfg
+
+
+def loads(text, source="config"):
+    """parse() of a TOML document given as text; LBError names `source` (and the line) for a
+    syntax error, else the field."""
+    if not isinstance(text, str):
+        raise LBError(source, "must be TOML text, got %r" % (type(text).__name__,))
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        # tomllib's message ends with "(at line L, column C)"
+        raise LBError(source, "TOML syntax error: %s" % e) from None
+    return parse(data)
 
 
 def parse(data):

@@ -1,4 +1,5 @@
 """lbd: the balancer daemon. `lbd -c config.toml [--pcap-in A --pcap-out B] [--log-level L]`.
+`kill -HUP` reloads config.toml (see lb/running.py).
 
 Live, two kinds of thread (lb/workers.py):
 
@@ -35,12 +36,16 @@ Invariants:
 - [io] workers = N > 1 (live, tap only): N data-plane threads, one queue each of a
   multi-queue TAP, with an engine of their own and a steering program that keeps a flow on
   one worker (lb/workers.py, lb/steer.py).
+- SIGHUP re-reads the config file (Config.path) and applies it as `lbctl reload` does, in
+  the event loop like any control command: one atomic change, or nothing and an error in
+  the log naming the field ("SIGHUP: reload of F refused, nothing changed: vip[1].port: ...").
 - Exit codes: 0 clean stop (SIGTERM/SIGINT, end of pcap, or handed over to a new lbd), 2
   bad config or arguments (also a [health] interface lbd's namespace does not have), 1 any
   other startup failure (e.g. the interface cannot be opened; with --takeover: refused by
   the running lbd, or failed before the workers ran, the running lbd then serving on).
 - --takeover (lb/takeover.py): the running lbd's fds, engines, state, ARP table and splice
-  connections come over; the running VIP table wins over the file's [[vip]].
+  connections come over; the running VIP table wins over the file's [[vip]] (a reload,
+  SIGHUP or `lbctl reload`, applies the file afterwards).
 """
 import argparse
 import asyncio
@@ -184,6 +189,20 @@ class Control:
             "takeover": self.takeover_info,
         }
 
+    def reload_on_signal(self):
+        """SIGHUP: re-read the config file and apply the difference (LBState.apply_config),
+        as `lbctl reload` does; the outcome goes to the log, a refusal naming the field."""
+        path = self.cfg.path
+        try:
+            r = self.state.handle("config.reload", {})
+        except LBError as e:
+            log.error("SIGHUP: reload of %s refused, nothing changed: %s", path, e)
+            return
+        except Exception:
+            log.exception("SIGHUP: reload of %s failed", path)
+            return
+        log.info("SIGHUP: reloaded %s: %s", path, r["summary"])
+
     def extra_stats(self):
         h = self.health.view()
         out = {"io": self.io.counters(), "neigh": self.neigh.counters(), **self.driver.stats()}
@@ -208,6 +227,7 @@ async def run_live(d, taken=None):
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, d.reload_on_signal)   # in the loop: between bursts
     d.stop_live = stop.set
     server = ControlServer(d.cfg.lb.control_socket, d.handle)
     d.control_server = server
@@ -321,9 +341,11 @@ def main(argv=None):
             print("lbd: cannot start: %s" % e, file=sys.stderr)
             return 1
         info = io.info()
-        log.info("threeway lbd: impl=%s io=%s interface=%s ifindex=%s address=%s mac=%s "
-                 "vips=%d workers=%d", fastpath.IMPL, info["backend"], info.get("interface"),
-                 info.get("ifindex"), cfg.lb.address, d.mac.hex(":"), len(cfg.vips),
+        log.info("threeway lbd: impl=%s io=%s interface=%s ifindex=%s offload=%s (%s) "
+                 "address=%s mac=%s vips=%d workers=%d", fastpath.IMPL, info["backend"],
+                 info.get("interface"), info.get("ifindex"),
+                 "on" if info.get("offload") else "off", info.get("offload_why") or "pcap",
+                 cfg.lb.address, d.mac.hex(":"), len(cfg.vips),
                  len(getattr(d.driver, "workers", ())) or 1)
         if pcap:
             return run_pcap(d)

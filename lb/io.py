@@ -33,6 +33,7 @@ Invariants:
   size, RPS and steering program are the kernel's and stay; closing the old process's fds
   afterwards removes nothing, since the new one holds the same open files.
 """
+import errno
 import fcntl
 import logging
 import os
@@ -91,6 +92,7 @@ class _LiveIO:
         self.name = ""
         self.ifindex = 0
         self.hdr = 0                 # vnet header bytes in front of each frame
+        self.offload_why = None      # why offload is on or off (open_backend)
 
     def new_batch(self, size):
         """A Batch that fits this backend's frames."""
@@ -135,7 +137,8 @@ class _LiveIO:
         _send_frames(self.fd, frames, self._c, self.hdr)
 
     def info(self):
-        return {"backend": self.backend, "interface": self.name, "ifindex": self.ifindex}
+        return {"backend": self.backend, "interface": self.name, "ifindex": self.ifindex,
+                "offload_why": self.offload_why}
 
     def counters(self):
         return dict(self._c)
@@ -213,6 +216,7 @@ class TapIO(_LiveIO):
         self._adopted = list(fds)
         self.name, self.ifindex, self.mtu = info["interface"], info["ifindex"], info["mtu"]
         self.hdr, self.rps_cpus = info["hdr"], info["rps_cpus"]
+        self.offload_why = "%s (handed over)" % info.get("offload_why")
         self.fd = fds[0]
         for fd in fds:
             os.set_blocking(fd, False)
@@ -227,7 +231,8 @@ class TapIO(_LiveIO):
 
     def handover_info(self):
         return {"backend": self.backend, "interface": self.name, "ifindex": self.ifindex,
-                "mtu": self.mtu, "hdr": self.hdr, "rps_cpus": self.rps_cpus}
+                "mtu": self.mtu, "hdr": self.hdr, "rps_cpus": self.rps_cpus,
+                "offload_why": getattr(self, "offload_why", None)}
 
     def _long_header(self):
         """The vnet header's size: the long one (defs.VNET_TNL_HDR_LEN) where the kernel
@@ -393,6 +398,7 @@ class AfPacketIO(_LiveIO):
         self._sock.setblocking(False)
         self.fd = fd
         self.name, self.ifindex, self.hdr = info["interface"], info["ifindex"], info["hdr"]
+        self.offload_why = "%s (handed over)" % info.get("offload_why")
         self.mac = self._sock.getsockname()[4]
         return self
 
@@ -401,7 +407,7 @@ class AfPacketIO(_LiveIO):
 
     def handover_info(self):
         return {"backend": self.backend, "interface": self.name, "ifindex": self.ifindex,
-                "hdr": self.hdr}
+                "hdr": self.hdr, "offload_why": getattr(self, "offload_why", None)}
 
     def _count_rx(self, frames, bursts, nbytes, gso, csum):
         super()._count_rx(frames, bursts, nbytes, gso, csum)
@@ -555,12 +561,34 @@ def adopt_backend(fds, info):
     raise ValueError("unknown io backend %r" % (info["backend"],))
 
 
-def open_backend(backend, interface, offload=False, queues=1, rps=None):
+def open_backend(backend, interface, offload=None, queues=1, rps=None):
     """The live backend named in the config: 'tap' creates `interface` (with `queues` queues,
-    and RPS as TapIO says), 'afpacket' binds it."""
-    if backend == "tap":
-        return TapIO(interface, offload=offload, queues=queues, rps=rps)
-    if backend == "afpacket":
-        return AfPacketIO(interface, offload=offload)
-    raise ValueError("unknown io backend %r" % (backend,))
+    and RPS as TapIO says), 'afpacket' binds it.
 
+    offload None (the default, `[io] offload` absent): vnet headers where the device takes
+    them -- the fast path, GSO superframes whole through lbd -- and without them, with the
+    reason, where it does not. True: required (OSError if refused); False: off. The backend's
+    `offload_why` says which of these happened, for `lbctl status` and lbd's first log line."""
+    if backend not in ("tap", "afpacket"):
+        raise ValueError("unknown io backend %r" % (backend,))
+
+    def make(off):
+        if backend == "tap":
+            return TapIO(interface, offload=off, queues=queues, rps=rps)
+        return AfPacketIO(interface, offload=off)
+    if offload is not None:
+        io = make(offload)
+        io.offload_why = "io.offload = %s" % ("true" if offload else "false")
+        return io
+    try:
+        io = make(True)
+    except OSError as e:
+        if isinstance(e, (FileNotFoundError, PermissionError)) or e.errno in (
+                errno.ENODEV, errno.EPERM, errno.EACCES, errno.EBUSY):
+            raise                     # no such interface / not root: not about offload
+        io = make(False)
+        io.offload_why = "default, but the %s backend refused vnet headers: %s" % (backend, e)
+        log.warning("offload off: %s", io.offload_why)
+        return io
+    io.offload_why = "default (the %s backend takes vnet headers)" % backend
+    return io

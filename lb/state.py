@@ -22,6 +22,10 @@ and applies both to a fast-path Engine. Invariants:
   unchecked use counts as up: its flows must not be expired); a slot no VIP references keeps
   its bit until it is reused, when it starts up. SVC_EXPIRE_NODEST is set on every VIP whose
   effective on_backend_down is expire (config.effective_on_backend_down).
+- Restore and reload (apply_config, lb/running.py): the file's VIP table replaces the running
+  one in one _commit, so they are atomic as any command; VIPs that stay keep their slots,
+  tables and flows. Fixed fields (running.FIXED) must equal the running ones. `timeouts`
+  is what the engine runs (flows.timeouts, changed by a restore or reload).
 - A planned restart (lb/takeover.py) starts the next lbd's LBState from handover(): the
   same VIPs, slots, MACs and health; the file's VIPs are not applied (the running table wins).
 The daemon answers `status` itself and sets `extra_stats`, `extra_health`, `on_change` (called
@@ -37,7 +41,7 @@ from fastpath import checks, defs
 
 import modes
 
-from . import config, health, schedulers
+from . import config, health, running, schedulers
 from .config import BackendConfig, VipConfig, format_endpoint, format_ip
 from .errors import LBError
 
@@ -62,6 +66,7 @@ class LBState:
         self.clock = lambda: int(time.monotonic() * 1000)   # ms, the engine's now_ms clock
         self.wall = time.time                       # s, for "down since 12:01:03"
         self.health_interface = cfg.health.interface
+        self.timeouts = dict(cfg.flows.timeouts)    # what the engine runs (set_timeouts)
         self._health = {}      # (vip key, (ip, port)) -> health.BackendHealth
         self._slot_down = set()    # real idx the engine has down
         self._vips = {}        # (ip, port, proto name) -> VipConfig, in creation order
@@ -403,7 +408,84 @@ class LBState:
         result.update(self.extra_stats() or {})
         return result
 
+    # ---- the running configuration as a file (lb/running.py) --------------------------------
+    def running_config(self):
+        """The Config lbd runs now: the start file's fixed parts, the current timeouts, health
+        interface and VIP table (lbctl's changes included). running.dump() of it is `save`."""
+        c = self.cfg
+        return config.Config(
+            lb=copy.deepcopy(c.lb), io=copy.deepcopy(c.io),
+            flows=config.FlowsConfig(c.flows.capacity, dict(self.timeouts)),
+            health=config.HealthConfig(self.health_interface, c.health.max_in_flight),
+            vips=[copy.deepcopy(v) for v in self._vips.values()], path=c.path)
+
+    def apply_config(self, new, dry_run=False):
+        """Make Config `new` the running one (restore, reload): its VIP table replaces the
+        running one in one commit (VIPs not in it are removed), its timeouts and health
+        interface are applied; the fixed fields must equal the running ones. Returns
+        running.diff(before, new); with dry_run only that, and nothing is touched. LBError
+        naming the field, and nothing changed, if anything is refused."""
+        before = self.running_config()
+        running.check_fixed(before, new)
+        d = running.diff(before, new)
+        iface = new.health.interface
+        if iface is not None and iface != self.health_interface:
+            self.interface_check(iface)
+        if dry_run:
+            return d
+        new_vips = {}
+        for i, v in enumerate(new.vips):
+            key = _vip_key(v)
+            if key in new_vips:        # config.parse refuses it already; a Config made by hand
+                raise LBError("vip[%d]" % i, "duplicate VIP %s" % _vip_name(v))
+            new_vips[key] = copy.deepcopy(v)
+        old_iface = self.health_interface
+        self.health_interface = iface           # before the commit: health.sync reads it
+        try:
+            self._commit(new_vips)
+        except BaseException:
+            self.health_interface = old_iface
+            raise
+        if new.flows.timeouts != self.timeouts:
+            # config.parse checked them (whole seconds, 1..MAX_TIMEOUT_S): cannot fail here.
+            # Flows already in the table get the new timeout from their next packet on.
+            self.engine.set_timeouts(new.flows.timeouts)
+            self.timeouts = dict(new.flows.timeouts)
+        return d
+
+    def _cmd_config_save(self, args):
+        _known(args)
+        cfg = self.running_config()
+        return {"config": running.dump(cfg), "toml": running.dumps(cfg)}
+
+    def _cmd_config_restore(self, args):
+        """Apply a saved config given as TOML text (lbctl restore reads the file)."""
+        _known(args, "toml", "source", "dry_run")
+        source = _opt(args, "source", "toml")
+        if not isinstance(source, str):
+            raise LBError("source", "must be a string, got %r" % (source,))
+        dry = _flag(args, "dry_run")
+        new = config.loads(_need(args, "toml"), source)
+        return self._applied(source, new, dry)
+
+    def _cmd_config_reload(self, args):
+        """Re-read lbd's own config file (Config.path), or `file`, and apply it."""
+        _known(args, "file", "dry_run")
+        dry = _flag(args, "dry_run")
+        path = _opt(args, "file", self.cfg.path)
+        if not isinstance(path, str) or not path:
+            raise LBError("file", "lbd runs no config file; give one" if path is None
+                          else "must be a path, got %r" % (path,))
+        return self._applied(path, config.load(path), dry)
+
+    def _applied(self, source, new, dry):
+        d = self.apply_config(new, dry_run=dry)
+        return {"source": source, "dry_run": dry, "applied": not dry, "diff": d,
+                "summary": running.summary(d)}
+
     _COMMANDS = {
+        "config.save": _cmd_config_save, "config.restore": _cmd_config_restore,
+        "config.reload": _cmd_config_reload,
         "vip.add": _cmd_vip_add, "vip.set": _cmd_vip_set, "vip.del": _cmd_vip_del,
         "vip.list": _cmd_vip_list, "vip.health": _cmd_vip_health,
         "backend.add": _cmd_backend_add,
@@ -510,8 +592,9 @@ class LBState:
             except LBError as e:
                 raise LBError("backend", "%s (maglev_size %d; vip.set a larger one)"
                               % (e.message, v.maglev_size)) from None
-        config.validate_with_mode(config.check_mode(v.mode), v.port, v.proto,
-                                  _mode_backends(v.backends))
+        mode = config.check_mode(v.mode)
+        config.validate_with_mode(mode, v.port, v.proto, _mode_backends(v.backends))
+        mode.check_pools(v.options, {b.pool for b in v.backends}, "backend")
 
     def _replace(self, key, v):
         new = dict(self._vips)
@@ -693,6 +776,13 @@ def _need(args, name):
     if args.get(name) is None:
         raise LBError(name, "missing")
     return args[name]
+
+
+def _flag(args, name):
+    v = _opt(args, name, False)
+    if not isinstance(v, bool):
+        raise LBError(name, "must be true or false, got %r" % (v,))
+    return v
 
 
 def _opt(args, name, default):

@@ -88,7 +88,7 @@ def request_args(cfg, path):
     return {"path": path, "pid": os.getpid(), "version": VERSION, "snapshot": snapfmt.VERSION,
             "records": record_sizes(), "workers": cfg.io.workers,
             "capacity": cfg.flows.capacity, "backend": cfg.io.backend,
-            "interface": cfg.io.interface, "offload": bool(cfg.io.offload)}
+            "interface": cfg.io.interface, "offload": cfg.io.offload}
 
 
 # ---- the old process's side ----------------------------------------------------------------
@@ -128,7 +128,7 @@ class Giver:
                           "keeps the flow table as it is" % (args.get("capacity"),
                                                              cfg.flows.capacity))
         for k, have in (("backend", cfg.io.backend), ("interface", cfg.io.interface),
-                        ("offload", bool(cfg.io.offload))):
+                        ("offload", cfg.io.offload)):
             if args.get(k) != have:
                 raise LBError("io.%s" % k, "the new config has %r, this lbd %r"
                               % (args.get(k), have))

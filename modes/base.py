@@ -78,6 +78,7 @@ class Mode:
     pools = False               # backends may belong to named pools (rules pick one)
     rules = False               # the VIP has content rules (lbctl rule add|del|list)
     toml_keys = ()              # the [[vip]] keys this mode owns, besides the common ones
+    rules_key = None            # which of them holds the content rules (an array of tables)
     set_args = ()               # SetArg of the vip.set arguments it owns
 
     @property
@@ -99,6 +100,14 @@ class Mode:
         LBError naming `path.key`. backends: [(ip, port, weight, pool)]."""
         return None
 
+    def dump_options(self, options):
+        """The inverse of parse_options: this mode's toml_keys of a [[vip]] table, as plain
+        TOML values, such that parse_options(dump_options(o), ...) == o (lbctl save). Every
+        key is written, defaults too, so a saved file does not depend on today's defaults."""
+        if options is not None:
+            raise TypeError("%s keeps no options, got %r" % (self.name, options))
+        return {}
+
     def default_options(self):
         """The options of a VIP that enters this mode by vip.add or vip.set."""
         return None
@@ -114,6 +123,11 @@ class Mode:
 
     def validate(self, vip_port, proto, backends):
         """Raise LBError if this VIP cannot run in this mode. backends: [(ip, port, weight)]."""
+
+    def check_pools(self, options, pools, fld):
+        """Raise LBError(fld) if these options need a pool that is not in `pools` (the pool
+        names the VIP's backends have): what parse_options refuses in a file, a command must
+        not make (lbctl save would write a file lbd -c refuses)."""
 
     def check_pool(self, pool, fld):
         """A backend's pool name; LBError(fld) for a mode without pools unless it is "default"."""
@@ -131,6 +145,10 @@ class Mode:
 
     def rule_del(self, options, index):
         raise LBError("vip", "a %s VIP has no content rules" % self.name)
+
+    def rule_text(self, rule):
+        """One line for a human (lbctl rule list, reload --dry-run)."""
+        return str(rule)
 
     # ---- the fast path ---------------------------------------------------------------------
     def spec(self, vip, members, build):

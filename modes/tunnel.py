@@ -110,6 +110,9 @@ class Tunnel(Mode):
         return TunnelOptions(check_vni(t.get("vni", DEFAULT_VNI), where + ".vni"),
                              check_mtu(t.get("mtu", DEFAULT_MTU), where + ".mtu"))
 
+    def dump_options(self, options):
+        return {"tunnel": {"vni": options.vni, "mtu": options.mtu}}
+
     def set_options(self, options, args):
         vni, mtu = args.get("tunnel_vni"), args.get("tunnel_mtu")
         return TunnelOptions(options.vni if vni is None else check_vni(vni),

@@ -1,7 +1,7 @@
 """The main job: bring the lab up, push real traffic through every mode, print what happened,
 take the lab down. `tools/run.sh demo [--io tap|afpacket] [--no-offload] [--name P]` (installs
-and builds first); `python3 -m tools.demo` when already built. The TAP runs with vnet headers
-(GSO superframes through lbd) unless --no-offload.
+and builds first); `python3 -m tools.demo` when already built. lbd runs with vnet headers
+(GSO superframes through lbd, lbd's default on either backend) unless --no-offload.
 
 Per mode, one VIP (198.19.100.<n>) with three backends on ports 80, 9000 and 5201 (b1..b3 on
 the LB's segment; for tunnel r1..r3, behind the router, reached in VXLAN):
@@ -107,10 +107,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="demo")
     p.add_argument("--io", choices=["tap", "afpacket"], default="tap")
     p.add_argument("--no-offload", action="store_true",
-                   help="tap without vnet headers (one <= 1514-byte frame per read())")
+                   help="the slow path: no vnet headers (one <= 1514-byte frame per read())")
     p.add_argument("--name", default="twdemo")
     a = p.parse_args(argv)
-    offload = a.io == "tap" and not a.no_offload
+    offload = not a.no_offload          # lbd's default: vnet headers, either backend
     lab = Lab(a.name, backends=3, clients=len(CLIENT), io=a.io, offload=offload,
               remote_backends=len(REMOTE))
     print("== lab up (%s, io=%s%s)" % (a.name, a.io, ", vnet offload" if offload else ""),

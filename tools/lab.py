@@ -250,7 +250,7 @@ class Lab:
     by `lb-lab up`): `.topology` then comes from its state file.
     """
 
-    def __init__(self, name="tw", backends=3, clients=1, io="tap", start_lbd=True, offload=False,
+    def __init__(self, name="tw", backends=3, clients=1, io="tap", start_lbd=True, offload=True,
                  workers=1, remote_backends=0, client_hop_mtu=None):
         if not NAME_RE.match(name or ""):
             raise LabError("lab name %r: use 1-20 characters of [A-Za-z0-9_]" % (name,))
@@ -279,7 +279,9 @@ class Lab:
         self.n_clients = clients
         self.n_remote = remote_backends
         self.io = io
-        self.offload = offload          # vnet headers (tap, afpacket): GSO superframes through lbd
+        # vnet headers (tap, afpacket): GSO superframes through lbd. True is lbd's default
+        # ([io] offload left out of its config); False writes offload = false (the slow path)
+        self.offload = offload
         self.workers = workers          # lbd's [io] workers: data-plane threads (TAP queues)
         self.start_lbd = start_lbd
         self.state_dir = os.path.join(STATE_ROOT, "lab-" + name)
@@ -563,7 +565,7 @@ class Lab:
         dp_if = "lbtap" if self.io == "tap" else "dp0"
         with open(cfg, "w") as f:
             f.write(LBD_TOML % {"name": P, "io": self.io, "ifname": dp_if, "addr": LB_ADDRESS,
-                                "offload": "true" if self.offload else "false",
+                                "offload": "" if self.offload else "offload = false\n",
                                 "workers": self.workers,
                                 "mac": lbmac, "gw": RT_SERVER, "sock": sock})
         lbd_pid, lbd_status = None, None
@@ -571,6 +573,12 @@ class Lab:
             lbd_pid, lbd_status = self._start_lbd(cfg, sock, log)
             pids["lb"] = {"lbd": lbd_pid}
             self._save("building", extra={"pids": pids})
+            lio = (lbd_status or {}).get("io", {})
+            if bool(lio.get("offload")) != bool(self.offload):
+                # the veths were set up for the other path (afpacket: offloads off or on)
+                raise LabError("lbd runs with offload %s (%s), the lab was built for %s"
+                               % ("on" if lio.get("offload") else "off", lio.get("offload_why"),
+                                  "on" if self.offload else "off"))
             if self.io == "tap":
                 self._attach_tap()
                 ports["brs"].append("lbtap")
@@ -902,8 +910,7 @@ LBD_TOML = """\
 [io]
 backend = "%(io)s"
 interface = "%(ifname)s"
-offload = %(offload)s
-workers = %(workers)d
+%(offload)sworkers = %(workers)d
 
 [lb]
 address = "%(addr)s"
@@ -938,8 +945,10 @@ def cli():
               "tunnel mode's VXLAN; with N >= 1 b1.. get the VXLAN device too" % REMOTE_NET)
 @click.option("--io", type=click.Choice(["tap", "afpacket"]), default="tap", show_default=True)
 @click.option("--no-lbd", is_flag=True, help="do not start lbd (test the rest of the lab)")
-@click.option("--offload", is_flag=True, help="vnet headers (tap: IFF_VNET_HDR, afpacket: "
-              "PACKET_VNET_HDR and the veth's default offloads): GSO superframes through lbd")
+@click.option("--offload/--no-offload", default=True, show_default=True,
+              help="vnet headers (tap: IFF_VNET_HDR, afpacket: PACKET_VNET_HDR and the veth's "
+              "default offloads): GSO superframes through lbd. --no-offload: the slow path "
+              "(offload = false in lbd's config; afpacket: the veth's offloads off)")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 16),
               help="lbd's data-plane threads (tap: one TAP queue each)")
 @click.option("--client-hop-mtu", type=click.IntRange(576, 1499), default=None,

@@ -57,6 +57,7 @@ class Splice(Mode):
     pools = True
     rules = True
     toml_keys = ("rule", "splice")
+    rules_key = "rule"
     set_args = (SetArg("splice_limit", "request bytes read before deciding (%d..%d)"
                        % (MIN_LIMIT, MAX_LIMIT), _limit_text),
                 SetArg("splice_timeout", "seconds to wait for them (0.05..60)", _seconds_text))
@@ -90,6 +91,12 @@ class Splice(Mode):
         RuleSet(rules, limit=limit, field_prefix=_join(path, "rule"))    # order checks
         return SpliceOptions(tuple(rules), limit, timeout)
 
+    def dump_options(self, options):
+        out = {"splice": {"limit": options.limit, "timeout": options.timeout}}
+        if options.rules:
+            out["rule"] = [_rule_table(x) for x in options.rules]
+        return out
+
     def set_options(self, options, args):
         limit = args.get("splice_limit")
         timeout = args.get("splice_timeout")
@@ -106,6 +113,13 @@ class Splice(Mode):
 
     def check_pool(self, pool, fld):
         return check_pool_name(pool, fld)
+
+    def check_pools(self, options, pools, fld):
+        for i, rule in enumerate(options.rules):
+            if rule.pool not in pools:
+                raise LBError(fld, "rule %d (%s) sends to pool %r, which would have no "
+                              "backend left: delete or change the rule first"
+                              % (i, format_rule(rule), rule.pool))
 
     # ---- rules -----------------------------------------------------------------------------
     def rules_of(self, options):
@@ -124,6 +138,9 @@ class Splice(Mode):
         del new[index]
         return dataclasses.replace(options, rules=tuple(new))
 
+    def rule_text(self, rule):
+        return format_rule(rule)
+
     # ---- the fast path and the punt handler ------------------------------------------------
     def spec(self, vip, members, build):
         view = SpliceVip(vip, members, build)
@@ -138,6 +155,16 @@ class Splice(Mode):
 
     def punt_handler(self, engine, ctx, mac):
         return SpliceManager(engine, ctx, mac)
+
+
+def _rule_table(rule):
+    """A [[vip.rule]] table that parse_rule reads back as `rule` (defaults left out)."""
+    d = rule_as_dict(rule)
+    if d["kind"] == "default":
+        del d["value"]
+    if not d["redirect_probe"]:
+        del d["redirect_probe"]
+    return d
 
 
 def _join(path, key):

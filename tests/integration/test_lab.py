@@ -263,7 +263,11 @@ def test_lbd_comes_up(make_lab, io):
     lab = make_lab(io=io, backends=1)
     topo = lab.topology
     lb = topo["lb"]
-    assert lbd_request(lb["control_socket"], "status")["ok"]
+    st = lbd_request(lb["control_socket"], "status")
+    assert st["ok"]
+    # the lab leaves [io] offload out: lbd's default is the fast path, and it says why
+    assert st["result"]["io"]["offload"] is True
+    assert st["result"]["io"]["offload_why"].startswith("default")
     dev = lab.exec("sw" if io == "tap" else "lb", ["ip", "-j", "link", "show", lb["interface"]])
     link = json.loads(dev.stdout)[0]
     assert "UP" in link["flags"]

@@ -14,9 +14,16 @@ are slowed at the backends, not by the client, so that after the kill the client
 silent and the backend's packets are the only ones. splice
 cannot re-create a flow from either side (the sequence delta lived only in the lost table):
 README says so.
+
+Beside the downloads, a stream of short requests (one connection each) runs through every
+mode across the kill: a SYN lost while lbd is down is resent by the client's TCP after 1 s,
+and a request half-way through survives like a download, so none may fail.
 """
+import json
+import os
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -56,8 +63,13 @@ def test_kill_9_in_the_middle_of_downloads(make_lab):
     for node in ("b1", "b2", "r1", "r2"):
         lab.exec(node, SHAPE)
     sha = lab.topology["blob"]["sha256"]
-    procs = {}
+    procs, shorts = {}, {}
+    stop = os.path.join(lab.state_dir, "short-requests.stop")
     for mode, (vip, _) in VIPS.items():
+        shorts[mode] = lab.popen("c1", [
+            sys.executable, "-m", "tools.traffic", "http", "http://%s/id" % vip,
+            "--count", "20000", "--seconds", "120", "--timeout", "150", "--stop-file", stop],
+            stdout=subprocess.PIPE, text=True)
         for k in range(PER_MODE):
             procs[(mode, k)] = lab.popen("c1", [
                 "sh", "-c", "curl -sf --max-time 60 http://%s/blob | sha256sum" % vip],
@@ -68,8 +80,15 @@ def test_kill_9_in_the_middle_of_downloads(make_lab):
             counters(lab).get(k, 0) >= 300 for k in ("nat_rev", "dsr_fwd", "tunnel_fwd")), 20.0)
         pause = lab.restart_lbd(signal.SIGKILL)
         got = {key: p.communicate(timeout=90)[0].split()[0] for key, p in procs.items()}
+        # the short requests go on after the restart: the new lbd makes their flows
+        _wait("short requests through the new lbd",
+              lambda: counters(lab).get("flow_created", 0) >= 30 * len(VIPS), 30.0)
+        with open(stop, "w"):
+            pass
+        short = {m: json.loads(p.communicate(timeout=60)[0].strip().splitlines()[-1])
+                 for m, p in shorts.items()}
     finally:
-        for p in procs.values():
+        for p in list(procs.values()) + list(shorts.values()):
             if p.poll() is None:
                 p.kill()
     survived = {m: sum(got[(m, k)] == sha for k in range(PER_MODE)) for m in VIPS}
@@ -77,5 +96,10 @@ def test_kill_9_in_the_middle_of_downloads(make_lab):
     print("survived of %d per mode: %s; lbd back in %.2f s; flows re-created from the client "
           "%d, from the backend %d" % (PER_MODE, survived, pause, c.get("flow_recreated", 0),
                                         c.get("flow_recreated_rev", 0)))
+    print("short requests (1 connection each) across the kill: %s" % {
+        m: "%d ok, %d failed, slowest %s s" % (r["requests"], r["n_errors"], r["slowest"][0][0])
+        for m, r in short.items()})
     assert survived == dict.fromkeys(VIPS, PER_MODE), survived
+    for m, r in short.items():
+        assert r["n_errors"] == 0 and r["requests"] > 0, (m, r)
     assert c.get("flow_recreated_rev", 0) >= 1, c

@@ -278,3 +278,57 @@ def test_request_times_out_on_a_silent_server():
     finally:
         s.close()
         shutil.rmtree(d)
+
+
+# --- save, restore, reload -------------------------------------------------------------------
+
+def test_save_prints_toml_that_reads_back_as_the_running_config(lbd, tmp_path):
+    assert run(lbd, "backend", "add", VIP, "198.19.0.12:8080", "--weight", "4").exit_code == 0
+    r = run(lbd, "save")
+    assert r.exit_code == 0 and r.output.startswith("# lbctl save, ")
+    assert config.loads(r.output) == lbd.state.running_config()
+    out = tmp_path / "saved.toml"
+    assert run(lbd, "save", "-o", str(out)).exit_code == 0
+    assert config.load(str(out)).vips == lbd.state.running_config().vips
+    r = run(lbd, "save", "--json")
+    assert json.loads(r.output)["config"]["vip"][0]["backend"][1] == {
+        "address": "198.19.0.12", "port": 8080, "weight": 4}
+
+
+def test_restore_and_reload_print_the_difference(lbd, tmp_path):
+    saved = run(lbd, "save").output
+    f = tmp_path / "new.toml"
+    f.write_text(saved.replace('scheduler = "rr"', 'scheduler = "lc"')
+                 + '\n[[vip]]\naddress = "198.19.100.2"\nport = 80\n')
+    r = run(lbd, "restore", str(f), "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines() == [
+        "%s: 2 changes: +198.19.100.2:80/tcp, ~198.19.100.1:80/tcp (dry run: nothing applied)"
+        % f,
+        "  + vip 198.19.100.2:80/tcp: nat, maglev, 0 backends",
+        "  ~ vip 198.19.100.1:80/tcp",
+        '      scheduler: "rr" -> "lc"']
+    assert [v["scheduler"] for v in lbd.state.handle("vip.list", {})] == ["rr"]
+    r = run(lbd, "--json", "reload", "--file", str(f))
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["applied"] and d["source"] == str(f) and d["diff"]["changes"] == 2
+    assert [v["scheduler"] for v in lbd.state.handle("vip.list", {})] == ["lc", "maglev"]
+    # a VIP the file does not have is said to go
+    f.write_text(saved)
+    r = run(lbd, "reload", "--file", str(f), "--dry-run")
+    assert "  - vip 198.19.100.2:80/tcp: nat, 0 backends (not in the file: removed)" in r.output
+
+
+def test_restore_of_a_bad_file_is_a_usage_error_naming_the_field(lbd, tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text(run(lbd, "save").output.replace("weight = 1", "weight = 70000"))
+    n = len(lbd.requests)
+    for argv in (["restore", str(f)], ["reload", "--file", str(f)]):
+        r = run(lbd, *argv)
+        assert r.exit_code == 2
+        assert "error: vip[0].backend[0].weight: must be an integer 0..65535" in r.stderr
+    assert len(lbd.requests) == n                      # refused before anything was sent
+    f.write_text(run(lbd, "save").output.replace("capacity = 256", "capacity = 512"))
+    r = run(lbd, "restore", str(f))
+    assert r.exit_code == 1 and "error: flows.capacity: cannot change while lbd runs" in r.stderr

@@ -201,6 +201,13 @@ def test_offload_on_either_backend(backend, offload):
     assert config.parse(d).io == config.IOConfig(backend, "dp0", offload)
 
 
+def test_offload_left_out_is_the_default():
+    """None: lb/io.py open_backend turns vnet headers on where the device takes them."""
+    d = good_dict()
+    d["io"].pop("offload", None)
+    assert config.parse(d).io.offload is None
+
+
 def test_duplicate_vip():
     def mutate(d):
         d["vip"].append(copy.deepcopy(d["vip"][0]))

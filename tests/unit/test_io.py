@@ -423,6 +423,46 @@ def test_tap_rps_on_every_queue_or_off(netns, rps, queues):
         assert int(m.replace(",", ""), 16) == (int(want.replace(",", ""), 16) if want else 0)
 
 
+OPEN_CHILD = r"""
+import json, sys
+from lb.io import open_backend
+tap = sys.argv[1]
+res = {}
+for backend, name in (("afpacket", "vA"), ("tap", tap)):
+    for off in (None, True, False):
+        io = open_backend(backend, name, off)
+        i = io.info()
+        res["%s/%s" % (backend, off)] = [i["offload"], i["vnet_hdr"], i["offload_why"]]
+        io.close()
+try:
+    open_backend("afpacket", "tw-no-such-if")
+except OSError as e:
+    res["missing"] = type(e).__name__
+print(json.dumps(res))
+"""
+
+
+@needs_root
+def test_open_backend_offload_is_the_default(netns):
+    """[io] offload left out: vnet headers on, on both backends, and the reason says it was
+    the default; true/false are taken as written. A missing interface is an error, not a
+    reason to try without offload."""
+    ns = netns()
+    sh("ip", "-n", ns, "link", "add", "vA", "type", "veth", "peer", "name", "vB")
+    tap = "twtap" + uuid.uuid4().hex[:6]
+    p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", OPEN_CHILD, tap],
+                       env=_env("py"), cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stdout + p.stderr
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    for backend in ("afpacket", "tap"):
+        on, hdr, why = res["%s/None" % backend]
+        assert on is True and hdr >= 10 and why.startswith("default")
+        assert res["%s/True" % backend][:2] == [True, hdr]
+        assert res["%s/True" % backend][2] == "io.offload = true"
+        assert res["%s/False" % backend] == [False, 0, "io.offload = false"]
+    assert res["missing"] in ("OSError", "FileNotFoundError")
+
+
 def test_rps_mask_text():
     assert rps_mask_text(1) == "00000001"
     assert rps_mask_text(2) == "00000003"

@@ -1,5 +1,4 @@
 """lb/schedulers.py: balance, disruption, weights and order independence of the tables."""
-import time
 from collections import Counter
 
 import numpy as np
@@ -113,11 +112,15 @@ def test_maglev_stable_hash_not_python_hash():
     assert t == maglev_reference(["198.19.0.11:80", "198.19.0.12:80"], [1, 1], 251)
 
 
-def test_maglev_build_time():
+def test_maglev_build_30_backends_full_table_even_shares():
+    """30 backends in the default 65537 slots: every slot filled, shares within Maglev's
+    stated imbalance (the build's speed is a benchmark matter, not asserted here)."""
     bs = backends([1] * 30)
-    t0 = time.perf_counter()
-    schedulers.build("maglev", bs)
-    assert time.perf_counter() - t0 < 0.3
+    kind, table, _ = schedulers.build("maglev", bs)
+    assert len(table) == schedulers.MAGLEV_DEFAULT_SIZE and min(table) >= 0
+    shares = Counter(table)
+    assert len(shares) == 30
+    assert max(shares.values()) / min(shares.values()) < 1.05
 
 
 @pytest.mark.parametrize("size,n,needle", [
