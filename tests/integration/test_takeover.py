@@ -95,6 +95,17 @@ def results(outs):
     return {k: json.loads(v.strip().splitlines()[-1]) for k, v in outs.items()}
 
 
+def download_flows(lab, older_than=0.0):
+    """{mode: {client endpoint}} of the flows that carry a download (> 100 frames from the
+    client: its ACKs) and are older than `older_than` seconds."""
+    out = {}
+    for m, (vip, _, _) in VIPS.items():
+        conns = lbctl(lab, "conns", "--vip", vip + ":80", "--limit", "100000")["conns"]
+        out[m] = {c["client"] for c in conns
+                  if c["packets_fwd"] > 100 and c["age_s"] > older_than}
+    return out
+
+
 def test_takeover_in_the_middle_of_downloads_and_requests(lab, tmp_path):
     sha = lab.topology["blob"]["sha256"]
     stop = str(tmp_path / "stop")
@@ -104,8 +115,11 @@ def test_takeover_in_the_middle_of_downloads_and_requests(lab, tmp_path):
         dl = downloads(lab, PER_MODE)
         rq = requests(lab, stop)
         try:
+            # every download has its flow, well under way (the curls start at their own pace
+            # on a loaded machine)
             _wait("downloads under way", lambda: all(
-                counters(lab).get(k, 0) >= 500 for k in FWD.values()), 30.0)
+                len(v) == PER_MODE for v in download_flows(lab).values()), 60.0)
+            mine = download_flows(lab)
             before = counters(lab)
             t_take = time.monotonic()
             info = lab.takeover_lbd()
@@ -113,10 +127,8 @@ def test_takeover_in_the_middle_of_downloads_and_requests(lab, tmp_path):
             after_takeover = counters(lab)
             # the downloads' flows are in the new table with the age they had: made before
             # the new lbd existed
-            old_flows = {m: sum(1 for c in lbctl(lab, "conns", "--vip", vip + ":80",
-                                                 "--limit", "100000")["conns"]
-                                if c["age_s"] > took and c["packets_fwd"] > 100)
-                         for m, (vip, _, _) in VIPS.items()}
+            now = download_flows(lab, older_than=took)
+            old_flows = {m: len(mine[m] & now[m]) for m in VIPS}
             got = {k: v.split()[0] if v.split() else "" for k, v in finish(dl).items()}
         finally:
             open(stop, "w").close()
