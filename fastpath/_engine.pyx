@@ -25,7 +25,7 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
 from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
                                PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK)
 
-from . import defs
+from . import defs, snapfmt
 from .checks import (check_ip, check_mac, check_pool, check_port, check_real_idx, check_secret,
                      check_proto, check_specs, check_vip_slot, check_watch)
 
@@ -70,3 +70,6 @@ include "splice.pxi"        # splice's cookies, binding, replay, translation, an
 include "http.pxi"          # the HTTP head reader and the content-rule matcher
 include "xmit_tunnel.pxi"   # tunnel's routines: the client's frame in VXLAN, ICMP frag needed
 include "watch.pxi"         # the watch: matching frames recorded into a ring (trace, capture)
+
+
+include "snapshot.pxi"      # the tables as bytes and back, for a planned restart (--takeover)

@@ -337,3 +337,17 @@ cdef class Engine:
     def watch_status(self):
         """{on, terms, snap, size, pending, seen, lost}."""
         return api_watch_status(self)
+
+
+    # ---- planned restart (snapshot.pxi; lb/takeover.py is the caller) --------------------
+    def export_state(self):
+        """The engine's flows, reals, fragment table, splice wait queue, SYN-cookie key and
+        counters as bytes (fastpath/snapfmt.py): call it holding the engine lock, with no
+        burst running. The services, local address, gateway and timeouts are not in it."""
+        return api_export_state(self)
+
+    def import_state(self, data):
+        """Replace this engine's tables by an export_state() snapshot (of the same capacity,
+        either twin); returns the flows imported. A snapshot it cannot take raises
+        snapfmt.SnapshotError (a ValueError) naming what is wrong, and nothing changes."""
+        return api_import_state(self, data)

@@ -88,7 +88,8 @@ def _json_default(o):
 
 
 class ControlServer:
-    """ControlServer(path, handler); `await start()`, `await close()` (removes the socket)."""
+    """ControlServer(path, handler); `await start()`, `await close()` (removes the socket,
+    unless unlink=False: a takeover hands the listening socket on, lb/takeover.py)."""
 
     def __init__(self, path, handler, allowed_uids=(0,), streams=None):
         self.path = path
@@ -102,7 +103,14 @@ class ControlServer:
         self.refused = 0
         self.requests = 0
 
-    async def start(self):
+    async def start(self, sock=None):
+        """Listen on self.path; or, given sock (a listening socket handed over by the lbd
+        that ran before, lb/takeover.py), serve that one: the path is already its."""
+        if sock is not None:
+            self._server = await asyncio.start_unix_server(self._client, sock=sock,
+                                                           limit=MAX_LINE)
+            log.info("control socket %s (handed over)", self.path)
+            return
         d = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(d, mode=0o700, exist_ok=True)
         try:
@@ -124,7 +132,13 @@ class ControlServer:
         os.chmod(self.path, 0o600)
         log.info("control socket %s", self.path)
 
-    async def close(self):
+    def listen_fd(self):
+        """The listening socket's fd (to hand over to the next lbd)."""
+        return self._server.sockets[0].fileno()
+
+    async def close(self, unlink=True):
+        """Stop serving; unlink=False (after a takeover) leaves the path to the next lbd,
+        which serves the same socket."""
         if self._server is not None:
             self._server.close()
             try:
@@ -132,6 +146,8 @@ class ControlServer:
             except asyncio.TimeoutError:
                 pass
             self._server = None
+        if not unlink:
+            return
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -169,6 +185,10 @@ class ControlServer:
                 writer.write(_encode(dispatch(self.handler, line)))
                 await writer.drain()
         except (ConnectionError, BrokenPipeError):
+            pass
+        except asyncio.CancelledError:
+            # the daemon is exiting (e.g. handed over) with this connection open: end quietly
+            # (3.11's stream callback logs a cancelled client task as an error)
             pass
         except Exception:
             log.exception("control connection failed")

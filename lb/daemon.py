@@ -42,9 +42,14 @@ Invariants:
   the log naming the field ("SIGHUP: reload of F refused, nothing changed: vip[1].port: ...").
 - [metrics] listen (live only): GET /metrics served in the main loop (lb/metrics.py), read
   at scrape time; `status` shows the address (metrics.listen, or null).
-- Exit codes: 0 clean stop (SIGTERM/SIGINT, end of pcap), 2 bad config or arguments (also a
-  [health] interface lbd's namespace does not have), 1 any other startup failure (e.g. the
-  interface cannot be opened, or the metrics address cannot be bound).
+- Exit codes: 0 clean stop (SIGTERM/SIGINT, end of pcap, or handed over to a new lbd), 2
+  bad config or arguments (also a [health] interface lbd's namespace does not have), 1 any
+  other startup failure (e.g. the interface cannot be opened; with --takeover: refused by
+  the running lbd, or failed before the workers ran, the running lbd then serving on; or
+  the metrics address cannot be bound).
+- --takeover (lb/takeover.py): the running lbd's fds, engines, state, ARP table and splice
+  connections come over; the running VIP table wins over the file's [[vip]] (a reload,
+  SIGHUP or `lbctl reload`, applies the file afterwards).
 """
 import argparse
 import asyncio
@@ -52,23 +57,26 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 
 import fastpath
 
 from . import config as lbconfig
+from . import takeover
 from .control import ControlServer
 from .datapath import GC_MS, TICK_MS, BurstLoop, monotonic_ms
 from .errors import LBError
 from .health import HealthMonitor, check_interface
-from .io import PcapIO, open_backend
+from .io import PcapIO, adopt_backend, open_backend
 from .metrics import Collector, MetricsServer, registry
 from .neigh import Neigh
 from .state import LBState
+from .takeover import Giver
 from .trace import trace
 from .watch import WatchHub
-from .workers import Workers
+from .workers import Workers, new_engines
 
 log = logging.getLogger("lbd")
 
@@ -93,7 +101,7 @@ class Control:
     checks, neighbours (ARP, ICMP for our address), the commands of the control socket, and
     the main thread's timers. The driver is given this object (driver.attach)."""
 
-    def __init__(self, cfg, io, driver, clock=monotonic_ms):
+    def __init__(self, cfg, io, driver, clock=monotonic_ms, handed=None):
         self.cfg = cfg
         self.io = io
         self.driver = driver
@@ -102,7 +110,9 @@ class Control:
         self.mac = cfg.lb.mac_bytes or default_mac(cfg, io)
         self.engine = driver.engine
         self.engine.set_local(cfg.lb.ip, self.mac)
-        self.state = LBState(self.engine, cfg)
+        # handed: a takeover's phase 1 (lb/takeover.py): the running lbd's control side
+        self.handed = handed
+        self.state = LBState(self.engine, cfg, handed=handed and handed["state"])
         self.state.clock = clock
         self.state.extra_stats = self.extra_stats
         self.health = HealthMonitor(self.state, cfg.health.max_in_flight)
@@ -110,14 +120,27 @@ class Control:
         self.state.on_change = self.health.sync
         self.state.interface_check = check_interface
         self.neigh = Neigh(self.state, cfg.lb.ip, self.mac)
-        # the SYN-cookie key is random per start (cookies outlive no restart)
-        self.engine.set_splice_secret(os.urandom(16))
+        if handed is None:
+            # the SYN-cookie key is random per start (cookies outlive no restart; a takeover
+            # hands the key over with the engines, so cookies in flight stay valid)
+            self.engine.set_splice_secret(os.urandom(16))
+        else:
+            self.neigh.take(handed["neigh"])
+        self.giver = Giver(self)
+        self.control_server = None      # set by run_live
+        self.stop_live = None           # set by run_live: ends it
+        self.takeover_info = None       # after a takeover: what the status shows
         self._next_gc = None
         self._last_error_log = 0.0
         self.loop_stats = {"gc_freed": 0, "errors": 0}
         # lbctl trace --follow / capture: the one watch over driver.engine (lb/watch.py)
         self.watch = WatchHub(self.engine, self._real_names)
         driver.attach(self)
+
+    def handed_over(self):
+        """The takeover succeeded (lb/takeover.py): run_live ends, without tearing down."""
+        if self.stop_live is not None:
+            asyncio.get_running_loop().call_soon(self.stop_live)
 
     # --- what the drivers call --------------------------------------------------------------
     def to_neigh(self, frame):
@@ -160,6 +183,8 @@ class Control:
             return self.status()
         if cmd == "trace":
             return trace(self.state, self.engine, self.cfg.lb.ip, args, self.clock())
+        if cmd == "takeover":
+            return self.giver.serve(args)
         return self.state.handle(cmd, args)
 
     def streams(self):
@@ -185,6 +210,7 @@ class Control:
             "watch": self.watch.view(),
             "metrics": {"listen": self.cfg.metrics.listen},
             **self.driver.status(),
+            "takeover": self.takeover_info,
         }
 
     def reload_on_signal(self):
@@ -231,42 +257,78 @@ class Control:
                 "flows": self.engine.flow_count(), **self.extra_stats()}
 
 
-async def run_live(d):
+async def run_live(d, taken=None):
     """Serve until SIGTERM/SIGINT (d: a Control over Workers); closes the IO and removes the
-    control socket."""
+    control socket. taken (lb/takeover.py): the engines hold a running lbd's snapshot; serve
+    its control socket, start the workers, tell it. After this lbd handed over, it ends
+    without removing the socket or the health routes (the next lbd has them)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, d.reload_on_signal)   # in the loop: between bursts
+    d.stop_live = stop.set
     server = ControlServer(d.cfg.lb.control_socket, d.handle, streams=d.streams())
-    await server.start()
+    d.control_server = server
+    if taken is not None:
+        await server.start(sock=socket.socket(fileno=taken.listen_fd))
+    else:
+        await server.start()
     metrics = None
+    msock = None
+    if taken is not None and taken.metrics_fd is not None:
+        # the old lbd's /metrics socket: served on if this config listens there, else closed
+        msock = socket.socket(fileno=taken.metrics_fd)
+        if (d.cfg.metrics.listen is None
+                or msock.getsockname()[:2] != tuple(d.cfg.metrics.endpoint)):
+            msock.close()
+            msock = None
     if d.cfg.metrics.listen is not None:
         host, port = d.cfg.metrics.endpoint
         metrics = MetricsServer(host, port, registry(d.metrics_collector()))
+        d.metrics_server = metrics
         try:
-            await metrics.start()
+            await metrics.start(msock)
         except OSError as e:
             print("lbd: metrics.listen %s: cannot listen: %s" % (d.cfg.metrics.listen,
                                                               e.strerror or e), file=sys.stderr)
-            await server.close()
+            await server.close(unlink=taken is None)
             return 1
         log.info("metrics on http://%s/metrics", d.cfg.metrics.listen)
     try:
         d.driver.start(loop)
+        if taken is not None:
+            d.takeover_info = took_over(d, taken)
         d._tick(loop)                 # first ARP requests go out now
         d.health.start()
         log.info("ready")
         await stop.wait()
-        log.info("stopping")
+        log.info("handed over, exiting" if d.giver.done else "stopping")
     finally:
         d.driver.stop(loop)
-        await server.close()
+        await server.close(unlink=not d.giver.done)
         if metrics is not None:
             await metrics.close()
-        await d.health.close()
+        await d.health.close(keep_routes=d.giver.done)
     return 0
+
+
+def took_over(d, taken):
+    """The workers run: measure the pause, tell the old lbd (it exits), and log it."""
+    first = min(w.started_ns or time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+                for w in d.driver.workers)
+    info = {"from_pid": taken.snap["from_pid"],
+            "pause_ms": round((first - taken.stopped_ns) / 1e6, 3),
+            "flows": d.engine.flow_count(), "vips": len(d.state._vips),
+            "steps": getattr(taken, "steps", {})}
+    reply = taken.confirm(info)
+    info["old_reply"] = bool(reply and reply.get("ok"))
+    log.info("took over from pid %d: %d flows, %d VIPs (the running table), data-plane pause "
+             "%.3f ms", info["from_pid"], info["flows"], info["vips"], info["pause_ms"])
+    if d.cfg.vips:
+        log.info("the %d [[vip]] of %s are not applied: the running VIP table won",
+                 len(d.cfg.vips), d.cfg.path)
+    return info
 
 
 def run_pcap(d):
@@ -285,11 +347,16 @@ def parse_args(argv):
     p.add_argument("-c", "--config", required=True, help="TOML config file")
     p.add_argument("--pcap-in", help="read frames from this pcap instead of the interface")
     p.add_argument("--pcap-out", help="write transmitted frames to this pcap (with --pcap-in)")
+    p.add_argument("--takeover", action="store_true",
+                   help="take over from the lbd running on the config's control socket "
+                        "(its fds, flows and VIP table), which then exits 0")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     a = p.parse_args(argv)
     if bool(a.pcap_in) != bool(a.pcap_out):
         p.error("--pcap-in and --pcap-out go together")
+    if a.takeover and a.pcap_in:
+        p.error("--takeover is for a live lbd, not with --pcap-in")
     return a
 
 
@@ -309,6 +376,8 @@ def main(argv=None):
         except LBError as e:
             print("lbd: config: %s" % e, file=sys.stderr)
             return 2
+    if a.takeover:
+        return main_takeover(cfg)
     try:
         io = PcapIO(a.pcap_in, a.pcap_out) if pcap else open_backend(cfg.io.backend,
                                                                       cfg.io.interface,
@@ -347,6 +416,67 @@ def main(argv=None):
         except OSError as e:     # control socket cannot be created
             print("lbd: %s" % e, file=sys.stderr)
             return 1
+    finally:
+        io.close()
+
+
+def main_takeover(cfg):
+    """lbd --takeover: everything from the running lbd (lb/takeover.py), then serve. Exit 1
+    with the reason if it refuses or anything fails before the workers run (it then serves
+    on)."""
+    steps = {}
+    t0 = time.monotonic()
+    # what does not need the old lbd is made before asking: the pause is shorter
+    engines = new_engines(cfg, cfg.io.workers if cfg.io.backend == "tap" else 1)
+    steps["engines_ms"] = round((time.monotonic() - t0) * 1e3, 3)
+    try:
+        taken = takeover.take(cfg)
+    except (LBError, OSError) as e:
+        print("lbd: takeover: %s" % e, file=sys.stderr)
+        return 1
+    io = None
+    try:
+        pre = taken.snap
+        io = adopt_backend(taken.io_fds, pre["io"])
+        driver = Workers(cfg, io, engines=engines)
+        if driver.steering is not None and pre["steering_vips"] is not None:
+            # the attached program is the old lbd's, for these VIPs: it stays
+            driver.steering.vips = frozenset(pre["steering_vips"])
+        t1 = time.monotonic()
+        d = Control(cfg, io, driver, handed=pre)
+        steps["state_ms"] = round((time.monotonic() - t1) * 1e3, 3)
+        tables = taken.ready()              # the old lbd stops its workers and sends
+        t2 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        steps["received_ms"] = round((t2 - tables["stopped_ns"]) / 1e6, 3)
+        if os.environ.get(takeover.ABORT_ENV) == "1":
+            raise LBError("takeover", "aborted on purpose (%s=1)" % takeover.ABORT_ENV)
+        if len(tables["engines"]) != len(driver.workers):
+            raise LBError("io.workers", "%d engines handed over for %d workers"
+                          % (len(tables["engines"]), len(driver.workers)))
+        for w, blob, modes_state in zip(driver.workers, tables["engines"], tables["modes"]):
+            w.engine.import_state(blob)
+            w.punts.take(modes_state)
+        steps["import_ms"] = round((time.clock_gettime_ns(time.CLOCK_MONOTONIC) - t2) / 1e6, 3)
+        taken.stopped_ns = tables["stopped_ns"]
+        taken.steps = steps
+    except Exception as e:
+        msg = str(e) if isinstance(e, LBError) else "%s: %s" % (type(e).__name__, e)
+        if not isinstance(e, LBError):
+            log.exception("takeover failed")
+        if io is not None:
+            io.close()
+            taken.io_fds = []
+            taken.fds = taken.fds[:1]
+        taken.fail(msg)
+        print("lbd: takeover: %s (the running lbd serves on)" % msg, file=sys.stderr)
+        return 1
+    info = io.info()
+    log.info("threeway lbd: impl=%s io=%s interface=%s ifindex=%s address=%s mac=%s "
+             "vips=%d workers=%d (takeover)", fastpath.IMPL, info["backend"],
+             info.get("interface"), info.get("ifindex"), cfg.lb.address, d.mac.hex(":"),
+             len(d.state._vips), len(driver.workers))
+    try:
+        return asyncio.run(run_live(d, taken))
     finally:
         io.close()
 

@@ -20,6 +20,8 @@ Invariants:
   its own (splice's probes on non-blocking sockets) says by when it wants poll(now) called
   (wake_ms); the driver then returns from its wait by that time and calls it, and also after
   every burst with punts. Handlers without poll/wake_ms are left out of this.
+- A takeover (lb/takeover.py) carries each PuntTable's handlers' state to the next lbd's
+  table of the same worker (handover/take, for the handlers that have them).
 """
 import time
 
@@ -78,6 +80,18 @@ class PuntTable:
             else:
                 other(batch.frame(i))
         return len(punted)
+
+    def handover(self):
+        """{mode name: state} of the handlers that hand state to the next lbd (a handler's
+        optional handover()/take(state) pair, modes/base.py)."""
+        return {name: h.handover() for name, h in self.handlers.items()
+                if hasattr(h, "handover")}
+
+    def take(self, states):
+        for name, st in states.items():
+            h = self.handlers.get(name)
+            if h is not None and hasattr(h, "take"):
+                h.take(st)
 
     def tick(self, now):
         out = []

@@ -597,13 +597,17 @@ class HealthMonitor:
         return {"max_in_flight": self.max_in_flight, "tasks": len(self._tasks),
                 **self.counters, "routes": self.routes.view()}
 
-    async def close(self):
+    async def close(self, keep_routes=False):
+        """Stop the probes and remove the policy routes; keep_routes=True (after a takeover:
+        the next lbd uses the same marks and tables) leaves them to it."""
         self._started = False
         tasks = [task for _, task in self._tasks.values()]
         self._tasks = {}
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if keep_routes:
+            return
         try:
             await self.routes.close()
         except Exception:

@@ -28,6 +28,10 @@ Invariants:
 - Several workers (TapIO queues > 1): one fd per TAP queue (TapQueue), each read and written
   by one worker thread only (lb/workers.py).
 - Nothing here touches a frame's content; parsing is the fast path's job.
+- A takeover (lb/takeover.py) hands the live fds to the next lbd (handover_fds,
+  handover_info) which adopts them (adopt_backend): the device, its offloads, vnet header
+  size, RPS and steering program are the kernel's and stay; closing the old process's fds
+  afterwards removes nothing, since the new one holds the same open files.
 """
 import errno
 import fcntl
@@ -201,6 +205,35 @@ class TapIO(_LiveIO):
                 dev.close()
             raise
 
+    @classmethod
+    def adopt(cls, fds, info):
+        """The TAP of the lbd that ran before (lb/takeover.py): its queue fds, as received,
+        and its handover_info(). Nothing is set on the device (offloads, header size, MTU,
+        RPS and the steering program stay as they are)."""
+        self = cls.__new__(cls)
+        _LiveIO.__init__(self)
+        self._dev, self._more = None, []
+        self._adopted = list(fds)
+        self.name, self.ifindex, self.mtu = info["interface"], info["ifindex"], info["mtu"]
+        self.hdr, self.rps_cpus = info["hdr"], info["rps_cpus"]
+        self.offload_why = "%s (handed over)" % info.get("offload_why")
+        self.fd = fds[0]
+        for fd in fds:
+            os.set_blocking(fd, False)
+        self.queues = [self]
+        if len(fds) > 1:
+            self.queues = [TapQueue(fd, self.hdr, i) for i, fd in enumerate(fds)]
+        return self
+
+    def handover_fds(self):
+        """Every queue's fd, queue 0 first (the next lbd's adopt() takes them in order)."""
+        return [q.fd for q in self.queues]
+
+    def handover_info(self):
+        return {"backend": self.backend, "interface": self.name, "ifindex": self.ifindex,
+                "mtu": self.mtu, "hdr": self.hdr, "rps_cpus": self.rps_cpus,
+                "offload_why": getattr(self, "offload_why", None)}
+
     def _long_header(self):
         """The vnet header's size: the long one (defs.VNET_TNL_HDR_LEN) where the kernel
         takes it, so a write() may carry a superframe inside VXLAN (UDP-tunnel GSO; the
@@ -267,6 +300,15 @@ class TapIO(_LiveIO):
         return total
 
     def close(self):
+        """Close every queue. The device goes with the last fd of it in any process: after
+        a takeover the next lbd holds its own, so closing here removes nothing."""
+        if getattr(self, "_adopted", None):
+            for fd in self._adopted:
+                os.close(fd)
+            self._adopted = []
+            self.fd = None
+            for q in self.queues:
+                q.fd = None
         if self._dev is not None:
             for dev in self._more:
                 dev.close()
@@ -344,6 +386,28 @@ class AfPacketIO(_LiveIO):
         self.fd = s.fileno()
         self.mac = s.getsockname()[4]
         self.hdr = VNET_HDR_LEN if offload else 0
+
+    @classmethod
+    def adopt(cls, fds, info):
+        """The AF_PACKET socket of the lbd that ran before (lb/takeover.py), as received."""
+        self = cls.__new__(cls)
+        _LiveIO.__init__(self)
+        self._c.update(rx_gso=0, rx_needs_csum=0)
+        (fd,) = fds
+        self._sock = socket.socket(fileno=fd)
+        self._sock.setblocking(False)
+        self.fd = fd
+        self.name, self.ifindex, self.hdr = info["interface"], info["ifindex"], info["hdr"]
+        self.offload_why = "%s (handed over)" % info.get("offload_why")
+        self.mac = self._sock.getsockname()[4]
+        return self
+
+    def handover_fds(self):
+        return [self.fd]
+
+    def handover_info(self):
+        return {"backend": self.backend, "interface": self.name, "ifindex": self.ifindex,
+                "hdr": self.hdr, "offload_why": getattr(self, "offload_why", None)}
 
     def _count_rx(self, frames, bursts, nbytes, gso, csum):
         super()._count_rx(frames, bursts, nbytes, gso, csum)
@@ -486,6 +550,15 @@ def rps_mask_text(ncpus):
         mask >>= 32
         if not mask:
             return ",".join(reversed(groups))
+
+
+def adopt_backend(fds, info):
+    """The live backend a takeover handed over (lb/takeover.py): fds and handover_info()."""
+    if info["backend"] == "tap":
+        return TapIO.adopt(fds, info)
+    if info["backend"] == "afpacket":
+        return AfPacketIO.adopt(fds, info)
+    raise ValueError("unknown io backend %r" % (info["backend"],))
 
 
 def open_backend(backend, interface, offload=None, queues=1, rps=None):

@@ -249,11 +249,21 @@ class MetricsServer:
         self.server = None
         self.scrapes = 0
 
-    async def start(self):
-        """Listen; OSError (e.g. address in use, or not an address of this host) propagates."""
-        self.server = await asyncio.start_server(self._client, self.host, self.port)
+    async def start(self, sock=None):
+        """Listen; OSError (e.g. address in use, or not an address of this host) propagates.
+        sock: a listening socket to serve instead (handed over by the lbd we took over from)."""
+        if sock is not None:
+            self.server = await asyncio.start_server(self._client, sock=sock)
+        else:
+            self.server = await asyncio.start_server(self._client, self.host, self.port)
+
+    def listen_fd(self):
+        """The listening socket's fd (handed over to the next lbd by lb/takeover.py)."""
+        return self.server.sockets[0].fileno()
 
     async def close(self):
+        """Stop serving. After a takeover the socket is the next lbd's too: closing our fd
+        leaves its copy listening."""
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()

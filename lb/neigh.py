@@ -253,6 +253,19 @@ class Neigh:
         self._c["arp_requests_sent"] += len(out)
         return out
 
+    def handover(self):
+        """What the next lbd's Neigh continues from (take): the learnt table, what the state
+        was told, when each was last asked, the IP id, the counters."""
+        return {"table": dict(self.table), "told": set(self._told),
+                "last_req": dict(self._last_req), "ip_id": self._ip_id, "c": dict(self._c)}
+
+    def take(self, d):
+        self.table, self._told, self._last_req = d["table"], d["told"], d["last_req"]
+        self._ip_id = d["ip_id"]
+        for k, v in d["c"].items():
+            if k in self._c:
+                self._c[k] = v
+
     def neighbors(self):
         """{dotted ip: "aa:bb:.."} of what was learned."""
         return {str(ipaddress.IPv4Address(ip)): mac.hex(":") for ip, mac in self.table.items()}

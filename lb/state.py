@@ -29,6 +29,8 @@ and applies both to a fast-path Engine. Invariants:
   one in one _commit, so they are atomic as any command; VIPs that stay keep their slots,
   tables and flows. Fixed fields (running.FIXED) must equal the running ones. `timeouts`
   is what the engine runs (flows.timeouts, changed by a restore or reload).
+- A planned restart (lb/takeover.py) starts the next lbd's LBState from handover(): the
+  same VIPs, slots, MACs and health; the file's VIPs are not applied (the running table wins).
 The daemon answers `status` itself and sets `extra_stats`, `extra_health`, `on_change` (called
 after every change, so health checks follow) and `interface_check`; everything else lands
 in handle().
@@ -57,7 +59,7 @@ log = logging.getLogger("lbd.state")
 class LBState:
     """See the module docstring; commands in docs/interfaces.md."""
 
-    def __init__(self, engine, cfg):
+    def __init__(self, engine, cfg, handed=None):
         self.engine = engine
         self.cfg = cfg
         self.extra_stats = dict                     # set by the daemon: () -> dict
@@ -80,6 +82,9 @@ class LBState:
         self._views = {}       # (vip ip, port, mode name) -> the mode's view (SpecPart.view)
         self._local_ip = cfg.lb.ip
         self._gw_ip = cfg.lb.gateway_ip
+        if handed is not None:
+            self._take(handed)
+            return
         new = {}
         for i, v in enumerate(cfg.vips):
             key = _vip_key(v)
@@ -87,6 +92,26 @@ class LBState:
                 raise LBError("vip[%d]" % i, "duplicate VIP %s" % _vip_name(v))
             new[key] = copy.deepcopy(v)
         self._commit(new)
+
+    # ---- planned restart (lb/takeover.py) -----------------------------------------------
+    HANDED = ("_vips", "_slots", "_free", "_next", "_tables", "_macs", "_health",
+              "_slot_down", "health_interface")
+
+    def handover(self):
+        """What the next lbd's LBState starts from (LBState(engine, cfg, handed=this)): the
+        running VIP table, the real slots as they are (flows name them by index), the cached
+        scheduler tables, learnt MACs, health states. Picklable."""
+        return {k: getattr(self, k) for k in self.HANDED}
+
+    def _take(self, handed):
+        """Start from a running lbd's handover(); the engine holds that lbd's reals already
+        (Engine.import_state), so no slot is set again: one commit makes the services."""
+        for k in self.HANDED:
+            setattr(self, k, handed[k])
+        gw = self.gateway_mac()
+        if gw is not None:
+            self.engine.set_gateway(gw)
+        self._commit(self._vips)
 
     # ---- what the daemon asks -----------------------------------------------------------
     def vip_addresses(self):

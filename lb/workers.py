@@ -36,7 +36,9 @@ Invariants:
   handlers (its PuntTable) read the state through their PuntContext, as the single loop's do.
 - One splice secret for all engines (a cookie one worker made is valid on every worker).
 - Shutdown: stop flags, then join (serve returns at the next tick, within TICK_MS); the fds
-  are closed by the IO backend afterwards. A worker whose poll() fails (its fd is gone)
+  are closed by the IO backend afterwards. A takeover (lb/takeover.py) stops and joins the
+  same way, and starts the workers again if the new lbd fails; each worker records when its
+  loop started and ended (CLOCK_MONOTONIC ns: the takeover pause is measured from them). A worker whose poll() fails (its fd is gone)
   counts an error and ends.
 """
 import ctypes
@@ -226,6 +228,7 @@ class Worker:
         self.batch = io.new_batch(BATCH_SIZE)
         self.running = False
         self.thread = None
+        self.started_ns = self.ended_ns = None   # CLOCK_MONOTONIC of its loop's first/last burst
         self._next_tick = None
         self._last_error_log = 0.0
         self.stats = {"wakeups": 0, "bursts": 0, "frames": 0, "punts": 0, "punts_up": 0,
@@ -250,6 +253,13 @@ class Worker:
     def run(self):
         _name_thread("lbd-w%d" % self.index)
         eng = self.engine
+        self.started_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        try:
+            self._loop(eng)
+        finally:
+            self.ended_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+    def _loop(self, eng):
         while self.running:
             if self._next_tick is None:
                 self._next_tick = self.clock()
@@ -323,18 +333,29 @@ class Worker:
                     io=self.io.counters())
 
 
+def engine_capacity(cfg, n):
+    """Flow entries of each of n workers' engines."""
+    return max(1, math.ceil(cfg.flows.capacity / n))
+
+
+def new_engines(cfg, n):
+    cap = engine_capacity(cfg, n)
+    return [fastpath.Engine(cap, cfg.flows.timeouts) for _ in range(n)]
+
+
 class Workers:
     """The threaded driver (see the module docstring): one Worker per queue of the IO
     backend. lb/daemon.py's Control is given it and runs everything but the frames in the
     main thread: control socket, health, ARP/ICMP punts (handed over by _punt_sink), gc."""
 
-    def __init__(self, cfg, io, clock=monotonic_ms):
+    def __init__(self, cfg, io, clock=monotonic_ms, engines=None):
         self.io = io
         queues = getattr(io, "queues", [io])
         n = len(queues)
-        cap = max(1, math.ceil(cfg.flows.capacity / n))
-        self.workers = [Worker(i, q, fastpath.Engine(cap, cfg.flows.timeouts), clock,
-                               max(1024, cap // 50), self._punt_sink)
+        cap = engine_capacity(cfg, n)
+        if engines is None:       # (a takeover makes them before it asks: new_engines)
+            engines = new_engines(cfg, n)
+        self.workers = [Worker(i, q, engines[i], clock, max(1024, cap // 50), self._punt_sink)
                         for i, q in enumerate(queues)]
         # one queue needs no steering: every frame is the one worker's
         self.steering = Steering(io.fd) if n > 1 else None

@@ -172,8 +172,11 @@ class Mode:
         """The object that handles this mode's punted frames on one engine, or None.
         It has: reasons (the defs.C indexes of the punt counters it takes), handle(frame, now,
         reason) ->
-        [frames], tick(now) -> [frames], counters() -> dict. ctx: vip(ip, port) -> this mode's
-        SpecPart.view of that VIP or None, mac_of(ip), gateway_mac()."""
+        [frames], tick(now) -> [frames], counters() -> dict; and, if it keeps state a planned
+        restart must carry (lbd --takeover), handover() -> a picklable object and take(that
+        object), which the next lbd's handler on the same worker is given before its first
+        frame. ctx: vip(ip, port) -> this mode's SpecPart.view of that VIP or None,
+        mac_of(ip), gateway_mac()."""
         return None
 
     def stats(self, counters):

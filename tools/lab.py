@@ -789,6 +789,49 @@ class Lab:
         self._save("up", t, extra={"pids": pids})
         return time.monotonic() - t0
 
+    def takeover_lbd(self, config=None, env=None, timeout=60.0):
+        """Start a new lbd with --takeover (config: another file, default the lab's; env:
+        extra environment) beside the running one, wait until the old one has exited and
+        the new one answers status, and record the new pid. Returns the new lbd's
+        status["takeover"] (pause_ms: the data-plane pause it measured, flows, from_pid).
+        If the new lbd exits instead (refused, or failed before it owned the data plane),
+        raises TakeoverFailed with its exit code and log tail; the old one is left as it is."""
+        t = self.topology
+        old, cfg = t["lb"]["pid"], config or t["lb"]["config"]
+        sock, log = t["lb"]["control_socket"], t["lb"]["log"]
+        size = os.path.getsize(log) if os.path.exists(log) else 0
+        oldp = next((q for q in self._procs if q.pid == old), None)
+        logf = open(log, "ab")
+        p = self.popen("lb", [sys.executable, "-m", "lb.daemon", "-c", cfg, "--takeover"],
+                       stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, cwd=REPO,
+                       start_new_session=True, env=dict(os.environ, **(env or {})))
+        logf.close()
+
+        def done():
+            if p.poll() is not None:
+                with open(log, "rb") as f:
+                    f.seek(size)
+                    tail = f.read().decode(errors="replace")
+                raise TakeoverFailed(p.returncode, tail)
+            self._reap()
+            if _alive(old):
+                return None
+            r = lbd_request(sock, "status", timeout=1.0, quiet=True)
+            return r if r and r["result"]["pid"] == p.pid else None
+        status = _wait("lbd %d to take over from %d" % (p.pid, old), done, timeout,
+                       detail=lambda: "; %s:\n    %s" % (log, _tail(log)))["result"]
+        t["lb"]["pid"], t["lb"]["status"] = p.pid, status
+        try:
+            with open(self.state_file) as f:
+                pids = json.load(f).get("pids", {})
+        except (OSError, ValueError):
+            pids = {}
+        pids["lb"] = {"lbd": p.pid}
+        self._save("up", t, extra={"pids": pids})
+        info = dict(status["takeover"])
+        info["old_exit"] = oldp.returncode if oldp is not None else None
+        return info
+
     def _start_lbd(self, cfg, sock, log):
         logf = open(log, "ab")
         p = self.popen("lb", [sys.executable, "-m", "lb.daemon", "-c", cfg],
@@ -849,6 +892,15 @@ class Lab:
         for p in self._procs:
             p.poll()
         self._procs = [p for p in self._procs if p.returncode is None]
+
+
+class TakeoverFailed(LabError):
+    """lbd --takeover exited (returncode) instead of taking over; log: what it wrote."""
+
+    def __init__(self, returncode, log):
+        super().__init__("lbd --takeover exited with %s:\n%s" % (returncode, log))
+        self.returncode = returncode
+        self.log = log
 
 
 def lbd_request(sock_path, cmd, args=None, timeout=5.0, quiet=False):
@@ -951,6 +1003,19 @@ def down(name):
         Lab(name).down()
     except LabError as e:
         raise click.ClickException(str(e))
+
+
+@cli.command(help="Start a new lbd with --takeover beside the running one (a planned "
+             "restart: fds, flows and VIP table handed over); print its takeover status "
+             "(pause_ms ...) as JSON.")
+@NAME_OPT
+@click.option("--config", help="the new lbd's config file (default: the lab's)")
+def takeover(name, config):
+    try:
+        info = Lab(name).takeover_lbd(config=config)
+    except LabError as e:
+        raise click.ClickException(str(e))
+    click.echo(json.dumps(info, indent=2))
 
 
 @cli.command(help="Show the topology of a running lab.")

@@ -15,6 +15,7 @@ from ..checks import check_ip, check_mac, check_port, check_real_idx, check_secr
 from .flowtable import (api_expire, api_explain, api_flow_get, api_flows, api_pick,
                         api_real_stats, api_set_services, api_vip_stats)
 from .serve import api_process, api_serve
+from .snapshot import api_export_state, api_import_state
 from .splice import (api_splice_bind, api_splice_by_backend, api_splice_drop, api_splice_flow,
                      api_splice_syn, api_splice_waiting)
 from .types import Flow, Frag, Real, VipCtr
@@ -268,3 +269,17 @@ class Engine:
     def watch_status(self):
         """{on, terms, snap, size, pending, seen, lost}."""
         return api_watch_status(self)
+
+
+    # ---- planned restart (snapshot.py; lb/takeover.py is the caller) ---------------------
+    def export_state(self):
+        """The engine's flows, reals, fragment table, splice wait queue, SYN-cookie key and
+        counters as bytes (fastpath/snapfmt.py): call it holding the engine lock, with no
+        burst running. The services, local address, gateway and timeouts are not in it."""
+        return api_export_state(self)
+
+    def import_state(self, data):
+        """Replace this engine's tables by an export_state() snapshot (of the same capacity,
+        either twin); returns the flows imported. A snapshot it cannot take raises
+        snapfmt.SnapshotError (a ValueError) naming what is wrong, and nothing changes."""
+        return api_import_state(self, data)

@@ -39,6 +39,10 @@ it comes up anyway.
 
 Python runs here once per new connection (the request's first segment, and one SYN made by
 the engine), never per packet of a spliced connection.
+
+A planned restart (lbd --takeover) carries every connection being set up to the next lbd's
+manager on the same worker (handover/take: request bytes, decision, backend, SYN timers, a
+redirect sent, the retire queue), taken while the workers are stopped, so none is lost.
 """
 import collections
 import logging
@@ -166,6 +170,29 @@ class SpliceManager:
     def counters(self):
         return dict(self.c, open=len(self.conns), setting_up=len(self.pending),
                     probes_in_flight=len(self.prober))
+
+    # ---- planned restart (lbd --takeover): every connection being set up travels --------
+    def handover(self):
+        """Picklable: every Conn (request bytes, decision, backend, SYN timers, redirect),
+        the pending set, the retire queue, the backend index, the counters."""
+        conns = {k: {a: getattr(c, a) for a in Conn.__slots__} for k, c in self.conns.items()}
+        return {"conns": conns, "pending": set(self.pending), "retire": list(self.retire),
+                "by_backend": dict(self.by_backend), "c": dict(self.c), "now": self.now}
+
+    def take(self, d):
+        self.conns = {}
+        for k, attrs in d["conns"].items():
+            c = Conn(k, attrs["c_isn"], attrs["started"])
+            for a, v in attrs.items():
+                setattr(c, a, v)
+            self.conns[k] = c
+        self.pending = set(d["pending"])
+        self.retire = collections.deque(d["retire"])
+        self.by_backend = dict(d["by_backend"])
+        for k, v in d["c"].items():
+            if k in self.c:
+                self.c[k] = v
+        self.now = d["now"]
 
     # ---- frames up from the fast path ------------------------------------------------------
     def handle(self, frame, now, reason=None):
