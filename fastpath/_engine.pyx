@@ -69,3 +69,4 @@ include "xmit_dsr.pxi"      # dsr's routine
 include "splice.pxi"        # splice's cookies, binding, replay, translation, and its API
 include "http.pxi"          # the HTTP head reader and the content-rule matcher
 include "xmit_tunnel.pxi"   # tunnel's routines: the client's frame in VXLAN, ICMP frag needed
+include "xmit_hop.pxi"      # hop's routines: splice's client side, then dsr's forwarding

@@ -110,6 +110,7 @@ class SpliceManager:
       ctx.mac_of(ip) -> bytes | None; ctx.gateway_mac() -> bytes | None
     """
     reasons = (defs.C["punt_splice"],)
+    mode = defs.MODE_SPLICE            # whose flows engine.splice_waiting() gives us
 
     def __init__(self, engine, ctx, local_mac):
         self.engine = engine
@@ -148,7 +149,7 @@ class SpliceManager:
         conn = self.conns[key] = Conn(key, fl["c_isn"], at)
         conn.decided = ENGINE_DECIDED
         conn.real = fl["real"]
-        conn.backend = (fl["rip"], fl["rport"], self.ctx.mac_of(fl["rip"]))
+        conn.backend = (fl["rip"], fl["rport"], self._backend_mac(key, fl))
         conn.syn_at, conn.syn_tries = at, 1
         self.by_backend[(key[0], key[1], fl["rip"], fl["rport"])] = key
         self.pending.add(key)
@@ -233,6 +234,8 @@ class SpliceManager:
         if d.action == "redirect":
             self.c["decided_redirect"] += 1
             return self._redirect(conn, fl, vip)
+        ip, port = self._backend_side(conn, ip, port)
+        conn.backend = (ip, port, mac)
         # the engine makes the SYN and keeps a one-segment request: it answers the backend's
         # SYN-ACK itself (ACK + the request), so we only see that SYN-ACK for longer requests
         syn = self.engine.splice_bind(cip, cport, vip_ip, vport, real, now, conn.data, conn.fin)
@@ -243,6 +246,19 @@ class SpliceManager:
         conn.syn_at, conn.syn_tries = now, 1
         self.c["syn_sent"] += 1
         return [syn]
+
+    # ---- where the backend's side is (hop's handler, modes/hop/manager.py, has its own) ----
+    def _backend_side(self, conn, ip, port):
+        """The address and port our connection to the chosen backend ip:port goes to."""
+        return ip, port
+
+    def _backend_mac(self, key, fl):
+        """The MAC of the backend flow fl (engine.splice_flow) is bound to."""
+        return self.ctx.mac_of(fl["rip"])
+
+    def _replay_opts(self, fl):
+        """The TCP options of each segment of a replay made here."""
+        return self._client_opts(fl)
 
     def _client_opts(self, fl):
         if fl["sopt"] & defs.SOPT_TS:
@@ -285,7 +301,7 @@ class SpliceManager:
         else:
             self.c["replay_repeated"] += 1
         ip, port, mac = conn.backend
-        opts = self._client_opts(fl)
+        opts = self._replay_opts(fl)
         seq = fl["c_isn"] + 1
         ack = fl["s_isn"] + 1
         out = [tcp_frame(mac, self.mac, cip, ip, cport, port, seq, ack, TH_ACK, win=fl["c_win"],
@@ -380,7 +396,7 @@ class SpliceManager:
         replay window is over (in time order: no scan of everything we keep)."""
         self.now = now
         out = []
-        for cip, cport, vip, vport, at in self.engine.splice_waiting(now):
+        for cip, cport, vip, vport, at in self.engine.splice_waiting(now, self.mode):
             key = (cip, cport, vip, vport)
             fl = self.engine.splice_flow(*key)
             if fl is None or key in self.conns:
