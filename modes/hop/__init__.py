@@ -46,9 +46,9 @@ class Hop(splice.Splice):
     # the backend's SYN-ACK (and a RST before the hand-off) comes back through the LB, sent
     # by its shim; after the hand-off nothing does
     reverse_path = True
-    # splice's vip.set arguments are splice's to own (lb/state.py maps each to one mode);
-    # a hop VIP takes splice's defaults for limit and timeout, or its TOML [vip.splice]
-    set_args = ()
+    # set_args: splice's (--splice-limit, --splice-timeout), shared; options: splice's too,
+    # so a VIP switched between splice and hop keeps its rules and pools
+    # (Mode.carries_options_from)
 
     def validate(self, vip_port, proto, backends):
         if proto not in ("tcp", 6):
