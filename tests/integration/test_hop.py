@@ -9,6 +9,11 @@
    the deltas in a TCP option; from then on the shim translates on the backend and the
    backend answers the client through rt: lbd sees the client's side only.
 """
+import json
+import subprocess
+import sys
+import time
+
 import pytest
 
 from modes.hop import shim
@@ -104,3 +109,47 @@ def test_a_backend_without_the_shim_gets_no_connection_through(make_lab):
     out = lab.exec("c1", ["curl", "-s", "--max-time", "3", "http://%s/id" % VIP], check=False)
     assert out.returncode != 0
     assert counters(lab)["hop_handoff"] == 0
+
+
+def test_100_live_switches_between_splice_and_hop_fail_no_request(make_lab, tmp_path):
+    """Short requests one after another, and downloads that span many switches, while the
+    VIP flips between splice and hop 100 times: zero failed requests, every download intact.
+    Each flow keeps the mode it began in (a download begun under hop is finished by its
+    backend's shim after the VIP went back to splice), and the rules stay the VIP's."""
+    lab = make_lab()
+    hop_vip(lab, 80, {"small": [B1], "big": [B2, B3]},
+            [("path_prefix", "/blob", "big"), ("path_prefix", "/id", "small")])
+    stop = tmp_path / "stop"
+    short = lab.popen("c1", [sys.executable, "-m", "tools.traffic", "http", "http://%s/id" % VIP,
+                             "--count", "1000000", "--seconds", "120", "--timeout", "130",
+                             "--stop-file", str(stop)],
+                      stdout=subprocess.PIPE, text=True)
+    longs = [lab.popen("c1", ["sh", "-c", "sleep %s; curl -sf --max-time 120 --limit-rate %s "
+                              "http://%s/blob | sha256sum" % (delay, rate, VIP)],
+                       stdout=subprocess.PIPE, text=True)
+             for delay, rate in (("0", "6M"), ("2", "10M"), ("5", "20M"))]
+    try:
+        modes_seen = []
+        t0 = time.monotonic()
+        for i in range(100):
+            mode = "splice" if i % 2 == 0 else "hop"
+            lbctl(lab, "vip", "mode", "%s:80" % VIP, mode)
+            modes_seen.append(mode)
+            while time.monotonic() < t0 + 0.1 * (i + 1):    # a switch every 100 ms at most
+                time.sleep(0.01)
+        stop.touch()
+        out, _ = short.communicate(timeout=120)
+        shas = [p.communicate(timeout=150)[0].split()[0] for p in longs]
+    finally:
+        stop.touch()
+        for p in [short] + longs:
+            if p.poll() is None:
+                p.kill()
+    r = json.loads(out.strip().splitlines()[-1])
+    c = counters(lab)
+    print("hop<->splice: %d switches, %d requests, %s" % (len(modes_seen), r["requests"],
+                                                         r.get("slowest")))
+    assert r["n_errors"] == 0 and r["requests"] >= 100 and r["backends"] == {"b1": r["requests"]}, (r, c)
+    assert all(s == lab.topology["blob"]["sha256"] for s in shas), shas
+    assert c["hop_handoff"] > 0 and c["hop_fwd"] > 0 and c["splice_rev"] > 0
+    assert lbctl(lab, "vip", "list")[0]["mode"] == "hop"
