@@ -1004,13 +1004,15 @@ def exec_(name, node, cmd):
 
 @cli.command("doctor", help="Check backend NODE for dsr duty (VIP on lo, arp_ignore/arp_announce, "
              "rp_filter, a listener) or, with --mode tunnel, for tunnel duty (a VXLAN device "
-             "with the lab's VNI, port and inner MAC, up; rp_filter; VIP on lo; a listener): "
+             "with the lab's VNI, port and inner MAC, up; rp_filter; VIP on lo; a listener), "
+             "or with --mode hop, for hop duty (dsr's, and hop's shim on eth0 both ways): "
              "tools/doctor.py run inside NODE's namespace.")
 @NAME_OPT
 @click.argument("node")
 @click.option("--vip", required=True, help="the VIP address")
 @click.option("--port", type=int, help="the VIP port (checks a listener)")
-@click.option("--mode", type=click.Choice(["dsr", "tunnel"]), default="dsr", show_default=True)
+@click.option("--mode", type=click.Choice(["dsr", "tunnel", "hop"]), default="dsr",
+              show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def doctor(name, node, vip, port, mode, as_json):
     ns = _live_ns(name, node)

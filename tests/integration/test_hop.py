@@ -38,6 +38,13 @@ def hop_vip(lab, port, pools, rules=()):
               "--action", "forward")
 
 
+def doctor(lab, node):
+    p = subprocess.run([sys.executable, "-m", "tools.lab", "doctor", "--name", lab.name, node,
+                        "--vip", VIP, "--port", "80", "--mode", "hop", "--json"],
+                       capture_output=True, text=True, timeout=30)
+    return p.returncode, {c["check"]: c["ok"] for c in json.loads(p.stdout)["checks"]}
+
+
 def shim_stats(lab, b):
     return shim.stats(lab.topology["nodes"][b]["hop_shim"]["pins"])
 
@@ -50,6 +57,8 @@ def test_rules_route_by_path_and_the_lb_carries_only_the_client_side(make_lab):
     lab = make_lab()
     assert all(lab.topology["nodes"][b]["hop_shim"]["attached"]
                == {"hop_ingress": True, "hop_egress": True} for b in ("b1", "b2", "b3"))
+    rc, checks = doctor(lab, "b2")
+    assert rc == 0 and checks["hop_shim"] and checks["arp_announce"], checks
     hop_vip(lab, 80, {"small": [B1], "big": [B2, B3]},
             [("path_prefix", "/blob", "big"), ("path_prefix", "/id", "small")])
     r = traffic(lab, "c1", "http", "http://%s/id" % VIP, "--count", "40")
@@ -105,6 +114,8 @@ def test_a_backend_without_the_shim_gets_no_connection_through(make_lab):
     # asked the backend for one: nothing is established, and lbd sees no SYN-ACK
     lab = make_lab(hop_shim=False)
     assert lab.topology["nodes"]["b1"]["hop_shim"] is None
+    rc, checks = doctor(lab, "b1")
+    assert rc == 1 and not checks["hop_shim"] and checks["listening"], checks
     hop_vip(lab, 80, {"default": [B1]})
     out = lab.exec("c1", ["curl", "-s", "--max-time", "3", "http://%s/id" % VIP], check=False)
     assert out.returncode != 0
