@@ -19,6 +19,10 @@
 #   exceeds Engine.rowcap; a frame that would is punted instead.
 # - Python learns of a flow by a punt (F_SEEN) or from the wait queue; the queue's entries
 #   name a flow by (idx, c_isn, created), so a stale entry is skipped.
+# - A hop flow (xmit_hop.pxi) is a splice flow until its hand-off, with the mode of its
+#   service pinned at the cookie ACK (splice_like): bound to the VIP's address and port (its
+#   backend holds the VIP), our SYN carrying hop_mark and the replay hop_handoff. Each mode's
+#   handler gets its own flows from splice_waiting().
 
 
 cdef uint32_t COOKIE_MSS[4]         # the cookie's MSS index (2 bits) -> MSS

@@ -15,6 +15,9 @@ Invariants:
   a frame that would is punted instead.
 - Python learns of a flow by a punt (F_SEEN) or from the wait queue, whose entries name a
   flow by (idx, c_isn, created), so a stale entry is skipped.
+- A hop flow (xmit_hop.py) is a splice flow until its hand-off (splice_like): bound to the
+  VIP's address and port, our SYN carrying hop_mark and the replay hop_handoff. Each mode's
+  handler gets its own flows from splice_waiting().
 """
 from .. import defs
 from ..checks import check_ip, check_port, check_real_idx

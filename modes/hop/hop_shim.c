@@ -272,7 +272,8 @@ static __always_inline struct hop_flow *find(struct hop_key *k, __u64 now)
 	struct hop_flow *f = bpf_map_lookup_elem(&hop_flows, k);
 	if (!f)
 		return NULL;
-	if (now - f->last_ns > timeout_ns(f)) {
+	/* signed: another CPU may have stamped the entry after this program read the clock */
+	if ((__s64)(now - f->last_ns) > (__s64)timeout_ns(f)) {
 		bpf_map_delete_elem(&hop_flows, k);
 		count(S_EXPIRED);
 		return NULL;

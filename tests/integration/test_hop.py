@@ -164,3 +164,21 @@ def test_100_live_switches_between_splice_and_hop_fail_no_request(make_lab, tmp_
     assert all(s == lab.topology["blob"]["sha256"] for s in shas), shas
     assert c["hop_handoff"] > 0 and c["hop_fwd"] > 0 and c["splice_rev"] > 0
     assert lbctl(lab, "vip", "list")[0]["mode"] == "hop"
+
+
+def test_iperf3_both_ways(make_lab):
+    lab = make_lab()
+    # iperf3's control and data connections must meet one server: a pool of one
+    hop_vip(lab, 5201, {"default": [B3]})
+    for extra in ([], ["-R"]):
+        r = lab.exec("c1", ["iperf3", "-c", VIP, "-t", "2", "-J"] + extra, timeout=30,
+                     check=False)
+        d = json.loads(r.stdout)
+        assert "error" not in d, d.get("error")
+        got = d["end"]["sum_received"]["bytes"]
+        print("hop iperf3 %s: %.2f Gbit/s" % ("down" if extra else "up",
+                                              d["end"]["sum_received"]["bits_per_second"] / 1e9))
+        assert got > 0
+    assert counters(lab)["hop_handoff"] >= 4
+    s = shim_stats(lab, "b3")
+    assert s["in_handoff"] >= 4 and s["out_translated"] > 0

@@ -260,3 +260,8 @@ def test_idle_entries_expire(programs):
     assert KEY not in p.model.flows and p.model.stats["expired"] == 1
     _, out = p.run("in", c2b(5, 0x500, A, sport=CPORT + 1))
     assert tcp(out)[1] == (0x500 - DELTA) & 0xFFFFFFFF
+    # stamped by another CPU just after this one read its clock: not idle, not expired
+    ahead = Key(CIP, VIP, CPORT + 2, VPORT)
+    p.put(ahead, Flow(time.monotonic_ns() + 10 ** 9, DELTA, 0, LB_MAC, ST_ACTIVE, 0, 0, 0))
+    _, out = p.run("in", c2b(5, 0x500, A, sport=CPORT + 2))
+    assert tcp(out)[1] == (0x500 - DELTA) & 0xFFFFFFFF and p.model.stats["expired"] == 1
