@@ -23,6 +23,15 @@ What a backend needs: the VIP on lo with arp_ignore=1/arp_announce=2 (as dsr), t
 the VIP port, the shim on its interface (modes/hop/shim.py installs it: `tc` clsact, the
 programs of hop_shim.o pinned in a bpffs of the lab's own), and the LB on its layer 2.
 
+Not built (yet):
+- the egress-gateway variant (one shim on a gateway between the backends and the router):
+  the shim must see our SYN and our hand-off, which the LB sends to the backend on the shared
+  segment, never through that gateway; it needs the LB to send those two through the gateway
+  too (or the program on a bridge port), not a second implementation of the translation;
+- a health check that refuses a backend without the shim: the VIP-path probe (as dsr's)
+  connects without the mark, which a backend answers with or without a shim; `lb-lab doctor
+  --mode hop` checks the shim instead.
+
 The package:
   __init__.py    the door (modes/base.py): splice's options, pools and rules, hop's handler
   manager.py     HopManager: splice's punt handler, on hop's punt reason, addressing the VIP

@@ -29,6 +29,9 @@ gets the client a RST (backend_timeout). A flow the fast path bound itself is ad
 (_adopt) when its backend has not answered after SPLICE_WAIT_HANDOFF_MS, or when a frame of
 it comes up anyway.
 
+hop's handler (modes/hop/manager.py) is this class for hop flows: its methods
+_backend_side, _backend_mac and _replay_opts are where the two differ.
+
 Python runs here once per new connection (the request's first segment, and one SYN made by
 the engine), never per packet of a spliced connection.
 """
