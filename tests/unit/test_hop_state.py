@@ -63,3 +63,19 @@ def test_hop_checks_the_port_and_the_protocol(st):
     with pytest.raises(LBError) as ei:
         st.handle("vip.set", {"vip": EP, "splice_limit": 10})
     assert ei.value.field == "splice_limit"
+
+
+def test_a_hop_vip_in_toml_takes_splices_keys():
+    from lb import config
+    cfg = config.parse({"lb": {"address": "198.19.0.2", "gateway": "198.19.0.1"}, "vip": [
+        {"address": VIP, "port": 80, "mode": "hop",
+         "backend": [{"address": B1, "pool": "small"}, {"address": B2, "pool": "big"}],
+         "rule": [{"kind": "path_prefix", "value": "/blob", "pool": "big"}],
+         "splice": {"limit": 2048}}]})
+    v = cfg.vips[0]
+    assert v.mode == "hop" and len(v.options.rules) == 1 and v.options.limit == 2048
+    with pytest.raises(LBError) as ei:
+        config.parse({"lb": {"address": "198.19.0.2", "gateway": "198.19.0.1"}, "vip": [
+            {"address": VIP, "port": 80, "mode": "dsr", "backend": [{"address": B1}],
+             "rule": [{"kind": "default", "pool": "default"}]}]})
+    assert ei.value.field == "vip[0].rule" and "splice and hop" in ei.value.message
