@@ -194,8 +194,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct seg *s)
 {
 	__u8 ip[20];
 	__u16 et;
-	__u32 ihl, ol;
-	struct scan st;
+	__u32 ihl;
 
 	if (bpf_skb_load_bytes(skb, 12, &et, 2) || et != bpf_htons(0x0800))
 		return -1;
@@ -216,13 +215,24 @@ static __always_inline int parse(struct __sk_buff *skb, struct seg *s)
 	s->hl = (s->h[12] >> 4) * 4;
 	if (s->hl < 20 || s->hl > 60)
 		return -1;
-	ol = s->hl - 20;
+	__builtin_memcpy(&s->sport, s->h, 2);
+	__builtin_memcpy(&s->dport, s->h + 2, 2);
+	return 0;
+}
+
+/* the options of the segment parse() read (only for a segment of ours: a SYN, or one whose
+ * 4-tuple is in the map; every other packet of the backend pays the lookup alone).
+ * 0, or -1: pass it untouched */
+static __always_inline int parse_options(struct __sk_buff *skb, struct seg *s)
+{
+	__u64 ol = s->hl - 20;
+	struct scan st;
+
+	barrier_var(ol);        /* one register, checked and passed (the verifier needs its range) */
 	if (ol > 40)
 		return -1;
 	if (ol > 0 && bpf_skb_load_bytes(skb, s->l4 + 20, s->h + 20, ol))
 		return -1;
-	__builtin_memcpy(&s->sport, s->h, 2);
-	__builtin_memcpy(&s->dport, s->h + 2, 2);
 	s->ts = s->sack = s->hop = -1;
 	s->sack_len = s->hop_len = 0;
 	st.s = s;
@@ -299,6 +309,8 @@ int hop_ingress(struct __sk_buff *skb)
 	k.vport = s.dport;
 	fl = s.h[13];
 	if ((fl & 0x12) == 0x02) {                  /* a SYN: a new connection on the 4-tuple */
+		if (parse_options(skb, &s))
+			return TC_ACT_OK;
 		if (s.hop >= 0 && s.hop_len == HOP_MARK_LEN) {
 			nf.last_ns = now;
 			nf.state = ST_PENDING;
@@ -317,7 +329,7 @@ int hop_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 	f = find(&k, now);
-	if (!f)
+	if (!f || parse_options(skb, &s))
 		return TC_ACT_OK;
 	f->last_ns = now;
 	if (s.hop >= 0 && s.hop_len == HOP_HANDOFF_LEN) {
@@ -394,6 +406,8 @@ int hop_egress(struct __sk_buff *skb)
 		count(S_OUT_TO_LB);
 		return TC_ACT_OK;
 	}
+	if (parse_options(skb, &s))
+		return TC_ACT_OK;
 	wr32(s.n, 4, rd32(s.h, 4) + f->delta);
 	if (s.ts >= 0)
 		wr32(s.n, s.ts + 2, rd32(s.h, s.ts + 2) + f->ts_off);
