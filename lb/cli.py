@@ -226,7 +226,7 @@ def obd_option(help_text):
 
 
 # the vip.set arguments the modes own (modes/base.py SetArg), as --flag options
-# (an argument two modes share, as splice's limit and timeout are hop's too, is one option)
+# (an argument that several modes take is one option)
 _SET_ARGS = list({a.name: a for m in modes.REGISTRY.values() for a in m.set_args}.values())
 
 

@@ -484,7 +484,7 @@ def _parse_flows(raw):
 
 def parse_vip(raw, path="vip"):
     """A VipConfig from one [[vip]] table; fields blamed under `path`."""
-    owned = {}                      # [[vip]] key -> the modes that take it (hop has splice's)
+    owned = {}                      # [[vip]] key -> the modes that take it (one may be several's)
     for m in modes.REGISTRY.values():
         for k in m.toml_keys:
             owned.setdefault(k, []).append(m)
