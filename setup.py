@@ -25,7 +25,29 @@ def generate_pxi():
             f.write(text)
 
 
+def build_bpf():
+    """modes/hop/hop_shim.o from hop_shim.c with clang -target bpf, its constants from
+    fastpath/defs.py. A missing clang or a compile error stops the build here."""
+    import subprocess
+    ns = {}
+    with open(os.path.join(HERE, "fastpath", "defs.py")) as f:
+        exec(compile(f.read(), "fastpath/defs.py", "exec"), ns)
+    src = os.path.join(HERE, "modes", "hop", "hop_shim.c")
+    out = os.path.join(HERE, "modes", "hop", "hop_shim.o")
+    defines = ["-D%s=%d" % (k, ns[k]) for k in ("HOP_OPT_KIND", "HOP_EXID", "HOP_MARK_LEN",
+                                                "HOP_HANDOFF_LEN", "HOP_SHIM_FLOWS",
+                                                "HOP_PENDING_S", "HOP_IDLE_S", "HOP_CLOSING_S")]
+    machine = os.uname().machine
+    cmd = (["clang", "-O2", "-g", "-Wall", "-Werror", "-target", "bpf",
+            "-I/usr/include/%s-linux-gnu" % machine] + defines + ["-c", src, "-o", out])
+    try:
+        subprocess.run(cmd, check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise SystemExit("building the hop shim failed (%s): %s" % (e, " ".join(cmd)))
+
+
 generate_pxi()
+build_bpf()
 
 ext_args = dict(include_dirs=[numpy.get_include()],
                 extra_compile_args=["-O3", "-fno-strict-aliasing"],
@@ -39,8 +61,8 @@ setup(
     name="threeway",
     version="0.1.0",
     description="userspace L4 load balancer: nat, splice, dsr and tunnel",
-    packages=["fastpath", "fastpath.twin", "lb", "modes", "modes.splice", "tools"],
-    package_data={"fastpath": ["*.pyx", "*.pxi", "*.pxd"]},
+    packages=["fastpath", "fastpath.twin", "lb", "modes", "modes.splice", "modes.hop", "tools"],
+    package_data={"fastpath": ["*.pyx", "*.pxi", "*.pxd"], "modes.hop": ["*.c", "*.o"]},
     ext_modules=cythonize(extensions, language_level=3,
                           compiler_directives={"boundscheck": False, "wraparound": False,
                                                "cdivision": True, "initializedcheck": False}),

@@ -48,19 +48,20 @@ from collections import namedtuple
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 BACKENDS = ["198.19.0.11", "198.19.0.12", "198.19.0.13"]
 REMOTE = ["198.19.200.11", "198.19.200.12", "198.19.200.13"]    # lab remote_backends=3
-PATHS = ("direct", "kernel", "haproxy", "nat", "dsr", "splice", "remote", "tunnel")
-THREEWAY = ("nat", "dsr", "splice", "tunnel")
+PATHS = ("direct", "kernel", "haproxy", "nat", "dsr", "splice", "remote", "tunnel", "hop")
+THREEWAY = ("nat", "dsr", "splice", "tunnel", "hop")
 ANCHORS = ("direct", "kernel", "haproxy", "remote")
 VIPS = {"nat": "198.19.100.1", "dsr": "198.19.100.2", "splice": "198.19.100.3",
-        "tunnel": "198.19.100.7"}
+        "tunnel": "198.19.100.7", "hop": "198.19.100.9"}
 BACKENDS_OF = {"tunnel": REMOTE}     # the others balance over BACKENDS
 # scheduler for :80 and for iperf3's :5201 (control and data connection must meet one server)
 SCHEDULERS = {"nat": ("rr", "sh"), "dsr": ("maglev", "sh"), "splice": ("rr", "sh"),
-              "tunnel": ("maglev", "sh")}
+              "tunnel": ("maglev", "sh"), "hop": ("rr", "sh")}
 # The ratio table: the modes on the LB's segment against the anchors there; tunnel, whose
 # backends are elsewhere, against the direct path to one of them and beside dsr.
 RATIOS = tuple("%s/%s" % (m, a) for a in ("haproxy", "kernel", "direct")
-               for m in ("nat", "dsr", "splice")) + ("tunnel/remote", "tunnel/dsr")
+               for m in ("nat", "dsr", "splice")) + ("tunnel/remote", "tunnel/dsr",
+                                                      "hop/direct", "hop/splice", "hop/dsr")
 # One client namespace (and address) per path. With one client for all, wrk-close collapsed
 # to a few hundred requests/s with 1 s SYN retransmissions on every path but haproxy: a
 # backend keeps TIME_WAIT for client:port -> real:80 of one path (direct, say), the client
@@ -741,7 +742,7 @@ def plot(rows, out_dir, meta):
     g = _grid(rows)
     paths = [p for p in PATHS if any(r["path"] == p for r in rows)]
     colors = dict(zip(PATHS, ("#7f7f7f", "#2ca02c", "#1f77b4", "#d62728", "#ff7f0e",
-                              "#9467bd", "#bcbd22", "#17becf")))
+                              "#9467bd", "#bcbd22", "#17becf", "#e377c2")))
     sub = "%s, io %s, %s CPUs, median of %d run(s), bars: min-max" % (
         meta.get("date", ""), meta.get("io", ""), meta.get("ncpu", ""), meta.get("runs", 0))
     written = []

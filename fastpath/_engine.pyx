@@ -69,7 +69,6 @@ include "xmit_dsr.pxi"      # dsr's routine
 include "splice.pxi"        # splice's cookies, binding, replay, translation, and its API
 include "http.pxi"          # the HTTP head reader and the content-rule matcher
 include "xmit_tunnel.pxi"   # tunnel's routines: the client's frame in VXLAN, ICMP frag needed
+include "xmit_hop.pxi"      # hop's routines: splice's client side, then dsr's forwarding
 include "watch.pxi"         # the watch: matching frames recorded into a ring (trace, capture)
-
-
 include "snapshot.pxi"      # the tables as bytes and back, for a planned restart (--takeover)

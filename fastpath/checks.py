@@ -104,8 +104,8 @@ def _check_table(sched, table, weights):
 
 def _check_l7(s):
     l7 = s.l7
-    if s.mode != defs.MODE_SPLICE:
-        raise ValueError("content rules need a splice service")
+    if s.mode not in (defs.MODE_SPLICE, defs.MODE_HOP):
+        raise ValueError("content rules need a splice or hop service")
     if not isinstance(l7.limit, int) or not 1 <= l7.limit <= 65536:
         raise ValueError("l7 limit must be 1..65536, got %r" % (l7.limit,))
     if len(l7.rules) > defs.L7_MAX_RULES or len(l7.pools) > defs.L7_MAX_POOLS:

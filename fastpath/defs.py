@@ -28,12 +28,15 @@ MODE_TABLE = (
     Mode("dsr", 2),       # the destination MAC only; the backend answers the client directly
     Mode("splice", 3),    # delayed binding: SYN cookies, content rules, seq/ack translated
     Mode("tunnel", 4),    # the client's frame in VXLAN to a backend across layer 3 (DSR)
+    Mode("hop", 5),       # splice's client side, then the connection handed to the backend's
+                          # shim (eBPF): it answers the client directly (connection hopping)
 )
 MODES = {m.name: m.code for m in MODE_TABLE}
 MODE_NAT = MODES["nat"]
 MODE_DSR = MODES["dsr"]
 MODE_SPLICE = MODES["splice"]
 MODE_TUNNEL = MODES["tunnel"]
+MODE_HOP = MODES["hop"]
 
 # tunnel (fastpath/xmit_tunnel.pxi, modes/tunnel.py): VXLAN (RFC 7348) to the backend
 VXLAN_PORT = 4789                   # the outer UDP destination port
@@ -94,6 +97,23 @@ SPLICE_MSS = 1460     # what the LB announces to clients (backends share its lay
 SPLICE_WSCALE = 7     # the LB's window scale towards clients; backend windows are rescaled to it
 SOPT_TS = 1           # splice flow options: timestamps negotiated
 SOPT_SACK = 2         # SACK permitted
+
+# hop (fastpath/xmit_hop.pxi, modes/hop/): the LB talks to the backend's shim
+# (modes/hop/hop_shim.c, built with these values) in one TCP option, an RFC 6994
+# experimental option (kind 253) with our 16-bit ExID:
+#   our SYN to the backend:  [253, 4, ExID]                 the mark: this connection is hopped;
+#                            the shim takes the LB's MAC from the frame's source
+#   our ACK (+ request):     [253, 14, ExID, delta(4), ts_off(4), ws_b, ws_lb]   the hand-off:
+#                            from now on the shim translates the connection itself
+# The shim NOPs the option out (checksum fixed) before the backend's stack sees it.
+HOP_OPT_KIND = 253
+HOP_EXID = 0x7477
+HOP_MARK_LEN = 4
+HOP_HANDOFF_LEN = 14
+HOP_SHIM_FLOWS = 65536     # the shim's LRU map of hopped connections, per backend
+HOP_PENDING_S = 10         # a shim entry marked but not handed off is gone after this idle time
+HOP_IDLE_S = 900           # a handed-off one (as tcp_established)
+HOP_CLOSING_S = 60         # one that saw FINs both ways (as tcp_time_wait)
 
 # splice: content rules the fast path decides itself (ServiceSpec.l7, an L7Spec). A VIP whose
 # rules are all of these kinds, all forwarding, gets them; the first data segment of a
@@ -349,6 +369,19 @@ COUNTER_TABLE = (
             "a backend's packet with no flow, on a consistent-hash VIP whose mode can rebuild "
             "it (nat): the flow re-created, as the client's would be (after an LB restart, "
             "a download's only packets come from the backend)"),
+    # hop (fastpath/xmit_hop.pxi): splice's client side, whose counters a hop flow moves
+    # too, then the connection handed to the backend's shim
+    Counter("punt_hop", V_PUNT, "hop",
+            "frame of a hop flow for Python (modes/hop): request bytes, backend SYN-ACK, RST"),
+    Counter("hop_fwd", V_TX, "hop",
+            "client -> VIP after the hand-off: to the backend's MAC unchanged (as dsr; the "
+            "backend's shim translates)"),
+    Counter("hop_handoff", None, "hop",
+            "the ACK (+ request) to the backend carried the hand-off option: its shim takes "
+            "the connection over"),
+    Counter("drop_hop_rev", V_DROP, "hop",
+            "a backend's segment of a handed-off hop flow reached the LB (its shim lost the "
+            "flow, or it has none): not forwarded"),
 )
 COUNTERS = [c.name for c in COUNTER_TABLE]
 C = {name: i for i, name in enumerate(COUNTERS)}

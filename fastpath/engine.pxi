@@ -49,6 +49,8 @@ cdef class Engine:
     cdef VipCtr *vctr       # MAX_SERVICES VIPs' counters, by Service.slot (flowtable.pxi)
     cdef WaitQ *waitq       # splice flows Python may have to look at (a ring of wq_size)
     cdef uint32_t wq_head, wq_tail, wq_size
+    cdef list wq_other      # due entries of the other splice-like mode, (mode, entry), until
+                            # that mode's handler asks (splice_waiting(now, mode))
     cdef PyThread_type_lock lock
     cdef int want           # threads waiting in acquire(): serve() lets them in first
     # the watch (watch.pxi): off (watch_on 0, nothing allocated) unless the control side set
@@ -86,6 +88,7 @@ cdef class Engine:
         self.frags = <Frag *>calloc(FRAG_SLOTS, sizeof(Frag))
         self.vctr = <VipCtr *>calloc(MAX_SERVICES, sizeof(VipCtr))
         self.wq_head = self.wq_tail = 0
+        self.wq_other = []
         self.lock = PyThread_allocate_lock()
         self.want = 0
         if not (self.lock and self.fl and self.ifwd and self.irev and self.freel and self.reals
@@ -295,13 +298,13 @@ cdef class Engine:
         for the backend's SYN-ACK."""
         return api_splice_syn(self, cip, cport, vip, vport)
 
-    def splice_waiting(self, int64_t now_ms):
+    def splice_waiting(self, int64_t now_ms, mode=MODE_SPLICE):
         """Flows Python has not seen that may need it, SPLICE_WAIT_HANDOFF_MS or longer after
         they were queued: a client silent since its cookie ACK (SPL_WAIT), or a flow bound
         here whose backend has not answered yet (SPL_CONNECTING: our SYN may be lost).
-        [(cip, cport, vip, vport, queued_ms)]; they count as seen from now on. Flows that
-        moved on are skipped."""
-        return api_splice_waiting(self, now_ms)
+        [(cip, cport, vip, vport, queued_ms)] of flows of `mode` (splice or hop: the punt
+        handler's own); they count as seen from now on. Flows that moved on are skipped."""
+        return api_splice_waiting(self, now_ms, mode)
 
     def splice_drop(self, cip, cport, vip, vport):
         """Forget a splice flow (refused, redirected, backend never answered)."""

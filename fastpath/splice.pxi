@@ -19,6 +19,10 @@
 #   exceeds Engine.rowcap; a frame that would is punted instead.
 # - Python learns of a flow by a punt (F_SEEN) or from the wait queue; the queue's entries
 #   name a flow by (idx, c_isn, created), so a stale entry is skipped.
+# - A hop flow (xmit_hop.pxi) is a splice flow until its hand-off, with the mode of its
+#   service pinned at the cookie ACK (splice_like): bound to the VIP's address and port (its
+#   backend holds the VIP), our SYN carrying hop_mark and the replay hop_handoff. Each mode's
+#   handler gets its own flows from splice_waiting().
 
 
 cdef uint32_t COOKIE_MSS[4]         # the cookie's MSS index (2 bits) -> MSS
@@ -86,7 +90,7 @@ cdef int splice_new(Engine self, uint8_t *f, uint32_t n, Service *sv, Pkt *p,
     idx = flow_alloc(self, now)
     e = &self.fl[idx]
     e.cip, e.vip, e.rip, e.cport, e.vport, e.rport = p.src, p.dst, 0, p.sport, p.dport, 0
-    e.proto, e.mode, e.state, e.flags, e.real, e.used = 6, MODE_SPLICE, S_SPL_WAIT, 0, -1, 1
+    e.proto, e.mode, e.state, e.flags, e.real, e.used = 6, sv.mode, S_SPL_WAIT, 0, -1, 1
     e.hf, e.hr = p.h, 0
     e.created = now
     e.last = now
@@ -235,7 +239,7 @@ cdef void splice_learn(Engine self, uint8_t *f, Flow *e, Opts *o) noexcept nogil
     r.mss = rd16(f + o.mss + 2) if o.mss >= 0 and f[o.mss + 1] == 4 else 536
     r.nosack = not (o.sackok >= 0 and f[o.sackok + 1] == 2)
     sv = service_find(self, e.vip, e.vport, PROTO_TCP)
-    if sv != NULL and sv.mode == MODE_SPLICE:
+    if sv != NULL and splice_like(sv.mode):
         before = sv.mss_cap
         splice_cap(sv, r)
         if sv.mss_cap < before:
@@ -344,7 +348,11 @@ cdef void waitq_push(Engine self, uint32_t idx, int64_t now) noexcept nogil:
 cdef void splice_bind_real(Engine self, Flow *e, int32_t real, int64_t now) noexcept nogil:
     cdef Real *r = &self.reals[real]
     e.real, e.rip, e.rport = real, r.ip, r.port
-    e.hr = _flow_hash(r.ip, e.cip, r.port, e.cport, 6)
+    if e.mode == MODE_HOP:
+        # hop: the backend's socket is VIP:port <-> client:port (it holds the VIP, as for
+        # dsr), so its SYN-ACK, which its shim sends us, comes from the VIP
+        e.rip, e.rport = e.vip, e.vport
+    e.hr = _flow_hash(e.rip, e.cip, e.rport, e.cport, 6)
     flow_insert_rev(self, <uint32_t>(e - self.fl))
     r.conns += 1
     r.flows += 1
@@ -388,8 +396,8 @@ cdef int splice_l7_bind(Engine self, uint8_t *f, Flow *e, Service *sv, uint8_t t
 
 cdef uint32_t splice_syn_into(Engine self, uint8_t *f, Flow *e) noexcept nogil:
     """Our SYN to the backend as the client, written at f: its address, port, ISN and SYN
-    options as the cookie kept them. Returns its length."""
-    cdef uint8_t opt[20]
+    options as the cookie kept them (and hop's mark). Returns its length."""
+    cdef uint8_t opt[24]
     cdef int ol = 4
     opt[0] = 2
     opt[1] = 4
@@ -403,6 +411,8 @@ cdef uint32_t splice_syn_into(Engine self, uint8_t *f, Flow *e) noexcept nogil:
         opt[ol + 2] = 3
         opt[ol + 3] = e.ws_c
         ol += 4
+    if e.mode == MODE_HOP:
+        ol += hop_mark(opt + ol)
     return tcp_frame(f, self.reals[e.real].mac, self.local_mac, e.cip, e.rip, e.cport,
                      e.rport, e.c_isn, 0, TH_SYN, 65535, opt, ol, NULL, 0)
 
@@ -411,7 +421,7 @@ cdef int splice_replay(Engine self, uint8_t *f, Flow *e, uint32_t s_isn) noexcep
     """Turn the backend's SYN-ACK (in f) into our answer as the client: ACK, and the
     client's request when we still hold it (with the client's FIN if it sent one)."""
     cdef Real *r = &self.reals[e.real]
-    cdef uint8_t opt[12]
+    cdef uint8_t opt[28]
     cdef int ol = 0
     cdef uint8_t fl = TH_ACK
     if not r.has_mac:
@@ -419,6 +429,8 @@ cdef int splice_replay(Engine self, uint8_t *f, Flow *e, uint32_t s_isn) noexcep
     if e.sopt & SOPT_TS:
         sack_ts(opt, False, e.c_tsval, e.b_tsval)
         ol = 12
+    if e.mode == MODE_HOP:
+        ol += hop_handoff(self, opt + ol, e)     # the shim takes the connection over
     if e.rp != NULL:
         fl = fl | TH_PSH | (TH_FIN if e.flags & F_RP_FIN else 0)
     if 54 + ol + (e.rp_len if e.rp != NULL else 0) > self.rowcap:
@@ -429,6 +441,31 @@ cdef int splice_replay(Engine self, uint8_t *f, Flow *e, uint32_t s_isn) noexcep
     return C_SPLICE_REPLAY
 
 
+# hop's options in the frames above (a hop flow is a splice flow until its hand-off)
+cdef int hop_mark(uint8_t *o) noexcept nogil:
+    """The mark of our SYN to the backend, at o: [253, 4, ExID]. Returns its length."""
+    o[0] = HOP_OPT_KIND
+    o[1] = HOP_MARK_LEN
+    wr16(o + 2, HOP_EXID)
+    return 4
+
+
+cdef int hop_handoff(Engine self, uint8_t *o, Flow *e) noexcept nogil:
+    """The hand-off of our replay, at o: two NOPs (the option 4-aligned), then [253, 14,
+    ExID, delta, ts_off, ws_b, ws_lb]. Returns its length (16)."""
+    o[0] = 1
+    o[1] = 1
+    o[2] = HOP_OPT_KIND
+    o[3] = HOP_HANDOFF_LEN
+    wr16(o + 4, HOP_EXID)
+    wr32(o + 6, e.delta)
+    wr32(o + 10, e.ts_off if e.sopt & SOPT_TS else 0)
+    o[14] = e.ws_b
+    o[15] = e.ws_lb
+    self.ctr[C_HOP_HANDOFF] += 1
+    return 16
+
+
 cdef bytes splice_syn_frame(Engine self, Flow *e):
     """splice_syn_into, as bytes (for Python)."""
     cdef uint8_t f[80]
@@ -436,11 +473,16 @@ cdef bytes splice_syn_frame(Engine self, Flow *e):
     return f[:L]
 
 
+cdef inline bint splice_like(uint8_t mode) noexcept nogil:
+    """The modes whose client side is splice's (cookies, binding, replay): splice and hop."""
+    return mode == MODE_SPLICE or mode == MODE_HOP
+
+
 cdef int32_t splice_lookup(Engine self, uint32_t cip, uint16_t cport, uint32_t vip,
                            uint16_t vport):
     cdef uint64_t h = _flow_hash(cip, vip, cport, vport, 6)
     cdef int32_t idx = flow_find(self, self.ifwd, h, cip, vip, cport, vport, 6, False)
-    if idx >= 0 and self.fl[idx].mode == MODE_SPLICE:
+    if idx >= 0 and splice_like(self.fl[idx].mode):
         return idx
     return -1
 
@@ -484,7 +526,7 @@ cdef object api_splice_by_backend(Engine self, cip, cport, rip, rport):
     cdef uint16_t cp = check_port(cport), rp = check_port(rport)
     cdef int32_t idx = flow_find(self, self.irev, _flow_hash(r, c, rp, cp, 6), r, c, rp, cp, 6,
                                  True)
-    if idx < 0 or self.fl[idx].mode != MODE_SPLICE:
+    if idx < 0 or not splice_like(self.fl[idx].mode):
         return None
     cdef Flow *e = &self.fl[idx]
     return (e.cip, e.cport, e.vip, e.vport)
@@ -498,8 +540,10 @@ cdef object api_splice_syn(Engine self, cip, cport, vip, vport):
     return splice_syn_frame(self, &self.fl[idx])
 
 
-cdef object api_splice_waiting(Engine self, int64_t now_ms):
-    out = []
+cdef object api_splice_waiting(Engine self, int64_t now_ms, mode):
+    out = [x for m, x in self.wq_other if m == mode]
+    if out:
+        self.wq_other = [(m, x) for m, x in self.wq_other if m != mode]
     cdef WaitQ *w
     cdef Flow *e
     while self.wq_head != self.wq_tail:
@@ -508,11 +552,14 @@ cdef object api_splice_waiting(Engine self, int64_t now_ms):
             break
         self.wq_head += 1
         e = &self.fl[w.idx]
-        if (e.used and e.mode == MODE_SPLICE and e.c_isn == w.c_isn and e.created == w.created
+        if (e.used and splice_like(e.mode) and e.c_isn == w.c_isn and e.created == w.created
                 and (e.state == S_SPL_WAIT or e.state == S_SPL_CONNECTING)
                 and not e.flags & F_SEEN):
             e.flags |= F_SEEN
-            out.append((e.cip, e.cport, e.vip, e.vport, w.at))
+            if e.mode == mode:
+                out.append((e.cip, e.cport, e.vip, e.vport, w.at))
+            else:       # the other mode's handler takes it on its own tick
+                self.wq_other.append((e.mode, (e.cip, e.cport, e.vip, e.vport, w.at)))
     return out
 
 

@@ -25,7 +25,8 @@ cdef struct Flow:
     uint8_t state       # S_*: TCP state as tracked (IPVS-like), S_UDP, or splice's S_SPL_*
     uint8_t flags       # F_*: FINs seen, in the reverse index, splice's seen/inline/replay-FIN
     # the backend: the reverse key is (rip, cip, rport, cport, proto)
-    uint32_t rip        # backend address (0 while a splice flow is not bound)
+    uint32_t rip        # backend address (0 while a splice flow is not bound; hop: the VIP,
+                        # which its backend holds, as rport is the VIP port)
     uint16_t rport      # backend port
     uint8_t used        # 1 while the slot holds a flow, 0 on the free list
     uint8_t pad         # unused (keeps real 4-byte aligned)

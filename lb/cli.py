@@ -247,14 +247,18 @@ def obd_option(help_text):
 
 
 # the vip.set arguments the modes own (modes/base.py SetArg), as --flag options
-_SET_ARGS = [a for m in modes.REGISTRY.values() for a in m.set_args]
+# (an argument that several modes take is one option)
+_SET_ARGS = list({a.name: a for m in modes.REGISTRY.values() for a in m.set_args}.values())
 
 
 def _mode_set_options(fn):
-    owner = {a.name: m.name for m in modes.REGISTRY.values() for a in m.set_args}
+    owner = {}
+    for m in modes.REGISTRY.values():
+        for a in m.set_args:
+            owner.setdefault(a.name, []).append(m.name)
     for a in reversed(_SET_ARGS):
         fn = click.option("--" + a.name.replace("_", "-"), a.name,
-                          help="%s: %s." % (owner[a.name], a.help))(fn)
+                          help="%s: %s." % (", ".join(owner[a.name]), a.help))(fn)
     return fn
 
 

@@ -534,7 +534,10 @@ def _parse_flows(raw):
 
 def parse_vip(raw, path="vip"):
     """A VipConfig from one [[vip]] table; fields blamed under `path`."""
-    owned = {k: m for m in modes.REGISTRY.values() for k in m.toml_keys}
+    owned = {}                      # [[vip]] key -> the modes that take it (one may be several's)
+    for m in modes.REGISTRY.values():
+        for k in m.toml_keys:
+            owned.setdefault(k, []).append(m)
     check_keys(raw, ["address", "port", "proto", "mode", "scheduler", "maglev_size",
                      "on_backend_down", "health", "backend", *owned], path)
     for k in ("address", "port"):
@@ -572,9 +575,10 @@ def parse_vip(raw, path="vip"):
     if "on_backend_down" in raw:
         obd = check_on_backend_down(raw["on_backend_down"], _join(path, "on_backend_down"))
     hc = parse_health_check(raw.get("health", {}), _join(path, "health"))
-    for k, m in owned.items():
-        if k in raw and m is not mode:
-            raise LBError(_join(path, k), "belongs to mode %s (this VIP is %s)" % (m.name, mode.name))
+    for k, ms in owned.items():
+        if k in raw and mode not in ms:
+            raise LBError(_join(path, k), "belongs to mode %s (this VIP is %s)"
+                          % (" and ".join(m.name for m in ms), mode.name))
     options = mode.parse_options(raw, path, mode_backends(backends))
     return VipConfig(address=address, port=port, proto=proto, mode=mode.name,
                      scheduler=sched, maglev_size=size, backends=backends, health=hc,

@@ -201,21 +201,25 @@ class LBState:
     def _cmd_vip_set(self, args):
         """Change a VIP's mode, scheduler, Maglev size or on_backend_down ("default": the
         mode's); its backends stay. New flows only."""
-        owned = {a.name: m for m in modes.REGISTRY.values() for a in m.set_args}
+        owned = {}                  # argument -> the modes that take it
+        for m in modes.REGISTRY.values():
+            for a in m.set_args:
+                owned.setdefault(a.name, []).append(m)
         _known(args, "vip", "proto", "mode", "scheduler", "maglev_size", "on_backend_down",
                *owned)
         key, old = self._find_vip(args)
         mode = config.check_mode(_opt(args, "mode", old.mode))
         old_mode = config.check_mode(old.mode)
-        if mode is not old_mode:
+        carry = mode is not old_mode and mode.carries_options_from(old_mode)
+        if mode is not old_mode and not carry:
             try:
                 old_mode.check_leave(old.options, config.mode_backends(old.backends), "mode")
             except LBError as e:
                 raise LBError(e.field, "%s: %s" % (_vip_name(old), e.message)) from None
-        for name, m in owned.items():
-            if args.get(name) is not None and m is not mode:
-                raise LBError(name, "only applies to %s VIPs" % m.name)
-        options = old.options if mode is old_mode else mode.default_options()
+        for name, ms in owned.items():
+            if args.get(name) is not None and mode not in ms:
+                raise LBError(name, "only applies to %s VIPs" % " and ".join(m.name for m in ms))
+        options = old.options if mode is old_mode or carry else mode.default_options()
         options = mode.set_options(options, args)
         sched = config.check_scheduler(_opt(args, "scheduler", old.scheduler))
         keep = old.maglev_size if sched == "maglev" and "maglev_size" not in args else None

@@ -117,6 +117,13 @@ class Mode:
         (absent or None: unchanged); LBError naming the argument."""
         return options
 
+    def carries_options_from(self, other):
+        """A VIP switching from mode `other` to this one keeps its options (rules, pools,
+        limits) when both modes hold the same kind of options (splice and hop do); then
+        other.check_leave is not asked. Otherwise the VIP starts from default_options()."""
+        mine, theirs = self.default_options(), other.default_options()
+        return mine is not None and type(mine) is type(theirs)
+
     def check_leave(self, options, backends, fld):
         """Raise LBError(fld) if a VIP with these options and backends cannot switch to
         another mode (e.g. it has content rules only this mode understands)."""

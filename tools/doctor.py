@@ -1,4 +1,4 @@
-"""Checks a Linux host for what it needs to be a dsr or a tunnel backend, from the host itself.
+"""Checks a Linux host for what it needs to be a dsr, tunnel or hop backend, from the host itself.
 
     python3 -m tools.doctor --vip 198.19.100.2 [--port 80] [--iface eth0] [--json]
     python3 -m tools.doctor --mode tunnel --vip 198.19.100.2 [--port 80] [--device D] [--json]
@@ -22,6 +22,9 @@ the backend's own address, the inner frame addressed to VXLAN_INNER_MAC; so the 
 4. holds the VIP on lo and 5. listens on the VIP's port, as for dsr.
 It needs no ARP settings: nobody on its layer 2 asks for the VIP.
 
+A hop balancer delivers as dsr does, so a hop backend needs the dsr checks, and hop's shim
+(modes/hop/hop_shim.o) attached on the interface both ways, tc ingress and egress (--mode hop).
+
 Exit 0 when every check passes, 1 otherwise; one line per check (or --json). The dsr checks
 and their output do not depend on --mode tunnel existing.
 """
@@ -32,6 +35,7 @@ import subprocess
 import sys
 
 # one home for the tunnel's constants; doctor must agree with the lab and the balancer
+from modes.hop import shim as hop_shim
 from tools.lab import VXLAN_DEV, VXLAN_INNER_MAC, VXLAN_PORT, VXLAN_VNI
 
 
@@ -131,6 +135,22 @@ def check(vip, port, iface):
     return results
 
 
+def check_hop(vip, port, iface):
+    """The hop backend's checks: the dsr ones (the backend holds the VIP and answers the
+    client directly), and hop's shim attached on iface both ways (without it the backend's
+    SYN-ACK of a hopped connection goes to the client, which never asked it for one)."""
+    results = check(vip, port, iface)
+    got = hop_shim.installed(None, iface)
+    missing = [k for k, v in got.items() if not v]
+    results.append({"check": "hop_shim", "ok": not missing,
+                    "detail": ("hop_ingress and hop_egress attached on %s" % iface)
+                    if not missing else
+                    "%s not attached on %s (tc filter show dev %s ingress|egress): install "
+                    "the shim (modes/hop/shim.py install, as lb-lab up does)"
+                    % (" and ".join(missing), iface, iface)})
+    return results
+
+
 def _vxlan_info(link):
     info = (link.get("linkinfo") or {}).get("info_data") or {}
     return info.get("id"), info.get("port")
@@ -217,7 +237,7 @@ def main(argv=None):
                                 description="check a host for dsr or tunnel backend duty")
     p.add_argument("--vip", required=True)
     p.add_argument("--port", type=int)
-    p.add_argument("--mode", choices=("dsr", "tunnel"), default="dsr")
+    p.add_argument("--mode", choices=("dsr", "tunnel", "hop"), default="dsr")
     p.add_argument("--iface", help="dsr: the interface the balancer's frames arrive on "
                                    "(default: that of the default route)")
     p.add_argument("--device", help="tunnel: the VXLAN device (default: the one with the VNI)")
@@ -234,14 +254,15 @@ def main(argv=None):
     if a.mode == "tunnel":
         return main_tunnel(a)
     iface = a.iface or default_iface() or "eth0"
-    results = check(a.vip, a.port, iface)
+    results = (check_hop if a.mode == "hop" else check)(a.vip, a.port, iface)
     ok = all(r["ok"] for r in results)
     if a.json:
-        print(json.dumps({"ok": ok, "iface": iface, "checks": results}))
+        print(json.dumps(dict({"ok": ok, "iface": iface, "checks": results},
+                              **({"mode": "hop"} if a.mode == "hop" else {}))))
     else:
         for r in results:
             print("%-4s %-22s %s" % ("ok" if r["ok"] else "FAIL", r["check"], r["detail"]))
-        print("dsr backend: %s" % ("ready" if ok else "NOT ready"))
+        print("%s backend: %s" % (a.mode, "ready" if ok else "NOT ready"))
     return 0 if ok else 1
 
 

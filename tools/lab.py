@@ -53,6 +53,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from modes import tunnel as tunnel_mode
+from modes.hop import shim as hop_shim
 
 import click
 
@@ -259,7 +260,8 @@ class Lab:
     """
 
     def __init__(self, name="tw", backends=3, clients=1, io="tap", start_lbd=True, offload=True,
-                 workers=1, remote_backends=0, client_hop_mtu=None, rtsp=False, lbd_extra=""):
+                 workers=1, remote_backends=0, client_hop_mtu=None, rtsp=False, lbd_extra="",
+                 hop_shim=True):
         if not NAME_RE.match(name or ""):
             raise LabError("lab name %r: use 1-20 characters of [A-Za-z0-9_]" % (name,))
         if not 1 <= backends <= MAX_BACKENDS:
@@ -295,8 +297,12 @@ class Lab:
         self.rtsp = bool(rtsp)
         self.start_lbd = start_lbd
         self.lbd_extra = lbd_extra      # TOML appended to lbd's config (e.g. a [metrics] table)
+        # hop's backend shim (modes/hop/shim.py) on every b1..bN's eth0, pinned in a bpffs of
+        # the lab's own (state_dir/bpf, unmounted by down); False: backends without it
+        self.hop_shim = hop_shim
         self.state_dir = os.path.join(STATE_ROOT, "lab-" + name)
         self.state_file = os.path.join(self.state_dir, "state.json")
+        self.bpf_dir = os.path.join(self.state_dir, "bpf")
         self._topology = None
         self._procs = []
 
@@ -569,6 +575,19 @@ class Lab:
         for b in backends + remotes:
             self._wait_servers(b)
 
+        # 5b. hop's shim on every backend on the LB's layer 2
+        shims = {}
+        if self.hop_shim:
+            hop_shim.mount_bpffs(self.bpf_dir)
+            for b in backends:
+                pins = os.path.join(self.bpf_dir, b)
+                try:
+                    hop_shim.install(self.ns(b), "eth0", pins)
+                except hop_shim.ShimError as e:
+                    raise LabError("hop shim on %s: %s" % (b, e)) from e
+                shims[b] = {"interface": "eth0", "pins": pins,
+                            "attached": hop_shim.installed(self.ns(b), "eth0")}
+
         # 6. lbd
         sock = os.path.join(self.state_dir, "lbd.sock")
         cfg = os.path.join(self.state_dir, "lbd.toml")
@@ -634,6 +653,7 @@ class Lab:
                         "interface": "eth0", "mac": mac(b, "eth0"), "gateway": RT_SERVER,
                         "reply_via_lb": {"fwmark": REPLY_MARK, "table": REPLY_TABLE},
                         "pids": pids[b],
+                        "hop_shim": shims.get(b),
                         "interfaces": [{"name": "eth0", "address": backend_ip(i), "prefix": 24,
                                         "mac": mac(b, "eth0"), "bridge": "brs",
                                         "switch_port": b},
@@ -885,6 +905,7 @@ class Lab:
             left = set(names) & set(_netns_list())
             if left:
                 raise LabError("could not delete namespaces: %s" % " ".join(sorted(left)))
+        hop_shim.umount_bpffs(self.bpf_dir)     # every shim's pins with it
         shutil.rmtree(self.state_dir, ignore_errors=True)
         self._topology = None
 
@@ -978,19 +999,21 @@ def cli():
               "(offload = false in lbd's config; afpacket: the veth's offloads off)")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 16),
               help="lbd's data-plane threads (tap: one TAP queue each)")
+@click.option("--hop-shim/--no-hop-shim", default=True, show_default=True,
+              help="hop's backend shim (eBPF, tc) on every b1..bN")
 @click.option("--client-hop-mtu", type=click.IntRange(576, 1499), default=None,
               help="a smaller hop on the client side (rt's client interface): the servers' "
               "segments need path MTU discovery through the LB")
 @click.option("--rtsp", is_flag=True, help="an RTSP server (gst-rtsp-server, rtsp://bN:554/test) "
               "on every backend")
-def up(name, backends, clients, remote_backends, io, no_lbd, offload, workers, client_hop_mtu,
-       rtsp):
+def up(name, backends, clients, remote_backends, io, no_lbd, offload, workers, hop_shim,
+       client_hop_mtu, rtsp):
     if workers > 1 and io != "tap":
         raise click.UsageError("--workers > 1 needs --io tap")
     try:
         topo = Lab(name, backends=backends, clients=clients, io=io, start_lbd=not no_lbd,
                    offload=offload, workers=workers, remote_backends=remote_backends,
-                   client_hop_mtu=client_hop_mtu, rtsp=rtsp).up()
+                   client_hop_mtu=client_hop_mtu, rtsp=rtsp, hop_shim=hop_shim).up()
     except LabError as e:
         raise click.ClickException(str(e))
     click.echo(json.dumps(topo, indent=2))
@@ -1039,6 +1062,11 @@ def show(name, as_json):
         for i in n["interfaces"]:
             click.echo("  %-4s %-14s %-5s %-18s %s" % (node, n["ns"], i["name"],
                                                      i.get("address") or "-", i.get("mac", "-")))
+    for b in topo.get("backends", []):
+        sh = topo["nodes"][b].get("hop_shim")
+        click.echo("  %-4s hop shim %s" % (b, "-" if not sh else "%s on %s, pins %s" % (
+            "+".join(k for k, v in sh["attached"].items() if v) or "nothing attached",
+            sh["interface"], sh["pins"])))
     click.echo("  /blob sha256 %s" % topo["blob"]["sha256"])
 
 
@@ -1071,13 +1099,15 @@ def exec_(name, node, cmd):
 
 @cli.command("doctor", help="Check backend NODE for dsr duty (VIP on lo, arp_ignore/arp_announce, "
              "rp_filter, a listener) or, with --mode tunnel, for tunnel duty (a VXLAN device "
-             "with the lab's VNI, port and inner MAC, up; rp_filter; VIP on lo; a listener): "
+             "with the lab's VNI, port and inner MAC, up; rp_filter; VIP on lo; a listener), "
+             "or with --mode hop, for hop duty (dsr's, and hop's shim on eth0 both ways): "
              "tools/doctor.py run inside NODE's namespace.")
 @NAME_OPT
 @click.argument("node")
 @click.option("--vip", required=True, help="the VIP address")
 @click.option("--port", type=int, help="the VIP port (checks a listener)")
-@click.option("--mode", type=click.Choice(["dsr", "tunnel"]), default="dsr", show_default=True)
+@click.option("--mode", type=click.Choice(["dsr", "tunnel", "hop"]), default="dsr",
+              show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def doctor(name, node, vip, port, mode, as_json):
     ns = _live_ns(name, node)

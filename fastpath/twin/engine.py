@@ -62,6 +62,7 @@ class Engine:
         self.wq_size = defs.SPLICE_WAITQ_MIN
         while self.wq_size < capacity:
             self.wq_size <<= 1
+        self.wq_other = []         # due entries of the other splice-like mode: (mode, entry)
         self.lock = threading.Lock()
         self.want = 0
         # the watch (watch.py): off unless the control side set one
@@ -227,13 +228,13 @@ class Engine:
         for the backend's SYN-ACK."""
         return api_splice_syn(self, cip, cport, vip, vport)
 
-    def splice_waiting(self, now_ms):
+    def splice_waiting(self, now_ms, mode=defs.MODE_SPLICE):
         """Flows Python has not seen that may need it, SPLICE_WAIT_HANDOFF_MS or longer after
         they were queued: a client silent since its cookie ACK (SPL_WAIT), or a flow bound
         here whose backend has not answered yet (SPL_CONNECTING: our SYN may be lost).
-        [(cip, cport, vip, vport, queued_ms)]; they count as seen from now on. Flows that
-        moved on are skipped."""
-        return api_splice_waiting(self, now_ms)
+        [(cip, cport, vip, vport, queued_ms)] of flows of `mode` (splice or hop: the punt
+        handler's own); they count as seen from now on. Flows that moved on are skipped."""
+        return api_splice_waiting(self, now_ms, mode)
 
     def splice_drop(self, cip, cport, vip, vport):
         """Forget a splice flow (refused, redirected, backend never answered)."""

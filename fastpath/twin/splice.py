@@ -15,6 +15,9 @@ Invariants:
   a frame that would is punted instead.
 - Python learns of a flow by a punt (F_SEEN) or from the wait queue, whose entries name a
   flow by (idx, c_isn, created), so a stale entry is skipped.
+- A hop flow (xmit_hop.py) is a splice flow until its hand-off (splice_like): bound to the
+  VIP's address and port, our SYN carrying hop_mark and the replay hop_handoff. Each mode's
+  handler gets its own flows from splice_waiting().
 """
 from .. import defs
 from ..checks import check_ip, check_port, check_real_idx
@@ -78,7 +81,7 @@ def splice_new(self, f, n, sv, p, now):
     idx = flow_alloc(self, now)
     e = self.fl[idx]
     e.cip, e.vip, e.rip, e.cport, e.vport, e.rport = p.src, p.dst, 0, p.sport, p.dport, 0
-    e.proto, e.mode, e.state, e.flags, e.real, e.used = 6, defs.MODE_SPLICE, defs.S_SPL_WAIT, 0, -1, 1
+    e.proto, e.mode, e.state, e.flags, e.real, e.used = 6, sv.mode, defs.S_SPL_WAIT, 0, -1, 1
     e.hf, e.hr = p.h, 0
     e.created = e.last = now
     e.pkts_rev = e.bytes_rev = 0
@@ -200,7 +203,7 @@ def splice_learn(self, f, e, opts):
     r.mss = rd16(f, opts[2] + 2) if 2 in opts and f[opts[2] + 1] == 4 else 536
     r.nosack = not (4 in opts and f[opts[4] + 1] == 2)
     sv = service_find(self, e.vip, e.vport, defs.PROTO_TCP)
-    if sv is not None and sv.mode == defs.MODE_SPLICE:
+    if sv is not None and splice_like(sv.mode):
         before = sv.mss_cap
         splice_cap(sv, r)
         if sv.mss_cap < before:
@@ -303,7 +306,11 @@ def waitq_push(self, idx, now):
 def splice_bind_real(self, e, real, now):
     r = self.reals[real]
     e.real, e.rip, e.rport = real, r.ip, r.port
-    e.hr = flow_hash(r.ip, e.cip, r.port, e.cport, 6)
+    if e.mode == defs.MODE_HOP:
+        # hop: the backend's socket is VIP:port <-> client:port (it holds the VIP, as for
+        # dsr), so its SYN-ACK, which its shim sends us, comes from the VIP
+        e.rip, e.rport = e.vip, e.vport
+    e.hr = flow_hash(e.rip, e.cip, e.rport, e.cport, 6)
     flow_insert_rev(self, e.idx)
     r.conns += 1
     r.flows += 1
@@ -339,12 +346,14 @@ def splice_l7_bind(self, f, e, sv, tflags, now):
 
 def splice_syn_into(self, f, e):
     """Our SYN to the backend as the client, written at f: its address, port, ISN and SYN
-    options as the cookie kept them. Returns its length."""
+    options as the cookie kept them (and hop's mark). Returns its length."""
     o = bytes([2, 4]) + e.mss.to_bytes(2, "big")
     if e.sopt & defs.SOPT_TS:
         o += sack_ts(e.sopt & defs.SOPT_SACK, e.c_tsval, 0)
     if e.ws_c != 0xF:
         o += bytes([1, 3, 3, e.ws_c])
+    if e.mode == defs.MODE_HOP:
+        o += hop_mark()
     out = tcp_frame(self.reals[e.real].mac, self.local_mac, e.cip, e.rip, e.cport, e.rport,
                     e.c_isn, 0, TH_SYN, 65535, o)
     f[:len(out)] = out
@@ -360,6 +369,8 @@ def splice_replay(self, f, e, s_isn):
     opt = b""
     if e.sopt & defs.SOPT_TS:
         opt = sack_ts(False, e.c_tsval, e.b_tsval)
+    if e.mode == defs.MODE_HOP:
+        opt += hop_handoff(self, e)     # the shim takes the connection over
     fl = TH_ACK
     data = b""
     if e.rp is not None:
@@ -374,6 +385,21 @@ def splice_replay(self, f, e, s_isn):
     return C["splice_replay"]
 
 
+# hop's options in the frames above (a hop flow is a splice flow until its hand-off)
+def hop_mark():
+    """The mark of our SYN to the backend: [253, 4, ExID]."""
+    return bytes([defs.HOP_OPT_KIND, defs.HOP_MARK_LEN]) + defs.HOP_EXID.to_bytes(2, "big")
+
+
+def hop_handoff(self, e):
+    """The hand-off of our replay: two NOPs, then [253, 14, ExID, delta, ts_off, ws_b, ws_lb]."""
+    self.ctr[C["hop_handoff"]] += 1
+    ts_off = e.ts_off if e.sopt & defs.SOPT_TS else 0
+    return (bytes([1, 1, defs.HOP_OPT_KIND, defs.HOP_HANDOFF_LEN])
+            + defs.HOP_EXID.to_bytes(2, "big") + (e.delta & 0xFFFFFFFF).to_bytes(4, "big")
+            + (ts_off & 0xFFFFFFFF).to_bytes(4, "big") + bytes([e.ws_b, e.ws_lb]))
+
+
 def splice_syn_frame(self, e):
     """splice_syn_into, as bytes (for Python)."""
     f = bytearray()
@@ -381,10 +407,15 @@ def splice_syn_frame(self, e):
     return bytes(f[:L])
 
 
+def splice_like(mode):
+    """The modes whose client side is splice's (cookies, binding, replay): splice and hop."""
+    return mode == defs.MODE_SPLICE or mode == defs.MODE_HOP
+
+
 def splice_lookup(self, cip, cport, vip, vport):
     h = flow_hash(cip, vip, cport, vport, 6)
     idx = flow_find(self, self.ifwd, h, cip, vip, cport, vport, 6, False)
-    if idx >= 0 and self.fl[idx].mode == defs.MODE_SPLICE:
+    if idx >= 0 and splice_like(self.fl[idx].mode):
         return idx
     return -1
 
@@ -422,7 +453,7 @@ def api_splice_by_backend(self, cip, cport, rip, rport):
     c, r = check_ip(cip), check_ip(rip)
     cp, rp = check_port(cport), check_port(rport)
     idx = flow_find(self, self.irev, flow_hash(r, c, rp, cp, 6), r, c, rp, cp, 6, True)
-    if idx < 0 or self.fl[idx].mode != defs.MODE_SPLICE:
+    if idx < 0 or not splice_like(self.fl[idx].mode):
         return None
     e = self.fl[idx]
     return (e.cip, e.cport, e.vip, e.vport)
@@ -436,17 +467,22 @@ def api_splice_syn(self, cip, cport, vip, vport):
     return splice_syn_frame(self, self.fl[idx])
 
 
-def api_splice_waiting(self, now_ms):
-    out = []
+def api_splice_waiting(self, now_ms, mode):
+    out = [x for m, x in self.wq_other if m == mode]
+    if out:
+        self.wq_other = [(m, x) for m, x in self.wq_other if m != mode]
     q = self.waitq
     while q and now_ms - q[0][3] >= defs.SPLICE_WAIT_HANDOFF_MS:
         idx, c_isn, created, at = q.popleft()
         e = self.fl[idx]
-        if (e.used and e.mode == defs.MODE_SPLICE and e.c_isn == c_isn and e.created == created
+        if (e.used and splice_like(e.mode) and e.c_isn == c_isn and e.created == created
                 and e.state in (defs.S_SPL_WAIT, defs.S_SPL_CONNECTING)
                 and not e.flags & defs.F_SEEN):
             e.flags |= defs.F_SEEN
-            out.append((e.cip, e.cport, e.vip, e.vport, at))
+            if e.mode == mode:
+                out.append((e.cip, e.cport, e.vip, e.vport, at))
+            else:       # the other mode's handler takes it on its own tick
+                self.wq_other.append((e.mode, (e.cip, e.cport, e.vip, e.vport, at)))
     return out
 
 

@@ -37,6 +37,9 @@ gets the client a RST (backend_timeout). A flow the fast path bound itself is ad
 (_adopt) when its backend has not answered after SPLICE_WAIT_HANDOFF_MS, or when a frame of
 it comes up anyway.
 
+hop's handler (modes/hop/manager.py) is this class for hop flows: its methods
+_backend_side, _backend_mac and _replay_opts are where the two differ.
+
 Python runs here once per new connection (the request's first segment, and one SYN made by
 the engine), never per packet of a spliced connection.
 
@@ -139,6 +142,7 @@ class SpliceManager:
       ctx.mac_of(ip) -> bytes | None; ctx.gateway_mac() -> bytes | None
     """
     reasons = (defs.C["punt_splice"],)
+    mode = defs.MODE_SPLICE            # whose flows engine.splice_waiting() gives us
 
     def __init__(self, engine, ctx, local_mac, board=None):
         self.engine = engine
@@ -212,7 +216,7 @@ class SpliceManager:
         conn = self.conns[key] = Conn(key, fl["c_isn"], at)
         conn.decided = ENGINE_DECIDED
         conn.real = fl["real"]
-        conn.backend = (fl["rip"], fl["rport"], self.ctx.mac_of(fl["rip"]))
+        conn.backend = (fl["rip"], fl["rport"], self._backend_mac(key, fl))
         conn.syn_at, conn.syn_tries = at, 1
         self.by_backend[(key[0], key[1], fl["rip"], fl["rport"])] = key
         self.pending.add(key)
@@ -306,6 +310,8 @@ class SpliceManager:
             self.c["no_neigh"] += 1
             return self._refuse(conn, fl, "backend %s MAC not resolved" % ip)
         conn.real, conn.backend = real, (ip, port, mac)
+        ip, port = self._backend_side(conn, ip, port)
+        conn.backend = (ip, port, mac)
         # the engine makes the SYN and keeps a one-segment request: it answers the backend's
         # SYN-ACK itself (ACK + the request), so we only see that SYN-ACK for longer requests
         syn = self.engine.splice_bind(cip, cport, vip_ip, vport, real, now, conn.data, conn.fin)
@@ -316,6 +322,19 @@ class SpliceManager:
         conn.syn_at, conn.syn_tries = now, 1
         self.c["syn_sent"] += 1
         return [syn]
+
+    # ---- where the backend's side is (hop's handler, modes/hop/manager.py, has its own) ----
+    def _backend_side(self, conn, ip, port):
+        """The address and port our connection to the chosen backend ip:port goes to."""
+        return ip, port
+
+    def _backend_mac(self, key, fl):
+        """The MAC of the backend flow fl (engine.splice_flow) is bound to."""
+        return self.ctx.mac_of(fl["rip"])
+
+    def _replay_opts(self, fl):
+        """The TCP options of each segment of a replay made here."""
+        return self._client_opts(fl)
 
     def _client_opts(self, fl):
         if fl["sopt"] & defs.SOPT_TS:
@@ -358,7 +377,7 @@ class SpliceManager:
         else:
             self.c["replay_repeated"] += 1
         ip, port, mac = conn.backend
-        opts = self._client_opts(fl)
+        opts = self._replay_opts(fl)
         seq = fl["c_isn"] + 1
         ack = fl["s_isn"] + 1
         out = [tcp_frame(mac, self.mac, cip, ip, cport, port, seq, ack, TH_ACK, win=fl["c_win"],
@@ -634,7 +653,7 @@ class SpliceManager:
         replay window is over (in time order: no scan of everything we keep)."""
         self.now = now
         out = self.poll(now)
-        for cip, cport, vip, vport, at in self.engine.splice_waiting(now):
+        for cip, cport, vip, vport, at in self.engine.splice_waiting(now, self.mode):
             key = (cip, cport, vip, vport)
             fl = self.engine.splice_flow(*key)
             if fl is None or key in self.conns:

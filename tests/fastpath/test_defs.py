@@ -27,7 +27,8 @@ ABI = ["rx_frames", "drop_runt", "drop_not_our_mac", "punt_arp", "drop_vlan", "d
        "nat_icmp_rev", "dsr_icmp_fwd", "splice_icmp_fwd", "splice_icmp_rev", "tunnel_icmp_fwd",
        "frag_first", "frag_evicted", "drop_frag_no_first", "nat_frag_fwd", "nat_frag_rev",
        "dsr_frag_fwd", "tunnel_frag_fwd", "punt_tunnel_frag", "splice_frag_needed",
-       "splice_mss_lowered", "flow_recreated_rev"]
+       "splice_mss_lowered", "flow_recreated_rev", "punt_hop", "hop_fwd", "hop_handoff",
+       "drop_hop_rev"]
 SPLICE_VIP = "198.19.100.6"
 
 
@@ -49,7 +50,8 @@ def test_counter_columns():
 
 def test_modes_table():
     assert defs.MODES == {m.name: m.code for m in defs.MODE_TABLE}
-    assert (defs.MODE_NAT, defs.MODE_DSR, defs.MODE_SPLICE, defs.MODE_TUNNEL) == (1, 2, 3, 4)
+    assert (defs.MODE_NAT, defs.MODE_DSR, defs.MODE_SPLICE, defs.MODE_TUNNEL,
+            defs.MODE_HOP) == (1, 2, 3, 4, 5)
     codes = [m.code for m in defs.MODE_TABLE]
     assert len(set(codes)) == len(codes) and all(1 <= k <= 255 for k in codes)  # uint8, 0 = none
 
@@ -62,8 +64,9 @@ def test_counters_of():
     for m in defs.MODES:
         assert any(defs.COUNTER_TABLE[defs.C[n]].verdict == defs.V_TX for n in defs.counters_of(m))
     assert defs.counters_of("tunnel")[0] == "tunnel_fwd"
+    assert defs.counters_of("hop") == ["punt_hop", "hop_fwd", "hop_handoff", "drop_hop_rev"]
     with pytest.raises(ValueError):
-        defs.counters_of("hop")
+        defs.counters_of("gre")
 
 
 def test_verdict_of_is_the_verdict_column(impl):

@@ -3,7 +3,7 @@ conntrack_icmp_related.sh: a hop of MTU 1400 on the router's client side, the cl
 announcing MSS 1460. The backends' 1500-byte segments meet rt's 1400-byte interface, rt
 answers each with ICMP fragmentation needed addressed to the source it saw (the VIP), which
 reaches lbd; lbd must get it to the backend that sent the segment (translated for nat and
-splice, to the MAC for dsr, in VXLAN for tunnel), or the download stalls forever (a PMTU
+splice, to the MAC for dsr (and hop, its quoted seq moved back), in VXLAN for tunnel), or the download stalls forever (a PMTU
 black hole). So: /blob through every mode completes with the right sha256, the mode's ICMP
 counter moved, and the backend that served it has learnt the path MTU (`ip route get`).
 The same lab carries a client whose segments all have IP options (record route) through
@@ -31,6 +31,9 @@ MODES = {
     "dsr": ("198.19.100.2", LOCAL, "dsr_icmp_fwd", None),
     "splice": ("198.19.100.3", LOCAL, "splice_icmp_fwd", 1),
     "tunnel": ("198.19.100.7", REMOTE, "tunnel_icmp_fwd", None),
+    # hop: the error quotes the backend's segment as its shim sent it (client's view): lbd
+    # sends it to the backend's MAC with the quoted seq back in the backend's space
+    "hop": ("198.19.100.9", LOCAL, "splice_icmp_fwd", None),
 }
 
 
