@@ -173,9 +173,11 @@ def test_per_vip_and_per_backend_match_what_the_client_sent(lab):
     # the fast path's own counters as families
     assert delta("threeway_nat_rev_total") == got["nat rev"][0]
     assert get(s1, "threeway_flows_capacity") == 262144
-    assert get(s1, "threeway_lbd_info", impl="cy", io_backend="tap", interface="lbtap",
-               offload="false", vnet_hdr="0", workers="1") == 1
     st = call(lab, "status")
+    io = st["io"]                 # lbd's default: vnet offload on, the TAP's long header
+    assert io["offload"] is True
+    assert get(s1, "threeway_lbd_info", impl="cy", io_backend="tap", interface="lbtap",
+               offload="true", vnet_hdr=str(io["vnet_hdr"]), workers="1") == 1
     assert st["metrics"] == {"listen": METRICS}
     r = subprocess.run([sys.executable, "-m", "lb.cli", "--socket",
                         lab.topology["control_socket"], "status"],
