@@ -4,7 +4,8 @@ and builds first); `python3 -m tools.demo` when already built. lbd runs with vne
 (GSO superframes through lbd, lbd's default on either backend) unless --no-offload.
 
 Per mode, one VIP (198.19.100.<n>) with three backends on ports 80, 9000 and 5201 (b1..b3 on
-the LB's segment; for tunnel r1..r3, behind the router, reached in VXLAN):
+the LB's segment; for tunnel r1..r3, behind the router, reached in VXLAN; hop's answers go
+from b1..b3 to the client directly, through the lab's backend shim):
   http      300 GETs of /id, one connection each    -> which backends answered
   keepalive 300 GETs of /id on one connection
   blob      GET /blob (64 MiB) with curl            -> sha256 against the backends' file
@@ -27,11 +28,12 @@ REMOTE = ["198.19.200.11", "198.19.200.12", "198.19.200.13"]    # lab remote_bac
 PLAN = {"nat": ("198.19.100.1", "rr", "sh", BACKENDS),
         "dsr": ("198.19.100.2", "maglev", "sh", BACKENDS),
         "splice": ("198.19.100.3", "rr", "sh", BACKENDS),
-        "tunnel": ("198.19.100.7", "maglev", "sh", REMOTE)}
+        "tunnel": ("198.19.100.7", "maglev", "sh", REMOTE),
+        "hop": ("198.19.100.9", "rr", "sh", BACKENDS)}
 # Each mode gets its own client: a client that reaches one backend through two VIPs on the
 # same source port meets the backend's TIME_WAIT with timestamps of another VIP (its TS
 # offsets are per destination), and the backend's PAWS check refuses the SYN.
-CLIENT = {"nat": "c1", "dsr": "c2", "splice": "c3", "tunnel": "c4"}
+CLIENT = {"nat": "c1", "dsr": "c2", "splice": "c3", "tunnel": "c4", "hop": "c5"}
 
 
 def lbctl(lab, *args):

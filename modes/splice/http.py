@@ -113,12 +113,26 @@ def parse_http_request(data, limit=DEFAULT_LIMIT):
     parsed = _request_line(_chomp(data[pos:eol]))
     if isinstance(parsed, Invalid):
         return parsed
+    block = header_block(data, eol, n)
+    if block is None:
+        return _incomplete(data, limit)
+    if isinstance(block, Invalid):
+        return block
+    head_len, headers = block
+    method, target, version = parsed
+    return _request(method, target, version, headers, head_len)
+
+
+def header_block(data, eol, n):
+    """The header lines after a request line that ends at eol, up to the blank line within
+    data[:n]: (head_len, {lowercase name: value}), Invalid(reason), or None when the blank
+    line is not there yet. HTTP/1.1 and RTSP/1.0 (modes/splice/rtsp.py) share it."""
     # the blank line: LF, optional CR, LF (the request line is not empty, so the first LF
     # of either pattern is at eol or later)
     a = data.find(b"\n\r\n", eol, n)
     b = data.find(b"\n\n", eol, n)
     if a < 0 and b < 0:
-        return _incomplete(data, limit)
+        return None
     head_len = b + 2 if a < 0 or 0 <= b < a else a + 3
     lines = data[eol + 1:head_len].split(b"\n")[:-2]     # drop the blank line and after it
     if len(lines) > MAX_HEADERS:
@@ -128,8 +142,7 @@ def parse_http_request(data, limit=DEFAULT_LIMIT):
         reason = _header_line(_chomp(line), headers)
         if reason:
             return Invalid(reason)
-    method, target, version = parsed
-    return _request(method, target, version, headers, head_len)
+    return head_len, headers
 
 
 def _incomplete(data, limit):

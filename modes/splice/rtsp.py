@@ -16,8 +16,8 @@ Invariants (the same as http.py's):
 """
 from dataclasses import dataclass
 
-from .http import (DEFAULT_LIMIT, MAX_HEADERS, MAX_METHOD, NEED_MORE, Invalid, _TCHAR,
-                   _VCHAR, _bad, _chomp, _header_line)
+from .http import (DEFAULT_LIMIT, MAX_METHOD, NEED_MORE, Invalid, _TCHAR, _VCHAR, _bad,
+                   _chomp, header_block)
 
 VERSION = b"RTSP/1.0"
 MAX_BODY = 4096                 # a request body we skip (SET_PARAMETER, ANNOUNCE) at most
@@ -66,19 +66,12 @@ def parse_rtsp_request(data, limit=DEFAULT_LIMIT):
     path, query = _split_url(url.decode("ascii"))
     if path is None:
         return Invalid("bad url")
-    a = data.find(b"\n\r\n", eol, n)
-    b = data.find(b"\n\n", eol, n)
-    if a < 0 and b < 0:
+    block = header_block(data, eol, n)
+    if block is None:
         return Invalid("too long") if len(data) >= limit else NEED_MORE
-    head_len = b + 2 if a < 0 or 0 <= b < a else a + 3
-    lines = data[eol + 1:head_len].split(b"\n")[:-2]
-    if len(lines) > MAX_HEADERS:
-        return Invalid("too many headers")
-    headers = {}
-    for line in lines:
-        reason = _header_line(_chomp(line), headers)
-        if reason:
-            return Invalid(reason)
+    if isinstance(block, Invalid):
+        return block
+    head_len, headers = block
     clen = headers.get("content-length", "0")
     if not clen.isascii() or not clen.isdigit() or int(clen) > MAX_BODY:
         return Invalid("bad content-length")
