@@ -275,3 +275,30 @@ def test_takeover_with_other_data_planes(make_lab, kind):
         v0, v1 = (after["loop"]["workers"][w]["flows"] for w in ("w0", "w1"))
         assert (v0, v1) == (w0, w1) and w0 + w1 >= 6
         assert after["steering"]["programs_attached"] == 0    # the old one's stays
+
+
+def test_the_metrics_socket_is_handed_over(make_lab):
+    """[metrics] listen: the old lbd's /metrics listening socket travels like the control
+    socket (the new lbd could not bind the address while the old one holds it), and the
+    backends' metrics go on from where they were (the reals travel whole)."""
+    from .test_metrics import METRICS, get, scrape
+    lab = make_lab(backends=1, lbd_extra='[metrics]\nlisten = "%s"\n' % METRICS)
+    vip = VIPS["nat"][0]
+    lbctl(lab, "vip", "add", vip + ":80", "--mode", "nat", "--scheduler", "maglev")
+    lbctl(lab, "backend", "add", vip + ":80", LOCAL[0])
+    n = 5
+    out = lab.exec("c1", ["sh", "-c", "for i in $(seq %d); do curl -sf --max-time 5 "
+                          "http://%s/id; done" % (n, vip)]).stdout.split()
+    assert out == ["b1"] * n
+    be = {"backend": LOCAL[0] + ":80"}
+    before = get(scrape(lab), "threeway_backend_connections_total", **be)
+    assert before == n
+    old = lab.topology["lb"]["pid"]
+    info = lab.takeover_lbd()
+    assert info["old_exit"] == 0 and lab.topology["lb"]["pid"] != old
+    after = scrape(lab)                   # served by the new lbd, on the handed-over socket
+    assert get(after, "threeway_backend_connections_total", **be) == before
+    st = lbctl(lab, "status")
+    assert st["pid"] != old and st["metrics"] == {"listen": METRICS} and st["takeover"]
+    with open(lab.topology["lb"]["log"]) as f:
+        assert "cannot listen" not in f.read()
