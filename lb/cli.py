@@ -92,13 +92,7 @@ def request(path, cmd, args=None, timeout=5):
     line = b"".join(chunks).split(b"\n", 1)[0]
     if not line:
         raise ControlUnavailable("%s closed the connection without a reply" % path)
-    try:
-        reply = json.loads(line)
-    except ValueError as e:
-        raise ControlUnavailable("bad reply from %s: %s" % (path, e)) from None
-    if not isinstance(reply, dict) or "ok" not in reply:
-        raise ControlUnavailable("bad reply from %s: %r" % (path, line[:200]))
-    return reply
+    return stream.decode_reply(line, path, ControlUnavailable)
 
 
 def call(path, cmd, args=None, timeout=5):

@@ -68,6 +68,18 @@ def _ask_stop(s):
     return True
 
 
+def decode_reply(line, path, unavailable):
+    """One reply line of the control socket as a dict with "ok"; else `unavailable` (an
+    exception class) saying what came instead. lb/cli.py's request uses it too."""
+    try:
+        reply = json.loads(line)
+    except ValueError as e:
+        raise unavailable("bad reply from %s: %s" % (path, e)) from None
+    if not isinstance(reply, dict) or "ok" not in reply:
+        raise unavailable("bad reply from %s: %r" % (path, line[:200]))
+    return reply
+
+
 def _read_reply(f, path):
     try:
         line = f.readline(MAX_LINE)
@@ -77,12 +89,7 @@ def _read_reply(f, path):
         raise StreamUnavailable("talking to %s: %s" % (path, e)) from None
     if not line:
         raise StreamUnavailable("%s closed the connection without a last line" % path)
-    try:
-        reply = json.loads(line)
-    except ValueError as e:
-        raise StreamUnavailable("bad reply from %s: %s" % (path, e)) from None
-    if not isinstance(reply, dict) or "ok" not in reply:
-        raise StreamUnavailable("bad reply from %s: %r" % (path, line[:200]))
+    reply = decode_reply(line, path, StreamUnavailable)
     if not reply["ok"]:
         err = reply.get("error") or {}
         raise LBError(err.get("field", "?"), err.get("message", "failed"))
