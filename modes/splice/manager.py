@@ -69,6 +69,9 @@ SYN_RETRIES_MS = (1000, 2000)      # resend the SYN to the backend after these w
 TW_RESETS = 3                      # a backend's TIME_WAIT answered with RST + SYN at most so often
 ENGINE_DECIDED = "decided by the fast path's rules"   # Conn.decided of an adopted flow
 REPLAY_KEEP_MS = 5000              # keep the request to replay on a repeated SYN-ACK
+# a decided connection whose backend's MAC is not yet known (a fresh lbd, a backend just
+# added) waits this long for ARP (lb/neigh.py asks every RESOLVE_MS) before it is refused
+NEIGH_WAIT_MS = 3000
 RTSP_MAX_ANSWERS = 16              # requests of one RTSP session we answer before DESCRIBE
 PROBE_CACHE_MAX = 4096             # entries of the per-backend probe cache (per handler)
 
@@ -106,7 +109,7 @@ class Conn:
     __slots__ = ("key", "c_isn", "segs", "data", "started", "decided", "real", "backend",
                  "syn_at", "syn_tries", "established_at", "redirect", "fin", "tw_resets",
                  "probing", "cands", "target", "rtsp", "sent", "consumed", "last_answer",
-                 "answers", "final_ack")
+                 "answers", "final_ack", "neigh_wait")
 
     def __init__(self, key, c_isn, now):
         self.key = key                 # (cip, cport, vip, vport)
@@ -132,6 +135,7 @@ class Conn:
         self.last_answer = None        # (seq offset, bytes) of the last RTSP answer, to resend
         self.answers = 0               # RTSP requests answered before DESCRIBE
         self.final_ack = None          # the ack our final answer carries (client bytes)
+        self.neigh_wait = None         # ms since when it waits for its backend's MAC
 
 
 class SpliceManager:
@@ -162,7 +166,8 @@ class SpliceManager:
                                  "decided_at_limit", "decided_at_timeout", "syn_sent",
                                  "syn_retransmitted", "replayed", "replay_repeated",
                                  "backend_timeout", "backend_reset", "client_reset",
-                                 "no_backend", "no_neigh", "bad_frame", "stray", "silent",
+                                 "no_backend", "no_neigh", "neigh_wait", "bad_frame",
+                                 "stray", "silent",
                                  "spliced_inline", "adopted", "late", "time_wait_reset",
                                  # layer-7 DSR (probe, verify, redirect), HTTP and RTSP
                                  "probe_sent", "probe_ok", "probe_failed", "probe_cached",
@@ -304,19 +309,38 @@ class SpliceManager:
         if choice is None:
             self.c["no_backend"] += 1
             return self._refuse(conn, fl, "pool %s has no usable backend" % d.pool)
-        real, ip, port = choice
+        conn.real, ip, port = choice
+        conn.backend = (ip, port, None)
+        return self._bind(conn, fl, now)
+
+    def _bind(self, conn, fl, now):
+        """Our SYN to the decided backend (conn.real, conn.backend's ip:port), once its MAC is
+        known to us and to the engine: until then, within NEIGH_WAIT_MS, the connection waits
+        (the tick tries again; the client's resends are held), then it is refused."""
+        cip, cport, vip_ip, vport = conn.key
+        real, (ip, port, _) = conn.real, conn.backend
         mac = self.ctx.mac_of(ip)
-        if mac is None:
+        syn = None
+        if mac is not None:
+            # the engine makes the SYN and keeps a one-segment request: it answers the
+            # backend's SYN-ACK itself (ACK + the request), so we only see that SYN-ACK for
+            # longer requests. None: the flow is gone, or the engine has no MAC yet
+            syn = self.engine.splice_bind(cip, cport, vip_ip, vport, real, now, conn.data,
+                                          conn.fin)
+        if syn is None:
+            if self.engine.splice_flow(*conn.key) is None:
+                return self._refuse(conn, fl, "flow gone")
+            if conn.neigh_wait is None:
+                conn.neigh_wait = now
+                self.c["neigh_wait"] += 1
+            if now - conn.neigh_wait < NEIGH_WAIT_MS:
+                return []
             self.c["no_neigh"] += 1
-            return self._refuse(conn, fl, "backend %s MAC not resolved" % ip)
-        conn.real, conn.backend = real, (ip, port, mac)
+            return self._refuse(conn, fl, "backend %s MAC not resolved in %d ms"
+                                % (_ipstr(ip), NEIGH_WAIT_MS))
+        conn.neigh_wait = None
         ip, port = self._backend_side(conn, ip, port)
         conn.backend = (ip, port, mac)
-        # the engine makes the SYN and keeps a one-segment request: it answers the backend's
-        # SYN-ACK itself (ACK + the request), so we only see that SYN-ACK for longer requests
-        syn = self.engine.splice_bind(cip, cport, vip_ip, vport, real, now, conn.data, conn.fin)
-        if syn is None:
-            return self._refuse(conn, fl, "flow gone or backend MAC unknown")
         self.c["decided_forward"] += 1
         self.by_backend[(cip, cport, ip, port)] = conn.key
         conn.syn_at, conn.syn_tries = now, 1
@@ -691,6 +715,8 @@ class SpliceManager:
                 if vip is None or now - conn.started >= vip.timeout_ms:
                     self.c["decided_at_timeout"] += 1
                     out += self._decide(conn, fl, now, final=True)
+            elif conn.neigh_wait is not None:
+                out += self._bind(conn, fl, now)
             elif fl["state"] == defs.S_SPL_CONNECTING:
                 waited = now - conn.syn_at
                 if conn.syn_tries <= len(SYN_RETRIES_MS) and waited >= SYN_RETRIES_MS[conn.syn_tries - 1]:

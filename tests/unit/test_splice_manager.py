@@ -8,6 +8,7 @@ import struct
 from fastpath import Batch, ServiceSpec, defs
 from modes import splice as l7
 from modes.splice import SpliceManager
+from modes.splice import manager as sm_mod
 from tools import frames as F
 
 from tests.fastpath.fixtures import B1, CLIENT, GW, LB, REALS, make_engine
@@ -147,6 +148,50 @@ def test_a_backend_that_never_answers_gets_the_syn_again_then_the_client_a_reset
     out = sm.tick(NOW + 3000)
     assert len(out) == 1 and out[0][47] & F.TH_RST
     assert sm.counters()["backend_timeout"] == 1 and e.flow_count() == 0
+
+
+def no_mac_yet(e, sm):
+    """Backend 0's MAC not yet learnt, by the daemon side nor by the engine (a fresh lbd)."""
+    known = {}
+    sm.ctx.mac_of = lambda ip: known.get(ip)
+    e.set_real(0, F.ip2int(B1_IP), B1_PORT, None)
+
+    def learn():
+        known[F.ip2int(B1_IP)] = B1
+        e.set_real(0, F.ip2int(B1_IP), B1_PORT, B1)
+    return learn
+
+
+def test_a_connection_waits_for_its_backends_mac_and_goes_on_when_it_is_learnt(impl):
+    e, sm = setup(impl)
+    learn = no_mac_yet(e, sm)
+    cookie = connect(e, sm)
+    req = F.tcp(GW, LB, CLIENT, VIP, 40000, 80, seq=1001, ack=(cookie + 1) & M32, data=REQ)
+    assert run(e, sm, req)[3] == []                        # decided, held: no RST
+    assert run(e, sm, req, NOW + 200)[3] == []             # the client's resend is held too
+    assert sm.tick(NOW + 500) == [] and sm.counters()["neigh_wait"] == 1
+    learn()
+    out = sm.tick(NOW + 1000)                              # ARP answered: our SYN goes
+    assert len(out) == 1 and out[0][47] == F.TH_SYN and out[0][0:6] == B1
+    c = sm.counters()
+    assert (c["refused"], c["no_neigh"], c["decided_forward"]) == (0, 0, 1)
+    # and from there as always: the SYN-ACK is answered with ACK + the request
+    v, reason, out, _ = run(e, sm, F.tcp(B1, LB, B1_IP, CLIENT, B1_PORT, 40000,
+                                         flags=F.TH_SYN | F.TH_ACK, seq=9, ack=1001), NOW + 1001)
+    assert reason == "splice_replay" and out.endswith(REQ)
+
+
+def test_a_backend_mac_never_learnt_resets_the_client_after_the_wait(impl):
+    e, sm = setup(impl)
+    no_mac_yet(e, sm)
+    cookie = connect(e, sm)
+    assert run(e, sm, F.tcp(GW, LB, CLIENT, VIP, 40000, 80, seq=1001, ack=(cookie + 1) & M32,
+                            data=REQ))[3] == []
+    assert sm.tick(NOW + sm_mod.NEIGH_WAIT_MS - 1) == []
+    out = sm.tick(NOW + sm_mod.NEIGH_WAIT_MS)
+    assert len(out) == 1 and out[0][47] & F.TH_RST and out[0][0:6] == GW
+    c = sm.counters()
+    assert (c["refused"], c["no_neigh"], c["neigh_wait"]) == (1, 1, 1) and e.flow_count() == 0
 
 
 def setup_fast(impl):
