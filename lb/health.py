@@ -42,6 +42,10 @@ mg0 198.19.0.3 in the lab). Sockets are non-blocking and awaited with a deadline
   VIPs on one address (other ports) want different paths to one backend, the first in order
   is installed and the conflict is counted as a route error.
 
+A mode may add a check run before each probe (Mode.health_precheck): hop's asks whether the
+backend has its shim (modes/hop/probe.py: a marked SYN on the health interface, whose
+SYN-ACK only a shim sends back there); a backend that fails it is down with its reason.
+
 Routes are installed with iproute2 (`ip -force -batch -`, run as an asyncio subprocess):
 it is already required by the lab and the docs, adds no dependency, and the changes are rare
 (a VIP, a backend or the interface changes), so a netlink library would buy nothing. A VIP-path probe
@@ -87,8 +91,10 @@ IP_TIMEOUT_S = 10.0
 # What a probe connects to. via: the backend IP a VIP-path probe is delivered to (None: the
 # address is the backend's own). host_header: the Host of an http check (the VIP). vni: a
 # VIP-path probe's VXLAN network identifier (None: on-link to the backend's MAC).
-Target = namedtuple("Target", "check ip port path expect interval timeout via host_header vni",
-                    defaults=(None,))
+# pre: the mode's health_precheck (modes/base.py), run first (None: none).
+Target = namedtuple("Target",
+                    "check ip port path expect interval timeout via host_header vni pre",
+                    defaults=(None, None))
 
 
 def target_for(vip, backend):
@@ -100,7 +106,8 @@ def target_for(vip, backend):
     host = vip.address if vip.port == 80 else "%s:%d" % (vip.address, vip.port)
     return Target(hc.check, ip, port, hc.path, hc.expect, hc.interval, hc.timeout,
                   backend.ip if via_vip else None, host,
-                  mode.probe_vni(vip.options) if via_vip else None)
+                  mode.probe_vni(vip.options) if via_vip else None,
+                  mode.health_precheck if via_vip else None)
 
 
 def describe(t, mark=None):
@@ -589,6 +596,12 @@ class HealthMonitor:
                         return False, "VIP-path route not installed" + (": %s" % err if err
                                                                           else " yet")
                     mark = self.routes.mark(t.via)
+                if t.pre is not None:
+                    ok, detail = await t.pre(self.state.health_interface, self.state.local_ip,
+                                             self.state.mac_of(t.via), t.ip, t.port,
+                                             t.timeout)
+                    if not ok:
+                        return False, detail
                 return await self.probe_fn(t, mark)
             finally:
                 self.counters["in_flight"] -= 1

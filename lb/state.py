@@ -148,6 +148,11 @@ class LBState:
     def mac_of(self, ip):
         return self._macs.get(ip)
 
+    @property
+    def local_ip(self):
+        """The data-plane address (host-order int)."""
+        return self._local_ip
+
     def gateway_mac(self):
         return self._macs.get(self._gw_ip) if self._gw_ip is not None else None
 

@@ -169,6 +169,11 @@ class Mode:
         """Extra keys of this mode in `vip list` / `rule list` (JSON-able)."""
         return {}
 
+    # An async check run before each health probe of each backend of a VIP of this mode, or
+    # None: fn(iface, lb_ip, backend_mac, vip_ip, port, timeout) -> (ok, detail); not ok:
+    # the probe fails with that detail (hop: does the backend have the shim?)
+    health_precheck = None
+
     def probe_vni(self, options):
         """How a VIP-path probe (probe_via_vip) is carried to a backend: None, on-link to the
         backend's MAC (dsr); or a VXLAN network identifier: in VXLAN to the backend's address,

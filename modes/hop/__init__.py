@@ -28,20 +28,19 @@ Not built (yet):
   the shim must see our SYN and our hand-off, which the LB sends to the backend on the shared
   segment, never through that gateway; it needs the LB to send those two through the gateway
   too (or the program on a bridge port), not a second implementation of the translation;
-- a health check that refuses a backend without the shim: the VIP-path probe (as dsr's)
-  connects without the mark, which a backend answers with or without a shim; `lb-lab doctor
-  --mode hop` checks the shim instead.
 
 The package:
   __init__.py    the door (modes/base.py): splice's options, pools and rules, hop's handler
   manager.py     HopManager: splice's punt handler, on hop's punt reason, addressing the VIP
   shim.py        the shim's loader (bpftool + tc) and its counters
   shim_model.py  the shim's Python reference model (tests hold hop_shim.o to it)
+  probe.py       the health precheck: a marked SYN whose SYN-ACK only a shim sends back
   hop_shim.c     the shim (eBPF, tc direct action), built by setup.py
 """
 from .. import splice
 from ..base import LBError, check_same_port
 from .manager import HopManager
+from .probe import shim_probe
 
 
 class Hop(splice.Splice):
@@ -55,6 +54,9 @@ class Hop(splice.Splice):
     # the backend's SYN-ACK (and a RST before the hand-off) comes back through the LB, sent
     # by its shim; after the hand-off nothing does
     reverse_path = True
+    # a backend without the shim answers the VIP-path probe but no hop connection: each
+    # probe first checks the shim (modes/hop/probe.py)
+    health_precheck = staticmethod(shim_probe)
     # set_args: splice's (--splice-limit, --splice-timeout), shared; options: splice's too,
     # so a VIP switched between splice and hop keeps its rules and pools
     # (Mode.carries_options_from)

@@ -122,6 +122,30 @@ def test_a_backend_without_the_shim_gets_no_connection_through(make_lab):
     assert counters(lab)["hop_handoff"] == 0
 
 
+def test_a_hop_health_check_takes_a_backend_without_the_shim_down(make_lab):
+    # modes/hop/probe.py: a marked SYN whose SYN-ACK only a shim sends back to the prober
+    from .test_health import backends_health, wait_state
+    lab = make_lab(backends=2)
+    ep = VIP + ":80"
+    hop_vip(lab, 80, {"default": [B1, B2]})
+    lbctl(lab, "vip", "health", ep, "--check", "http", "--path", "/id", "--interval", "0.3",
+          "--timeout", "0.5", "--rise", "2", "--fall", "2")
+    for b in (B1, B2):
+        wait_state(lab, ep, b, "up", 15)
+    pins = lab.topology["nodes"]["b2"]["hop_shim"]["pins"]
+    shim.remove(lab.ns("b2"), "eth0", pins)
+    try:
+        h = wait_state(lab, ep, B2, "down", 15)
+        assert "no hop shim" in h["reason"], h
+        assert backends_health(lab, ep)[B1]["state"] == "up"
+        # every new connection goes to b1, and gets through
+        r = traffic(lab, "c1", "http", "http://%s/id" % VIP, "--count", "40")
+        assert r["n_errors"] == 0 and set(r["backends"]) == {"b1"}, r
+    finally:
+        shim.install(lab.ns("b2"), "eth0", pins)
+    wait_state(lab, ep, B2, "up", 15)
+
+
 def test_100_live_switches_between_splice_and_hop_fail_no_request(make_lab, tmp_path):
     """Short requests one after another, and downloads that span many switches, while the
     VIP flips between splice and hop 100 times: zero failed requests, every download intact.

@@ -265,3 +265,31 @@ def test_idle_entries_expire(programs):
     p.put(ahead, Flow(time.monotonic_ns() + 10 ** 9, DELTA, 0, LB_MAC, ST_ACTIVE, 0, 0, 0))
     _, out = p.run("in", c2b(5, 0x500, A, sport=CPORT + 2))
     assert tcp(out)[1] == (0x500 - DELTA) & 0xFFFFFFFF and p.model.stats["expired"] == 1
+
+
+def test_the_health_probes_syn_makes_the_shim_send_its_syn_ack_back_to_the_prober(programs):
+    """modes/hop/probe.py: its marked SYN (from the health interface's MAC, source the LB's
+    data address) is taken by the shim, whose SYN-ACK goes back to that MAC, which the probe
+    recognises; its RST clears the entry. The compiled shim and the model agree on each."""
+    from modes.hop import probe
+    p = Pair(programs)
+    mg_mac, lb_ip, sport, isn = bytes.fromhex("06aabbccddee"), 0xC6130002, 45000, 0xFFFFFFFF
+    syn = bytes(probe.syn_frame(B_MAC, mg_mac, lb_ip, VIP, VPORT, sport, isn))
+    assert csum_ok(syn)
+    v, out = p.run("in", syn)
+    key = Key(lb_ip, VIP, sport, VPORT)
+    assert v == TC_ACT_OK and p.model.flows[key].state == ST_PENDING
+    assert p.model.flows[key].lb_mac == mg_mac
+    # the backend's stack routes its SYN-ACK to the LB's data address (ARP: the LB's MAC);
+    # the shim sends it to the prober instead
+    synack = bytes(tcp_frame(LB_MAC, B_MAC, VIP, lb_ip, VPORT, sport, S_ISN, isn + 1, S | A,
+                             1000, b"\x02\x04\x05\xb4"))
+    v, out = p.run("out", synack)
+    assert out[0:6] == mg_mac and probe.is_answer(out, lb_ip, VIP, VPORT, sport, isn)
+    # what a bare stack sends (no shim) is the same SYN-ACK to the LB's MAC: the probe never
+    # reads it on the health interface; and nothing else passes for the answer
+    assert not probe.is_answer(synack[:50], lb_ip, VIP, VPORT, sport, isn)
+    assert not probe.is_answer(out, lb_ip, VIP, VPORT, sport + 1, isn)
+    assert not probe.is_answer(out, lb_ip, VIP, VPORT, sport, isn + 1)
+    v, _ = p.run("in", bytes(probe.rst_frame(B_MAC, mg_mac, lb_ip, VIP, VPORT, sport, isn)))
+    assert v == TC_ACT_OK and key not in p.model.flows
