@@ -849,7 +849,8 @@ class Lab:
         pids["lb"] = {"lbd": p.pid}
         self._save("up", t, extra={"pids": pids})
         info = dict(status["takeover"])
-        info["old_exit"] = oldp.returncode if oldp is not None else None
+        # gone from /proc's view (a zombie) is not yet reaped: wait for its status
+        info["old_exit"] = oldp.wait(timeout=10) if oldp is not None else None
         return info
 
     def _start_lbd(self, cfg, sock, log):
