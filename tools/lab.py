@@ -342,7 +342,7 @@ class Lab:
         self.workers = workers          # lbd's [io] workers: data-plane threads (TAP queues)
         # an RTSP server (tools/rtsp_server.py, gst-rtsp-server) on every backend, port 554
         self.rtsp = bool(rtsp)
-        self.start_lbd = start_lbd
+        self.run_lbd = start_lbd      # Lab(start_lbd=False): no lbd (the method start_lbd(k) starts one)
         self.lbd_extra = lbd_extra      # TOML appended to lbd's config (e.g. a [metrics] table)
         # hop's backend shim (modes/hop/shim.py) on every b1..bN's eth0, pinned in a bpffs of
         # the lab's own (state_dir/bpf, unmounted by down); False: backends without it
@@ -641,7 +641,7 @@ class Lab:
         for k in lbks:
             info = self._lb_info(k)
             self._write_lbd_config(k, info)
-            if self.start_lbd:
+            if self.run_lbd:
                 info["pid"], info["status"] = self._start_lbd(info["config"],
                                                                info["control_socket"],
                                                                info["log"], node=info["node"])
@@ -731,9 +731,9 @@ class Lab:
                    "interface_ns": sw if self.io == "tap" else lb,
                    "bridge": "brs",
                    "switch_port": "lbtap" if self.io == "tap" else "lbdp",
-                   "data_plane_present": self.start_lbd or self.io == "afpacket",
+                   "data_plane_present": self.run_lbd or self.io == "afpacket",
                    "control_socket": sock, "config": cfg, "log": log,
-                   "pid": lbd_pid, "running": bool(self.start_lbd),
+                   "pid": lbd_pid, "running": bool(self.run_lbd),
                    "status": lbd_status},
             # every instance (lb1 is "lb" above too); bgp: BIRD in rt, or None (static route)
             "lbs": lb_infos,
