@@ -190,6 +190,12 @@ def _pdeathsig():
         os._exit(0)
 
 
+def spawn_child(argv, **kw):
+    """subprocess.Popen(argv) of a child that dies with SIGKILL when the calling thread does
+    (PR_SET_PDEATHSIG): call it from the main thread."""
+    return subprocess.Popen(argv, preexec_fn=_pdeathsig, **kw)
+
+
 # --- the announcer ----------------------------------------------------------------------------
 
 class Announcer:
@@ -237,9 +243,8 @@ class Announcer:
         self._started_at = time.monotonic()
         self.session, self.session_since = "idle", time.time()
         try:
-            self.proc = subprocess.Popen([self.cfg.exabgp, self._conf], env=exabgp_env(),
-                                         stdin=subprocess.DEVNULL, preexec_fn=_pdeathsig,
-                                         cwd=self.dir)
+            self.proc = spawn_child([self.cfg.exabgp, self._conf], env=exabgp_env(),
+                                    stdin=subprocess.DEVNULL, cwd=self.dir)
         except OSError as e:
             self.proc = None
             self.counters["errors"] += 1

@@ -149,6 +149,7 @@ def test_exabgp_config_has_the_session():
 
 # --- the real ExaBGP, without a router (the session never comes up) --------------------------
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 needs_exabgp = pytest.mark.skipif(shutil.which("exabgp") is None,
                                   reason="exabgp not installed (tools/run.sh installs it)")
 
@@ -205,6 +206,40 @@ def test_exabgp_gets_the_routes_and_is_restarted_when_it_dies(tmp_path):
     asyncio.run(main())
 
 
+SPAWNER = textwrap.dedent("""
+    import sys
+    from lb import announce
+    p = announce.spawn_child(["sleep", "60"])
+    print(p.pid, flush=True)
+    sys.stdin.read()
+""")
+
+
+def _dead(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_spawn_child_dies_with_its_parent():
+    # nothing but the parent's death can end this sleep before 60 s: its stdin, stdout and
+    # signals are its own, so only PR_SET_PDEATHSIG can
+    p = subprocess.Popen([sys.executable, "-c", SPAWNER], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        child = int(p.stdout.readline())
+        assert not _dead(child)
+        p.kill()
+        p.wait(10)
+        _poll(lambda: _dead(child), 10, "sleep %d to die with its parent" % child)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+
+
 CHILD = textwrap.dedent("""
     import asyncio, sys
     from lb import announce, config
@@ -223,23 +258,14 @@ CHILD = textwrap.dedent("""
 def test_exabgp_dies_with_a_killed_lbd(tmp_path):
     text = BASE + BGP.replace("198.19.0.1", "127.0.0.2").replace("198.19.0.3", "127.0.0.3")
     p = subprocess.Popen([sys.executable, "-c", CHILD, text, str(tmp_path)],
-                         stdout=subprocess.PIPE, text=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(
-                             os.path.abspath(__file__)))))
+                         stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         line = p.stdout.readline()
         exa = int(line)
         assert os.path.exists("/proc/%d" % exa)
         p.kill()
         p.wait(10)
-
-        def gone():
-            try:
-                with open("/proc/%d/stat" % exa) as f:
-                    return f.read().rsplit(")", 1)[-1].split()[0] == "Z"
-            except OSError:
-                return True
-        _poll(gone, 5, "exabgp %d to die with its parent" % exa)
+        _poll(lambda: _dead(exa), 10, "exabgp %d to die with its parent" % exa)
     finally:
         if p.poll() is None:
             p.kill()
