@@ -38,6 +38,12 @@ Invariants:
 - Processes are killed only by the pids found in the lab's own namespaces (`ip netns pids`).
 - `down` works from the state file and from `ip netns list`, so it also cleans up a crashed
   or half-built lab; `down` of a lab that does not exist succeeds quietly.
+- lbs = 1 without bgp builds the lab exactly as before there were several instances. With
+  BGP (lbs >= 2, or bgp=True): instance K has namespace P-lb (K = 1) / P-lbK, data address
+  lb_address(K), mgmt lb_mgmt(K), MAC lb_mac_k(P, K), and a [bgp] table in its config; rt
+  has BIRD 2 (its pid in the state file, killed by `down` like every process of the lab's
+  namespaces, ExaBGP too) and no static VIP route; the backends' reply path (nft MAC set,
+  table 100 multipath) covers every instance, add_lb() included.
 """
 import hashlib
 import ipaddress
