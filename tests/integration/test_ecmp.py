@@ -13,12 +13,14 @@ instance's probes) to see that instance, and only it, withdraw. Timings are prin
 asserted (the kill -> route gone figure is issue 16's "within 3 s").
 """
 import os
+import signal
 import statistics
 import threading
 import time
 
 import pytest
 
+from lb import announce
 from tools.lab import Lab, LabError, _wait, lb_address, unique_name
 
 from .test_nat import lbctl as _lbctl_lab, traffic
@@ -167,6 +169,20 @@ def test_a_vip_with_all_backends_down_is_withdrawn_by_that_instance_only(lab):
     finally:
         lab.exec("b3", ["nft", "delete", "table", "ip", "ecmptest"], check=False)
     wait_hops(lab, all_hops(lab), "lb%d to announce %s again" % (k, VIP_CHECKED), vip=VIP_CHECKED)
+
+
+def test_exabgp_dying_alone_is_counted_and_restarted(lab):
+    k = 2
+    before = lbctl(lab, k, "status")["bgp"]
+    os.kill(before["exabgp_pid"], signal.SIGKILL)
+    wait_hops(lab, all_hops(lab, [1, 3]), "lb%d's next hop to go with its ExaBGP" % k)
+    t = wait_hops(lab, all_hops(lab), "lb%d's restarted ExaBGP to announce again" % k)
+    after = lbctl(lab, k, "status")["bgp"]
+    print("ExaBGP of lb%d killed: back in the route %.3f s after it was gone (first backoff "
+          "%.0f s)" % (k, t, announce.BACKOFF_MIN_S))
+    assert after["exits"] == before["exits"] + 1 and after["starts"] == before["starts"] + 1
+    assert "signal 9" in after["last_exit"] and after["exabgp_pid"] != before["exabgp_pid"]
+    assert lab.lb_info(k)["pid"] == lbctl(lab, k, "status")["pid"]    # lbd itself stayed
 
 
 def test_a_clean_stop_withdraws_at_once(lab):
