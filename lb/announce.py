@@ -17,8 +17,9 @@ Invariants:
   backend that serves (weight > 0, and its health check up or unchecked), next hop
   `[bgp] next_hop` (default: `[lb] address`, the data-plane address). Several VIPs on one
   address (other ports or protos) share one route, kept while any of them serves.
-- `announced` is exactly what the running ExaBGP has been told (it is emptied when ExaBGP
-  or the relay goes; a new relay gets everything wanted again). `commands(old, new, hop)` is
+- `announced` is exactly what the running ExaBGP has been told and holds in its RIB (it is
+  emptied when ExaBGP exits; a relay that ExaBGP respawns is sent the difference, so a
+  route that stopped being wanted meanwhile is withdrawn too). `commands(old, new, hop)` is
   the one place that turns a change into API lines, withdrawals first.
 - ExaBGP is started with PR_SET_PDEATHSIG = SIGKILL from the main thread (the thread that
   forks is the one whose death counts), so an lbd killed with SIGKILL takes ExaBGP, and
@@ -280,6 +281,7 @@ class Announcer:
             self.last_exit = "exabgp exited with %s" % (
                 "signal %d" % -rc if rc < 0 else "status %d" % rc)
             self._lost("exabgp exited")
+            self.announced = set()      # its RIB went with it
             log.error("bgp: %s; restarting in %.0f s", self.last_exit, self._backoff)
             self._schedule_restart()
         if self.proc is None and self._restart_at is not None \
@@ -290,11 +292,12 @@ class Announcer:
         self._sync()
 
     def _lost(self, why):
-        """ExaBGP or its relay went: what it had announced is gone with it."""
+        """ExaBGP or its relay went. `announced` stays: while ExaBGP lives its RIB keeps
+        the routes, and the next relay (ExaBGP respawns it) is sent only the difference;
+        ExaBGP's exit empties it (_step)."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        self.announced = set()
         if self.session == "up":
             self.counters["session_down"] += 1
         self.session, self.session_since, self.last_reason = "down", time.time(), why
@@ -321,7 +324,6 @@ class Announcer:
         if self._writer is not None:          # one relay at a time: the newest wins
             self._writer.close()
         self._writer = writer
-        self.announced = set()
         self.counters["relay_connects"] += 1
         self._sync()
         try:

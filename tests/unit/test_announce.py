@@ -185,12 +185,20 @@ def test_exabgp_gets_the_routes_and_is_restarted_when_it_dies(tmp_path):
                     await asyncio.sleep(0.05)
             await until(lambda: a.counters["relay_connects"] == 1, 15, "the relay")
             await until(lambda: a.announced == {"198.19.100.1"}, 5, "the announce")
+            # the relay dies, ExaBGP lives and respawns it: the new relay gets only the
+            # difference (ExaBGP's RIB still has the route)
+            with open("/proc/%d/task/%d/children" % (a.proc.pid, a.proc.pid)) as f:
+                relay = int(f.read().split()[0])
+            os.kill(relay, signal.SIGKILL)
+            await until(lambda: a.counters["relay_connects"] == 2, 15, "a respawned relay")
+            assert a.announced == {"198.19.100.1"} and a.counters["exits"] == 0
+            assert a.counters["announces"] == 1
             first = a.proc.pid
             os.kill(first, signal.SIGKILL)
             await until(lambda: a.counters["exits"] == 1, 5, "the exit to be seen")
             v = a.view()
             assert v["announced"] == [] and "signal 9" in v["last_exit"]
-            await until(lambda: a.counters["relay_connects"] == 2, 15 + announce.BACKOFF_MIN_S,
+            await until(lambda: a.counters["relay_connects"] == 3, 15 + announce.BACKOFF_MIN_S,
                         "the restart")
             assert a.proc.pid != first and a.counters["starts"] == 2
             await until(lambda: a.announced == {"198.19.100.1"}, 5, "the announce again")
