@@ -21,6 +21,8 @@ Schema: docs/interfaces.md. Invariants:
 - `[metrics] listen = "IP:PORT"`: where lbd serves Prometheus /metrics (lb/metrics.py); no
   [metrics] section, or no listen, means no endpoint. Port 0 is refused (the address must
   be known to be scraped).
+- `[bgp]` (lb/announce.py parses it: parse_bgp): the eBGP session through which lbd
+  announces its VIPs; no [bgp] table means none (cfg.bgp is None).
 """
 import difflib
 import ipaddress
@@ -388,6 +390,7 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     vips: list = field(default_factory=list)       # [VipConfig]
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    bgp: Optional[object] = None                   # announce.BgpConfig of [bgp], or None
     path: Optional[str] = None                     # the file it came from, if any
 
 
@@ -422,7 +425,7 @@ def loads(text, source="config"):
 
 def parse(data):
     """A Config from the dict of a parsed TOML document; LBError names the bad field."""
-    check_keys(data, ["io", "lb", "flows", "health", "vip", "metrics"], "")
+    check_keys(data, ["io", "lb", "flows", "health", "vip", "metrics", "bgp"], "")
     io = _parse_io(data.get("io", {}))
     if "lb" not in data:
         raise LBError("lb", "missing section [lb] (the balancer's address)")
@@ -446,7 +449,9 @@ def parse(data):
         seen[v.key] = path
         vips.append(v)
     metrics = _parse_metrics(data.get("metrics", {}))
-    return Config(lb=lb, io=io, flows=flows, health=health, vips=vips, metrics=metrics)
+    from .announce import parse_bgp     # [bgp]: lb/announce.py parses its own table
+    return Config(lb=lb, io=io, flows=flows, health=health, vips=vips, metrics=metrics,
+                  bgp=parse_bgp(data.get("bgp"), lb.address))
 
 
 def _parse_io(raw):

@@ -47,6 +47,9 @@ Invariants:
   other startup failure (e.g. the interface cannot be opened; with --takeover: refused by
   the running lbd, or failed before the workers ran, the running lbd then serving on; or
   the metrics address cannot be bound).
+- [bgp] (live only, lb/announce.py): ExaBGP runs as lbd's child (dies with it), announcing
+  a /32 per VIP address with a backend that serves; every route is withdrawn before the
+  data plane stops; `status` shows it (bgp, null without [bgp]).
 - --takeover (lb/takeover.py): the running lbd's fds, engines, state, ARP table and splice
   connections come over; the running VIP table wins over the file's [[vip]] (a reload,
   SIGHUP or `lbctl reload`, applies the file afterwards).
@@ -65,6 +68,7 @@ import fastpath
 
 from . import config as lbconfig
 from . import takeover
+from .announce import Announcer
 from .control import ControlServer
 from .datapath import GC_MS, TICK_MS, BurstLoop, monotonic_ms
 from .errors import LBError
@@ -130,6 +134,7 @@ class Control:
         self.control_server = None      # set by run_live
         self.stop_live = None           # set by run_live: ends it
         self.takeover_info = None       # after a takeover: what the status shows
+        self.announcer = None           # [bgp]: lb/announce.py, started by run_live
         self._next_gc = None
         self._last_error_log = 0.0
         self.loop_stats = {"gc_freed": 0, "errors": 0}
@@ -211,6 +216,7 @@ class Control:
             "metrics": {"listen": self.cfg.metrics.listen},
             **self.driver.status(),
             "takeover": self.takeover_info,
+            "bgp": self.announcer.view() if self.announcer is not None else None,
         }
 
     def reload_on_signal(self):
@@ -301,10 +307,17 @@ async def run_live(d, taken=None):
             d.takeover_info = took_over(d, taken)
         d._tick(loop)                 # first ARP requests go out now
         d.health.start()
+        if d.cfg.bgp is not None:
+            # after the takeover's confirm: the old lbd's ExaBGP goes with it (PDEATHSIG)
+            d.announcer = Announcer(d.cfg.bgp, d.cfg.lb.address, d.state.metrics_view,
+                                    os.path.dirname(os.path.abspath(d.cfg.lb.control_socket)))
+            await d.announcer.start()
         log.info("ready")
         await stop.wait()
         log.info("handed over, exiting" if d.giver.done else "stopping")
     finally:
+        if d.announcer is not None:
+            await d.announcer.close()       # routes withdrawn before the data plane stops
         d.driver.stop(loop)
         await server.close(unlink=not d.giver.done)
         if metrics is not None:

@@ -19,7 +19,8 @@ Invariants:
   checks).
 - FIXED are the fields a running lbd cannot change (its address, devices, flow table size,
   control socket...). check_fixed raises LBError naming the first one that differs from the
-  running value; nothing else in a file is refused for being different.
+  running value (the [bgp] table counts as one field, "bgp"); nothing else in a file is
+  refused for being different.
 - diff(old, new) is JSON-able and says exactly what applying `new` over `old` changes; its
   "changes" is 0 iff applying changes nothing. The VIP table of `new` replaces the running
   one whole: a VIP that is running but not in the file (added with lbctl since) is removed.
@@ -64,6 +65,8 @@ def dump(cfg):
            "health": health}
     if cfg.metrics.listen is not None:
         out["metrics"] = {"listen": cfg.metrics.listen}
+    if cfg.bgp is not None:
+        out["bgp"] = cfg.bgp.dump()
     if cfg.vips:
         out["vip"] = [dump_vip(v) for v in cfg.vips]
     return out
@@ -126,6 +129,10 @@ def check_fixed(running, new):
                           "cannot change while lbd runs (running: %s, file: %s); put the "
                           "running value in the file, or restart lbd with it"
                           % (_show(a), _show(b)))
+    if running.bgp != new.bgp:      # lb/announce.py: the session is set up at start only
+        raise LBError("bgp", "cannot change while lbd runs (running: %s, file: %s); restart "
+                      "lbd with it" % (_show(running.bgp and running.bgp.dump()),
+                                       _show(new.bgp and new.bgp.dump())))
 
 
 def _show(v):

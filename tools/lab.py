@@ -38,6 +38,12 @@ Invariants:
 - Processes are killed only by the pids found in the lab's own namespaces (`ip netns pids`).
 - `down` works from the state file and from `ip netns list`, so it also cleans up a crashed
   or half-built lab; `down` of a lab that does not exist succeeds quietly.
+- lbs = 1 without bgp builds the lab exactly as before there were several instances. With
+  BGP (lbs >= 2, or bgp=True): instance K has namespace P-lb (K = 1) / P-lbK, data address
+  lb_address(K), mgmt lb_mgmt(K), MAC lb_mac_k(P, K), and a [bgp] table in its config; rt
+  has BIRD 2 (its pid in the state file, killed by `down` like every process of the lab's
+  namespaces, ExaBGP too) and no static VIP route; the backends' reply path (nft MAC set,
+  table 100 multipath) covers every instance, add_lb() included.
 """
 import hashlib
 import ipaddress
@@ -103,7 +109,16 @@ BLOB_SEED = b"threeway-blob-v1"
 BLOB_SHA256 = "dfd47fa30b23ccb86f11aafa609f05c555e2a05782bc377103330f475888fa23"
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,20}$")
-NODE_RE = re.compile(r"^(sw|rt|lb|c[1-9][0-9]*|b[1-9][0-9]*|r[1-9][0-9]*)$")
+NODE_PAT = r"(sw|rt|lb|lb[2-9]|lb[1-9][0-9]+|c[1-9][0-9]*|b[1-9][0-9]*|r[1-9][0-9]*)"
+NODE_RE = re.compile("^%s$" % NODE_PAT)
+
+# Several LB instances (Lab(lbs=N), issue 16): lb1 is the single instance of old (node "lb",
+# 198.19.0.2, mgmt 198.19.0.3, lb_mac); lbK (K >= 2) is node "lbK" with data 198.19.0.(200+K),
+# mgmt 198.19.0.(220+K) and lb_mac_k. With BGP (lbs >= 2, or bgp=True), BIRD 2 in rt peers
+# with every instance's ExaBGP (lb/announce.py) and merges their /32s into one multipath route.
+MAX_LBS = 20
+RT_ASN, LB_ASN = 65000, 65001
+BGP_HOLD_TIME = 3
 
 LBD_READY_TIMEOUT = 20.0
 SERVERS_READY_TIMEOUT = 15.0
@@ -122,6 +137,33 @@ def lb_mac(name):
     """The LB's data-plane MAC of lab `name`: 02:74:77 + 3 bytes of sha1(name)."""
     h = hashlib.sha1(name.encode()).digest()
     return "02:74:77:%02x:%02x:%02x" % (h[0], h[1], h[2])
+
+
+def lb_mac_k(name, k):
+    """The data-plane MAC of instance lbK of lab `name`: lb_mac for K = 1, else 02:74:77 + 3
+    bytes of sha1("name/lbK") (locally administered, never equal to another instance's)."""
+    if k == 1:
+        return lb_mac(name)
+    h = hashlib.sha1(("%s/lb%d" % (name, k)).encode()).digest()
+    return "02:74:77:%02x:%02x:%02x" % (h[0], h[1], h[2])
+
+
+def lb_node(k):
+    """The node name of instance K: "lb" for 1 (as before there were several), else "lbK"."""
+    return "lb" if k == 1 else "lb%d" % k
+
+
+def lb_address(k):
+    return LB_ADDRESS if k == 1 else "198.19.0.%d" % (200 + k)
+
+
+def lb_mgmt(k):
+    return LB_MGMT if k == 1 else "198.19.0.%d" % (220 + k)
+
+
+def _lb_suffix(k):
+    # interface and file names of instance K: lbtap, lbmg, lbd.toml for 1; lbtap2, lbd2.toml..
+    return "" if k == 1 else str(k)
 
 
 def _mac(name, node, ifname):
@@ -261,7 +303,7 @@ class Lab:
 
     def __init__(self, name="tw", backends=3, clients=1, io="tap", start_lbd=True, offload=True,
                  workers=1, remote_backends=0, client_hop_mtu=None, rtsp=False, lbd_extra="",
-                 hop_shim=True):
+                 hop_shim=True, lbs=1, bgp=None):
         if not NAME_RE.match(name or ""):
             raise LabError("lab name %r: use 1-20 characters of [A-Za-z0-9_]" % (name,))
         if not 1 <= backends <= MAX_BACKENDS:
@@ -271,6 +313,13 @@ class Lab:
         if not 0 <= remote_backends <= MAX_REMOTE_BACKENDS:
             raise LabError("remote_backends: must be 0..%d, got %r"
                            % (MAX_REMOTE_BACKENDS, remote_backends))
+        if not (isinstance(lbs, int) and 1 <= lbs <= MAX_LBS):
+            raise LabError("lbs: must be 1..%d, got %r" % (MAX_LBS, lbs))
+        if bgp is None:
+            bgp = lbs > 1
+        if lbs > 1 and not bgp:
+            raise LabError("lbs: %d instances need bgp (the router spreads the VIPs by ECMP)"
+                           % lbs)
         if io not in ("tap", "afpacket"):
             raise LabError("io: must be tap or afpacket, got %r" % (io,))
         if not (isinstance(workers, int) and 1 <= workers <= 16) or workers > 1 and io != "tap":
@@ -279,6 +328,10 @@ class Lab:
                                                and 576 <= client_hop_mtu < 1500):
             raise LabError("client_hop_mtu: 576..1499 or None, got %r" % (client_hop_mtu,))
         self.name = name
+        self.n_lbs = lbs
+        # BGP: BIRD 2 in rt, ExaBGP in every lbd ([bgp]), the VIP /32s as ECMP routes; off:
+        # the static route VIP_RANGE via LB_ADDRESS (the lab exactly as before)
+        self.bgp = bool(bgp)
         # the client side of the path has a smaller hop (a VPN, a PPPoE line): rt's client
         # interface has this MTU, and the clients, which know it for what they send (their
         # route's mtu), still announce the MSS of their own 1500-byte link (advmss 1460), so
@@ -295,7 +348,7 @@ class Lab:
         self.workers = workers          # lbd's [io] workers: data-plane threads (TAP queues)
         # an RTSP server (tools/rtsp_server.py, gst-rtsp-server) on every backend, port 554
         self.rtsp = bool(rtsp)
-        self.start_lbd = start_lbd
+        self.run_lbd = start_lbd      # Lab(start_lbd=False): no lbd (the method start_lbd(k) starts one)
         self.lbd_extra = lbd_extra      # TOML appended to lbd's config (e.g. a [metrics] table)
         # hop's backend shim (modes/hop/shim.py) on every b1..bN's eth0, pinned in a bpffs of
         # the lab's own (state_dir/bpf, unmounted by down); False: backends without it
@@ -309,15 +362,14 @@ class Lab:
     # -- naming and access --------------------------------------------------------------------
 
     def ns(self, node):
-        """Namespace of `node` (sw, rt, lb, c1.., b1.., r1..)."""
+        """Namespace of `node` (sw, rt, lb, lb2.., c1.., b1.., r1..)."""
         if not NODE_RE.match(node):
-            raise LabError("unknown node %r (sw, rt, lb, c1.., b1.., r1..)" % (node,))
+            raise LabError("unknown node %r (sw, rt, lb, lb2.., c1.., b1.., r1..)" % (node,))
         return "%s-%s" % (self.name, node)
 
     def _own_namespaces(self):
         """Namespaces of this lab that exist now (matched exactly, never by bare prefix)."""
-        pat = re.compile(r"^%s-(sw|rt|lb|c[1-9][0-9]*|b[1-9][0-9]*|r[1-9][0-9]*)$"
-                         % re.escape(self.name))
+        pat = re.compile(r"^%s-%s$" % (re.escape(self.name), NODE_PAT))
         return [n for n in _netns_list() if pat.match(n)]
 
     def exists(self):
@@ -390,6 +442,7 @@ class Lab:
 
     def _namespaces(self):
         return ([self.ns(n) for n in ("sw", "rt", "lb")]
+                + [self.ns(lb_node(k)) for k in range(2, self.n_lbs + 1)]
                 + [self.ns("c%d" % i) for i in range(1, self.n_clients + 1)]
                 + [self.ns("b%d" % i) for i in range(1, self.n_backends + 1)]
                 + [self.ns("r%d" % i) for i in range(1, self.n_remote + 1)])
@@ -436,6 +489,9 @@ class Lab:
                                 "net.ipv4.conf.default.rp_filter=0",
                                 "net.ipv4.conf.all.send_redirects=0",
                                 "net.ipv4.conf.default.send_redirects=0"))
+        if self.bgp:
+            # ECMP over the instances by the L4 hash (a flow stays on one instance)
+            steps[rt].append(sysctl(rt, "net.ipv4.fib_multipath_hash_policy=1"))
         for c in clients:
             steps[self.ns(c)].append(sysctl(self.ns(c), "net.ipv4.ip_local_port_range=1024 65000",
                                             "net.ipv4.tcp_tw_reuse=1"))
@@ -445,6 +501,10 @@ class Lab:
                 "net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2",
                 "net.ipv4.conf.default.arp_ignore=1", "net.ipv4.conf.default.arp_announce=2",
                 "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"))
+            if self.bgp:
+                # the reply path over all instances: skip an instance whose neighbour entry
+                # failed (use_neigh), found within ~2 s by short neighbour timers
+                steps[self.ns(b)].append(sysctl(self.ns(b), *BACKEND_MULTI_SYSCTLS))
         for r in remotes:
             # as a dsr backend, although nobody on its L2 asks for a VIP: the same host must
             # be able to serve a VIP both ways
@@ -474,10 +534,12 @@ class Lab:
             veth(c, "brc", c, "eth0")
         veth("rtc", "brc", "rt", "eth0")
         veth("rts", "brs", "rt", "eth1")
-        veth("lbmg", "brs", "lb", "mg0")
-        if self.io == "afpacket":
-            # dp0 carries the LB MAC, so the bridge's view and lbd's frames agree
-            veth("lbdp", "brs", "lb", "dp0", peer_mac=lbmac)
+        for k in range(1, self.n_lbs + 1):
+            veth("lbmg" + _lb_suffix(k), "brs", lb_node(k), "mg0")
+            if self.io == "afpacket":
+                # dp0 carries the LB MAC, so the bridge's view and lbd's frames agree
+                veth("lbdp" + _lb_suffix(k), "brs", lb_node(k), "dp0",
+                     peer_mac=lb_mac_k(P, k))
         for b in backends:
             veth(b, "brs", b, "eth0")
         if remotes:
@@ -501,35 +563,20 @@ class Lab:
         steps[rt] = [(["ip", "-n", rt, "-batch", "-"],
                       "link set lo up\n"
                       "addr add %s/24 dev eth0\naddr add %s/24 dev eth1\n"
-                      "link set eth0 up\nlink set eth1 up\n"
-                      "route add %s via %s\n" % (RT_CLIENT, RT_SERVER, VIP_RANGE, LB_ADDRESS)
+                      "link set eth0 up\nlink set eth1 up\n" % (RT_CLIENT, RT_SERVER)
+                      # with BGP the VIP routes come from BIRD
+                      + ("" if self.bgp else "route add %s via %s\n" % (VIP_RANGE, LB_ADDRESS))
                       + ("link set eth0 mtu %d\n" % hop if hop else ""))]
         if remotes:
             # eth2 inherits rp_filter 0 from default (step 2), so rt forwards between all three
             steps[rt].append((["ip", "-n", rt, "-batch", "-"],
                               "addr add %s/24 dev eth2\nlink set eth2 up\n" % RT_REMOTE))
-        lb_cmds = "link set lo up\naddr add %s/24 dev mg0\nlink set mg0 up\n" % LB_MGMT
-        if remotes:
-            # the kernel of P-lb reaches the remote backends through rt: health probes of
-            # their own addresses, and the outer packets of tunnel VIP-path probes
-            lb_cmds += "route add %s via %s dev mg0\n" % (REMOTE_NET, RT_SERVER)
-        if self.io == "afpacket":
-            # no IP and ARP off: the kernel of P-lb never answers on the data plane
-            lb_cmds += "link set dp0 arp off\nlink set dp0 up\n"
-        steps[lb] = [(["ip", "-n", lb, "-batch", "-"], lb_cmds)]
-        if self.io == "afpacket" and not self.offload:
-            # offloads off on both ends: the raw socket sees <= 1514-byte frames with full
-            # checksums; features a device cannot change are ignored (exit status too).
-            # With offload, dp0 and lbdp keep the kernel's defaults (TSO/GSO/csum on, GRO
-            # off): lbd reads vnet headers, GSO superframes arrive as their senders made them
-            off = "rx off tx off tso off gso off gro off sg off"
-            steps[lb].append(["sh", "-c", "ip netns exec %s ethtool -K dp0 %s || true"
-                              % (lb, off)])
-            steps[sw] = [["sh", "-c", "ip netns exec %s ethtool -K lbdp %s || true"
-                          % (sw, off)]]
+        for k in range(1, self.n_lbs + 1):
+            for ns, items in self._lb_net_steps(k).items():
+                steps.setdefault(ns, []).extend(items)
+        lbks = list(range(1, self.n_lbs + 1))
         for i, b in enumerate(backends, 1):
             ns, real = self.ns(b), backend_ip(i)
-            nft = NFT_BACKEND % {"lbmac": lbmac, "real": real, "mark": REPLY_MARK}
             steps[ns] = [
                 (["ip", "-n", ns, "-batch", "-"],
                  "link set lo up\n"
@@ -538,12 +585,12 @@ class Lab:
                  "link set eth0 up\n"
                  "route add default via %s\n"
                  "rule add fwmark %d table %d\n"
-                 "route add default via %s dev eth0 table %d\n"
-                 % (VIP_RANGE, real, RT_SERVER, REPLY_MARK, REPLY_TABLE, LB_ADDRESS,
-                    REPLY_TABLE)),
+                 % (VIP_RANGE, real, RT_SERVER, REPLY_MARK, REPLY_TABLE)
+                 + self._reply_route(lbks)),
                 sysctl(ns, "net.ipv4.conf.eth0.arp_ignore=1", "net.ipv4.conf.eth0.arp_announce=2",
-                       "net.ipv4.conf.eth0.rp_filter=0"),
-                (["ip", "netns", "exec", ns, "nft", "-f", "-"], nft),
+                       "net.ipv4.conf.eth0.rp_filter=0",
+                       *(BACKEND_NEIGH_SYSCTLS if self.bgp else ())),
+                (["ip", "netns", "exec", ns, "nft", "-f", "-"], self._reply_nft(real, lbks)),
             ]
             if remotes:
                 # the tunnel's way in too, so one VIP can have dsr and tunnel backends
@@ -588,32 +635,38 @@ class Lab:
                 shims[b] = {"interface": "eth0", "pins": pins,
                             "attached": hop_shim.installed(self.ns(b), "eth0")}
 
-        # 6. lbd
-        sock = os.path.join(self.state_dir, "lbd.sock")
-        cfg = os.path.join(self.state_dir, "lbd.toml")
-        log = os.path.join(self.state_dir, "lbd.log")
-        dp_if = "lbtap" if self.io == "tap" else "dp0"
-        with open(cfg, "w") as f:
-            f.write(LBD_TOML % {"name": P, "io": self.io, "ifname": dp_if, "addr": LB_ADDRESS,
-                                "offload": "" if self.offload else "offload = false\n",
-                                "workers": self.workers,
-                                "mac": lbmac, "gw": RT_SERVER, "sock": sock})
-            if self.lbd_extra:
-                f.write("\n" + self.lbd_extra.strip() + "\n")
-        lbd_pid, lbd_status = None, None
-        if self.start_lbd:
-            lbd_pid, lbd_status = self._start_lbd(cfg, sock, log)
-            pids["lb"] = {"lbd": lbd_pid}
+        # 6. BIRD in rt (BGP), before the instances, whose ExaBGP connect to it
+        bgp_info = None
+        if self.bgp:
+            bgp_info = self._start_bird(lbks)
+            pids["rt"] = {"bird": bgp_info["pid"]}
             self._save("building", extra={"pids": pids})
-            lio = (lbd_status or {}).get("io", {})
-            if bool(lio.get("offload")) != bool(self.offload):
-                # the veths were set up for the other path (afpacket: offloads off or on)
-                raise LabError("lbd runs with offload %s (%s), the lab was built for %s"
-                               % ("on" if lio.get("offload") else "off", lio.get("offload_why"),
-                                  "on" if self.offload else "off"))
-            if self.io == "tap":
-                self._attach_tap()
-                ports["brs"].append("lbtap")
+
+        # 6b. lbd, one per instance
+        lb_infos = []
+        for k in lbks:
+            info = self._lb_info(k)
+            self._write_lbd_config(k, info)
+            if self.run_lbd:
+                info["pid"], info["status"] = self._start_lbd(info["config"],
+                                                               info["control_socket"],
+                                                               info["log"], node=info["node"])
+                info["running"] = True
+                pids[info["node"]] = {"lbd": info["pid"]}
+                self._save("building", extra={"pids": pids})
+                lio = (info["status"] or {}).get("io", {})
+                if bool(lio.get("offload")) != bool(self.offload):
+                    # the veths were set up for the other path (afpacket: offloads off or on)
+                    raise LabError("lbd runs with offload %s (%s), the lab was built for %s"
+                                   % ("on" if lio.get("offload") else "off",
+                                      lio.get("offload_why"), "on" if self.offload else "off"))
+                if self.io == "tap":
+                    self._attach_tap(k)
+                    ports["brs"].append(info["switch_port"])
+            lb_infos.append(info)
+        lb1 = lb_infos[0]
+        sock, cfg, log, dp_if = lb1["control_socket"], lb1["config"], lb1["log"], lb1["interface"]
+        lbd_pid, lbd_status = lb1["pid"], lb1["status"]
 
         # 7. topology
         nodes = {}
@@ -626,7 +679,8 @@ class Lab:
                             "mac": mac("rt", "eth0"), "bridge": "brc", "switch_port": "rtc"},
                            {"name": "eth1", "address": RT_SERVER, "prefix": 24,
                             "mac": mac("rt", "eth1"), "bridge": "brs", "switch_port": "rts"}],
-                       "routes": {VIP_RANGE: LB_ADDRESS}}
+                       "routes": {} if self.bgp else {VIP_RANGE: LB_ADDRESS},
+                       "bgp": bgp_info}
         if remotes:
             nodes["rt"]["interfaces"].append(
                 {"name": "eth2", "address": RT_REMOTE, "prefix": 24, "mac": mac("rt", "eth2"),
@@ -635,13 +689,8 @@ class Lab:
         def vxlan(local):
             return {"device": VXLAN_DEV, "vni": VXLAN_VNI, "port": VXLAN_PORT,
                     "mac": VXLAN_INNER_MAC, "local": local}
-        lb_ifs = [{"name": "mg0", "address": LB_MGMT, "prefix": 24, "mac": mac("lb", "mg0"),
-                   "bridge": "brs", "switch_port": "lbmg", "kernel": True}]
-        if self.io == "afpacket":
-            lb_ifs.append({"name": "dp0", "address": None, "mac": lbmac, "bridge": "brs",
-                           "switch_port": "lbdp", "kernel": False})
-        nodes["lb"] = {"ns": lb, "role": "lb", "address": LB_ADDRESS, "mac": lbmac,
-                       "interfaces": lb_ifs}
+        for info in lb_infos:
+            nodes[info["node"]] = self._lb_node_view(info)
         for i, c in enumerate(clients, 1):
             nodes[c] = {"ns": self.ns(c), "role": "client", "address": client_ip(i),
                         "interface": "eth0", "mac": mac(c, "eth0"), "gateway": RT_CLIENT,
@@ -688,10 +737,13 @@ class Lab:
                    "interface_ns": sw if self.io == "tap" else lb,
                    "bridge": "brs",
                    "switch_port": "lbtap" if self.io == "tap" else "lbdp",
-                   "data_plane_present": self.start_lbd or self.io == "afpacket",
+                   "data_plane_present": self.run_lbd or self.io == "afpacket",
                    "control_socket": sock, "config": cfg, "log": log,
-                   "pid": lbd_pid, "running": bool(self.start_lbd),
+                   "pid": lbd_pid, "running": bool(self.run_lbd),
                    "status": lbd_status},
+            # every instance (lb1 is "lb" above too); bgp: BIRD in rt, or None (static route)
+            "lbs": lb_infos,
+            "bgp": bgp_info,
             "blob": {"path": "/blob", "file": BLOB_PATH, "size": BLOB_SIZE, "sha256": blob_sha},
             "media": {"path": "/media/", "objects": list(MEDIA_OBJECTS),
                       "log": "<state dir>/<node>/media-access.log"},
@@ -711,6 +763,282 @@ class Lab:
         }
         self._save("up", self._topology, extra={"pids": pids})
         return self._topology
+
+    # -- LB instances -------------------------------------------------------------------------
+
+    def _lb_net_steps(self, k):
+        """{ns: steps} that give instance K's namespace its management interface (and dp0)."""
+        ns, sw, suf = self.ns(lb_node(k)), self.ns("sw"), _lb_suffix(k)
+        cmds = "link set lo up\naddr add %s/24 dev mg0\nlink set mg0 up\n" % lb_mgmt(k)
+        if self.n_remote:
+            # the kernel of P-lb reaches the remote backends through rt: health probes of
+            # their own addresses, and the outer packets of tunnel VIP-path probes
+            cmds += "route add %s via %s dev mg0\n" % (REMOTE_NET, RT_SERVER)
+        if self.io == "afpacket":
+            # no IP and ARP off: the kernel of P-lb never answers on the data plane
+            cmds += "link set dp0 arp off\nlink set dp0 up\n"
+        steps = {ns: [(["ip", "-n", ns, "-batch", "-"], cmds)]}
+        if self.io == "afpacket" and not self.offload:
+            # offloads off on both ends: the raw socket sees <= 1514-byte frames with full
+            # checksums; features a device cannot change are ignored (exit status too).
+            # With offload, dp0 and lbdp keep the kernel's defaults (TSO/GSO/csum on, GRO
+            # off): lbd reads vnet headers, GSO superframes arrive as their senders made them
+            off = "rx off tx off tso off gso off gro off sg off"
+            steps[ns].append(["sh", "-c", "ip netns exec %s ethtool -K dp0 %s || true"
+                              % (ns, off)])
+            steps[sw] = [["sh", "-c", "ip netns exec %s ethtool -K lbdp%s %s || true"
+                          % (sw, suf, off)]]
+        return steps
+
+    def _reply_route(self, lbks, verb="add"):
+        """The `ip -batch` line of a backend's table REPLY_TABLE: default via the LB, or with
+        several instances a multipath route over all their data addresses."""
+        if len(lbks) == 1 and not self.bgp:
+            return "route %s default via %s dev eth0 table %d\n" % (verb, LB_ADDRESS, REPLY_TABLE)
+        return "route %s default table %d %s\n" % (
+            verb, REPLY_TABLE, " ".join("nexthop via %s dev eth0" % lb_address(k) for k in lbks))
+
+    def _reply_nft(self, real, lbks):
+        """A backend's nftables: connections an instance delivered (Ethernet source = any LB
+        MAC) to its real address are marked, and answered through table REPLY_TABLE."""
+        if len(lbks) == 1 and not self.bgp:
+            macs = lb_mac(self.name)
+        else:
+            macs = "{ %s }" % ", ".join(lb_mac_k(self.name, k) for k in lbks)
+        text = NFT_BACKEND % {"lbmac": macs, "real": real, "mark": REPLY_MARK}
+        if self.bgp:       # replaced whole (add_lb): the table goes first if it is there
+            text = "table ip threeway\ndelete table ip threeway\n" + text
+        return text
+
+    def _lb_info(self, k):
+        """What the topology says of instance K (lbs[K-1]); pid/status/running filled later."""
+        node, suf = lb_node(k), _lb_suffix(k)
+        tap = self.io == "tap"
+        return {"k": k, "node": node, "ns": self.ns(node), "address": lb_address(k),
+                "mac": lb_mac_k(self.name, k), "mgmt": lb_mgmt(k),
+                "mgmt_mac": _mac(self.name, node, "mg0"),
+                "interface": ("lbtap" + suf) if tap else "dp0",
+                "interface_ns": self.ns("sw") if tap else self.ns(node),
+                "switch_port": ("lbtap" + suf) if tap else ("lbdp" + suf),
+                "mgmt_switch_port": "lbmg" + suf,
+                "config": os.path.join(self.state_dir, "lbd%s.toml" % suf),
+                "log": os.path.join(self.state_dir, "lbd%s.log" % suf),
+                "control_socket": os.path.join(self.state_dir, "lbd%s.sock" % suf),
+                "asn": LB_ASN if self.bgp else None,
+                "pid": None, "running": False, "status": None}
+
+    def _write_lbd_config(self, k, info):
+        with open(info["config"], "w") as f:
+            f.write(LBD_TOML % {"name": self.name, "io": self.io, "ifname": info["interface"],
+                                "addr": info["address"],
+                                "offload": "" if self.offload else "offload = false\n",
+                                "workers": self.workers,
+                                "mac": info["mac"], "gw": RT_SERVER,
+                                "sock": info["control_socket"]})
+            if self.bgp:
+                f.write(LBD_BGP_TOML % {"router": RT_SERVER, "local": info["mgmt"],
+                                        "asn": LB_ASN, "router_asn": RT_ASN,
+                                        "hold": BGP_HOLD_TIME})
+            if self.lbd_extra:
+                f.write("\n" + self.lbd_extra.strip() + "\n")
+
+    def _lb_node_view(self, info):
+        ifs = [{"name": "mg0", "address": info["mgmt"], "prefix": 24, "mac": info["mgmt_mac"],
+                "bridge": "brs", "switch_port": info["mgmt_switch_port"], "kernel": True}]
+        if self.io == "afpacket":
+            ifs.append({"name": "dp0", "address": None, "mac": info["mac"], "bridge": "brs",
+                        "switch_port": info["switch_port"], "kernel": False})
+        return {"ns": info["ns"], "role": "lb", "address": info["address"], "mac": info["mac"],
+                "interfaces": ifs}
+
+    # -- BIRD (rt) ----------------------------------------------------------------------------
+
+    def _bird_paths(self):
+        d = self.state_dir
+        return {"config": os.path.join(d, "bird.conf"), "socket": os.path.join(d, "bird.ctl"),
+                "log": os.path.join(d, "bird.log"), "pidfile": os.path.join(d, "bird.pid")}
+
+    def _write_bird_config(self, lbks):
+        paths = self._bird_paths()
+        text = BIRD_CONF % {"log": paths["log"], "id": RT_SERVER, "vips": VIP_RANGE,
+                            "local": RT_SERVER, "asn": RT_ASN, "hold": BGP_HOLD_TIME}
+        for k in lbks:
+            text += "protocol bgp lb%d from lbs { neighbor %s as %d; }\n" % (
+                k, lb_mgmt(k), LB_ASN)
+        tmp = paths["config"] + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, paths["config"])
+        return paths
+
+    def _start_bird(self, lbks):
+        """BIRD 2 in rt (foreground, so its pid is ours), peering with every instance."""
+        paths = self._write_bird_config(lbks)
+        _run(["ip", "netns", "exec", self.ns("rt"), "bird", "-p", "-c", paths["config"]])
+        logf = open(paths["log"] + ".out", "ab")
+        p = self.popen("rt", ["bird", "-f", "-c", paths["config"], "-s", paths["socket"],
+                              "-P", paths["pidfile"]],
+                       stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                       start_new_session=True)
+        logf.close()
+
+        def ready():
+            if p.poll() is not None:
+                raise LabError("bird exited with %s; %s" % (p.returncode,
+                                                            _tail(paths["log"] + ".out")))
+            return self.birdc(["show", "status"], check=False).returncode == 0
+        _wait("BIRD to answer on %s" % paths["socket"], ready, 10.0)
+        return dict(paths, pid=p.pid, asn=RT_ASN, hold_time=BGP_HOLD_TIME,
+                    multipath_hash_policy=1)
+
+    def birdc(self, argv, check=True):
+        """birdc (BIRD's CLI) on rt's BIRD; returns the CompletedProcess."""
+        return _run(["ip", "netns", "exec", self.ns("rt"), "birdc", "-s",
+                     self._bird_paths()["socket"]] + list(argv), check=check, timeout=10)
+
+    def bgp_protocols(self):
+        """{"lbK": {"state": "up"/"start"/..., "info": "Established"/...}} from birdc."""
+        out = {}
+        for line in self.birdc(["show", "protocols"]).stdout.splitlines():
+            f = line.split()
+            if len(f) >= 4 and f[1] == "BGP" and re.match(r"^lb[0-9]+$", f[0]):
+                out[f[0]] = {"state": f[3], "info": " ".join(f[5:]) if len(f) > 5 else ""}
+        return out
+
+    def routes(self):
+        """The router's view: {vip address: [next hops, sorted]} of its /32 VIP routes
+        (`ip -j route` in rt: BIRD's multipath routes, or none without BGP)."""
+        r = _run(["ip", "-n", self.ns("rt"), "-j", "route", "show"])
+        net = ipaddress.ip_network(VIP_RANGE)
+        out = {}
+        for e in json.loads(r.stdout or "[]"):
+            dst = e.get("dst", "")
+            if "/" in dst or dst == "default":
+                continue
+            try:
+                if ipaddress.ip_address(dst) not in net:
+                    continue
+            except ValueError:
+                continue
+            hops = [h["gateway"] for h in e.get("nexthops", []) if "gateway" in h]
+            if "gateway" in e:
+                hops.append(e["gateway"])
+            out[dst] = sorted(hops, key=lambda a: ipaddress.ip_address(a))
+        return out
+
+    # -- one instance at a time ---------------------------------------------------------------
+
+    def lb_info(self, k):
+        """Instance K's entry of the topology (lbs[K-1])."""
+        lbs = self.topology.get("lbs") or []
+        if not (isinstance(k, int) and 1 <= k <= len(lbs)):
+            raise LabError("no instance lb%s (the lab has %d)" % (k, len(lbs)))
+        return lbs[k - 1]
+
+    def _record_lb(self, k, pid, status, running):
+        t = self.topology
+        info = self.lb_info(k)
+        info["pid"], info["status"], info["running"] = pid, status, running
+        if k == 1:
+            t["lb"]["pid"], t["lb"]["status"], t["lb"]["running"] = pid, status, running
+        try:
+            with open(self.state_file) as f:
+                pids = json.load(f).get("pids", {})
+        except (OSError, ValueError):
+            pids = {}
+        if pid is None:
+            pids.pop(info["node"], None)
+        else:
+            pids[info["node"]] = {"lbd": pid}
+        self._save("up", t, extra={"pids": pids})
+
+    def kill_lbd(self, k, sig=signal.SIGKILL):
+        """Stop instance K with `sig` (SIGKILL: a crash; SIGTERM: a clean stop) and wait until
+        it and its TAP are gone. Returns the seconds from the signal to that."""
+        info = self.lb_info(k)
+        pid = info["pid"]
+        if not info.get("running") or pid is None:
+            raise LabError("lb%d is not running" % k)
+        t0 = time.monotonic()
+        os.kill(pid, sig)
+        _wait("lbd %d (lb%d) to exit" % (pid, k), lambda: not _alive(pid) or self._reap(), 10.0)
+        self._reap()
+        if self.io == "tap":
+            _wait("lb%d's TAP to go" % k, lambda: _run(
+                ["ip", "-n", self.ns("sw"), "link", "show", info["interface"]],
+                check=False).returncode != 0, 5.0)
+        self._record_lb(k, None, None, False)
+        return time.monotonic() - t0
+
+    def stop_lbd(self, k):
+        """A clean stop of instance K (SIGTERM: it withdraws its routes first)."""
+        return self.kill_lbd(k, signal.SIGTERM)
+
+    def start_lbd(self, k):
+        """Start instance K again with its config (after kill_lbd/stop_lbd). Returns its
+        status."""
+        info = self.lb_info(k)
+        if info.get("running"):
+            raise LabError("lb%d is running (pid %s)" % (k, info["pid"]))
+        pid, status = self._start_lbd(info["config"], info["control_socket"], info["log"],
+                                      node=info["node"])
+        if self.io == "tap":
+            self._attach_tap(k)
+        self._record_lb(k, pid, status, True)
+        return status
+
+    def add_lb(self):
+        """A new instance lb(N+1) on a running BGP lab: its namespace and management
+        interface, a BGP neighbour on rt (BIRD reconfigured), the backends' reply path over
+        it too, then its lbd (which announces once it has VIPs: add them to it). Returns
+        its topology entry."""
+        t = self.topology
+        if not t.get("bgp"):
+            raise LabError("add_lb: the lab runs without BGP (Lab(lbs=N >= 2) or bgp=True)")
+        lbs = t["lbs"]
+        k = len(lbs) + 1
+        if k > MAX_LBS:
+            raise LabError("add_lb: the lab has %d instances already (at most %d)"
+                           % (len(lbs), MAX_LBS))
+        self.n_lbs, self.bgp, self.io = k, True, t["io"]
+        self.offload, self.workers = t["offload"], t["workers"]
+        self.n_remote = len(t.get("remote_backends") or [])
+        node, ns, sw = lb_node(k), self.ns(lb_node(k)), self.ns("sw")
+        info = self._lb_info(k)
+        _run(["ip", "netns", "add", ns])
+        t["namespaces"].append(ns)
+        lbs.append(info)
+        self._save("up", t)
+        _run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w",
+              "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])
+        cmds = ["link add name lbmg%d address %s type veth peer name mg0 address %s netns %s"
+                % (k, _mac(self.name, "sw", "lbmg%d" % k), info["mgmt_mac"], ns),
+                "link set lbmg%d master brs up" % k]
+        if self.io == "afpacket":
+            cmds += ["link add name lbdp%d address %s type veth peer name dp0 address %s "
+                     "netns %s" % (k, _mac(self.name, "sw", "lbdp%d" % k), info["mac"], ns),
+                     "link set lbdp%d master brs up" % k]
+        _run(["ip", "-n", sw, "-batch", "-"], input="\n".join(cmds) + "\n")
+        for items in self._lb_net_steps(k).values():
+            for item in items:
+                argv, inp = item if isinstance(item, tuple) else (item, None)
+                _run(argv, input=inp)
+        lbks = list(range(1, k + 1))
+        steps = {}
+        for i, b in enumerate(t["backends"], 1):
+            bns = self.ns(b)
+            steps[bns] = [(["ip", "-n", bns, "-batch", "-"], self._reply_route(lbks, "replace")),
+                          (["ip", "netns", "exec", bns, "nft", "-f", "-"],
+                           self._reply_nft(backend_ip(i), lbks))]
+        self._per_ns(steps)
+        self._write_bird_config(lbks)
+        self.birdc(["configure"])
+        nodes = t["nodes"]
+        nodes[node] = self._lb_node_view(info)
+        self._write_lbd_config(k, info)
+        self._save("up", t)
+        self.start_lbd(k)
+        return self.lb_info(k)
 
     def _start_servers(self, b):
         d = os.path.join(self.state_dir, b)
@@ -772,15 +1100,15 @@ class Lab:
         _wait("servers on %s (http :80, echo :9000 tcp+udp, iperf3 :5201)" % b, ready,
               SERVERS_READY_TIMEOUT)
 
-    def _attach_tap(self):
+    def _attach_tap(self, k=1):
         """A TAP cannot join a bridge in another namespace: move lbd's next to brs. lbd's fd
-        keeps working after the move."""
-        lb, sw = self.ns("lb"), self.ns("sw")
-        _wait("lbd's TAP lbtap in %s" % lb,
-              lambda: _run(["ip", "-n", lb, "link", "show", "lbtap"],
+        keeps working after the move. (Instance K's TAP is lbtapK.)"""
+        lb, sw, tap = self.ns(lb_node(k)), self.ns("sw"), "lbtap" + _lb_suffix(k)
+        _wait("lbd's TAP %s in %s" % (tap, lb),
+              lambda: _run(["ip", "-n", lb, "link", "show", tap],
                            check=False).returncode == 0, 5.0)
-        _run(["ip", "-n", lb, "link", "set", "lbtap", "netns", sw])
-        _run(["ip", "-n", sw, "link", "set", "lbtap", "master", "brs", "up"])
+        _run(["ip", "-n", lb, "link", "set", tap, "netns", sw])
+        _run(["ip", "-n", sw, "link", "set", tap, "master", "brs", "up"])
 
     def restart_lbd(self, sig=signal.SIGTERM):
         """Stop lbd with `sig` (SIGKILL: a crash) and start it again with the same config
@@ -800,6 +1128,8 @@ class Lab:
         if self.io == "tap":
             self._attach_tap()
         t["lb"]["pid"], t["lb"]["status"] = new_pid, status
+        if t.get("lbs"):
+            t["lbs"][0].update(pid=new_pid, status=status, running=True)
         try:
             with open(self.state_file) as f:
                 pids = json.load(f).get("pids", {})
@@ -841,6 +1171,8 @@ class Lab:
         status = _wait("lbd %d to take over from %d" % (p.pid, old), done, timeout,
                        detail=lambda: "; %s:\n    %s" % (log, _tail(log)))["result"]
         t["lb"]["pid"], t["lb"]["status"] = p.pid, status
+        if t.get("lbs"):
+            t["lbs"][0].update(pid=p.pid, status=status, running=True)
         try:
             with open(self.state_file) as f:
                 pids = json.load(f).get("pids", {})
@@ -853,9 +1185,9 @@ class Lab:
         info["old_exit"] = oldp.wait(timeout=10) if oldp is not None else None
         return info
 
-    def _start_lbd(self, cfg, sock, log):
+    def _start_lbd(self, cfg, sock, log, node="lb"):
         logf = open(log, "ab")
-        p = self.popen("lb", [sys.executable, "-m", "lb.daemon", "-c", cfg],
+        p = self.popen(node, [sys.executable, "-m", "lb.daemon", "-c", cfg],
                        stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, cwd=REPO,
                        start_new_session=True)
         logf.close()
@@ -954,6 +1286,54 @@ table ip threeway {
 }
 """
 
+# a backend with several LB instances: multipath over them, skipping a dead one (its neighbour
+# entry FAILED) within ~2 s: reachable 1 s (0.5-1.5), 1 s delay, 2 probes 250 ms apart
+BACKEND_MULTI_SYSCTLS = ("net.ipv4.fib_multipath_use_neigh=1",
+                         "net.ipv4.fib_multipath_hash_policy=1")
+BACKEND_NEIGH_SYSCTLS = ("net.ipv4.neigh.eth0.base_reachable_time_ms=1000",
+                         "net.ipv4.neigh.eth0.delay_first_probe_time=1",
+                         "net.ipv4.neigh.eth0.retrans_time_ms=250",
+                         "net.ipv4.neigh.eth0.ucast_solicit=2",
+                         "net.ipv4.neigh.eth0.mcast_solicit=2")
+
+# BIRD 2 in rt: eBGP with every instance (passive: their ExaBGP connect), VIP /32s only, merged
+# into one multipath kernel route per VIP. error wait 1-2 s: a session that closed (an lbd
+# that died) may come back at once.
+BIRD_CONF = """\
+log "%(log)s" all;
+router id %(id)s;
+
+protocol device { scan time 10; }
+
+protocol kernel {
+    ipv4 { import none; export filter { if source = RTS_BGP then accept; reject; }; };
+    merge paths on limit 32;
+}
+
+filter vips {
+    if net ~ [ %(vips)s{32,32} ] then accept;
+    reject;
+}
+
+template bgp lbs {
+    local %(local)s as %(asn)d;
+    passive on;
+    hold time %(hold)d;
+    error wait time 1, 2;
+    ipv4 { import filter vips; export none; };
+}
+
+"""
+
+LBD_BGP_TOML = """
+[bgp]
+router = "%(router)s"
+local = "%(local)s"
+asn = %(asn)d
+router_asn = %(router_asn)d
+hold_time = %(hold)d
+"""
+
 LBD_TOML = """\
 # lbd config of lab %(name)s, written by tools/lab.py (VIPs are added with lbctl)
 [io]
@@ -1007,14 +1387,20 @@ def cli():
               "segments need path MTU discovery through the LB")
 @click.option("--rtsp", is_flag=True, help="an RTSP server (gst-rtsp-server, rtsp://bN:554/test) "
               "on every backend")
+@click.option("--lbs", default=1, show_default=True, type=click.IntRange(1, MAX_LBS),
+              help="LB instances lb1..lbN, each its own lbd, address and MAC; N >= 2: BGP "
+              "(BIRD in rt, ExaBGP in each lbd), the VIPs spread over them by ECMP")
+@click.option("--bgp/--no-bgp", default=None,
+              help="BGP even with --lbs 1 (default: on iff --lbs >= 2)")
 def up(name, backends, clients, remote_backends, io, no_lbd, offload, workers, hop_shim,
-       client_hop_mtu, rtsp):
+       client_hop_mtu, rtsp, lbs, bgp):
     if workers > 1 and io != "tap":
         raise click.UsageError("--workers > 1 needs --io tap")
     try:
         topo = Lab(name, backends=backends, clients=clients, io=io, start_lbd=not no_lbd,
                    offload=offload, workers=workers, remote_backends=remote_backends,
-                   client_hop_mtu=client_hop_mtu, rtsp=rtsp, hop_shim=hop_shim).up()
+                   client_hop_mtu=client_hop_mtu, rtsp=rtsp, hop_shim=hop_shim, lbs=lbs,
+                   bgp=bgp).up()
     except LabError as e:
         raise click.ClickException(str(e))
     click.echo(json.dumps(topo, indent=2))
@@ -1042,6 +1428,29 @@ def takeover(name, config):
     click.echo(json.dumps(info, indent=2))
 
 
+@cli.command("add-lb", help="Add an LB instance lb(N+1) to a running BGP lab (it announces "
+             "the VIPs it is given); print its topology entry as JSON.")
+@NAME_OPT
+def add_lb(name):
+    try:
+        info = Lab(name).add_lb()
+    except LabError as e:
+        raise click.ClickException(str(e))
+    click.echo(json.dumps(info, indent=2))
+
+
+@cli.command(help="The router's VIP routes ({vip: [next hops]}) and BIRD's BGP sessions.")
+@NAME_OPT
+def routes(name):
+    lab = Lab(name)
+    try:
+        out = {"routes": lab.routes(),
+               "bgp": lab.bgp_protocols() if lab.topology.get("bgp") else None}
+    except LabError as e:
+        raise click.ClickException(str(e))
+    click.echo(json.dumps(out, indent=2))
+
+
 @cli.command(help="Show the topology of a running lab.")
 @NAME_OPT
 @click.option("--json", "as_json", is_flag=True)
@@ -1059,6 +1468,13 @@ def show(name, as_json):
     click.echo("  lb   %-14s %s  data plane %s in %s  mgmt %s  control %s  pid %s"
                % (lb["address"], lb["mac"], lb["interface"], lb["interface_ns"],
                   lb["management"]["address"], lb["control_socket"], lb["pid"]))
+    for i in (topo.get("lbs") or [])[1:]:
+        click.echo("  %-4s %-14s %s  data plane %s in %s  mgmt %s  control %s  pid %s"
+                   % (i["node"], i["address"], i["mac"], i["interface"], i["interface_ns"],
+                      i["mgmt"], i["control_socket"], i["pid"]))
+    if topo.get("bgp"):
+        click.echo("  rt   BIRD pid %s AS %s, control %s" % (
+            topo["bgp"]["pid"], topo["bgp"]["asn"], topo["bgp"]["socket"]))
     for node, n in topo["nodes"].items():
         for i in n["interfaces"]:
             click.echo("  %-4s %-14s %-5s %-18s %s" % (node, n["ns"], i["name"],

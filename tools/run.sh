@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES="iproute2 nftables ethtool procps nginx-light iperf3 curl wrk haproxy tcpdump dnsmasq-base bind9-dnsutils apache2-utils ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good clang llvm libbpf-dev bpftool"
+APT_PACKAGES="iproute2 nftables ethtool procps nginx-light iperf3 curl wrk haproxy tcpdump dnsmasq-base bind9-dnsutils apache2-utils ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good clang llvm libbpf-dev bpftool bird2 exabgp"
 
 install() {
     if [ "$(id -u)" != 0 ]; then echo "threeway: run as root (namespaces, TAP devices)" >&2; exit 1; fi
