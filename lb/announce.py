@@ -47,16 +47,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
-from typing import Optional
 
-from . import config
-from .errors import LBError
 
 log = logging.getLogger("lbd.bgp")
 
-DEFAULT_HOLD_TIME = 3
-DEFAULT_EXABGP = "exabgp"
 TICK_S = 0.1                 # how often the wanted set is compared with the announced one
 BACKOFF_MIN_S, BACKOFF_MAX_S, STABLE_S = 1.0, 30.0, 30.0
 STOP_GRACE_S = 2.0
@@ -64,60 +58,7 @@ RELAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bgp_relay.py")
 PR_SET_PDEATHSIG = 1
 
 
-# --- [bgp] ------------------------------------------------------------------------------------
-
-@dataclass
-class BgpConfig:
-    """[bgp]: the eBGP session to the router and what to announce."""
-    router: str                      # the router's address (the BGP neighbour)
-    local: str                       # our session address (the management address)
-    asn: int                         # our AS
-    router_asn: int                  # the router's AS
-    hold_time: int = DEFAULT_HOLD_TIME
-    next_hop: Optional[str] = None   # None: [lb] address
-    exabgp: str = DEFAULT_EXABGP     # the ExaBGP program
-
-    def dump(self):
-        d = {"router": self.router, "local": self.local, "asn": self.asn,
-             "router_asn": self.router_asn, "hold_time": self.hold_time}
-        if self.next_hop is not None:
-            d["next_hop"] = self.next_hop
-        if self.exabgp != DEFAULT_EXABGP:
-            d["exabgp"] = self.exabgp
-        return d
-
-
-def parse_bgp(raw, lb_address):
-    """The BgpConfig of a [bgp] table (None when there is none); LBError names the field."""
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise LBError("bgp", "must be a table ([bgp])")
-    config.check_keys(raw, ["router", "local", "asn", "router_asn", "hold_time", "next_hop",
-                            "exabgp"], "bgp")
-    for key in ("router", "local", "asn", "router_asn"):
-        if key not in raw:
-            raise LBError("bgp." + key, "missing (router, local, asn and router_asn are needed)")
-    addr = {}
-    for key in ("router", "local", "next_hop"):
-        if key in raw:
-            addr[key] = config.format_ip(config.parse_ip(raw[key], "bgp." + key))
-    asn = config.parse_int(raw["asn"], "bgp.asn", 1, 4294967295)
-    router_asn = config.parse_int(raw["router_asn"], "bgp.router_asn", 1, 4294967295)
-    hold = raw.get("hold_time", DEFAULT_HOLD_TIME)
-    if not (config._is_int(hold) and 3 <= hold <= 65535):
-        raise LBError("bgp.hold_time", "must be an integer 3..65535 (seconds), got %r" % (hold,))
-    if addr["router"] == addr["local"]:
-        raise LBError("bgp.local", "is the router's address (%s)" % addr["router"])
-    if addr.get("next_hop") == lb_address:
-        addr["next_hop"] = None        # the default, written out
-    exabgp = raw.get("exabgp", DEFAULT_EXABGP)
-    if not isinstance(exabgp, str) or not exabgp or any(c.isspace() for c in exabgp):
-        raise LBError("bgp.exabgp", "must be a program name or path without spaces, got %r"
-                      % (exabgp,))
-    return BgpConfig(router=addr["router"], local=addr["local"], asn=asn,
-                     router_asn=router_asn, hold_time=hold, next_hop=addr.get("next_hop"),
-                     exabgp=exabgp)
+# [bgp] (BgpConfig, parse_bgp) is parsed in lb/config.py
 
 
 # --- what to announce -------------------------------------------------------------------------

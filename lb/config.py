@@ -21,7 +21,7 @@ Schema: docs/interfaces.md. Invariants:
 - `[metrics] listen = "IP:PORT"`: where lbd serves Prometheus /metrics (lb/metrics.py); no
   [metrics] section, or no listen, means no endpoint. Port 0 is refused (the address must
   be known to be scraped).
-- `[bgp]` (lb/announce.py parses it: parse_bgp): the eBGP session through which lbd
+- `[bgp]` (parse_bgp; lb/announce.py runs it): the eBGP session through which lbd
   announces its VIPs; no [bgp] table means none (cfg.bgp is None).
 """
 import difflib
@@ -390,7 +390,7 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     vips: list = field(default_factory=list)       # [VipConfig]
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    bgp: Optional[object] = None                   # announce.BgpConfig of [bgp], or None
+    bgp: Optional[object] = None                   # BgpConfig of [bgp], or None
     path: Optional[str] = None                     # the file it came from, if any
 
 
@@ -449,9 +449,68 @@ def parse(data):
         seen[v.key] = path
         vips.append(v)
     metrics = _parse_metrics(data.get("metrics", {}))
-    from .announce import parse_bgp     # [bgp]: lb/announce.py parses its own table
     return Config(lb=lb, io=io, flows=flows, health=health, vips=vips, metrics=metrics,
                   bgp=parse_bgp(data.get("bgp"), lb.address))
+
+
+DEFAULT_HOLD_TIME = 3
+DEFAULT_EXABGP = "exabgp"
+
+
+# --- [bgp] (lb/announce.py runs the session) ------------------------------------------------------------------------------------
+
+@dataclass
+class BgpConfig:
+    """[bgp]: the eBGP session to the router and what to announce."""
+    router: str                      # the router's address (the BGP neighbour)
+    local: str                       # our session address (the management address)
+    asn: int                         # our AS
+    router_asn: int                  # the router's AS
+    hold_time: int = DEFAULT_HOLD_TIME
+    next_hop: Optional[str] = None   # None: [lb] address
+    exabgp: str = DEFAULT_EXABGP     # the ExaBGP program
+
+    def dump(self):
+        d = {"router": self.router, "local": self.local, "asn": self.asn,
+             "router_asn": self.router_asn, "hold_time": self.hold_time}
+        if self.next_hop is not None:
+            d["next_hop"] = self.next_hop
+        if self.exabgp != DEFAULT_EXABGP:
+            d["exabgp"] = self.exabgp
+        return d
+
+
+def parse_bgp(raw, lb_address):
+    """The BgpConfig of a [bgp] table (None when there is none); LBError names the field."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise LBError("bgp", "must be a table ([bgp])")
+    check_keys(raw, ["router", "local", "asn", "router_asn", "hold_time", "next_hop",
+                            "exabgp"], "bgp")
+    for key in ("router", "local", "asn", "router_asn"):
+        if key not in raw:
+            raise LBError("bgp." + key, "missing (router, local, asn and router_asn are needed)")
+    addr = {}
+    for key in ("router", "local", "next_hop"):
+        if key in raw:
+            addr[key] = format_ip(parse_ip(raw[key], "bgp." + key))
+    asn = parse_int(raw["asn"], "bgp.asn", 1, 4294967295)
+    router_asn = parse_int(raw["router_asn"], "bgp.router_asn", 1, 4294967295)
+    hold = raw.get("hold_time", DEFAULT_HOLD_TIME)
+    if not (_is_int(hold) and 3 <= hold <= 65535):
+        raise LBError("bgp.hold_time", "must be an integer 3..65535 (seconds), got %r" % (hold,))
+    if addr["router"] == addr["local"]:
+        raise LBError("bgp.local", "is the router's address (%s)" % addr["router"])
+    if addr.get("next_hop") == lb_address:
+        addr["next_hop"] = None        # the default, written out
+    exabgp = raw.get("exabgp", DEFAULT_EXABGP)
+    if not isinstance(exabgp, str) or not exabgp or any(c.isspace() for c in exabgp):
+        raise LBError("bgp.exabgp", "must be a program name or path without spaces, got %r"
+                      % (exabgp,))
+    return BgpConfig(router=addr["router"], local=addr["local"], asn=asn,
+                     router_asn=router_asn, hold_time=hold, next_hop=addr.get("next_hop"),
+                     exabgp=exabgp)
 
 
 def _parse_io(raw):
