@@ -389,6 +389,7 @@ class Config:
     vips: list = field(default_factory=list)       # [VipConfig]
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     path: Optional[str] = None                     # the file it came from, if any
+    cluster: Optional[object] = None               # [cluster]: lb/cluster.py ClusterConfig
 
 
 def load(path):
@@ -422,7 +423,7 @@ def loads(text, source="config"):
 
 def parse(data):
     """A Config from the dict of a parsed TOML document; LBError names the bad field."""
-    check_keys(data, ["io", "lb", "flows", "health", "vip", "metrics"], "")
+    check_keys(data, ["io", "lb", "flows", "health", "vip", "metrics", "cluster"], "")
     io = _parse_io(data.get("io", {}))
     if "lb" not in data:
         raise LBError("lb", "missing section [lb] (the balancer's address)")
@@ -446,7 +447,9 @@ def parse(data):
         seen[v.key] = path
         vips.append(v)
     metrics = _parse_metrics(data.get("metrics", {}))
-    return Config(lb=lb, io=io, flows=flows, health=health, vips=vips, metrics=metrics)
+    from . import cluster                          # [cluster]: parsed in lb/cluster.py
+    return Config(lb=lb, io=io, flows=flows, health=health, vips=vips, metrics=metrics,
+                  cluster=cluster.parse(data.get("cluster")))
 
 
 def _parse_io(raw):

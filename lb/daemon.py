@@ -63,6 +63,7 @@ import time
 
 import fastpath
 
+from . import cluster
 from . import config as lbconfig
 from . import takeover
 from .control import ControlServer
@@ -130,6 +131,8 @@ class Control:
         self.control_server = None      # set by run_live
         self.stop_live = None           # set by run_live: ends it
         self.takeover_info = None       # after a takeover: what the status shows
+        # [cluster] (lb/cluster.py): the VIP table comes from etcd; started by run_live
+        self.cluster = cluster.Runtime(self.state, cfg) if cfg.cluster is not None else None
         self._next_gc = None
         self._last_error_log = 0.0
         self.loop_stats = {"gc_freed": 0, "errors": 0}
@@ -185,6 +188,10 @@ class Control:
             return trace(self.state, self.engine, self.cfg.lb.ip, args, self.clock())
         if cmd == "takeover":
             return self.giver.serve(args)
+        if cmd == "cluster":
+            return self.cluster.view() if self.cluster is not None else None
+        if self.cluster is not None:
+            self.cluster.check_local(cmd)
         return self.state.handle(cmd, args)
 
     def streams(self):
@@ -211,6 +218,7 @@ class Control:
             "metrics": {"listen": self.cfg.metrics.listen},
             **self.driver.status(),
             "takeover": self.takeover_info,
+            "cluster": self.cluster.view() if self.cluster is not None else None,
         }
 
     def reload_on_signal(self):
@@ -218,6 +226,8 @@ class Control:
         as `lbctl reload` does; the outcome goes to the log, a refusal naming the field."""
         path = self.cfg.path
         try:
+            if self.cluster is not None:
+                self.cluster.check_local("config.reload")
             r = self.state.handle("config.reload", {})
         except LBError as e:
             log.error("SIGHUP: reload of %s refused, nothing changed: %s", path, e)
@@ -250,6 +260,8 @@ class Control:
         loop["errors"] = loop.get("errors", 0) + self.loop_stats["errors"]
         out["health"] = {k: h[k] for k in ("tasks", "probes", "probe_failures", "transitions",
                                            "in_flight")}
+        if self.cluster is not None:
+            out["cluster"] = self.cluster.view()
         return out
 
     def all_counters(self):
@@ -301,10 +313,14 @@ async def run_live(d, taken=None):
             d.takeover_info = took_over(d, taken)
         d._tick(loop)                 # first ARP requests go out now
         d.health.start()
+        if d.cluster is not None:
+            d.cluster.start(loop)
         log.info("ready")
         await stop.wait()
         log.info("handed over, exiting" if d.giver.done else "stopping")
     finally:
+        if d.cluster is not None:
+            d.cluster.stop()
         d.driver.stop(loop)
         await server.close(unlink=not d.giver.done)
         if metrics is not None:
