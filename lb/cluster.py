@@ -649,6 +649,8 @@ class Agent:
             try:
                 if self.lease is None:
                     lease = e.grant(self.ccfg.lease_ttl)
+                    if self.mgmt is None:
+                        self.mgmt = _local_address(e.url)
                     info = dict(self.member_info(), mgmt=self.mgmt)
                     e.put(key, json.dumps(info, sort_keys=True), lease)
                     self.lease = lease
