@@ -505,11 +505,6 @@ class Agent:
         self._cut_watch()
         for t in self._threads:
             t.join(timeout)
-        if self.lease is not None:
-            try:
-                Etcd(self.ccfg.etcd, timeout=0.5).revoke(self.lease)
-            except Exception:
-                pass
 
     # -- state changes --
     def _set_connected(self, ok, err=None):
@@ -671,6 +666,12 @@ class Agent:
                 self.lease_ok = False
                 self._cut_watch()          # a silent server: the watch must notice too
             self._stop.wait(period)
+        if self.lease is not None:         # here: this thread is in lbd's namespace
+            try:
+                Etcd(self.ccfg.etcd, timeout=0.5).revoke(self.lease)
+                self.lease = None
+            except Exception:
+                pass
 
 
 def _local_address(url):
