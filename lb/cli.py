@@ -25,6 +25,10 @@
     lbctl reload [--file F] [--dry-run]         (lbd re-reads its -c file, as on SIGHUP)
     lbctl trace [--proto P] SRC:PORT DST:PORT   lbctl trace --follow FILTER [--count N]
     lbctl capture [--vip V] [--client C] [--count N] [--seconds S] [--snap B] -w FILE
+    lbctl cluster                               (this lbd's [cluster]: etcd, revision, members)
+    lbctl --cluster URL [--name N] [--expect-revision R] vip|backend|rule ...
+                                                (the cluster's VIP table in etcd: lb/cluster.py)
+    lbctl --cluster URL [--name N] show         lbctl --cluster URL --name N init -c FILE
     (FILTER: lb/watch.py; --follow and capture run until Ctrl-C, --count or --seconds;
     capture's --count counts frames written, received and sent one each)
 

@@ -60,19 +60,15 @@ import threading
 import time
 import tomllib
 import urllib.parse
-from dataclasses import dataclass, field
 
 import tomli_w
 
-from . import config
+from . import cluster_config, config, running
 from .errors import LBError
 
 log = logging.getLogger("lbd.cluster")
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-PREFIX = "/threeway/"
 API = "/v3/"                 # etcd 3.4's gateway (tools/etcd.py)
-DEFAULT_TTL = 3
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.2, 5.0
 REQUEST_TIMEOUT_S = 2.0
 CAS_TRIES = 10
@@ -84,98 +80,21 @@ READ_CMDS = ("vip.list", "rule.list")
 LOCAL_REFUSED = WRITE_CMDS + ("config.restore", "config.reload")
 
 
-# --- [cluster] ---------------------------------------------------------------------------------
+# --- [cluster]: lb/cluster_config.py (config.py imports it; this module imports config) ---------
 
-@dataclass
-class ClusterConfig:
-    name: str
-    etcd: tuple                     # URLs, "http://IP:PORT"
-    instance: str
-    mgmt: str = None                # the instance's management address, None: found out
-    lease_ttl: int = DEFAULT_TTL
-
-    @property
-    def config_key(self):
-        return config_key(self.name)
-
-    @property
-    def members_prefix(self):
-        return members_prefix(self.name)
-
-
-def config_key(name):
-    return "%s%s/config" % (PREFIX, name)
-
-
-def members_prefix(name):
-    return "%s%s/members/" % (PREFIX, name)
-
-
-def check_name(value, fld):
-    if not isinstance(value, str) or not NAME_RE.match(value):
-        raise LBError(fld, "must be 1-64 characters of [A-Za-z0-9_.-], got %r" % (value,))
-    return value
-
-
-def parse_url(value, fld):
-    """An etcd client URL http://HOST:PORT (the gateway; no TLS here) -> normalised text."""
-    if not isinstance(value, str):
-        raise LBError(fld, "must be a URL string like \"http://198.19.0.3:2379\", got %r"
-                      % (value,))
-    u = urllib.parse.urlsplit(value)
-    if u.scheme != "http" or not u.hostname or u.path not in ("", "/") or u.query:
-        raise LBError(fld, "must be http://HOST:PORT (etcd's client URL), got %r" % (value,))
-    try:
-        port = u.port or 2379
-    except ValueError:
-        raise LBError(fld, "bad port in %r" % (value,)) from None
-    return "http://%s:%d" % (u.hostname, port)
-
-
-def parse_urls(value, fld):
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value:
-        raise LBError(fld, "must be a URL or a non-empty list of URLs, got %r" % (value,))
-    return tuple(parse_url(v, "%s[%d]" % (fld, i) if len(value) > 1 else fld)
-                 for i, v in enumerate(value))
-
-
-def parse(raw, path="cluster"):
-    """ClusterConfig of a [cluster] table (None: no table, not in cluster mode)."""
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise LBError(path, "must be a table ([cluster])")
-    config.check_keys(raw, ["name", "etcd", "instance", "mgmt", "lease_ttl"], path)
-    for k in ("name", "etcd", "instance"):
-        if k not in raw:
-            raise LBError("%s.%s" % (path, k), "missing")
-    c = ClusterConfig(name=check_name(raw["name"], path + ".name"),
-                      etcd=parse_urls(raw["etcd"], path + ".etcd"),
-                      instance=check_name(raw["instance"], path + ".instance"))
-    if "mgmt" in raw:
-        c.mgmt = config.format_ip(config.parse_ip(raw["mgmt"], path + ".mgmt"))
-    if "lease_ttl" in raw:
-        c.lease_ttl = config.parse_int(raw["lease_ttl"], path + ".lease_ttl", 1, 60)
-    return c
-
-
-def dump(c):
-    """The [cluster] table of a ClusterConfig (parse(dump(c)) == c)."""
-    d = {"name": c.name, "etcd": list(c.etcd) if len(c.etcd) > 1 else c.etcd[0],
-         "instance": c.instance}
-    if c.mgmt is not None:
-        d["mgmt"] = c.mgmt
-    d["lease_ttl"] = c.lease_ttl
-    return d
+ClusterConfig, config_key, members_prefix = (cluster_config.ClusterConfig,
+                                             cluster_config.config_key,
+                                             cluster_config.members_prefix)
+check_name, parse_url, parse_urls = (cluster_config.check_name, cluster_config.parse_url,
+                                     cluster_config.parse_urls)
+parse, dump = cluster_config.parse, cluster_config.dump
+PREFIX, DEFAULT_TTL = cluster_config.PREFIX, cluster_config.DEFAULT_TTL
 
 
 # --- the document --------------------------------------------------------------------------
 
 def dump_document(vips):
     """The document's TOML text of a list of VipConfig."""
-    from . import running
     if not vips:
         return ""
     return tomli_w.dumps({"vip": [running.dump_vip(v) for v in vips]})
@@ -199,7 +118,6 @@ def load_document(text, source):
 def merge(base, text, source):
     """Config `base` (the instance's own) with its [[vip]] replaced by the document's,
     validated whole by config.parse; LBError naming the field, prefixed by source."""
-    from . import running
     doc = load_document(text, source)
     data = running.dump(base)
     data.pop("vip", None)
@@ -754,7 +672,6 @@ class Runtime:
                                  "message": "%s: %s" % (type(e).__name__, e), "at": self.wall()}
             log.exception("cluster %s: applying %s failed", self.ccfg.name, source)
             return
-        from . import running
         self.apply_ms = round((time.monotonic() - t0) * 1000.0, 3)
         self.revision = mod
         self.applied_at = self.wall()

@@ -31,7 +31,7 @@ from typing import Optional
 import modes
 from fastpath import defs
 
-from . import schedulers
+from . import cluster_config, schedulers   # cluster_config: [cluster] (lb/cluster.py)
 from .errors import LBError
 
 PROTOS = {"tcp": defs.PROTO_TCP, "udp": defs.PROTO_UDP}
@@ -389,7 +389,7 @@ class Config:
     vips: list = field(default_factory=list)       # [VipConfig]
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     path: Optional[str] = None                     # the file it came from, if any
-    cluster: Optional[object] = None               # [cluster]: lb/cluster.py ClusterConfig
+    cluster: Optional[object] = None               # [cluster]: lb/cluster_config.py
 
 
 def load(path):
@@ -447,9 +447,8 @@ def parse(data):
         seen[v.key] = path
         vips.append(v)
     metrics = _parse_metrics(data.get("metrics", {}))
-    from . import cluster                          # [cluster]: parsed in lb/cluster.py
     return Config(lb=lb, io=io, flows=flows, health=health, vips=vips, metrics=metrics,
-                  cluster=cluster.parse(data.get("cluster")))
+                  cluster=cluster_config.parse(data.get("cluster")))
 
 
 def _parse_io(raw):

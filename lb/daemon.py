@@ -47,6 +47,11 @@ Invariants:
   other startup failure (e.g. the interface cannot be opened; with --takeover: refused by
   the running lbd, or failed before the workers ran, the running lbd then serving on; or
   the metrics address cannot be bound).
+- [cluster] (lb/cluster.py, live only): the VIP table comes from etcd. The agent's threads
+  hand each document revision to the event loop (call_soon_threadsafe), where it is applied
+  as a reload; local changes of the VIP table (and SIGHUP's reload) are refused naming
+  `lbctl --cluster`; `status` and the `cluster` command show it; the lease is revoked on a
+  clean stop.
 - --takeover (lb/takeover.py): the running lbd's fds, engines, state, ARP table and splice
   connections come over; the running VIP table wins over the file's [[vip]] (a reload,
   SIGHUP or `lbctl reload`, applies the file afterwards).

@@ -28,7 +28,7 @@ import tomli_w
 
 import modes
 
-from . import cluster, config
+from . import cluster_config, config
 from .errors import LBError
 
 # (section, key) of what cannot change while lbd runs: the engine, the devices, the socket
@@ -65,7 +65,7 @@ def dump(cfg):
     if cfg.metrics.listen is not None:
         out["metrics"] = {"listen": cfg.metrics.listen}
     if cfg.cluster is not None:
-        out["cluster"] = cluster.dump(cfg.cluster)
+        out["cluster"] = cluster_config.dump(cfg.cluster)
     if cfg.vips:
         out["vip"] = [dump_vip(v) for v in cfg.vips]
     return out

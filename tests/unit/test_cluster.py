@@ -8,12 +8,15 @@ import threading
 import time
 
 import pytest
+from hypothesis import HealthCheck as HC, given, settings
 
 import fastpath
 from lb import cluster, config, running
 from lb.errors import LBError
 from lb.state import LBState
 from tools.etcd import Etcd, TestNamespace, in_netns
+
+from .test_running import documents
 
 BASE = """
 [lb]
@@ -85,6 +88,22 @@ def test_document_round_trips_through_the_editor():
     assert cfg.vips == config.loads(BASE + DOC).vips
     assert cfg.cluster == config.loads(BASE).cluster
     assert cluster.dump_document([]) == "" and cluster.Editor("").text() == ""
+
+
+FIXED = {"lb": {"address": "198.19.0.2"}, "io": {"backend": "tap", "interface": "lbtap"},
+         "flows": {"capacity": 4096}, "health": {"max_in_flight": 64}}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HC.too_slow])
+@given(documents(fixed=FIXED))
+def test_any_vip_table_survives_the_document(doc):
+    """dump_document -> merge gives the same VIPs; an Editor (LBState) reads and writes the
+    same text (small Maglev tables: documents(fixed=...))."""
+    cfg = config.parse(doc)
+    text = cluster.dump_document(cfg.vips)
+    base = config.parse({k: v for k, v in doc.items() if k != "vip"})
+    assert cluster.merge(base, text, "t").vips == cfg.vips
+    assert cluster.Editor(text).text() == text
 
 
 def test_editor_runs_the_daemons_command_code():
