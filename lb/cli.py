@@ -703,8 +703,8 @@ def _render_cluster(r):
             "%H:%M:%S", time.localtime(r["last_error_at"])), r["last_error"]))
     click.echo("  lease: %s" % ("ok" if r["lease"]["ok"] else "not held"))
     for n, m in sorted((r.get("members") or {}).items()):
-        click.echo("  member %s: data %s mgmt %s sync %s" % (n, m.get("data"), m.get("mgmt"),
-                                                            m.get("sync")))
+        click.echo("  member %s: data %s mgmt %s sync %s" % (
+            n, m.get("data") or "-", m.get("mgmt") or "-", m.get("sync") or "-"))
 
 
 @main.command("show")

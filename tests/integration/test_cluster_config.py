@@ -55,6 +55,8 @@ def lab():
     lab = Lab(unique_name(), backends=3, lbd_extra=CLUSTER_TOML)
     try:
         lab.up()
+        # etcd comes up after lbd has been refused once: lbd must retry on its own
+        _wait("lbd to try etcd", lambda: cstatus(lab)["errors"] > 0, 20.0)
         lab.etcd = Etcd(lab.ns("lb"), ETCD_ADDR, os.path.join(lab.state_dir, "etcd"))
         lab.etcd.start()
         yield lab
@@ -118,6 +120,9 @@ def metric(lab, name):
 def test_a_vip_added_with_lbctl_cluster_reaches_lbd_and_answers(lab):
     _wait("lbd connected to etcd", lambda: cstatus(lab)["connected"], 20.0,
           detail=lambda: "; cluster: %s" % cstatus(lab))
+    c = cstatus(lab)
+    # lbd started before etcd: it was refused first, retried, and says so
+    assert c["last_error"] and c["reconnects"] >= 1, json.dumps(c)
     rc, out, err = clctl(lab, "vip", "add", "%s:80" % VIP, "--mode", "nat")
     assert rc == 0, err
     rc, out, err = clctl(lab, "backend", "add", "%s:80" % VIP, B1)
@@ -150,6 +155,17 @@ def test_a_vip_added_with_lbctl_cluster_reaches_lbd_and_answers(lab):
     st = lbd(lab, "status")["result"]["cluster"]
     assert st["revision"] == c["revision"] and st["connected"]
     assert metric(lab, "threeway_cluster_members") == 1
+    # what a person reads: lbctl cluster on the instance, lbctl --cluster show
+    p = subprocess.run([sys.executable, "-m", "lb.cli", "--socket",
+                        lab.topology["lb"]["control_socket"], "cluster"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert "connected since" in p.stdout and "running revision %d " % c["revision"] in p.stdout
+    assert "member lb1: data 198.19.0.2 mgmt %s" % ETCD_ADDR in p.stdout, p.stdout
+    print(p.stdout)
+    p = lab.exec("lb", [sys.executable, "-m", "lb.cli", "--cluster", URL, "show"], timeout=30)
+    assert p.stdout.startswith("# cluster lab, /threeway/lab/config, revision %d" % c["revision"])
+    assert 'address = "%s"' % B2 in p.stdout
     assert metric(lab, "threeway_cluster_revision") == c["revision"]
 
 
