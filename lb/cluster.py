@@ -283,9 +283,12 @@ class Etcd:
             raise EtcdError("watch on %s: %s" % (self.url, _short(e))) from None
 
 
+_WHY = re.compile(r"""\[Errno -?\d+\] [^'")\]]*|Connection refused|[Rr]ead timed out""")
+
+
 def _short(e):
-    s = str(e)
-    m = re.search(r"\[Errno -?\d+\] [^')\]]*|Connection refused|timed out", s)
+    s = getattr(e, "detail_text", None) or str(e)      # etcd3gw keeps its text there
+    m = _WHY.search(s)
     return m.group(0) if m else s[:200]
 
 
