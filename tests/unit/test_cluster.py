@@ -323,3 +323,23 @@ def test_agent_survives_etcd_restart_and_catches_up(etcd):
         _until(lambda: agent.connected and "lb1" in agent.members(), 20.0)
     finally:
         agent.stop()
+
+
+def test_agent_notices_a_silent_etcd(etcd):
+    """etcd stopped (SIGSTOP: no FIN, no RST, the watch stream just goes quiet): the lease
+    keep-alive times out and cuts the watch, the agent says disconnected; SIGCONT: back."""
+    import signal
+    ccfg = cluster.ClusterConfig("silent", (etcd.url,), "lb1", lease_ttl=2)
+    agent = cluster.Agent(ccfg, lambda v, mod, at: None, dict, lambda fn, *a: fn(*a))
+    in_netns(etcd.ns, agent.start)
+    try:
+        _until(lambda: agent.connected and agent.lease_ok)
+        os.kill(etcd.pid, signal.SIGSTOP)
+        try:
+            _until(lambda: not agent.connected, 15.0)
+            assert not agent.lease_ok and agent.last_error
+        finally:
+            os.kill(etcd.pid, signal.SIGCONT)
+        _until(lambda: agent.connected and agent.lease_ok, 20.0)
+    finally:
+        agent.stop()
