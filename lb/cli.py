@@ -446,8 +446,22 @@ def vip_del(ctx, endpoint, proto):
 @json_option
 @click.pass_context
 def vip_list(ctx):
-    """List virtual services and their backends."""
-    _run(ctx, "vip.list", {}, _render_vips)
+    """List virtual services and their backends (on an lbd in cluster mode, after a line
+    saying which revision of the cluster's table it runs)."""
+    o = _opts(ctx)
+
+    def render(vips):
+        if not o.get("cluster"):
+            try:
+                c = call(o["socket"], "cluster")
+            except (ControlUnavailable, LBError):
+                c = None
+            if c:
+                click.echo("# cluster %s: revision %d of %s, etcd %s" % (
+                    c["name"], c["revision"], c["key"],
+                    "connected" if c["connected"] else "DISCONNECTED"))
+        _render_vips(vips)
+    _run(ctx, "vip.list", {}, render)
 
 
 # --- backend --------------------------------------------------------------------------------

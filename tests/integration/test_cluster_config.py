@@ -164,6 +164,11 @@ def test_a_vip_added_with_lbctl_cluster_reaches_lbd_and_answers(lab):
     assert "connected since" in p.stdout and "running revision %d " % c["revision"] in p.stdout
     assert "member lb1: data 198.19.0.2 mgmt %s" % ETCD_ADDR in p.stdout, p.stdout
     print(p.stdout)
+    p = subprocess.run([sys.executable, "-m", "lb.cli", "--socket",
+                        lab.topology["lb"]["control_socket"], "vip", "list"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.stdout.startswith("# cluster lab: revision %d of /threeway/lab/config, etcd "
+                               "connected\n" % c["revision"]), p.stdout
     p = lab.exec("lb", [sys.executable, "-m", "lb.cli", "--cluster", URL, "show"], timeout=30)
     assert p.stdout.startswith("# cluster lab, /threeway/lab/config, revision %d" % c["revision"])
     assert 'address = "%s"' % B2 in p.stdout
