@@ -627,6 +627,8 @@ class Runtime:
         self.last_refused = None
         self.agent = None
         self.history = []               # (revision, applied_at) of the last HISTORY applies
+        self.started = wall()
+        self._subs = []                 # subscribe() before start(): handed to the agent
 
     HISTORY = 64
 
@@ -634,6 +636,8 @@ class Runtime:
         def deliver(fn, *a):
             loop.call_soon_threadsafe(fn, *a)
         self.agent = Agent(self.ccfg, self.apply, self.member_info, deliver, self.wall)
+        for fn in self._subs:
+            self.agent.subscribe(fn)
         self.agent.start()
 
     def stop(self):
@@ -643,13 +647,18 @@ class Runtime:
     def member_info(self):
         sync = getattr(getattr(self.cfg, "sync", None), "listen", None)
         return {"instance": self.ccfg.instance, "data": self.cfg.lb.address,
-                "sync": sync, "pid": os.getpid(), "started": self.wall()}
+                "sync": sync, "pid": os.getpid(), "started": self.started}
 
     def members(self):
         return self.agent.members() if self.agent is not None else {}
 
     def subscribe(self, fn):
-        return self.agent.subscribe(fn)
+        """fn(members) in the event loop on every change of the member list (flow sync's
+        peers); before or after start()."""
+        if self.agent is not None:
+            return self.agent.subscribe(fn)
+        self._subs.append(fn)
+        return fn
 
     def apply(self, value, mod, seen_wall=None):
         if mod <= self.revision:

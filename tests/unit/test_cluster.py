@@ -343,3 +343,34 @@ def test_agent_notices_a_silent_etcd(etcd):
         _until(lambda: agent.connected and agent.lease_ok, 20.0)
     finally:
         agent.stop()
+
+
+def test_runtime_in_an_event_loop_applies_and_tells_subscribers(etcd):
+    """The daemon's wiring: Runtime.start(loop) -> documents applied to a real LBState in the
+    loop, member changes to a subscriber given before start."""
+    import asyncio
+    cfg = config.loads(BASE.replace("http://198.18.250.9:2379", etcd.url)
+                       .replace('name = "lab"', 'name = "rt"'))
+    st = LBState(fastpath.Engine(1024), cfg)
+    rt = cluster.Runtime(st, cfg)
+    seen = []
+    rt.subscribe(lambda m: seen.append(sorted(m)))
+    key = cluster.config_key("rt")
+    ok, rev = _in(etcd, lambda e: e.cas_put(key, DOC, 0))
+    assert ok
+    loop = asyncio.new_event_loop()
+
+    async def until(pred, timeout=15.0):
+        deadline = time.monotonic() + timeout
+        while not pred():
+            assert time.monotonic() < deadline, "not within %g s: %s" % (timeout, rt.view())
+            await asyncio.sleep(0.02)
+    try:
+        in_netns(etcd.ns, rt.start, loop)
+        loop.run_until_complete(until(lambda: rt.revision == rev and ["lb1"] in seen))
+        assert [v["vip"] for v in st.handle("vip.list", {})] == ["198.19.100.1:80"]
+        assert rt.members()["lb1"]["data"] == "198.19.0.2"
+        assert rt.view()["connected"] and rt.view()["revision"] == rev
+    finally:
+        rt.stop()
+        loop.close()
