@@ -25,6 +25,10 @@
     lbctl reload [--file F] [--dry-run]         (lbd re-reads its -c file, as on SIGHUP)
     lbctl trace [--proto P] SRC:PORT DST:PORT   lbctl trace --follow FILTER [--count N]
     lbctl capture [--vip V] [--client C] [--count N] [--seconds S] [--snap B] -w FILE
+    lbctl cluster                               (this lbd's [cluster]: etcd, revision, members)
+    lbctl --cluster URL [--name N] [--expect-revision R] vip|backend|rule ...
+                                                (the cluster's VIP table in etcd: lb/cluster.py)
+    lbctl --cluster URL [--name N] show         lbctl --cluster URL --name N init -c FILE
     (FILTER: lb/watch.py; --follow and capture run until Ctrl-C, --count or --seconds;
     capture's --count counts frames written, received and sent one each)
 
@@ -48,6 +52,7 @@ import click
 
 import modes
 
+from . import cluster as lbcluster
 from . import config, stream, trace as lbtrace, watch
 from .errors import LBError
 from .health import health_text
@@ -170,6 +175,8 @@ def _float_text(text):
 def _run(ctx, cmd, args, render):
     o = _opts(ctx)
     args = {k: v for k, v in args.items() if v is not None or cmd == "health.interface"}
+    if o.get("cluster"):
+        return _run_cluster(ctx, cmd, args, render)
     try:
         reply = request(o["socket"], cmd, args)
     except ControlUnavailable as e:
@@ -191,12 +198,94 @@ def _run(ctx, cmd, args, render):
 @click.option("--socket", "socket_path", envvar="THREEWAY_SOCKET", default=config.DEFAULT_SOCKET,
               show_default=True, help="lbd's control socket (env THREEWAY_SOCKET).")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@click.option("--cluster", "cluster_urls", metavar="URL", multiple=True,
+              envvar="THREEWAY_CLUSTER",
+              help="Change the cluster's VIP table in etcd (http://IP:PORT; repeat for more "
+                   "members) instead of one lbd: vip, backend and rule commands, show, init.")
+@click.option("--name", "cluster_name", envvar="THREEWAY_CLUSTER_NAME",
+              help="--cluster: the cluster's name (default: the only one in etcd).")
+@click.option("--expect-revision", metavar="R",
+              help="--cluster: write only if the document is still at revision R (else fail, "
+                   "exit 1); default: on a conflict read again and re-run the command.")
 @click.pass_context
-def main(ctx, socket_path, as_json):
-    """Control a running threeway balancer (lbd)."""
+def main(ctx, socket_path, as_json, cluster_urls, cluster_name, expect_revision):
+    """Control a running threeway balancer (lbd), or with --cluster the VIP table that the
+    lbds of a cluster take from etcd."""
     o = ctx.ensure_object(dict)
     o["socket"] = socket_path
     o["json"] = o.get("json", False) or as_json
+    if isinstance(cluster_urls, str):          # from the environment
+        cluster_urls = cluster_urls.split()
+    if cluster_urls:
+        o["cluster"] = tuple(_check(ctx, lbcluster.parse_url, u, "--cluster")
+                             for u in cluster_urls)
+        if cluster_name is not None:
+            _check(ctx, lbcluster.check_name, cluster_name, "--name")
+        o["cluster_name"] = cluster_name
+        if expect_revision is not None:
+            o["expect_revision"] = _check(ctx, config.parse_int, _int_text(expect_revision),
+                                          "--expect-revision", 0, 1 << 62)
+    elif cluster_name is not None or expect_revision is not None:
+        _fail(ctx, "--name" if cluster_name is not None else "--expect-revision",
+              "only with --cluster URL", EXIT_USAGE)
+
+
+# --- --cluster (lb/cluster.py): the VIP table in etcd -------------------------------------------
+
+def _cluster_etcd(ctx):
+    """(Etcd, cluster name) of --cluster/--name; a missing name is the only cluster there."""
+    o = _opts(ctx)
+    e = lbcluster.Etcd(o["cluster"])
+    name = o.get("cluster_name")
+    if name is None:
+        try:
+            kvs, _ = e.get_prefix(lbcluster.PREFIX)
+        except lbcluster.EtcdError as err:
+            _cluster_unreachable(ctx, err)
+        names = sorted({k[len(lbcluster.PREFIX):].split("/", 1)[0] for k, _, _ in kvs})
+        if len(names) != 1:
+            _fail(ctx, "--name", "give the cluster's name (%s)" % (
+                "clusters in etcd: " + ", ".join(names) if names
+                else "etcd holds no cluster yet; lbctl --cluster URL --name NAME init -c F"),
+                EXIT_USAGE)
+        name = names[0]
+    return e, name
+
+
+def _cluster_unreachable(ctx, err):
+    if _opts(ctx).get("json"):
+        click.echo(json.dumps({"ok": False, "error": {"field": "cluster", "message": str(err)}}))
+    click.echo("error: cluster: %s" % err, err=True)
+    ctx.exit(EXIT_UNREACHABLE)
+
+
+def _run_cluster(ctx, cmd, args, render):
+    """A VIP-table command on the cluster's document: read, the daemon's own command code
+    (lb/cluster.py Editor), compare-and-swap write. The result is rendered as lbd's would be,
+    then the revision written (on stderr, so stdout is the command's own output)."""
+    o = _opts(ctx)
+    if cmd not in lbcluster.WRITE_CMDS + lbcluster.READ_CMDS:
+        _fail(ctx, "--cluster", "%s is a command of one lbd, not of the cluster's VIP table "
+              "(leave out --cluster and give --socket)" % cmd, EXIT_USAGE)
+    e, name = _cluster_etcd(ctx)
+    try:
+        r = lbcluster.run_command(o["cluster"], name, cmd, args, o.get("expect_revision"),
+                                  etcd=e)
+    except lbcluster.EtcdError as err:
+        _cluster_unreachable(ctx, err)
+    except LBError as err:
+        _fail(ctx, err.field, err.message, EXIT_DAEMON)
+    if o.get("json"):
+        click.echo(json.dumps(r, indent=2))
+        return
+    render(r["result"])
+    if r["written"]:
+        click.echo("cluster %s: revision %d written%s" % (
+            name, r["revision"], " (after %d conflicts)" % (r["tries"] - 1)
+            if r["tries"] > 1 else ""), err=True)
+    elif cmd in lbcluster.WRITE_CMDS:
+        click.echo("cluster %s: nothing changed (revision %d)" % (name, r["revision"]),
+                   err=True)
 
 
 # --- vip ------------------------------------------------------------------------------------
@@ -357,8 +446,22 @@ def vip_del(ctx, endpoint, proto):
 @json_option
 @click.pass_context
 def vip_list(ctx):
-    """List virtual services and their backends."""
-    _run(ctx, "vip.list", {}, _render_vips)
+    """List virtual services and their backends (on an lbd in cluster mode, after a line
+    saying which revision of the cluster's table it runs)."""
+    o = _opts(ctx)
+
+    def render(vips):
+        if not o.get("cluster"):
+            try:
+                c = call(o["socket"], "cluster")
+            except (ControlUnavailable, LBError):
+                c = None
+            if c:
+                click.echo("# cluster %s: revision %d of %s, etcd %s" % (
+                    c["name"], c["revision"], c["key"],
+                    "connected" if c["connected"] else "DISCONNECTED"))
+        _render_vips(vips)
+    _run(ctx, "vip.list", {}, render)
 
 
 # --- backend --------------------------------------------------------------------------------
@@ -583,6 +686,89 @@ def stats(ctx, all_):
 def status(ctx):
     """The daemon's status."""
     _run(ctx, "status", {}, _render_mapping)
+
+
+@main.command("cluster")
+@json_option
+@click.pass_context
+def cluster_cmd(ctx):
+    """This lbd's cluster: etcd, connected or not since when, the revision it runs, the last
+    error and refused document, the members."""
+    _run(ctx, "cluster", {}, _render_cluster)
+
+
+def _render_cluster(r):
+    if r is None:
+        click.echo("not in cluster mode (no [cluster] in lbd's config)")
+        return
+    click.echo("cluster %s, instance %s: etcd %s %s since %s" % (
+        r["name"], r["instance"], r["etcd"], "connected" if r["connected"] else "DISCONNECTED",
+        time.strftime("%H:%M:%S", time.localtime(r["since"]))))
+    at = (" (applied %s, %.1f ms)" % (time.strftime("%H:%M:%S", time.localtime(
+        r["applied_at"])), r["apply_ms"]) if r.get("applied_at") else "")
+    click.echo("  running revision %d%s of %s; %d applied, %d refused"
+               % (r["revision"], at, r["key"], r["applied"], r["refused"]))
+    if r.get("last_refused"):
+        x = r["last_refused"]
+        click.echo("  last refused: revision %d: %s: %s" % (x["revision"], x["field"],
+                                                          x["message"]))
+    if r.get("last_error"):
+        click.echo("  last etcd error (%s): %s" % (time.strftime(
+            "%H:%M:%S", time.localtime(r["last_error_at"])), r["last_error"]))
+    click.echo("  lease: %s" % ("ok" if r["lease"]["ok"] else "not held"))
+    for n, m in sorted((r.get("members") or {}).items()):
+        click.echo("  member %s: data %s mgmt %s sync %s" % (
+            n, m.get("data") or "-", m.get("mgmt") or "-", m.get("sync") or "-"))
+
+
+@main.command("show")
+@json_option
+@click.pass_context
+def cluster_show(ctx):
+    """--cluster: print the VIP-table document, its revision and the members."""
+    if not _opts(ctx).get("cluster"):
+        _fail(ctx, "show", "needs --cluster URL (one lbd: lbctl save)", EXIT_USAGE)
+    e, name = _cluster_etcd(ctx)
+    try:
+        r = lbcluster.show(None, name, etcd=e)
+    except lbcluster.EtcdError as err:
+        _cluster_unreachable(ctx, err)
+    r["name"] = name
+    if _opts(ctx).get("json"):
+        click.echo(json.dumps(r, indent=2))
+        return
+    click.echo("# cluster %s, %s, revision %d%s" % (name, r["key"], r["revision"],
+                                                    "" if r["exists"] else " (no document)"))
+    for n, m in sorted(r["members"].items()):
+        click.echo("# member %s: %s" % (n, json.dumps(m, sort_keys=True)))
+    click.echo(r["document"], nl=False)
+
+
+@main.command("init")
+@click.option("-c", "--config", "file", required=True, type=click.Path(dir_okay=False),
+              help="A config file (lbd -c); its [[vip]] become the document.")
+@click.option("--force", is_flag=True, help="Replace a document that exists.")
+@json_option
+@click.pass_context
+def cluster_init(ctx, file, force):
+    """--cluster --name NAME: seed the cluster's VIP-table document from FILE's VIPs."""
+    o = _opts(ctx)
+    if not o.get("cluster"):
+        _fail(ctx, "init", "needs --cluster URL", EXIT_USAGE)
+    if not o.get("cluster_name"):
+        _fail(ctx, "--name", "init needs the cluster's name", EXIT_USAGE)
+    cfg = _check(ctx, config.load, file)
+    try:
+        rev = lbcluster.init(o["cluster"], o["cluster_name"], cfg, force)
+    except lbcluster.EtcdError as err:
+        _cluster_unreachable(ctx, err)
+    except LBError as err:
+        _fail(ctx, err.field, err.message, EXIT_DAEMON)
+    if o.get("json"):
+        click.echo(json.dumps({"revision": rev, "vips": len(cfg.vips)}))
+    else:
+        click.echo("cluster %s: %d VIP%s from %s, revision %d" % (
+            o["cluster_name"], len(cfg.vips), _s(len(cfg.vips)), file, rev))
 
 
 # --- save, restore, reload (lb/running.py) ---------------------------------------------------

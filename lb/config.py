@@ -33,7 +33,7 @@ from typing import Optional
 import modes
 from fastpath import defs
 
-from . import schedulers
+from . import cluster_config, schedulers   # cluster_config: [cluster] (lb/cluster.py)
 from .errors import LBError
 
 PROTOS = {"tcp": defs.PROTO_TCP, "udp": defs.PROTO_UDP}
@@ -392,6 +392,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     bgp: Optional[object] = None                   # BgpConfig of [bgp], or None
     path: Optional[str] = None                     # the file it came from, if any
+    cluster: Optional[object] = None               # [cluster]: lb/cluster_config.py
 
 
 def load(path):
@@ -425,7 +426,7 @@ def loads(text, source="config"):
 
 def parse(data):
     """A Config from the dict of a parsed TOML document; LBError names the bad field."""
-    check_keys(data, ["io", "lb", "flows", "health", "vip", "metrics", "bgp"], "")
+    check_keys(data, ["io", "lb", "flows", "health", "vip", "metrics", "bgp", "cluster"], "")
     io = _parse_io(data.get("io", {}))
     if "lb" not in data:
         raise LBError("lb", "missing section [lb] (the balancer's address)")
@@ -450,7 +451,8 @@ def parse(data):
         vips.append(v)
     metrics = _parse_metrics(data.get("metrics", {}))
     return Config(lb=lb, io=io, flows=flows, health=health, vips=vips, metrics=metrics,
-                  bgp=parse_bgp(data.get("bgp"), lb.address))
+                  bgp=parse_bgp(data.get("bgp"), lb.address),
+                  cluster=cluster_config.parse(data.get("cluster")))
 
 
 DEFAULT_HOLD_TIME = 3
@@ -511,6 +513,8 @@ def parse_bgp(raw, lb_address):
     return BgpConfig(router=addr["router"], local=addr["local"], asn=asn,
                      router_asn=router_asn, hold_time=hold, next_hop=addr.get("next_hop"),
                      exabgp=exabgp)
+
+
 
 
 def _parse_io(raw):

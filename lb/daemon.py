@@ -50,6 +50,11 @@ Invariants:
 - [bgp] (live only, lb/announce.py): ExaBGP runs as lbd's child (dies with it), announcing
   a /32 per VIP address with a backend that serves; every route is withdrawn before the
   data plane stops; `status` shows it (bgp, null without [bgp]).
+- [cluster] (lb/cluster.py, live only): the VIP table comes from etcd. The agent's threads
+  hand each document revision to the event loop (call_soon_threadsafe), where it is applied
+  as a reload; local changes of the VIP table (and SIGHUP's reload) are refused naming
+  `lbctl --cluster`; `status` and the `cluster` command show it; the lease is revoked on a
+  clean stop.
 - --takeover (lb/takeover.py): the running lbd's fds, engines, state, ARP table and splice
   connections come over; the running VIP table wins over the file's [[vip]] (a reload,
   SIGHUP or `lbctl reload`, applies the file afterwards).
@@ -66,6 +71,7 @@ import time
 
 import fastpath
 
+from . import cluster
 from . import config as lbconfig
 from . import takeover
 from .announce import Announcer
@@ -135,6 +141,8 @@ class Control:
         self.stop_live = None           # set by run_live: ends it
         self.takeover_info = None       # after a takeover: what the status shows
         self.announcer = None           # [bgp]: lb/announce.py, started by run_live
+        # [cluster] (lb/cluster.py): the VIP table comes from etcd; started by run_live
+        self.cluster = cluster.Runtime(self.state, cfg) if cfg.cluster is not None else None
         self._next_gc = None
         self._last_error_log = 0.0
         self.loop_stats = {"gc_freed": 0, "errors": 0}
@@ -190,6 +198,10 @@ class Control:
             return trace(self.state, self.engine, self.cfg.lb.ip, args, self.clock())
         if cmd == "takeover":
             return self.giver.serve(args)
+        if cmd == "cluster":
+            return self.cluster.view() if self.cluster is not None else None
+        if self.cluster is not None:
+            self.cluster.check_local(cmd)
         return self.state.handle(cmd, args)
 
     def streams(self):
@@ -217,6 +229,7 @@ class Control:
             **self.driver.status(),
             "takeover": self.takeover_info,
             "bgp": self.announcer.view() if self.announcer is not None else None,
+            "cluster": self.cluster.view() if self.cluster is not None else None,
         }
 
     def reload_on_signal(self):
@@ -224,6 +237,8 @@ class Control:
         as `lbctl reload` does; the outcome goes to the log, a refusal naming the field."""
         path = self.cfg.path
         try:
+            if self.cluster is not None:
+                self.cluster.check_local("config.reload")
             r = self.state.handle("config.reload", {})
         except LBError as e:
             log.error("SIGHUP: reload of %s refused, nothing changed: %s", path, e)
@@ -256,6 +271,8 @@ class Control:
         loop["errors"] = loop.get("errors", 0) + self.loop_stats["errors"]
         out["health"] = {k: h[k] for k in ("tasks", "probes", "probe_failures", "transitions",
                                            "in_flight")}
+        if self.cluster is not None:
+            out["cluster"] = self.cluster.view()
         return out
 
     def all_counters(self):
@@ -312,12 +329,16 @@ async def run_live(d, taken=None):
             d.announcer = Announcer(d.cfg.bgp, d.cfg.lb.address, d.state.metrics_view,
                                     os.path.dirname(os.path.abspath(d.cfg.lb.control_socket)))
             await d.announcer.start()
+        if d.cluster is not None:
+            d.cluster.start(loop)
         log.info("ready")
         await stop.wait()
         log.info("handed over, exiting" if d.giver.done else "stopping")
     finally:
         if d.announcer is not None:
             await d.announcer.close()       # routes withdrawn before the data plane stops
+        if d.cluster is not None:
+            d.cluster.stop()
         d.driver.stop(loop)
         await server.close(unlink=not d.giver.done)
         if metrics is not None:

@@ -32,6 +32,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 import modes
 from fastpath import defs
 
+from . import cluster
+
 log = logging.getLogger("lbd.metrics")
 
 REQUEST_TIMEOUT_S = 5.0
@@ -219,6 +221,7 @@ class Collector:
                     yield UnknownMetricFamily("threeway_%s_punt_%s" % (mode, name),
                                               "%s's punt handler (modes/): %s"
                                               % (mode, name.replace("_", " ")), value=n)
+        yield from cluster.metric_families(st.get("cluster"))     # [cluster] (lb/cluster.py)
         h = st.get("health") or {}
         for name in HEALTH_COUNTERS:
             if name in h:

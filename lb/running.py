@@ -29,7 +29,7 @@ import tomli_w
 
 import modes
 
-from . import config
+from . import cluster_config, config
 from .errors import LBError
 
 # (section, key) of what cannot change while lbd runs: the engine, the devices, the socket
@@ -67,6 +67,8 @@ def dump(cfg):
         out["metrics"] = {"listen": cfg.metrics.listen}
     if cfg.bgp is not None:
         out["bgp"] = cfg.bgp.dump()
+    if cfg.cluster is not None:
+        out["cluster"] = cluster_config.dump(cfg.cluster)
     if cfg.vips:
         out["vip"] = [dump_vip(v) for v in cfg.vips]
     return out
@@ -120,7 +122,12 @@ def dumps(cfg, header=None):
 # --- restore / reload --------------------------------------------------------------------------
 
 def check_fixed(running, new):
-    """LBError naming the first FIXED field in which `new` differs from `running`."""
+    """LBError naming the first FIXED field in which `new` differs from `running`; [cluster]
+    (lb/cluster.py) is fixed whole."""
+    if running.cluster != new.cluster:
+        raise LBError("cluster", "cannot change while lbd runs (running: %s, file: %s); "
+                      "restart lbd with it" % (_show(running.cluster and running.cluster.name),
+                                               _show(new.cluster and new.cluster.name)))
     for section, key in FIXED:
         a = getattr(getattr(running, section), key)
         b = getattr(getattr(new, section), key)

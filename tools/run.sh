@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES="iproute2 nftables ethtool procps nginx-light iperf3 curl wrk haproxy tcpdump dnsmasq-base bind9-dnsutils apache2-utils ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good clang llvm libbpf-dev bpftool bird2 exabgp"
+APT_PACKAGES="iproute2 nftables ethtool procps nginx-light iperf3 curl wrk haproxy tcpdump dnsmasq-base bind9-dnsutils apache2-utils ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good clang llvm libbpf-dev bpftool bird2 exabgp etcd-server etcd-client"
 
 install() {
     if [ "$(id -u)" != 0 ]; then echo "threeway: run as root (namespaces, TAP devices)" >&2; exit 1; fi
@@ -21,6 +21,10 @@ install() {
     # nginx-light's package starts a system nginx; the lab runs its own, so stop that one
     if command -v systemctl >/dev/null && systemctl is-active -q nginx 2>/dev/null; then
         systemctl stop nginx || true
+    fi
+    # so does etcd-server's (on localhost); the lab starts its own in a namespace (tools/etcd.py)
+    if command -v systemctl >/dev/null && systemctl is-active -q etcd 2>/dev/null; then
+        systemctl stop etcd || true
     fi
     echo "== pip install -r requirements.txt"
     python3 -m pip install -q --disable-pip-version-check -r requirements.txt

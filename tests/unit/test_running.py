@@ -151,6 +151,13 @@ def documents(draw, fixed=None):
             doc["metrics"] = {"listen": draw(st.sampled_from(["198.19.0.3:9100",
                                                                "0.0.0.0:9101"]))}
         health = {"max_in_flight": draw(st.integers(1, 4096))}
+        if draw(st.booleans()):          # lb/cluster.py's table
+            doc["cluster"] = {"name": "lab", "instance": draw(st.sampled_from(["lb1", "x.y-2"])),
+                              "etcd": draw(st.sampled_from([
+                                  "http://198.19.0.4:2379",
+                                  ["http://198.19.0.4:2379", "http://198.19.0.5:2380"]]))}
+            if draw(st.booleans()):
+                doc["cluster"]["lease_ttl"] = draw(st.integers(1, 60))
     else:
         doc = copy.deepcopy(fixed)
         health = doc.pop("health", {})
