@@ -388,6 +388,7 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     vips: list = field(default_factory=list)       # [VipConfig]
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    sync: Optional[object] = None                  # [sync]: lb/flowsync.py SyncConfig
     path: Optional[str] = None                     # the file it came from, if any
 
 
@@ -422,7 +423,7 @@ def loads(text, source="config"):
 
 def parse(data):
     """A Config from the dict of a parsed TOML document; LBError names the bad field."""
-    check_keys(data, ["io", "lb", "flows", "health", "vip", "metrics"], "")
+    check_keys(data, ["io", "lb", "flows", "health", "vip", "metrics", "sync"], "")
     io = _parse_io(data.get("io", {}))
     if "lb" not in data:
         raise LBError("lb", "missing section [lb] (the balancer's address)")
@@ -446,7 +447,8 @@ def parse(data):
         seen[v.key] = path
         vips.append(v)
     metrics = _parse_metrics(data.get("metrics", {}))
-    return Config(lb=lb, io=io, flows=flows, health=health, vips=vips, metrics=metrics)
+    return Config(lb=lb, io=io, flows=flows, health=health, vips=vips, metrics=metrics,
+                  sync=_parse_sync(data.get("sync")))
 
 
 def _parse_io(raw):
@@ -491,6 +493,11 @@ def _parse_health(raw):
         h.max_in_flight = parse_int(raw["max_in_flight"], "health.max_in_flight", 1,
                                     MAX_IN_FLIGHT)
     return h
+
+
+def _parse_sync(raw):
+    from .flowsync import parse_config          # (it imports this module's validators)
+    return parse_config(raw)
 
 
 def _parse_metrics(raw):

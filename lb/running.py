@@ -64,6 +64,8 @@ def dump(cfg):
            "health": health}
     if cfg.metrics.listen is not None:
         out["metrics"] = {"listen": cfg.metrics.listen}
+    if cfg.sync is not None:
+        out["sync"] = cfg.sync.dump()
     if cfg.vips:
         out["vip"] = [dump_vip(v) for v in cfg.vips]
     return out
