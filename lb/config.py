@@ -31,7 +31,7 @@ from typing import Optional
 import modes
 from fastpath import defs
 
-from . import schedulers
+from . import flowsync, schedulers
 from .errors import LBError
 
 PROTOS = {"tcp": defs.PROTO_TCP, "udp": defs.PROTO_UDP}
@@ -448,7 +448,7 @@ def parse(data):
         vips.append(v)
     metrics = _parse_metrics(data.get("metrics", {}))
     return Config(lb=lb, io=io, flows=flows, health=health, vips=vips, metrics=metrics,
-                  sync=_parse_sync(data.get("sync")))
+                  sync=flowsync.parse_config(data.get("sync")))
 
 
 def _parse_io(raw):
@@ -493,11 +493,6 @@ def _parse_health(raw):
         h.max_in_flight = parse_int(raw["max_in_flight"], "health.max_in_flight", 1,
                                     MAX_IN_FLIGHT)
     return h
-
-
-def _parse_sync(raw):
-    from .flowsync import parse_config          # (it imports this module's validators)
-    return parse_config(raw)
 
 
 def _parse_metrics(raw):

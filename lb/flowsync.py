@@ -40,6 +40,7 @@ Invariants:
 """
 import collections
 import errno
+import ipaddress
 import logging
 import os
 import queue
@@ -88,44 +89,66 @@ class SyncConfig:
                 "pull_timeout": self.pull_timeout}
 
 
+KEYS = ("listen", "peers", "threshold", "period", "max_datagram", "pull_timeout")
+
+
 def parse_config(raw):
-    """[sync] -> SyncConfig, or None without the table; LBError names the bad field."""
-    from .config import (check_keys, format_endpoint, parse_endpoint, parse_int,
-                         parse_seconds)
+    """[sync] -> SyncConfig, or None without the table; LBError names the bad field. (Its
+    own checks, in lb/config.py's manner: lb/config.py imports this module, not back.)"""
     if raw is None:
         return None
-    check_keys(raw, ["listen", "peers", "threshold", "period", "max_datagram",
-                     "pull_timeout"], "sync")
+    if not isinstance(raw, dict):
+        raise LBError("sync", "must be a table, got %r" % (raw,))
+    for k in raw:
+        if k not in KEYS:
+            raise LBError("sync." + k, "unknown key (known: %s)" % ", ".join(KEYS))
     if "listen" not in raw:
         raise LBError("sync.listen", "missing: the ADDR:PORT flow sync listens on")
-    c = SyncConfig(listen=format_endpoint(*parse_endpoint(raw["listen"], "sync.listen")))
+    c = SyncConfig(listen="%s:%d" % _endpoint(raw["listen"], "sync.listen"))
     peers = raw.get("peers", [])
     if not isinstance(peers, list):
         raise LBError("sync.peers", "must be an array of \"ADDR:PORT\", got %r" % (peers,))
     for i, p in enumerate(peers):
-        ep = format_endpoint(*parse_endpoint(p, "sync.peers[%d]" % i))
+        if not isinstance(p, str):
+            raise LBError("sync.peers[%d]" % i, "must be \"ADDR:PORT\", got %r" % (p,))
+        ep = "%s:%d" % _endpoint(p, "sync.peers[%d]" % i)
         if ep == c.listen:
             raise LBError("sync.peers[%d]" % i, "%s is this instance's own listen" % ep)
         if ep in c.peers:
             raise LBError("sync.peers[%d]" % i, "%s is listed twice" % ep)
         c.peers.append(ep)
-    c.threshold = parse_int(raw.get("threshold", c.threshold), "sync.threshold", 1,
-                            0xFFFFFFFF)
-    c.period = parse_seconds(raw.get("period", c.period), "sync.period", 0.1, 86400.0)
-    c.max_datagram = parse_int(raw.get("max_datagram", c.max_datagram), "sync.max_datagram",
-                               defs.SYNC_HDR_LEN + defs.SYNC_REC_LEN, 65507)
-    c.pull_timeout = parse_seconds(raw.get("pull_timeout", c.pull_timeout),
-                                   "sync.pull_timeout", 0.0, 600.0)
+    c.threshold = _number(raw.get("threshold", c.threshold), "sync.threshold", 1, 0xFFFFFFFF,
+                          True)
+    c.period = float(_number(raw.get("period", c.period), "sync.period", 0.1, 86400.0))
+    c.max_datagram = _number(raw.get("max_datagram", c.max_datagram), "sync.max_datagram",
+                             defs.SYNC_HDR_LEN + defs.SYNC_REC_LEN, 65507, True)
+    c.pull_timeout = float(_number(raw.get("pull_timeout", c.pull_timeout),
+                                   "sync.pull_timeout", 0.0, 600.0))
     return c
 
 
+def _number(v, fld, lo, hi, integer=False):
+    if (isinstance(v, bool) or not isinstance(v, int if integer else (int, float))
+            or not lo <= v <= hi):
+        raise LBError(fld, "must be %s %g..%g, got %r"
+                      % ("an integer" if integer else "a number of seconds", lo, hi, v))
+    return v
+
+
 def _endpoint(p, fld="peer"):
-    """"ADDR:PORT" or (addr, port) -> (dotted addr, port)."""
-    from .config import format_ip, parse_endpoint
+    """"ADDR:PORT" or (addr, port) -> (dotted addr, port); LBError naming fld."""
     if isinstance(p, tuple) and len(p) == 2:
         p = "%s:%s" % p
-    ip, port = parse_endpoint(p, fld)
-    return format_ip(ip), port
+    if not isinstance(p, str) or p.count(":") != 1:
+        raise LBError(fld, "must be IP:PORT like 198.19.0.3:7900, got %r" % (p,))
+    host, port = p.split(":")
+    try:
+        ip = ipaddress.IPv4Address(host)
+    except ValueError:
+        raise LBError(fld, "not an IPv4 address: %r" % (host,)) from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise LBError(fld, "port must be a number 1..65535, got %r" % (port,))
+    return str(ip), int(port)
 
 
 def worker_of(cip, cport, n):
@@ -190,6 +213,9 @@ class FlowSync:
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
+            # SO_REUSEPORT: a takeover's new lbd binds while the old one still has them
+            for s in (udp, tcp):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             udp.bind(self.local)
             udp.setblocking(False)

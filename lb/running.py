@@ -120,6 +120,10 @@ def dumps(cfg, header=None):
 
 def check_fixed(running, new):
     """LBError naming the first FIXED field in which `new` differs from `running`."""
+    if running.sync != new.sync:        # [sync]: the sockets and peers are made at start
+        raise LBError("sync", "cannot change while lbd runs (running: %s, file: %s)"
+                      % (_show(running.sync and running.sync.dump()),
+                         _show(new.sync and new.sync.dump())))
     for section, key in FIXED:
         a = getattr(getattr(running, section), key)
         b = getattr(getattr(new, section), key)

@@ -427,7 +427,8 @@ class LBState:
             lb=copy.deepcopy(c.lb), io=copy.deepcopy(c.io),
             flows=config.FlowsConfig(c.flows.capacity, dict(self.timeouts)),
             health=config.HealthConfig(self.health_interface, c.health.max_in_flight),
-            vips=[copy.deepcopy(v) for v in self._vips.values()], path=c.path)
+            vips=[copy.deepcopy(v) for v in self._vips.values()],
+            sync=copy.deepcopy(getattr(c, "sync", None)), path=c.path)
 
     def apply_config(self, new, dry_run=False):
         """Make Config `new` the running one (restore, reload): its VIP table replaces the
