@@ -27,7 +27,7 @@ import time
 
 import fastpath
 from fastpath import Batch, ServiceSpec, defs
-from tests.fastpath.fixtures import CLIENT, GW, LB, REALS, VIP1, make_engine, services
+from tests.fastpath.fixtures import GW, LB, REALS, VIP1, make_engine
 from tools import frames as F
 
 MAXR = (1400 - defs.SYNC_HDR_LEN) // defs.SYNC_REC_LEN
@@ -147,10 +147,12 @@ def main(argv=None):
         "export_records_per_s": round(exp), "import_records_per_s": round(imp),
         "export_import_records_per_s": round(both),
         "idle_lap_ms": round(statistics.median(r["idle_lap_s"] for r in runs) * 1000, 3),
-        "records_per_datagram": MAXR, "datagram_bytes": defs.SYNC_HDR_LEN + MAXR * defs.SYNC_REC_LEN,
+        "records_per_datagram": MAXR,
+        "datagram_bytes": defs.SYNC_HDR_LEN + MAXR * defs.SYNC_REC_LEN,
         "bytes_per_flow_payload": round(per_flow, 2), "bytes_per_flow_on_wire": round(wire, 2),
         "sim_connections_per_s": conn_s, "sim_records_per_s": round(rec_s),
-        "sim_datagrams_per_s_per_peer": round(gram_s), "sim_records_per_connection": round(rec_conn, 3),
+        "sim_datagrams_per_s_per_peer": round(gram_s),
+        "sim_records_per_connection": round(rec_conn, 3),
         "command": "python3 -m bench.flowsync --flows %d --runs %d" % (a.flows, a.runs),
     }
     os.makedirs(a.out, exist_ok=True)
@@ -171,7 +173,8 @@ def main(argv=None):
             MAXR, res["datagram_bytes"]),
         "| bytes per synced flow, UDP payload | %.2f |" % per_flow,
         "| bytes per synced flow, with IPv4+UDP+Ethernet headers | %.2f |" % wire,
-        "| simulated: connections/s (open, request, response, close 50 ms later) | %s |" % f"{round(conn_s):,}",
+        "| simulated: connections/s (open, request, response, close 50 ms later) | %s |"
+        % f"{round(conn_s):,}",
         "| simulated: records/s sent (each to every peer) | %s |" % f"{round(rec_s):,}",
         "| simulated: datagrams/s per peer | %s |" % f"{round(gram_s):,}",
         "| simulated: records per connection | %.2f |" % rec_conn, "",

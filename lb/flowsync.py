@@ -64,6 +64,8 @@ EXPORT_BUDGET = 512          # datagrams per engine per tick
 DUMP_RECORDS = 1024          # records per dump datagram (TCP: no 1400-byte limit)
 DUMP_CHUNKS = 16             # dump datagrams per engine per tick
 INBOX_MAX = 4096             # datagrams waiting for one worker
+OUTBOX_MAX = 16384           # datagrams waiting for the sync thread (full: no export this
+                             # tick, the flows stay due)
 DUMP_TIMEOUT_S = 60.0        # a dump connection's whole life
 REQUEST = b"DUMP\n"
 
@@ -188,6 +190,7 @@ class FlowSync:
         self.running = False
         self.last_pull = None
         self.stats = collections.Counter()
+        self._stats_lock = threading.Lock()
 
     # --- set up ---------------------------------------------------------------------------
     def attach(self, engines, capacity):
@@ -259,6 +262,9 @@ class FlowSync:
         self.work_inbox(index, engine, now)
         sent = 0
         for _ in range(EXPORT_BUDGET):
+            if len(self.outbox) >= OUTBOX_MAX:
+                self._count("outbox_full")
+                break
             d = engine.sync_export(self.max_records, now)
             if not d:
                 break
@@ -292,10 +298,19 @@ class FlowSync:
 
     def work_inbox(self, index, engine, now):
         box = self.inbox[index]
+        taken = refused = 0
         while box:
-            taken, refused = engine.sync_import(box.popleft(), now)
-            self.stats["imported"] += taken
-            self.stats["not_taken"] += refused
+            t, r = engine.sync_import(box.popleft(), now)
+            taken += t
+            refused += r
+        if taken or refused:
+            self._count("imported", taken)
+            self._count("not_taken", refused)
+
+    def _count(self, what, n=1):
+        """stats[what] += n from any thread (the workers, the sync and dump threads)."""
+        with self._stats_lock:
+            self.stats[what] += n
 
     # --- datagrams to the workers -----------------------------------------------------------
     def route(self, data):
@@ -326,7 +341,7 @@ class FlowSync:
 
     def _put(self, index, data):
         if len(self.inbox[index]) >= INBOX_MAX:
-            self.stats["inbox_full"] += 1
+            self._count("inbox_full")
             return
         self.inbox[index].append(data)
 
@@ -363,10 +378,10 @@ class FlowSync:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                self.stats["errors"] += 1
+                self._count("errors")
                 return
             if src not in self.peers:
-                self.stats["from_unknown"] += 1
+                self._count("from_unknown")
                 continue
             self.stats["rx_datagrams"] += 1
             if len(data) >= defs.SYNC_HDR_LEN:
@@ -384,7 +399,7 @@ class FlowSync:
                     self.stats["tx_datagrams"] += 1
                     self.stats["tx_records"] += n
                 except OSError as e:
-                    self.stats["errors"] += 1
+                    self._count("errors")
                     if e.errno not in (errno.ENOBUFS, errno.EAGAIN, errno.ECONNREFUSED,
                                        errno.EHOSTUNREACH, errno.ENETUNREACH):
                         log.warning("sync: send to %s:%d failed: %s", p[0], p[1], e)
@@ -395,7 +410,7 @@ class FlowSync:
         except (BlockingIOError, OSError):
             return
         if src[0] not in {p[0] for p in self.peers}:
-            self.stats["from_unknown"] += 1
+            self._count("from_unknown")
             conn.close()
             return
         threading.Thread(target=self._serve_dump, args=(conn, src), name="lbd-sync-dump",
@@ -414,7 +429,7 @@ class FlowSync:
                     break
                 req += chunk
             if req != REQUEST:
-                self.stats["bad_requests"] += 1
+                self._count("bad_requests")
                 return
             job = DumpJob(len(self.engines))
             with self._jobs_lock:
@@ -435,10 +450,10 @@ class FlowSync:
                             DUMP_TIMEOUT_S)
                 return
             conn.sendall(END)
-            self.stats["dumps_served"] += 1
+            self._count("dumps_served")
             log.info("sync: full table (%d flows) sent to %s:%d", flows, src[0], src[1])
         except OSError as e:
-            self.stats["errors"] += 1
+            self._count("errors")
             log.warning("sync: dump for %s:%d failed: %s", src[0], src[1], e)
         finally:
             if job is not None:
@@ -522,7 +537,9 @@ class FlowSync:
                              "imported": self.stats["imported"],
                              "not_taken": self.stats["not_taken"]},
                 "errors": self.stats["errors"], "from_unknown": self.stats["from_unknown"],
-                "inbox_full": self.stats["inbox_full"], "bad_requests": self.stats["bad_requests"],
+                "inbox_full": self.stats["inbox_full"],
+                "outbox_full": self.stats["outbox_full"],
+                "bad_requests": self.stats["bad_requests"],
                 "dumps_served": self.stats["dumps_served"], "last_pull": self.last_pull}
 
 

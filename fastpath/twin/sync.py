@@ -9,7 +9,7 @@ from ..checks import check_sync_cursor, check_sync_max
 from ..defs import C, F_FIN_C, F_FIN_S, F_INLINE, F_REV, F_RP_FIN, F_SEEN
 from .flowtable import (flow_alloc, flow_find, flow_insert, flow_insert_rev, flow_unlink,
                         service_find, splice_cap)
-from .inet import flow_hash, mix64
+from .inet import flow_hash
 from .types import XMIT
 
 # the record, network order: key, mode, state, flags, backend, splice's fields, the backend's

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from fastpath import Batch, ServiceSpec, defs, twin
 from tools import frames as F
 
-from .fixtures import B1, CLIENT, GW, LB, REALS, VIP1, VIP2, VIP3, VIP7, b2c, c2v, make_engine, \
-    services
+from .fixtures import (B1, CLIENT, GW, LB, REALS, VIP1, VIP2, VIP3, VIP7, b2c, c2v,
+                       make_engine, services)
 from .test_splice import NOW, SECRET, VIP, handshake, opt_ts, parse, syn_opts
 
 try:
@@ -30,8 +30,8 @@ MAXR = (1400 - HDR) // REC
 def world(impl, svcs=None):
     e = make_engine(impl.Engine, ServiceSpec)
     e.set_splice_secret(SECRET)
-    e.set_services((services(ServiceSpec) if svcs is None else svcs)
-                   + [ServiceSpec(F.ip2int(VIP), 80, 6, defs.MODE_SPLICE, defs.SCHED_SEQ, [0], [1])])
+    splice = ServiceSpec(F.ip2int(VIP), 80, 6, defs.MODE_SPLICE, defs.SCHED_SEQ, [0], [1])
+    e.set_services((services(ServiceSpec) if svcs is None else svcs) + [splice])
     return e
 
 
@@ -322,10 +322,12 @@ def state(e):
 
 recs = st.builds(
     lambda key, mode, state_, flags, real, spl, tail: (key, mode, state_, flags, real, spl, tail),
-    st.tuples(st.sampled_from([CLIENT, "198.18.0.11"]), st.sampled_from([VIP1, VIP2, VIP3, VIP7, VIP]),
-              st.integers(40000, 40003), st.sampled_from([80, 53, 8080]), st.sampled_from([6, 17])),
-    st.sampled_from([1, 2, 3, 4, 5, 0, 9]), st.integers(0, 8), st.sampled_from([0, 1, 2, 3, 8, 16, 4]),
-    st.integers(0, 5), st.binary(min_size=34, max_size=34), st.booleans())
+    st.tuples(st.sampled_from([CLIENT, "198.18.0.11"]),
+              st.sampled_from([VIP1, VIP2, VIP3, VIP7, VIP]), st.integers(40000, 40003),
+              st.sampled_from([80, 53, 8080]), st.sampled_from([6, 17])),
+    st.sampled_from([1, 2, 3, 4, 5, 0, 9]), st.integers(0, 8),
+    st.sampled_from([0, 1, 2, 3, 8, 16, 4]), st.integers(0, 5),
+    st.binary(min_size=34, max_size=34), st.booleans())
 
 
 def record_of(r):

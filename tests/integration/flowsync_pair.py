@@ -95,7 +95,7 @@ def main(a_ip, b_ip, c_ip, outsider_ip):
         out["unknown_imported"] = (eb.counters()["sync_imported"]
                                    + eb.counters()["sync_updated"] - before)
         # a joining instance pulls the full table from a peer, over TCP
-        ec, sc, pc = None, None, None
+
         ec = make_engine(fastpath.Engine, ServiceSpec, capacity=CAP)
         sc = FlowSync(SyncConfig(listen="%s:%d" % (c_ip, PORT),
                                  peers=["%s:%d" % (a_ip, PORT)]))
