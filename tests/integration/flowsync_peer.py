@@ -2,9 +2,11 @@
 lab's lb namespace): `python3 -m tests.integration.flowsync_peer LISTEN LBD_SYNC VIP:PORT
 BACKEND:PORT CLIENT N`. A real engine with the lbd's nat VIP (rr, one backend) behind
 a real lb/flowsync.py endpoint. It waits (bounded) until lbd's deltas have brought N flows,
-then makes one flow of its own (CLIENT:5555, by frames) that its export sends to lbd, and
-waits for lbd to ask for nothing more: it prints one JSON line and ends after 20 s at most."""
+then makes one flow of its own (CLIENT:5555, by frames) that its export sends to lbd, prints
+one JSON line, serves on (a restarted lbd pulls its full table) until a line on stdin or 60 s,
+and prints the dumps it served."""
 import json
+import select
 import sys
 import time
 
@@ -57,10 +59,15 @@ def main(listen, lbd, vip, backend, client, n):
             time.sleep(0.05)
         out["sent_to_lbd"] = s.stats["tx_records"]
         out["view"] = s.view()
+        print(json.dumps(out), flush=True)
+        # serve on (a restarted lbd pulls this table) until told to stop, 60 s at most
+        r, _, _ = select.select([sys.stdin], [], [], 60.0)
+        if r:
+            sys.stdin.readline()
+        print(json.dumps({"dumps_served": s.stats["dumps_served"]}), flush=True)
     finally:
         p.stop()
         s.stop()
-    print(json.dumps(out))
 
 
 if __name__ == "__main__":
