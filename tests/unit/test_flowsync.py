@@ -79,3 +79,15 @@ def test_records_go_to_the_worker_that_owns_the_client():
     s.route(b"\xf5\x01\x00\x05junk")               # malformed: worker 0 counts it
     s.work_inbox(0, engines[0], 1000)
     assert engines[0].counters()["sync_malformed"] == 1
+
+
+def test_sync_is_saved_and_cannot_change_on_reload():
+    from lb import running
+    text = BASE + '[sync]\nlisten = "198.19.0.3:7900"\npeers = ["198.19.0.5:7900"]\n'
+    cfg = config.loads(text)
+    assert config.parse(running.dump(cfg)) == cfg
+    running.check_fixed(cfg, config.loads(text))
+    for other in (BASE, text.replace("7900\"]", "7901\"]")):
+        with pytest.raises(LBError) as e:
+            running.check_fixed(cfg, config.loads(other))
+        assert e.value.field == "sync"
