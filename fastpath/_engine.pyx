@@ -27,7 +27,8 @@ from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThr
 
 from . import defs, snapfmt
 from .checks import (check_ip, check_mac, check_pool, check_port, check_real_idx, check_secret,
-                     check_proto, check_specs, check_vip_slot, check_watch)
+                     check_proto, check_specs, check_sync, check_sync_cursor, check_sync_max,
+                     check_vip_slot, check_watch)
 
 include "_defs.pxi"
 include "_iocore.pxi"
@@ -72,3 +73,4 @@ include "xmit_tunnel.pxi"   # tunnel's routines: the client's frame in VXLAN, IC
 include "xmit_hop.pxi"      # hop's routines: splice's client side, then dsr's forwarding
 include "watch.pxi"         # the watch: matching frames recorded into a ring (trace, capture)
 include "snapshot.pxi"      # the tables as bytes and back, for a planned restart (--takeover)
+include "sync.pxi"          # flows as records for the peer instances (lb/flowsync.py), and back

@@ -149,3 +149,28 @@ def check_watch(terms, snap, size):
                              % (kind, _W_LIMITS[kind], value))
         out.append((kind, value))
     return out
+
+
+def check_sync_max(n):
+    """Records in one sync datagram: 1..SYNC_MAX_RECORDS."""
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= defs.SYNC_MAX_RECORDS:
+        raise ValueError("max_records must be 1..%d, got %r" % (defs.SYNC_MAX_RECORDS, n))
+    return n
+
+
+def check_sync_cursor(cursor, cap):
+    """Where a sync dump goes on: an entry index 0..capacity."""
+    if not isinstance(cursor, int) or isinstance(cursor, bool) or not 0 <= cursor <= cap:
+        raise ValueError("cursor must be 0..%d, got %r" % (cap, cursor))
+    return cursor
+
+
+def check_sync(threshold, period_ms):
+    """The export policy: frames before a flow is sent (1..2^32-1), refresh period in ms."""
+    if (not isinstance(threshold, int) or isinstance(threshold, bool)
+            or not 1 <= threshold <= 0xFFFFFFFF):
+        raise ValueError("sync threshold must be 1..4294967295, got %r" % (threshold,))
+    if (not isinstance(period_ms, int) or isinstance(period_ms, bool)
+            or not 1 <= period_ms <= (1 << 62)):
+        raise ValueError("sync period must be a positive number of ms, got %r" % (period_ms,))
+    return threshold, period_ms

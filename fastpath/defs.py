@@ -85,6 +85,18 @@ TIMEOUT_KEYS = ["tcp_syn", "tcp_syn", "tcp_established", "tcp_fin_wait", "tcp_ti
 DEFAULT_TIMEOUTS = {"tcp_syn": 60, "tcp_established": 900, "tcp_fin_wait": 120,
                     "tcp_time_wait": 60, "tcp_close": 10, "udp": 300, "splice_wait": 10}
 
+# --- flow sync between instances (fastpath/sync.pxi, lb/flowsync.py) ------------------------
+# A datagram is a 4-byte header (magic u8, version u8, record count u16) and that many fixed
+# 64-byte records, network byte order (sync.pxi's header gives the record's layout).
+SYNC_MAGIC = 0xF5
+SYNC_VERSION = 1
+SYNC_HDR_LEN = 4
+SYNC_REC_LEN = 64
+SYNC_MAX_RECORDS = 65535
+SYNC_NEVER = 255             # Flow.sync_st of a flow not exported yet
+SYNC_THRESHOLD = 3           # frames a flow must have seen before it is sent (no SYN floods)
+SYNC_PERIOD_MS = 30000       # a live flow is sent again this often (a peer's copy stays alive)
+
 # --- splice: SYN cookies in the manner of Linux (net/ipv4/syncookies.c) -----------------------
 # ISN = h1(4-tuple) + client ISN + (count << 24) + ((h2(4-tuple, count) + mss index) mod 2^24),
 # count = now_ms >> 16 (a 65.5 s tick; a cookie is good for COOKIE_MAX_AGE ticks). When the
@@ -382,6 +394,20 @@ COUNTER_TABLE = (
     Counter("drop_hop_rev", V_DROP, "hop",
             "a backend's segment of a handed-off hop flow reached the LB (its shim lost the "
             "flow, or it has none): not forwarded"),
+    # flow sync (fastpath/sync.pxi): records exported to and imported from peer instances
+    Counter("sync_exported", None, None,
+            "a flow's record went into a sync datagram for the peers (new, changed or "
+            "refreshed)"),
+    Counter("sync_imported", None, None,
+            "a peer's record created a flow here (a synced flow: flow_created does not move)"),
+    Counter("sync_updated", None, None,
+            "a peer's record updated a flow this engine had (state, backend, translation)"),
+    Counter("sync_refused", None, None,
+            "a peer's valid record this engine cannot take: no such VIP, another mode, a "
+            "backend it does not have, or a hop flow"),
+    Counter("sync_malformed", None, None,
+            "a sync record (or a datagram header) that fails the checks: lengths, magic, "
+            "version, mode, state, flags, ranges, hash of its key; dropped"),
 )
 COUNTERS = [c.name for c in COUNTER_TABLE]
 C = {name: i for i, name in enumerate(COUNTERS)}

@@ -64,6 +64,10 @@ cdef class Engine:
     cdef uint64_t *wctr     # the counters before the frame (to tell what it moved)
     cdef uint32_t wsize, wfirst, wcount, wsnap
     cdef uint64_t wseen, wlost  # frames that matched; of them, lost to a full ring
+    # flow sync (sync.pxi): the export policy and where the next export's scan starts
+    cdef uint32_t sync_thr      # frames a flow must have seen before it is sent
+    cdef int64_t sync_period    # ms after which a flow with frames since is sent again
+    cdef uint32_t sync_hand
 
     def __cinit__(self, capacity, timeouts=None):
         if not isinstance(capacity, int) or not 1 <= capacity <= (1 << 24):
@@ -111,6 +115,7 @@ cdef class Engine:
         self.wctr = NULL
         self.wnterm = self.wsize = self.wfirst = self.wcount = self.wsnap = 0
         self.wseen = self.wlost = 0
+        self.sync_thr, self.sync_period, self.sync_hand = SYNC_THRESHOLD, SYNC_PERIOD_MS, 0
         self.set_timeouts(timeouts or {})
 
     def __dealloc__(self):
@@ -354,3 +359,28 @@ cdef class Engine:
         either twin); returns the flows imported. A snapshot it cannot take raises
         snapfmt.SnapshotError (a ValueError) naming what is wrong, and nothing changes."""
         return api_import_state(self, data)
+
+    # ---- flow sync (sync.pxi; lb/flowsync.py is the caller) ------------------------------
+    def set_sync(self, threshold, period_ms):
+        """The export policy: a flow is sent once it has seen `threshold` frames, again when
+        its state changes, and every period_ms while frames pass."""
+        self.sync_thr, self.sync_period = check_sync(threshold, period_ms)
+
+    def sync_export(self, max_records, int64_t now_ms):
+        """A datagram (sync.pxi's format) of at most max_records flows due to be sent to
+        the peers (new, changed, or due for a refresh), marked sent; b"" when none is due.
+        Call it until it returns b"": each call goes on round the table where the last
+        stopped. Hold the engine lock."""
+        return api_sync_export(self, max_records, now_ms)
+
+    def sync_dump(self, cursor, max_records):
+        """Every flow that can travel, for a joining peer: (datagram or b"", next cursor)
+        from entry `cursor` on; the dump is over when the cursor is the capacity. Marks
+        nothing. Hold the engine lock."""
+        return api_sync_dump(self, cursor, max_records)
+
+    def sync_import(self, data, int64_t now_ms):
+        """A peer's datagram: each record creates or updates its flow here. Returns (taken,
+        not taken); the counters sync_imported/updated/refused/malformed say which. A
+        malformed record or header is a counted drop, never an exception (bytes needed)."""
+        return api_sync_import(self, data, now_ms)

@@ -134,6 +134,7 @@ cdef uint32_t flow_create(Engine self, Service *sv, uint64_t h, uint32_t src, ui
     e.created = now
     e.last = now
     e.pkts_fwd = e.pkts_rev = e.bytes_fwd = e.bytes_rev = 0
+    e.sync_st, e.sync_at = SYNC_NEVER, 0
     flow_insert(self, self.ifwd, h, idx)
     if XMIT[sv.mode].rev != NULL:
         flow_insert_rev(self, idx)

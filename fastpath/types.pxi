@@ -57,6 +57,9 @@ cdef struct Flow:
     uint8_t *rp         # the request to replay (malloc'd; NULL once the backend acked it)
     # metrics (appended: the struct travels as raw bytes in a takeover)
     uint16_t vslot      # its VIP's counter slot (Service.slot at creation): Engine.vctr
+    # flow sync (appended; sync.pxi): what was last sent to the peers
+    uint8_t sync_st     # the state last exported (SYNC_NEVER: not yet; an import sets it)
+    int64_t sync_at     # ms of that export, or of the import that made or updated the flow
 
 
 cdef struct WaitQ:      # splice: a flow Python may have to look at, for splice_waiting()

@@ -33,7 +33,7 @@ from typing import Optional
 import modes
 from fastpath import defs
 
-from . import cluster_config, schedulers   # cluster_config: [cluster] (lb/cluster.py)
+from . import cluster_config, flowsync, schedulers   # [cluster] (lb/cluster.py), [sync]
 from .errors import LBError
 
 PROTOS = {"tcp": defs.PROTO_TCP, "udp": defs.PROTO_UDP}
@@ -391,6 +391,7 @@ class Config:
     vips: list = field(default_factory=list)       # [VipConfig]
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     bgp: Optional[object] = None                   # BgpConfig of [bgp], or None
+    sync: Optional[object] = None                  # [sync]: lb/flowsync.py SyncConfig
     path: Optional[str] = None                     # the file it came from, if any
     cluster: Optional[object] = None               # [cluster]: lb/cluster_config.py
 
@@ -426,7 +427,8 @@ def loads(text, source="config"):
 
 def parse(data):
     """A Config from the dict of a parsed TOML document; LBError names the bad field."""
-    check_keys(data, ["io", "lb", "flows", "health", "vip", "metrics", "bgp", "cluster"], "")
+    check_keys(data, ["io", "lb", "flows", "health", "vip", "metrics", "bgp", "cluster",
+                      "sync"], "")
     io = _parse_io(data.get("io", {}))
     if "lb" not in data:
         raise LBError("lb", "missing section [lb] (the balancer's address)")
@@ -452,7 +454,8 @@ def parse(data):
     metrics = _parse_metrics(data.get("metrics", {}))
     return Config(lb=lb, io=io, flows=flows, health=health, vips=vips, metrics=metrics,
                   bgp=parse_bgp(data.get("bgp"), lb.address),
-                  cluster=cluster_config.parse(data.get("cluster")))
+                  cluster=cluster_config.parse(data.get("cluster")),
+                  sync=flowsync.parse_config(data.get("sync")))
 
 
 DEFAULT_HOLD_TIME = 3

@@ -78,6 +78,7 @@ from .announce import Announcer
 from .control import ControlServer
 from .datapath import GC_MS, TICK_MS, BurstLoop, monotonic_ms
 from .errors import LBError
+from .flowsync import FlowSync
 from .health import HealthMonitor, check_interface
 from .io import PcapIO, adopt_backend, open_backend
 from .metrics import Collector, MetricsServer, registry
@@ -148,6 +149,10 @@ class Control:
         self.loop_stats = {"gc_freed": 0, "errors": 0}
         # lbctl trace --follow / capture: the one watch over driver.engine (lb/watch.py)
         self.watch = WatchHub(self.engine, self._real_names)
+        # [sync]: flow sync with the peer instances (lb/flowsync.py), live (workers) only;
+        # its sockets open in run_live, its work runs in the workers' ticks
+        self.sync = (FlowSync(cfg.sync) if cfg.sync is not None and hasattr(driver, "workers")
+                     else None)
         driver.attach(self)
 
     def handed_over(self):
@@ -226,6 +231,7 @@ class Control:
                        "checked": len(self.state.health_targets())},
             "watch": self.watch.view(),
             "metrics": {"listen": self.cfg.metrics.listen},
+            "sync": self.sync.view() if self.sync is not None else None,
             **self.driver.status(),
             "takeover": self.takeover_info,
             "bgp": self.announcer.view() if self.announcer is not None else None,
@@ -318,6 +324,25 @@ async def run_live(d, taken=None):
             await server.close(unlink=taken is None)
             return 1
         log.info("metrics on http://%s/metrics", d.cfg.metrics.listen)
+    if d.sync is not None:
+        try:
+            d.sync.start()
+        except OSError as e:
+            print("lbd: sync.listen %s: cannot listen: %s" % (d.cfg.sync.listen,
+                                                           e.strerror or e), file=sys.stderr)
+            await server.close(unlink=taken is None)
+            if metrics is not None:
+                await metrics.close()
+            return 1
+        if taken is None and d.sync.peers and d.cfg.sync.pull_timeout > 0:
+            # joining: a peer's full table first (bounded), then the workers and "ready"
+            r = await loop.run_in_executor(None, d.sync.pull)
+            d.sync.import_pending(d.clock())
+            if r["error"] is None:
+                log.info("sync: full table of %d flows from %s in %.0f ms", r["flows"],
+                         r["peer"], r["ms"])
+            else:
+                log.warning("sync: no full table (%s), starting without one", r["error"])
     try:
         d.driver.start(loop)
         if taken is not None:
@@ -340,6 +365,8 @@ async def run_live(d, taken=None):
         if d.cluster is not None:
             d.cluster.stop()
         d.driver.stop(loop)
+        if d.sync is not None:
+            d.sync.stop()
         await server.close(unlink=not d.giver.done)
         if metrics is not None:
             await metrics.close()

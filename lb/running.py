@@ -69,6 +69,8 @@ def dump(cfg):
         out["bgp"] = cfg.bgp.dump()
     if cfg.cluster is not None:
         out["cluster"] = cluster_config.dump(cfg.cluster)
+    if cfg.sync is not None:
+        out["sync"] = cfg.sync.dump()
     if cfg.vips:
         out["vip"] = [dump_vip(v) for v in cfg.vips]
     return out
@@ -123,11 +125,15 @@ def dumps(cfg, header=None):
 
 def check_fixed(running, new):
     """LBError naming the first FIXED field in which `new` differs from `running`; [cluster]
-    (lb/cluster.py) is fixed whole."""
+    (lb/cluster.py) is fixed whole, as [sync] is."""
     if running.cluster != new.cluster:
         raise LBError("cluster", "cannot change while lbd runs (running: %s, file: %s); "
                       "restart lbd with it" % (_show(running.cluster and running.cluster.name),
                                                _show(new.cluster and new.cluster.name)))
+    if running.sync != new.sync:        # [sync]: the sockets and peers are made at start
+        raise LBError("sync", "cannot change while lbd runs (running: %s, file: %s)"
+                      % (_show(running.sync and running.sync.dump()),
+                         _show(new.sync and new.sync.dump())))
     for section, key in FIXED:
         a = getattr(getattr(running, section), key)
         b = getattr(getattr(new, section), key)

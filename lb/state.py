@@ -433,7 +433,7 @@ class LBState:
             flows=config.FlowsConfig(c.flows.capacity, dict(self.timeouts)),
             health=config.HealthConfig(self.health_interface, c.health.max_in_flight),
             vips=[copy.deepcopy(v) for v in self._vips.values()], path=c.path,
-            cluster=c.cluster)
+            cluster=c.cluster, sync=copy.deepcopy(getattr(c, "sync", None)))
 
     def apply_config(self, new, dry_run=False):
         """Make Config `new` the running one (restore, reload): its VIP table replaces the

@@ -230,6 +230,7 @@ class Worker:
         self.thread = None
         self.started_ns = self.ended_ns = None   # CLOCK_MONOTONIC of its loop's first/last burst
         self._next_tick = None
+        self.sync = None                   # lb/flowsync.py FlowSync, when [sync] is set
         self._last_error_log = 0.0
         self.stats = {"wakeups": 0, "bursts": 0, "frames": 0, "punts": 0, "punts_up": 0,
                       "ticks": 0, "expired": 0, "errors": 0}
@@ -313,6 +314,8 @@ class Worker:
         self.stats["ticks"] += 1
         self.stats["expired"] += housekeep(self.engine, self.punts, self.send,
                                            self.expire_budget, now)
+        if self.sync is not None:          # flow sync: the peers' records in, ours out
+            self.sync.work(self.index, self.engine, now)
 
     def send(self, frames):
         """Frames Python made (a mode's punt answers and timers) out of this queue."""
@@ -370,6 +373,11 @@ class Workers:
         for w in self.workers:
             w.punts = PuntTable(w.engine, control.state, control.mac)
             w.sent_tap = control.watch.note_sent
+        sync = getattr(control, "sync", None)
+        if sync is not None:
+            sync.attach([w.engine for w in self.workers], self.capacity_per_worker)
+            for w in self.workers:
+                w.sync = sync
 
     # --- frames from the workers ---------------------------------------------------------
     def _punt_sink(self, frames):

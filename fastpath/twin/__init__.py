@@ -17,7 +17,7 @@ Invariants:
 - Nothing here imports socket; serve reads and writes the fds it is given (fastpath/io_py).
 """
 from . import (inet, types, engine, flowtable, serve, icmp, frag, xmit_nat, xmit_dsr,  # noqa: F401
-               splice, http, xmit_tunnel, xmit_hop, watch, snapshot)
+               splice, http, xmit_tunnel, xmit_hop, watch, snapshot, sync)
 from .engine import Engine  # noqa: F401
 from .inet import (csum_partial_replace4, csum_replace2, csum_replace4, flow_hash, ip_fragment,  # noqa: F401
                    mix64, seq_add, seq_after)

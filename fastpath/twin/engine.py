@@ -11,11 +11,12 @@ import collections
 import threading
 
 from .. import defs
-from ..checks import check_ip, check_mac, check_port, check_real_idx, check_secret
+from ..checks import check_ip, check_mac, check_port, check_real_idx, check_secret, check_sync
 from .flowtable import (api_expire, api_explain, api_flow_get, api_flows, api_pick,
                         api_real_stats, api_set_services, api_vip_stats)
 from .serve import api_process, api_serve
 from .snapshot import api_export_state, api_import_state
+from .sync import api_sync_dump, api_sync_export, api_sync_import
 from .splice import (api_splice_bind, api_splice_by_backend, api_splice_drop, api_splice_flow,
                      api_splice_syn, api_splice_waiting)
 from .types import Flow, Frag, Real, VipCtr
@@ -71,6 +72,9 @@ class Engine:
         self.wring = collections.deque()    # records, at most wsize
         self.wsize = self.wsnap = 0
         self.wseen = self.wlost = 0   # frames that matched; of them, lost to a full ring
+        # flow sync (sync.py): the export policy and where the next export's scan starts
+        self.sync_thr, self.sync_period, self.sync_hand = (defs.SYNC_THRESHOLD,
+                                                           defs.SYNC_PERIOD_MS, 0)
         self.set_timeouts(timeouts or {})
 
     # ---- the engine lock (lb/workers.py) --------------------------------------------------
@@ -284,3 +288,21 @@ class Engine:
         either twin); returns the flows imported. A snapshot it cannot take raises
         snapfmt.SnapshotError (a ValueError) naming what is wrong, and nothing changes."""
         return api_import_state(self, data)
+
+    # ---- flow sync (sync.py; lb/flowsync.py is the caller) -------------------------------
+    def set_sync(self, threshold, period_ms):
+        """The export policy: a flow is sent once it has seen `threshold` frames, again when
+        its state changes, and every period_ms while frames pass."""
+        self.sync_thr, self.sync_period = check_sync(threshold, period_ms)
+
+    def sync_export(self, max_records, now_ms):
+        """As the compiled sync_export: a datagram of due flows, marked sent, or b""."""
+        return api_sync_export(self, max_records, now_ms)
+
+    def sync_dump(self, cursor, max_records):
+        """As the compiled sync_dump: (datagram or b"", next cursor)."""
+        return api_sync_dump(self, cursor, max_records)
+
+    def sync_import(self, data, now_ms):
+        """As the compiled sync_import: (taken, not taken)."""
+        return api_sync_import(self, data, now_ms)

@@ -127,6 +127,7 @@ def flow_create(self, sv, h, src, sport, real, state, now):
     e.hr = flow_hash(r.ip, src, r.port, sport, sv.proto)
     e.created = e.last = now
     e.pkts_fwd = e.pkts_rev = e.bytes_fwd = e.bytes_rev = 0
+    e.sync_st, e.sync_at = defs.SYNC_NEVER, 0
     flow_insert(self, self.ifwd, h, idx)
     if XMIT[sv.mode].rev is not None:
         flow_insert_rev(self, idx)

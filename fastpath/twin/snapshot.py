@@ -28,7 +28,8 @@ FLOW_FIELDS = [
     ("c_isn", "I"), ("l_isn", "I"), ("delta", "I"), ("ts_off", "I"), ("c_tsval", "I"),
     ("b_tsval", "I"), ("mss", "H"), ("c_win", "H"), ("ws_c", "B"), ("ws_b", "B"),
     ("ws_lb", "B"), ("sopt", "B"), ("rp_len", "H"), ("rp", "P"),
-    ("vslot", "H"), (None, "6x")]        # None: the C struct's tail padding (no value)
+    ("vslot", "H"), ("sync_st", "B"), (None, "5x"),    # None: the C struct's padding
+    ("sync_at", "q")]
 REAL_FIELDS = [("ip", "I"), ("port", "H"), ("mac", "6s"), ("has_mac", "B"), ("down", "B"),
                ("nosack", "B"), ("mss", "H"), ("conns", "q"),
                ("flows", "Q"), ("pkts_fwd", "Q"), ("pkts_rev", "Q"), ("bytes_fwd", "Q"),

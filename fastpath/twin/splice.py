@@ -99,6 +99,7 @@ def splice_new(self, f, n, sv, p, now):
     e.c_win = rd16(f, 48)
     e.pkts_fwd, e.bytes_fwd = 0, 0
     e.rp, e.rp_len = None, 0
+    e.sync_st, e.sync_at = defs.SYNC_NEVER, 0
     flow_insert(self, self.ifwd, p.h, idx)
     vip_flow_new(self, e, sv)
     flow_account(self, e, n, True, now)      # (the cookie ACK: the flow's first frame)

@@ -20,7 +20,8 @@ class Flow:
                  "c_isn", "l_isn", "delta", "ts_off", "c_tsval", "b_tsval", "mss", "c_win",
                  "ws_c", "ws_b", "ws_lb", "sopt", "rp_len", "rp",
                  "idx",          # its own index in the table (the compiled one subtracts)
-                 "vslot")        # its VIP's counter slot: Engine.vctr
+                 "vslot",        # its VIP's counter slot: Engine.vctr
+                 "sync_st", "sync_at")   # flow sync (sync.py): what was last sent to peers
 
     def __init__(self, idx=0):
         self.idx = idx
@@ -28,6 +29,7 @@ class Flow:
         self.rp = None
         self.rp_len = 0
         self.vslot = 0
+        self.sync_st, self.sync_at = 0, 0
 
 
 class Real:

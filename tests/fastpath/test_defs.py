@@ -28,7 +28,8 @@ ABI = ["rx_frames", "drop_runt", "drop_not_our_mac", "punt_arp", "drop_vlan", "d
        "frag_first", "frag_evicted", "drop_frag_no_first", "nat_frag_fwd", "nat_frag_rev",
        "dsr_frag_fwd", "tunnel_frag_fwd", "punt_tunnel_frag", "splice_frag_needed",
        "splice_mss_lowered", "flow_recreated_rev", "punt_hop", "hop_fwd", "hop_handoff",
-       "drop_hop_rev"]
+       "drop_hop_rev", "sync_exported", "sync_imported", "sync_updated", "sync_refused",
+       "sync_malformed"]
 SPLICE_VIP = "198.19.100.6"
 
 
