@@ -119,7 +119,10 @@ def exabgp_env(base=None):
     env.update({"exabgp.daemon.user": "root", "exabgp.daemon.daemonize": "false",
                 "exabgp.daemon.drop": "false",
                 "exabgp.log.destination": "stderr", "exabgp.log.level": "WARNING",
-                "exabgp.tcp.bind": "", "exabgp.api.ack": "false"})
+                "exabgp.tcp.bind": "", "exabgp.api.ack": "false",
+                # no CLI pipes (lbd talks to ExaBGP through its API process only): without
+                # this it logs a page about missing fifos at every start
+                "exabgp.api.cli": "false"})
     return env
 
 

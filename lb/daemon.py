@@ -286,6 +286,35 @@ class Control:
                 "flows": self.engine.flow_count(), **self.extra_stats()}
 
 
+CLUSTER_FIRST_DOC_S = 10.0     # a joining instance waits this long for etcd's VIP table
+
+
+def _sync_peers(d, members):
+    """Flow sync's peers from the cluster's member list (each member's [sync] listen)."""
+    peers = [m["sync"] for m in members.values() if isinstance(m, dict) and m.get("sync")]
+    try:
+        d.sync.set_peers(peers)
+    except LBError as e:
+        log.warning("cluster members: a sync address is bad (%s); peers unchanged", e)
+
+
+async def _first_document(d, loop, timeout):
+    """Until the cluster's first document is applied and the member list read (bounded: an
+    empty cluster has no document)."""
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        agent = d.cluster.agent
+        if agent is not None and agent.connected:
+            # connected: the first read (document and members) is done, and the document
+            # is handed to this loop before that: one turn of the loop applies it
+            await asyncio.sleep(0.05)
+            return d.cluster.revision > 0
+        await asyncio.sleep(0.05)
+    log.warning("cluster: etcd not reached within %.0f s; starting without its VIP table",
+                timeout)
+    return False
+
+
 async def run_live(d, taken=None):
     """Serve until SIGTERM/SIGINT (d: a Control over Workers); closes the IO and removes the
     control socket. taken (lb/takeover.py): the engines hold a running lbd's snapshot; serve
@@ -334,6 +363,14 @@ async def run_live(d, taken=None):
             if metrics is not None:
                 await metrics.close()
             return 1
+        if d.cluster is not None:
+            # the peers are the cluster's members (set_peers leaves ourselves out), and the
+            # VIP table comes first: a pulled flow of a VIP this lbd lacks would be refused
+            d.cluster.subscribe(lambda members: _sync_peers(d, members))
+            d.cluster.start(loop)
+            if taken is None:      # a takeover has the running table (and no pause to add)
+                await _first_document(d, loop, CLUSTER_FIRST_DOC_S)
+            _sync_peers(d, d.cluster.members())
         if taken is None and d.sync.peers and d.cfg.sync.pull_timeout > 0:
             # joining: a peer's full table first (bounded), then the workers and "ready"
             r = await loop.run_in_executor(None, d.sync.pull)
@@ -354,7 +391,7 @@ async def run_live(d, taken=None):
             d.announcer = Announcer(d.cfg.bgp, d.cfg.lb.address, d.state.metrics_view,
                                     os.path.dirname(os.path.abspath(d.cfg.lb.control_socket)))
             await d.announcer.start()
-        if d.cluster is not None:
+        if d.cluster is not None and d.cluster.agent is None:      # not started for [sync]
             d.cluster.start(loop)
         log.info("ready")
         await stop.wait()

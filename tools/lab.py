@@ -303,7 +303,7 @@ class Lab:
 
     def __init__(self, name="tw", backends=3, clients=1, io="tap", start_lbd=True, offload=True,
                  workers=1, remote_backends=0, client_hop_mtu=None, rtsp=False, lbd_extra="",
-                 hop_shim=True, lbs=1, bgp=None):
+                 hop_shim=True, lbs=1, bgp=None, cluster=False):
         if not NAME_RE.match(name or ""):
             raise LabError("lab name %r: use 1-20 characters of [A-Za-z0-9_]" % (name,))
         if not 1 <= backends <= MAX_BACKENDS:
@@ -332,6 +332,10 @@ class Lab:
         # BGP: BIRD 2 in rt, ExaBGP in every lbd ([bgp]), the VIP /32s as ECMP routes; off:
         # the static route VIP_RANGE via LB_ADDRESS (the lab exactly as before)
         self.bgp = bool(bgp)
+        # one configuration in etcd (issue 16): etcd in rt on its server address, every lbd
+        # with [cluster] (its VIP table from there) and [sync] (flow sync with the members,
+        # on its mgmt address, port SYNC_PORT)
+        self.cluster = bool(cluster)
         # the client side of the path has a smaller hop (a VPN, a PPPoE line): rt's client
         # interface has this MTU, and the clients, which know it for what they send (their
         # route's mtu), still announce the MSS of their own 1500-byte link (advmss 1460), so
@@ -642,6 +646,13 @@ class Lab:
             pids["rt"] = {"bird": bgp_info["pid"]}
             self._save("building", extra={"pids": pids})
 
+        # 6a. etcd in rt, before the instances, which take their VIP table from it
+        etcd_info = None
+        if self.cluster:
+            etcd_info = self._start_etcd()
+            pids.setdefault("rt", {})["etcd"] = etcd_info["pid"]
+            self._save("building", extra={"pids": pids})
+
         # 6b. lbd, one per instance
         lb_infos = []
         for k in lbks:
@@ -680,7 +691,7 @@ class Lab:
                            {"name": "eth1", "address": RT_SERVER, "prefix": 24,
                             "mac": mac("rt", "eth1"), "bridge": "brs", "switch_port": "rts"}],
                        "routes": {} if self.bgp else {VIP_RANGE: LB_ADDRESS},
-                       "bgp": bgp_info}
+                       "bgp": bgp_info, "etcd": etcd_info}
         if remotes:
             nodes["rt"]["interfaces"].append(
                 {"name": "eth2", "address": RT_REMOTE, "prefix": 24, "mac": mac("rt", "eth2"),
@@ -839,8 +850,32 @@ class Lab:
                 f.write(LBD_BGP_TOML % {"router": RT_SERVER, "local": info["mgmt"],
                                         "asn": LB_ASN, "router_asn": RT_ASN,
                                         "hold": BGP_HOLD_TIME})
+            if self.cluster:
+                f.write(LBD_CLUSTER_TOML % {"name": self.name, "etcd": self.etcd_url(),
+                                            "instance": info["node"] if k > 1 else "lb1",
+                                            "mgmt": info["mgmt"], "port": SYNC_PORT})
             if self.lbd_extra:
                 f.write("\n" + self.lbd_extra.strip() + "\n")
+
+    # -- etcd (rt) ----------------------------------------------------------------------------
+
+    def etcd_url(self):
+        return "http://%s:%d" % (RT_SERVER, ETCD_PORT)
+
+    def _start_etcd(self):
+        from tools.etcd import Etcd
+        e = Etcd(ns=self.ns("rt"), address=RT_SERVER, port=ETCD_PORT,
+                 state_dir=os.path.join(self.state_dir, "etcd"), name=self.name)
+        e.start()
+        self._etcd = e
+        return {"url": e.url, "pid": e.pid, "name": self.name, "data": e.state_dir}
+
+    def lbctl_cluster(self, *args, timeout=60, check=True):
+        """`lbctl --cluster URL --name P ARGS` run in lb1's namespace (which reaches etcd);
+        returns the CompletedProcess (text)."""
+        return self.exec("lb", [sys.executable, "-m", "lb.cli", "--cluster", self.etcd_url(),
+                                "--name", self.name] + list(args), timeout=timeout,
+                         check=check, cwd=REPO)
 
     def _lb_node_view(self, info):
         ifs = [{"name": "mg0", "address": info["mgmt"], "prefix": 24, "mac": info["mgmt_mac"],
@@ -1001,6 +1036,7 @@ class Lab:
             raise LabError("add_lb: the lab has %d instances already (at most %d)"
                            % (len(lbs), MAX_LBS))
         self.n_lbs, self.bgp, self.io = k, True, t["io"]
+        self.cluster = bool(t["nodes"]["rt"].get("etcd"))
         self.offload, self.workers = t["offload"], t["workers"]
         self.n_remote = len(t.get("remote_backends") or [])
         node, ns, sw = lb_node(k), self.ns(lb_node(k)), self.ns("sw")
@@ -1325,6 +1361,19 @@ template bgp lbs {
 
 """
 
+ETCD_PORT = 2379
+SYNC_PORT = 7900
+LBD_CLUSTER_TOML = """
+[cluster]
+name = "%(name)s"
+etcd = "%(etcd)s"
+instance = "%(instance)s"
+mgmt = "%(mgmt)s"
+
+[sync]
+listen = "%(mgmt)s:%(port)d"
+"""
+
 LBD_BGP_TOML = """
 [bgp]
 router = "%(router)s"
@@ -1392,15 +1441,18 @@ def cli():
               "(BIRD in rt, ExaBGP in each lbd), the VIPs spread over them by ECMP")
 @click.option("--bgp/--no-bgp", default=None,
               help="BGP even with --lbs 1 (default: on iff --lbs >= 2)")
+@click.option("--cluster", is_flag=True,
+              help="etcd in rt; every lbd takes its VIP table from it ([cluster]) and syncs "
+              "its flows with the others ([sync]); change it with lb-lab's lbctl --cluster")
 def up(name, backends, clients, remote_backends, io, no_lbd, offload, workers, hop_shim,
-       client_hop_mtu, rtsp, lbs, bgp):
+       client_hop_mtu, rtsp, lbs, bgp, cluster):
     if workers > 1 and io != "tap":
         raise click.UsageError("--workers > 1 needs --io tap")
     try:
         topo = Lab(name, backends=backends, clients=clients, io=io, start_lbd=not no_lbd,
                    offload=offload, workers=workers, remote_backends=remote_backends,
                    client_hop_mtu=client_hop_mtu, rtsp=rtsp, hop_shim=hop_shim, lbs=lbs,
-                   bgp=bgp).up()
+                   bgp=bgp, cluster=cluster).up()
     except LabError as e:
         raise click.ClickException(str(e))
     click.echo(json.dumps(topo, indent=2))
