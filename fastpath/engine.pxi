@@ -37,6 +37,7 @@ cdef class Engine:
     cdef uint64_t k0, k1    # the SYN-cookie key
     # per burst and per frame (serve.pxi)
     cdef uint64_t *ctr      # N_COUNTERS counters, by defs.C index
+    cdef uint64_t hint_h    # the current frame's flow hash as the burst computed it (0: none)
     cdef uint32_t newlen    # a frame made in place (splice, tunnel) sets its length here, else 0
     cdef uint32_t rowcap    # bytes a frame made in place may take (the batch's row)
     cdef bint partial       # the frame's L4 checksum is partial (vnet NEEDS_CSUM)
@@ -73,9 +74,9 @@ cdef class Engine:
             size <<= 1
         self.cap = capacity
         self.mask = size - 1
-        self.fl = <Flow *>calloc(capacity, sizeof(Flow))
-        self.ifwd = <uint64_t *>calloc(size, sizeof(uint64_t))
-        self.irev = <uint64_t *>calloc(size, sizeof(uint64_t))
+        self.fl = <Flow *>tw_huge_calloc(capacity * sizeof(Flow))
+        self.ifwd = <uint64_t *>tw_huge_calloc(size * sizeof(uint64_t))
+        self.irev = <uint64_t *>tw_huge_calloc(size * sizeof(uint64_t))
         self.freel = <uint32_t *>malloc(capacity * sizeof(uint32_t))
         self.reals = <Real *>calloc(MAX_REALS, sizeof(Real))
         self.svcs = <Service *>calloc(MAX_SERVICES, sizeof(Service))
@@ -121,7 +122,10 @@ cdef class Engine:
         free(self.waitq)
         free(self.frags)
         free(self.vctr)
-        free(self.fl); free(self.ifwd); free(self.irev); free(self.freel); free(self.reals)
+        tw_huge_free(self.fl, self.cap * sizeof(Flow))
+        tw_huge_free(self.ifwd, (self.mask + 1) * sizeof(uint64_t))
+        tw_huge_free(self.irev, (self.mask + 1) * sizeof(uint64_t))
+        free(self.freel); free(self.reals)
         free(self.svcs); free(self.svc_slot); free(self.ctr)
         free(self.tab); free(self.wts)
         free(self.l7r); free(self.pools); free(self.blob)
