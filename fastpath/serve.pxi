@@ -11,7 +11,9 @@
 # - Parsing uses explicit bounds: nothing is read beyond the frame's length, and what a
 #   transmit routine reads (the Ethernet, IPv4 and L4 headers) has been checked here.
 # - What a frame does is decided by process_frame alone; the burst's prefetches only hide
-#   memory latency, so the twin (which has none) gives the same results.
+#   memory latency, so the twin (which has none) gives the same results. The flow hash the
+#   burst computed ahead (Engine.hint_h) is the one process_frame would compute from the
+#   same bytes; process_frame takes it once and computes its own when it is 0.
 # - process_frame knows no mode: a miss calls XMIT[service's mode].new_flow, a hit
 #   XMIT[flow's mode].fwd or .rev, and a NULL routine is drop_mode.
 
