@@ -59,12 +59,13 @@ cdef extern from *:
     static inline int tw_atomic_load(int *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
     #include <sys/mman.h>
     #define TW_HUGE ((size_t)2 << 20)
-    /* Zeroed memory of n bytes for a big table, in whole 2 MB pages where the kernel has
-       them (madvise MADV_HUGEPAGE: one TLB entry per 2 MB instead of 512), else in small
-       ones. NULL when there is no memory. Freed by tw_huge_free with the same n. */
+    /* Zeroed memory of n bytes for a big table: from n = 2 MB on, in whole 2 MB pages where
+       the kernel has them (madvise MADV_HUGEPAGE: one TLB entry per 2 MB instead of 512),
+       else in small ones; below that, calloc. NULL when there is no memory. Freed by
+       tw_huge_free with the same n. */
     static void *tw_huge_calloc(size_t n) {
+        if (n < TW_HUGE) return calloc(1, n ? n : 1);
         size_t sz = (n + TW_HUGE - 1) & ~(TW_HUGE - 1);
-        if (n == 0) sz = TW_HUGE;
         char *raw = (char *)mmap(NULL, sz + TW_HUGE, PROT_READ | PROT_WRITE,
                                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (raw == MAP_FAILED) return NULL;
@@ -75,9 +76,8 @@ cdef extern from *:
         return p;
     }
     static void tw_huge_free(void *p, size_t n) {
-        size_t sz = (n + TW_HUGE - 1) & ~(TW_HUGE - 1);
-        if (n == 0) sz = TW_HUGE;
-        if (p) munmap(p, sz);
+        if (n < TW_HUGE) free(p);
+        else if (p) munmap(p, (n + TW_HUGE - 1) & ~(TW_HUGE - 1));
     }
     """
     void tw_prefetch(const void *p) noexcept nogil
