@@ -51,12 +51,42 @@ cdef extern from "<sched.h>" nogil:
 cdef extern from *:
     """
     static inline void tw_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
+    /* every cache line of p[:n], for writing */
+    static inline void tw_prefetch_lines(const void *p, size_t n) {
+        const char *a = (const char *)((size_t)p & ~(size_t)63), *end = (const char *)p + n;
+        for (; a < end; a += 64) __builtin_prefetch(a, 1, 3);
+    }
     static inline void tw_atomic_add(int *p, int d) { __atomic_add_fetch(p, d, __ATOMIC_SEQ_CST); }
     static inline int tw_atomic_load(int *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+    #include <sys/mman.h>
+    #define TW_HUGE ((size_t)2 << 20)
+    /* Zeroed memory of n bytes for a big table: from n = 2 MB on, in whole 2 MB pages where
+       the kernel has them (madvise MADV_HUGEPAGE: one TLB entry per 2 MB instead of 512),
+       else in small ones; below that, calloc. NULL when there is no memory. Freed by
+       tw_huge_free with the same n. */
+    static void *tw_huge_calloc(size_t n) {
+        if (n < TW_HUGE) return calloc(1, n ? n : 1);
+        size_t sz = (n + TW_HUGE - 1) & ~(TW_HUGE - 1);
+        char *raw = (char *)mmap(NULL, sz + TW_HUGE, PROT_READ | PROT_WRITE,
+                                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (raw == MAP_FAILED) return NULL;
+        char *p = (char *)(((size_t)raw + TW_HUGE - 1) & ~(TW_HUGE - 1));
+        if (p > raw) munmap(raw, p - raw);
+        if (p + sz < raw + sz + TW_HUGE) munmap(p + sz, raw + sz + TW_HUGE - (p + sz));
+        madvise(p, sz, MADV_HUGEPAGE);
+        return p;
+    }
+    static void tw_huge_free(void *p, size_t n) {
+        if (n < TW_HUGE) free(p);
+        else if (p) munmap(p, (n + TW_HUGE - 1) & ~(TW_HUGE - 1));
+    }
     """
     void tw_prefetch(const void *p) noexcept nogil
+    void tw_prefetch_lines(const void *p, size_t n) noexcept nogil
     void tw_atomic_add(int *p, int d) noexcept nogil
     int tw_atomic_load(int *p) noexcept nogil
+    void *tw_huge_calloc(size_t n) noexcept nogil
+    void tw_huge_free(void *p, size_t n) noexcept nogil
 
 include "inet.pxi"          # bounds-checked reads, hashes, checksums, TCP options, frame builder
 include "types.pxi"         # Flow, Real, Service and the other structs

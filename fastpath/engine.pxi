@@ -4,7 +4,8 @@
 # Invariants:
 # - A method that does more than set an attribute is one call of its concern's routine:
 #   Engine.x(...) is api_x(self, ...) in flowtable.pxi, serve.pxi or splice.pxi.
-# - All state is C memory owned by the object (malloc'd in __cinit__, freed in __dealloc__);
+# - All state is C memory owned by the object (allocated in __cinit__, freed in __dealloc__;
+#   the flow entries and both indexes in 2 MB pages where the kernel has them, tw_huge_calloc);
 #   the per-packet routines take the Engine as a borrowed pointer and touch no Python object.
 # - Control calls check every argument before changing anything: a bad call raises and the
 #   engine stays as it was.
@@ -37,6 +38,7 @@ cdef class Engine:
     cdef uint64_t k0, k1    # the SYN-cookie key
     # per burst and per frame (serve.pxi)
     cdef uint64_t *ctr      # N_COUNTERS counters, by defs.C index
+    cdef uint64_t hint_h    # the current frame's flow hash as the burst computed it (0: none)
     cdef uint32_t newlen    # a frame made in place (splice, tunnel) sets its length here, else 0
     cdef uint32_t rowcap    # bytes a frame made in place may take (the batch's row)
     cdef bint partial       # the frame's L4 checksum is partial (vnet NEEDS_CSUM)
@@ -77,9 +79,9 @@ cdef class Engine:
             size <<= 1
         self.cap = capacity
         self.mask = size - 1
-        self.fl = <Flow *>calloc(capacity, sizeof(Flow))
-        self.ifwd = <uint64_t *>calloc(size, sizeof(uint64_t))
-        self.irev = <uint64_t *>calloc(size, sizeof(uint64_t))
+        self.fl = <Flow *>tw_huge_calloc(capacity * sizeof(Flow))
+        self.ifwd = <uint64_t *>tw_huge_calloc(size * sizeof(uint64_t))
+        self.irev = <uint64_t *>tw_huge_calloc(size * sizeof(uint64_t))
         self.freel = <uint32_t *>malloc(capacity * sizeof(uint32_t))
         self.reals = <Real *>calloc(MAX_REALS, sizeof(Real))
         self.svcs = <Service *>calloc(MAX_SERVICES, sizeof(Service))
@@ -126,7 +128,10 @@ cdef class Engine:
         free(self.waitq)
         free(self.frags)
         free(self.vctr)
-        free(self.fl); free(self.ifwd); free(self.irev); free(self.freel); free(self.reals)
+        tw_huge_free(self.fl, self.cap * sizeof(Flow))
+        tw_huge_free(self.ifwd, (self.mask + 1) * sizeof(uint64_t))
+        tw_huge_free(self.irev, (self.mask + 1) * sizeof(uint64_t))
+        free(self.freel); free(self.reals)
         free(self.svcs); free(self.svc_slot); free(self.ctr)
         free(self.tab); free(self.wts)
         free(self.l7r); free(self.pools); free(self.blob)

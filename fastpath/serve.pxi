@@ -11,7 +11,9 @@
 # - Parsing uses explicit bounds: nothing is read beyond the frame's length, and what a
 #   transmit routine reads (the Ethernet, IPv4 and L4 headers) has been checked here.
 # - What a frame does is decided by process_frame alone; the burst's prefetches only hide
-#   memory latency, so the twin (which has none) gives the same results.
+#   memory latency, so the twin (which has none) gives the same results. The flow hash the
+#   burst computed ahead (Engine.hint_h) is the one process_frame would compute from the
+#   same bytes; process_frame takes it once and computes its own when it is 0.
 # - process_frame knows no mode: a miss calls XMIT[service's mode].new_flow, a hit
 #   XMIT[flow's mode].fwd or .rev, and a NULL routine is drop_mode.
 
@@ -130,48 +132,68 @@ cdef object api_serve(Engine self, int fd, batch, int64_t deadline_ms):
             "punts": punts, "now": now, "error": err}
 
 
+cdef enum:
+    PF_INDEX = 16       # the burst's prefetch distances, in frames ahead of the one processed:
+    PF_FLOW = 8         # its index slot, then (the slot read) its flow entry's lines
+    PF_RING = 32        # hs/rv: a ring of > PF_INDEX hashes (a power of two)
+
+
 cdef void burst(Engine self, uint8_t *base, uint32_t stride, uint32_t hdr, uint32_t *lens,
                 uint8_t *verdict, uint16_t *reason, int n, int64_t now) noexcept nogil:
-    cdef int i, j, m
+    cdef int i, a, b, k
     cdef uint32_t L
-    cdef uint8_t *rp
     cdef uint8_t *p
-    cdef uint64_t h, v
-    cdef uint64_t hs[64]
+    cdef uint64_t h, v, j
+    cdef uint64_t *tab
+    cdef uint64_t hs[PF_RING]
+    cdef bint rv[PF_RING]
     self.vnet_tnl = hdr >= VNET_TNL_HDR_LEN     # the long vnet header (with self.vnet set)
-    # In chunks of 64: hash each plain IPv4 TCP/UDP frame and prefetch its index slots,
-    # then read the slots and prefetch the flow entries they name, then process. The
-    # prefetches only hide DRAM latency (100k flows do not fit in cache); what a frame
+    # Software-pipelined: while frame i is processed, the flow entry of frame i + PF_FLOW
+    # and the index slot of frame i + PF_INDEX are on their way from memory (100k flows do
+    # not fit in cache). Each frame's hash is computed once, PF_INDEX frames ahead, and
+    # handed to process_frame (hint_h). The prefetches only hide DRAM latency: what a frame
     # does is decided by process_frame() alone, exactly as in the twin.
-    for j in range(0, n, 64):
-        m = n - j if n - j < 64 else 64
-        for i in range(m):
-            p = base + <size_t>(j + i) * stride + hdr
-            L = lens[j + i] - hdr if lens[j + i] > hdr else 0
-            hs[i] = 0
+    for i in range(-PF_INDEX, n):
+        a = i + PF_INDEX
+        if a < n:
+            # a plain IPv4 TCP/UDP frame: its flow hash as process_frame computes it (0 for
+            # any other frame, or with probability 2^-64), and in rv the index its lookup
+            # reads: the forward one when the destination is a service, else the reverse
+            p = base + <size_t>a * stride + hdr
+            L = lens[a] - hdr if lens[a] > hdr else 0
+            h = 0
             if L >= 54 and L + hdr <= stride and p[12] == 8 and p[13] == 0 and p[14] == 0x45 and (
                     p[23] == PROTO_TCP or p[23] == PROTO_UDP):
                 h = _flow_hash(rd32(p + 26), rd32(p + 30), rd16(p + 34), rd16(p + 36), p[23])
-                hs[i] = h         # 0 only with probability 2^-64: then no prefetch
-                tw_prefetch(&self.ifwd[h & self.mask])
-                tw_prefetch(&self.irev[h & self.mask])
-        for i in range(m):
-            h = hs[i]
-            if h:
-                v = self.ifwd[h & self.mask]
+                rv[a & (PF_RING - 1)] = service_find(self, rd32(p + 30), rd16(p + 36), p[23]) == NULL
+                tw_prefetch(&(self.irev if rv[a & (PF_RING - 1)] else self.ifwd)[h & self.mask])
+            hs[a & (PF_RING - 1)] = h
+        b = i + PF_FLOW
+        if 0 <= b < n and hs[b & (PF_RING - 1)]:
+            # its index slot read (prefetched PF_INDEX - PF_FLOW frames ago), and every line
+            # of the flow entry it names prefetched for writing (a probe past a foreign tag
+            # goes on a few slots, within the slot's line mostly)
+            h = hs[b & (PF_RING - 1)]
+            tab = self.irev if rv[b & (PF_RING - 1)] else self.ifwd
+            j = h & self.mask
+            for k in range(4):
+                v = tab[j]
                 if v == 0:
-                    v = self.irev[h & self.mask]
-                if v:
-                    tw_prefetch(&self.fl[(v & 0xFFFFFFFFULL) - 1])
-        for i in range(m):
-            rp = base + <size_t>(j + i) * stride
-            # the watch costs this one branch per frame while none is set (watch.pxi)
-            if self.watch_on:
-                watch_frame(self, rp, stride, hdr, &lens[j + i], &verdict[j + i],
-                            &reason[j + i], now)
-            else:
-                burst_frame(self, rp, stride, hdr, &lens[j + i], &verdict[j + i],
-                            &reason[j + i], now)
+                    break
+                if v >> 32 == h >> 32:
+                    tw_prefetch_lines(&self.fl[(v & 0xFFFFFFFFULL) - 1], sizeof(Flow))
+                    break
+                j = (j + 1) & self.mask
+        if i < 0:
+            continue
+        p = base + <size_t>i * stride
+        self.hint_h = hs[i & (PF_RING - 1)]
+        # the watch costs this one branch per frame while none is set (watch.pxi)
+        if self.watch_on:
+            watch_frame(self, p, stride, hdr, &lens[i], &verdict[i], &reason[i], now)
+        else:
+            burst_frame(self, p, stride, hdr, &lens[i], &verdict[i], &reason[i], now)
+    self.hint_h = 0
 
 
 cdef inline void burst_frame(Engine self, uint8_t *rp, uint32_t stride, uint32_t hdr,
@@ -212,6 +234,8 @@ cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcep
     cdef Service *sv
     cdef Flow *e
     cdef Pkt p
+    h = self.hint_h
+    self.hint_h = 0                     # (taken once: a nested call computes its own)
     if n < 14:
         return C_DROP_RUNT
     if memcmp(f, self.local_mac, 6) != 0 and not (
@@ -270,7 +294,8 @@ cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcep
         return C_DROP_UNKNOWN_DEST
     sport = rd16(f + l4)
     dport = rd16(f + l4 + 2)
-    h = _flow_hash(src, dst, sport, dport, proto)
+    if h == 0:                          # (the burst's hint is of this frame's very bytes)
+        h = _flow_hash(src, dst, sport, dport, proto)
     sv = service_find(self, dst, dport, proto)
     if sv != NULL:
         idx = flow_find(self, self.ifwd, h, src, dst, sport, dport, proto, False)
