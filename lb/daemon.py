@@ -142,6 +142,7 @@ class Control:
         self.stop_live = None           # set by run_live: ends it
         self.takeover_info = None       # after a takeover: what the status shows
         self.announcer = None           # [bgp]: lb/announce.py, started by run_live
+        self.members_seen = {}          # [cluster]: instance -> data address, ever seen
         # [cluster] (lb/cluster.py): the VIP table comes from etcd; started by run_live
         self.cluster = cluster.Runtime(self.state, cfg) if cfg.cluster is not None else None
         self._next_gc = None
@@ -289,6 +290,20 @@ class Control:
 CLUSTER_FIRST_DOC_S = 10.0     # a joining instance waits this long for etcd's VIP table
 
 
+def _adopt(d, members):
+    """A dead member's data address is answered (ARP) by the first live member by instance
+    name, so the backends' replies to it (their per-instance reply route: the lab marks a
+    connection by the LB MAC that delivered it) reach an instance that has its flows."""
+    live = {m["instance"]: m.get("data") for m in members.values() if isinstance(m, dict)
+            and m.get("instance")}
+    d.members_seen.update({i: a for i, a in live.items() if a})
+    me = d.cluster.ccfg.instance
+    if not live or min(live) != me:
+        d.neigh.adopt(())
+        return
+    d.neigh.adopt(a for i, a in d.members_seen.items() if i not in live and i != me)
+
+
 def _sync_peers(d, members):
     """Flow sync's peers from the cluster's member list (each member's [sync] listen)."""
     peers = [m["sync"] for m in members.values() if isinstance(m, dict) and m.get("sync")]
@@ -391,6 +406,9 @@ async def run_live(d, taken=None):
             d.announcer = Announcer(d.cfg.bgp, d.cfg.lb.address, d.state.metrics_view,
                                     os.path.dirname(os.path.abspath(d.cfg.lb.control_socket)))
             await d.announcer.start()
+        if d.cluster is not None:
+            d.cluster.subscribe(lambda members: _adopt(d, members))
+            _adopt(d, d.cluster.members())
         if d.cluster is not None and d.cluster.agent is None:      # not started for [sync]
             d.cluster.start(loop)
         log.info("ready")

@@ -107,7 +107,13 @@ class Neigh:
         self._told = set()       # ips whose current table MAC the state has been given
         self._last_req = {}      # ip -> now_ms of the last request sent
         self._ip_id = 0
-        self._c = {k: 0 for k in ("punted", "arp_learned", "arp_requests_sent") + OUTCOMES}
+        # a cluster's dead members' data addresses this lbd answers ARP for (lb/daemon.py
+        # adopt: the backends' replies to them reach us), and the announcements (gratuitous
+        # ARP) due: ours at start (reclaiming it from an adopter), each adopted one once
+        self.adopted = set()
+        self._announce = [self.ip]
+        self._c = {k: 0 for k in ("punted", "arp_learned", "arp_requests_sent",
+                                  "arp_announced") + OUTCOMES}
         self._c.update({"punt_dropped_" + r: 0 for r in DROP_REASONS})
 
     # --- state access ------------------------------------------------------------------
@@ -119,7 +125,7 @@ class Neigh:
             return set()
 
     def _ours(self, ip):
-        if ip == self.ip:
+        if ip == self.ip or ip in self.adopted:
             return True
         try:
             return ip in {_ip_int(a) for a in self.state.vip_addresses()}
@@ -223,6 +229,20 @@ class Neigh:
         reply = ETH_HDR.pack(eth_src, self.mac, ETH_P_IP) + hdr + body
         return [_pad(reply)], "icmp_echo_answered"
 
+    # --- a cluster member's address, while it is dead ------------------------------------
+    def adopt(self, ips):
+        """Answer ARP for exactly these other addresses (host ints) from now on; each newly
+        adopted one is announced (gratuitous ARP) at the next due_requests."""
+        ips = {_ip_int(a) for a in ips} - {self.ip}
+        for ip in sorted(ips - self.adopted):
+            log.warning("answering ARP for %s (a cluster member that is gone)",
+                        ipaddress.IPv4Address(ip))
+            self._announce.append(ip)
+        for ip in sorted(self.adopted - ips):
+            log.info("no longer answering ARP for %s (its member is back)",
+                     ipaddress.IPv4Address(ip))
+        self.adopted = ips
+
     # --- resolution --------------------------------------------------------------------
     def request(self, ip):
         """A broadcast ARP request for `ip` (host int or string) from the LB address."""
@@ -240,7 +260,11 @@ class Neigh:
         for ip in list(self._last_req):
             if ip not in wanted:
                 del self._last_req[ip]
-        out = []
+        out = [arp_frame(ARP_REQUEST, self.mac, self.mac, ip, ZERO_MAC, ip, BROADCAST)
+               for ip in self._announce if ip == self.ip or ip in self.adopted]
+        n_announced = len(out)
+        self._c["arp_announced"] += n_announced
+        self._announce = []
         for ip in sorted(wanted):
             mac = self.table.get(ip)
             if mac is not None and ip not in self._told:
@@ -250,18 +274,20 @@ class Neigh:
             if last is None or now_ms - last >= period:
                 self._last_req[ip] = now_ms
                 out.append(self.request(ip))
-        self._c["arp_requests_sent"] += len(out)
+        self._c["arp_requests_sent"] += len(out) - n_announced
         return out
 
     def handover(self):
         """What the next lbd's Neigh continues from (take): the learnt table, what the state
         was told, when each was last asked, the IP id, the counters."""
-        return {"table": dict(self.table), "told": set(self._told),
+        return {"table": dict(self.table), "told": set(self._told), "adopted": set(self.adopted),
                 "last_req": dict(self._last_req), "ip_id": self._ip_id, "c": dict(self._c)}
 
     def take(self, d):
         self.table, self._told, self._last_req = d["table"], d["told"], d["last_req"]
         self._ip_id = d["ip_id"]
+        self.adopted = set(d.get("adopted", ()))
+        self._announce = []           # a takeover: the address never moved
         for k, v in d["c"].items():
             if k in self._c:
                 self._c[k] = v

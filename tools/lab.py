@@ -802,21 +802,31 @@ class Lab:
         return steps
 
     def _reply_route(self, lbks, verb="add"):
-        """The `ip -batch` line of a backend's table REPLY_TABLE: default via the LB, or with
-        several instances a multipath route over all their data addresses."""
+        """The `ip -batch` lines of a backend's reply routes: table REPLY_TABLE default via
+        the LB; with several instances one table per instance K (fwmark K, table
+        REPLY_TABLE + K - 1: K = 1 is the single LB's), default via K's data address. A
+        connection is marked with the instance that delivered its first frame (_reply_nft),
+        so its replies go back to that instance, which has its flow from the first frame on
+        (a peer learns it only by flow sync, after a few frames); when K dies, a live member
+        answers ARP for K's address (lb/daemon.py _adopt) and has K's flows by sync."""
         if len(lbks) == 1 and not self.bgp:
             return "route %s default via %s dev eth0 table %d\n" % (verb, LB_ADDRESS, REPLY_TABLE)
-        return "route %s default table %d %s\n" % (
-            verb, REPLY_TABLE, " ".join("nexthop via %s dev eth0" % lb_address(k) for k in lbks))
+        out = ""
+        for k in lbks:
+            if k > 1:
+                out += "rule add fwmark %d table %d\n" % (k, REPLY_TABLE + k - 1)
+            out += "route %s default via %s dev eth0 table %d\n" % (
+                verb, lb_address(k), REPLY_TABLE + k - 1)
+        return out
 
     def _reply_nft(self, real, lbks):
         """A backend's nftables: connections an instance delivered (Ethernet source = any LB
         MAC) to its real address are marked, and answered through table REPLY_TABLE."""
         if len(lbks) == 1 and not self.bgp:
-            macs = lb_mac(self.name)
+            text = NFT_BACKEND % {"lbmac": lb_mac(self.name), "real": real, "mark": REPLY_MARK}
         else:
-            macs = "{ %s }" % ", ".join(lb_mac_k(self.name, k) for k in lbks)
-        text = NFT_BACKEND % {"lbmac": macs, "real": real, "mark": REPLY_MARK}
+            text = NFT_BACKEND_LBS % {"lbs": ", ".join(
+                "%s : %d" % (lb_mac_k(self.name, k), k) for k in lbks), "real": real}
         if self.bgp:       # replaced whole (add_lb): the table goes first if it is there
             text = "table ip threeway\ndelete table ip threeway\n" + text
         return text
@@ -1063,7 +1073,7 @@ class Lab:
         steps = {}
         for i, b in enumerate(t["backends"], 1):
             bns = self.ns(b)
-            steps[bns] = [(["ip", "-n", bns, "-batch", "-"], self._reply_route(lbks, "replace")),
+            steps[bns] = [(["ip", "-n", bns, "-batch", "-"], self._reply_route([k], "replace")),
                           (["ip", "netns", "exec", bns, "nft", "-f", "-"],
                            self._reply_nft(backend_ip(i), lbks))]
         self._per_ns(steps)
@@ -1318,6 +1328,26 @@ table ip threeway {
     chain out {
         type route hook output priority mangle; policy accept;
         ct mark %(mark)d meta mark set %(mark)d
+    }
+}
+"""
+
+NFT_BACKEND_LBS = """\
+# lab backend with several LB instances: a connection the instance K delivered to our real
+# address (Ethernet source = K's MAC) gets mark K, and answers through K's table
+table ip threeway {
+    map lbs {
+        type ether_addr : mark
+        elements = { %(lbs)s }
+    }
+    chain pre {
+        type filter hook prerouting priority mangle; policy accept;
+        ct state new ip daddr %(real)s ct mark set ether saddr map @lbs
+        ct mark != 0 meta mark set ct mark
+    }
+    chain out {
+        type route hook output priority mangle; policy accept;
+        ct mark != 0 meta mark set ct mark
     }
 }
 """

@@ -109,11 +109,13 @@ def test_router_has_a_next_hop_per_instance(lab):
         bgp = lbctl(lab, k, "status")["bgp"]
         assert bgp["session"] == "up" and bgp["announced"] == [VIP, VIP_CHECKED], bgp
         assert bgp["next_hop"] == lb_address(k)
-    # rt hashes on L4; the backends answer via any instance, skipping a dead one
+    # rt hashes on L4; a backend answers a connection through the instance that delivered
+    # it (mark K -> table 100 + K - 1, default via K's data address)
     assert lab.exec("rt", ["sysctl", "-n", "net.ipv4.fib_multipath_hash_policy"]).stdout.strip() \
         == "1"
-    route = lab.exec("b1", ["ip", "route", "show", "table", "100"]).stdout
-    assert all(lb_address(k) in route for k in range(1, N + 1)), route
+    for k in range(1, N + 1):
+        route = lab.exec("b1", ["ip", "route", "show", "table", str(99 + k)]).stdout
+        assert "default via %s " % lb_address(k) in route, (k, route)
 
 
 def test_short_connections_spread_over_instances_and_backends(lab):
@@ -231,8 +233,9 @@ def test_add_lb_joins_the_route(lab):
     assert info["node"] == "lb4" and info["address"] == lb_address(4)
     t = wait_hops(lab, all_hops(lab, range(1, 5)), "lb4 in the route")
     print("add_lb -> lb4's next hop in rt %.3f s after its lbd answered" % t)
-    route = lab.exec("b1", ["ip", "route", "show", "table", "100"]).stdout
-    assert lb_address(4) in route, route
+    route = lab.exec("b1", ["ip", "route", "show", "table", "103"]).stdout
+    assert "default via %s " % lb_address(4) in route, route
+    assert "fwmark 0x4 lookup 103" in lab.exec("b1", ["ip", "rule"]).stdout
     before = lbctl(lab, 4, "stats", "--all")["counters"]["dsr_fwd"]
     r = traffic(lab, "c1", "http", "http://%s/id" % VIP, "--count", "200")
     assert r["n_errors"] == 0, r

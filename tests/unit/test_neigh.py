@@ -197,6 +197,11 @@ def test_arp_requests_schedule():
     st = FakeState(wanted=(BACKEND, "198.19.0.1"))
     n = Neigh(st, LB_IP, LB_MAC)
     out = n.due_requests(0)
+    # first our own address announced (gratuitous ARP: a restarted cluster member reclaims
+    # it from the member that answered for it), then the two requests
+    ann, out = out[0], out[1:]
+    a = dpkt.ethernet.Ethernet(ann).data
+    assert (a.op, a.spa, a.tpa) == (dpkt.arp.ARP_OP_REQUEST, ip4(LB_IP), ip4(LB_IP))
     assert len(out) == 2
     for f in out:
         eth = dpkt.ethernet.Ethernet(f)
@@ -212,6 +217,7 @@ def test_arp_requests_schedule():
     out = n.due_requests(REFRESH_MS)       # backend refreshed after 30 s
     assert ip4(BACKEND) in [dpkt.ethernet.Ethernet(f).data.tpa for f in out]
     assert n.counters()["arp_requests_sent"] == 2 + 1 + len(out)
+    assert n.counters()["arp_announced"] == 1
 
 
 def test_known_mac_is_given_again_when_the_address_is_wanted_again():
@@ -237,3 +243,21 @@ def test_state_errors_do_not_escape():
     n = Neigh(Broken(), LB_IP, LB_MAC)
     assert n.handle(arp(2, BACKEND_MAC, BACKEND, LB_IP, LB_MAC, LB_MAC)) == []
     assert len(n.handle(arp(1, CLIENT_MAC, "198.19.0.50", LB_IP))) == 1   # LB address still answered
+
+
+def test_a_dead_members_address_is_answered_while_adopted_and_announced_once():
+    st = FakeState()
+    n = Neigh(st, LB_IP, LB_MAC)
+    n.due_requests(0)
+    other = "198.19.0.202"
+    req = arp(1, BACKEND_MAC, BACKEND, other, b"\x00" * 6, BCAST)
+    assert n.handle(req) == []                        # not ours
+    n.adopt([other])
+    [ann] = n.due_requests(1)
+    a = dpkt.ethernet.Ethernet(ann).data
+    assert (a.spa, a.tpa, a.sha) == (ip4(other), ip4(other), LB_MAC)
+    [reply] = n.handle(req)
+    assert dpkt.ethernet.Ethernet(reply).data.spa == ip4(other)
+    assert n.due_requests(2) == []                    # announced once
+    n.adopt([])                                        # its member is back
+    assert n.handle(req) == []
