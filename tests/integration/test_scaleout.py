@@ -31,6 +31,8 @@ import pytest
 
 from tools.lab import BLOB_PATH, Lab, _wait, lbd_request, unique_name
 
+from .test_takeover import finish
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 LOCAL = ["198.19.0.11", "198.19.0.12", "198.19.0.13"]
@@ -115,19 +117,6 @@ def requests(lab, stop_file):
                                    "--stop-file", stop_file, "--timeout", "150"],
                             stdout=subprocess.PIPE, text=True)
             for mode, (vip, _, _) in VIPS.items()}
-
-
-def finish(procs, timeout=180):
-    out = {}
-    try:
-        for key, p in procs.items():
-            out[key] = p.communicate(timeout=timeout)[0]
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return out
 
 
 def carried(lab, k):
