@@ -9,12 +9,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from lb.cli import request
 from tools.lab import REPO
+
+from .test_health import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -44,15 +45,6 @@ def call(lab, cmd, args=None):
     assert reply["ok"], reply
     return reply["result"]
 
-
-def wait_for(what, pred, timeout):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        assert time.monotonic() < deadline, "timed out after %ss waiting for %s" % (timeout, what)
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
