@@ -1,4 +1,6 @@
 """Argument checks of the engines' control-side calls, shared by both twins (never per packet)."""
+import itertools
+
 from . import defs
 
 
@@ -95,11 +97,23 @@ def check_specs(specs):
 def _check_table(sched, table, weights):
     if sched not in (defs.SCHED_SEQ, defs.SCHED_HASH5, defs.SCHED_HASHSRC, defs.SCHED_LEASTCONN):
         raise ValueError("unknown scheduler kind %r" % (sched,))
-    for r in table:
-        check_real_idx(r)
+    _check_reals(table)
     if sched == defs.SCHED_LEASTCONN:
         if len(weights) != len(table) or any(not isinstance(w, int) or w <= 0 for w in weights):
             raise ValueError("lc needs a positive weight per candidate")
+
+
+def _check_reals(table):
+    """check_real_idx of every row, in C-level loops (a Maglev table has 65537 rows, and every
+    command checks every VIP's table); a bad row is then found, and named, row by row."""
+    table = list(table)
+    if not table:
+        return
+    if all(map(isinstance, table, itertools.repeat(int))) and \
+            0 <= min(table) and max(table) < defs.MAX_REALS:
+        return
+    for r in table:
+        check_real_idx(r)
 
 
 def _check_l7(s):
