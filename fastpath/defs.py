@@ -191,6 +191,10 @@ FRAG_TIMEOUT_MS = 5000
 # Eviction when the table is full: the least recently seen of EVICT_SAMPLE entries after a
 # rotating clock hand is evicted (an expired one first) and the new flow is served.
 EVICT_SAMPLE = 8
+# a flow idle this long no longer holds its backend-side 4-tuple against a new flow of another
+# VIP (flowtable.pxi flow_rev_clash): its state may be stale (a lost FIN, a synced copy whose
+# end never came), and a live synced flow is refreshed every sync period (30 s by default)
+REV_CLASH_IDLE_MS = 60000
 MAX_REALS = 4096
 MAX_SERVICES = 1024
 
@@ -404,10 +408,16 @@ COUNTER_TABLE = (
             "a peer's record updated a flow this engine had (state, backend, translation)"),
     Counter("sync_refused", None, None,
             "a peer's valid record this engine cannot take: no such VIP, another mode, a "
-            "backend it does not have, or a hop flow"),
+            "backend it does not have, a hop flow, or a backend-side 4-tuple a live flow "
+            "here holds (flow_rev_clash)"),
     Counter("sync_malformed", None, None,
             "a sync record (or a datagram header) that fails the checks: lengths, magic, "
             "version, mode, state, flags, ranges, hash of its key; dropped"),
+    # appended after the sync counters (the ABI is append-only)
+    Counter("drop_rev_clash", V_DROP, None,
+            "a new flow (nat, splice, hop) whose backend-side 4-tuple (client ip:port to the "
+            "backend) a live flow of another VIP holds: refused, the live one kept (the "
+            "backend could not take both)"),
 )
 COUNTERS = [c.name for c in COUNTER_TABLE]
 C = {name: i for i, name in enumerate(COUNTERS)}

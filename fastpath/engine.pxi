@@ -291,7 +291,9 @@ cdef class Engine:
     def splice_bind(self, cip, cport, vip, vport, real, int64_t now_ms, request=b"", fin=False):
         """Bind a flow in SPL_WAIT to a backend: it enters the reverse index (the backend's
         SYN-ACK will find it) and SPL_CONNECTING. Returns our SYN to the backend (a whole
-        frame), or None when there is no such flow or the backend's MAC is unknown.
+        frame), None when there is no such flow or the backend's MAC is unknown, or False
+        when a live flow holds the backend-side 4-tuple (the same client port to another
+        VIP on this backend: drop_rev_clash; the flow stays in SPL_WAIT).
 
         request (and fin: the client's FIN follows it) is what to replay. When it fits in one
         segment the fast path keeps it and answers the backend's SYN-ACK itself (counter

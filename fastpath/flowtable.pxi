@@ -70,7 +70,9 @@ cdef void flow_unlink(Engine self, uint64_t *tab, uint64_t h, uint32_t idx, bint
 cdef void flow_insert_rev(Engine self, uint32_t idx) noexcept nogil:
     """Enter flow idx in the reverse index. An older flow with the same backend-side key
     (client ip:port to backend ip:port, e.g. a closing flow of another VIP on the same
-    backend) is over: the backend cannot have two connections on one 4-tuple."""
+    backend) is over: the backend cannot have two connections on one 4-tuple. Callers first
+    refuse a new flow whose key a live flow holds (flow_rev_clash), so only a flow that is
+    over (TIME_WAIT, CLOSE, past its timeout) is replaced here."""
     cdef Flow *e = &self.fl[idx]
     cdef int32_t old = flow_find(self, self.irev, e.hr, e.rip, e.cip, e.rport, e.cport, e.proto,
                                  True)
@@ -79,6 +81,26 @@ cdef void flow_insert_rev(Engine self, uint32_t idx) noexcept nogil:
         self.ctr[C_FLOW_REV_REPLACED] += 1
     flow_insert(self, self.irev, e.hr, idx)
     e.flags |= F_REV
+
+
+cdef int32_t flow_rev_clash(Engine self, uint32_t rip, uint32_t cip, uint16_t rport,
+                            uint16_t cport, uint8_t proto, int64_t now) noexcept nogil:
+    """The live flow holding this backend-side key, or -1. The same client port to two VIPs
+    on one backend (a client's kernel picks ports per destination) is one 4-tuple on the
+    backend: the established connection keeps it, and the new one is refused
+    (drop_rev_clash), as the backend itself would refuse its SYN. Live: not TIME_WAIT or
+    CLOSE (FIN_WAIT is: a half-closed download), and a frame or a sync record within
+    REV_CLASH_IDLE_MS and its state's timeout."""
+    cdef int32_t old = flow_find(self, self.irev, _flow_hash(rip, cip, rport, cport, proto),
+                                 rip, cip, rport, cport, proto, True)
+    cdef Flow *e
+    if old < 0:
+        return -1
+    e = &self.fl[old]
+    if (e.state == S_TIME_WAIT or e.state == S_CLOSE or now - e.last > self.tmo[e.state]
+            or now - e.last > REV_CLASH_IDLE_MS):
+        return -1
+    return old
 
 
 cdef void flow_delete(Engine self, uint32_t idx) noexcept nogil:
@@ -174,6 +196,10 @@ cdef int new_flow_default(Engine self, uint8_t *f, uint32_t n, Service *sv, Pkt 
     real = schedule(self, sv, p.h, p.src)
     if real < 0:
         return C_DROP_NO_BACKEND
+    if XMIT[sv.mode].rev != NULL and flow_rev_clash(
+            self, self.reals[real].ip, p.src, self.reals[real].port, p.sport, sv.proto,
+            now) >= 0:
+        return C_DROP_REV_CLASH
     idx = flow_create(self, sv, p.h, p.src, p.sport, real, state, now)
     self.ctr[C_FLOW_CREATED] += 1
     if state == S_ESTABLISHED:

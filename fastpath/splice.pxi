@@ -346,6 +346,15 @@ cdef void waitq_push(Engine self, uint32_t idx, int64_t now) noexcept nogil:
     self.wq_tail += 1
 
 
+cdef bint splice_bind_clash(Engine self, Flow *e, int32_t real, int64_t now) noexcept nogil:
+    """Whether binding e to real would take a backend-side 4-tuple a live flow holds (the
+    key splice_bind_real enters; flow_rev_clash)."""
+    cdef Real *r = &self.reals[real]
+    if e.mode == MODE_HOP:
+        return flow_rev_clash(self, e.vip, e.cip, e.vport, e.cport, 6, now) >= 0
+    return flow_rev_clash(self, r.ip, e.cip, r.port, e.cport, 6, now) >= 0
+
+
 cdef void splice_bind_real(Engine self, Flow *e, int32_t real, int64_t now) noexcept nogil:
     cdef Real *r = &self.reals[real]
     e.real, e.rip, e.rport = real, r.ip, r.port
@@ -381,8 +390,8 @@ cdef int splice_l7_bind(Engine self, uint8_t *f, Flow *e, Service *sv, uint8_t t
     if pool < 0:
         return 0
     real = schedule(self, &self.pools[pool], e.hf, e.cip)
-    if real < 0 or not self.reals[real].has_mac:
-        return 0
+    if real < 0 or not self.reals[real].has_mac or splice_bind_clash(self, e, real, now):
+        return 0                        # (Python decides, and says why)
     rp = <uint8_t *>malloc(dl)
     if rp == NULL:
         return 0
@@ -509,6 +518,9 @@ cdef object api_splice_bind(Engine self, cip, cport, vip, vport, real, int64_t n
     if idx < 0 or self.fl[idx].state != S_SPL_WAIT or not self.reals[<int>real].has_mac:
         return None
     cdef Flow *e = &self.fl[idx]
+    if splice_bind_clash(self, e, real, now_ms):
+        self.ctr[C_DROP_REV_CLASH] += 1
+        return False
     splice_bind_real(self, e, real, now_ms)
     e.flags |= F_SEEN
     if len(req) + (12 if e.sopt & SOPT_TS else 0) <= e.mss:

@@ -23,7 +23,8 @@
 #   share the work and every entry is looked at once a lap.
 # - Import (sync_import) checks every record before it takes it: a record failing a check
 #   is counted sync_malformed; a valid one this engine cannot take (no such service, its
-#   mode differs, no real with that address and port, a hop flow) sync_refused; the rest
+#   mode differs, no real with that address and port, a hop flow, a backend-side 4-tuple a
+#   live flow here holds: flow_rev_clash) sync_refused; the rest
 #   create a flow (sync_imported, never flow_created) or update the one on that key
 #   (sync_updated). Its last and sync_at are the import time, sync_st its state: it is not
 #   sent back, and the normal timeouts expire it. Its frame counters start at 0 here.
@@ -144,6 +145,10 @@ cdef int sync_take(Engine self, const uint8_t *r, int32_t real, Service *sv,
     cdef Flow *e
     cdef Real *rl = &self.reals[real]
     cdef int ctr = C_SYNC_UPDATED
+    if XMIT[mode].rev != NULL and (idx < 0 or self.fl[idx].real != real):
+        # a live flow here on the backend-side key this record would enter: it stays
+        if flow_rev_clash(self, rl.ip, cip, rl.port, cport, proto, now) >= 0:
+            return C_SYNC_REFUSED
     if idx >= 0:
         e = &self.fl[idx]
         if e.mode != mode:

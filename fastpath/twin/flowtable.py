@@ -73,7 +73,9 @@ def flow_unlink(self, tab, h, idx, rev):
 def flow_insert_rev(self, idx):
     """Enter flow idx in the reverse index. An older flow with the same backend-side key
     (client ip:port to backend ip:port, e.g. a closing flow of another VIP on the same
-    backend) is over: the backend cannot have two connections on one 4-tuple."""
+    backend) is over: the backend cannot have two connections on one 4-tuple. Callers first
+    refuse a new flow whose key a live flow holds (flow_rev_clash), so only a flow that is
+    over (TIME_WAIT, CLOSE, past its timeout) is replaced here."""
     e = self.fl[idx]
     old = flow_find(self, self.irev, e.hr, e.rip, e.cip, e.rport, e.cport, e.proto, True)
     if old >= 0:
@@ -81,6 +83,19 @@ def flow_insert_rev(self, idx):
         self.ctr[C["flow_rev_replaced"]] += 1
     flow_insert(self, self.irev, e.hr, idx)
     e.flags |= defs.F_REV
+
+
+def flow_rev_clash(self, rip, cip, rport, cport, proto, now):
+    """The live flow holding this backend-side key, or -1 (flowtable.pxi says why)."""
+    old = flow_find(self, self.irev, flow_hash(rip, cip, rport, cport, proto),
+                    rip, cip, rport, cport, proto, True)
+    if old < 0:
+        return -1
+    e = self.fl[old]
+    if (e.state in (defs.S_TIME_WAIT, defs.S_CLOSE) or now - e.last > self.tmo[e.state]
+            or now - e.last > defs.REV_CLASH_IDLE_MS):
+        return -1
+    return old
 
 
 def flow_delete(self, idx):
@@ -163,6 +178,10 @@ def new_flow_default(self, f, n, sv, p, now):
     real = schedule(self, sv, p.h, p.src)
     if real < 0:
         return C["drop_no_backend"]
+    if XMIT[sv.mode].rev is not None and flow_rev_clash(
+            self, self.reals[real].ip, p.src, self.reals[real].port, p.sport, sv.proto,
+            now) >= 0:
+        return C["drop_rev_clash"]
     idx = flow_create(self, sv, p.h, p.src, p.sport, real, state, now)
     self.ctr[C["flow_created"]] += 1
     if state == defs.S_ESTABLISHED:

@@ -23,7 +23,8 @@ from .. import defs
 from ..checks import check_ip, check_port, check_real_idx
 from ..defs import C, TH_ACK, TH_FIN, TH_PSH, TH_RST, TH_SYN, XMIT_CONT
 from .flowtable import (flow_account, flow_alloc, flow_delete, flow_find, flow_insert,
-                        flow_insert_rev, schedule, service_find, splice_cap, vip_flow_new)
+                        flow_insert_rev, flow_rev_clash, schedule, service_find, splice_cap,
+                        vip_flow_new)
 from .http import l7_match
 from .icmp import icmp_frag_needed, icmp_translate
 from .inet import (M32, flow_hash, mix64, patch16, patch32, rd16, rd32, rewrite, sack_ts,
@@ -304,6 +305,14 @@ def waitq_push(self, idx, now):
     self.waitq.append((idx, e.c_isn, e.created, now))
 
 
+def splice_bind_clash(self, e, real, now):
+    """Whether binding e to real would take a backend-side 4-tuple a live flow holds."""
+    r = self.reals[real]
+    if e.mode == defs.MODE_HOP:
+        return flow_rev_clash(self, e.vip, e.cip, e.vport, e.cport, 6, now) >= 0
+    return flow_rev_clash(self, r.ip, e.cip, r.port, e.cport, 6, now) >= 0
+
+
 def splice_bind_real(self, e, real, now):
     r = self.reals[real]
     e.real, e.rip, e.rport = real, r.ip, r.port
@@ -335,8 +344,8 @@ def splice_l7_bind(self, f, e, sv, tflags, now):
     if pool is None:
         return 0
     real = schedule(self, pool, e.hf, e.cip)
-    if real < 0 or self.reals[real].mac is None:
-        return 0
+    if real < 0 or self.reals[real].mac is None or splice_bind_clash(self, e, real, now):
+        return 0                        # (Python decides, and says why)
     splice_bind_real(self, e, real, now)
     e.flags |= defs.F_INLINE
     e.rp, e.rp_len = d, dl
@@ -441,6 +450,9 @@ def api_splice_bind(self, cip, cport, vip, vport, real, now_ms, request, fin):
     if idx < 0 or self.fl[idx].state != defs.S_SPL_WAIT or self.reals[real].mac is None:
         return None
     e = self.fl[idx]
+    if splice_bind_clash(self, e, real, now_ms):
+        self.ctr[C["drop_rev_clash"]] += 1
+        return False
     splice_bind_real(self, e, real, now_ms)
     e.flags |= defs.F_SEEN
     if len(req) + (12 if e.sopt & defs.SOPT_TS else 0) <= e.mss:

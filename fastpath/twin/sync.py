@@ -7,8 +7,8 @@ import struct
 from .. import defs
 from ..checks import check_sync_cursor, check_sync_max
 from ..defs import C, F_FIN_C, F_FIN_S, F_INLINE, F_REV, F_RP_FIN, F_SEEN
-from .flowtable import (flow_alloc, flow_find, flow_insert, flow_insert_rev, flow_unlink,
-                        service_find, splice_cap)
+from .flowtable import (flow_alloc, flow_find, flow_insert, flow_insert_rev, flow_rev_clash,
+                        flow_unlink, service_find, splice_cap)
 from .inet import flow_hash
 from .types import XMIT
 
@@ -111,6 +111,10 @@ def sync_take(self, r, real, sv, now):
     idx = flow_find(self, self.ifwd, h, cip, vip, cport, vport, proto, False)
     rl = self.reals[real]
     ctr = C["sync_updated"]
+    if XMIT[mode].rev is not None and (idx < 0 or self.fl[idx].real != real):
+        # a live flow here on the backend-side key this record would enter: it stays
+        if flow_rev_clash(self, rl.ip, cip, rl.port, cport, proto, now) >= 0:
+            return C["sync_refused"]
     if idx >= 0:
         e = self.fl[idx]
         if e.mode != mode:

@@ -166,7 +166,8 @@ class SpliceManager:
                                  "decided_at_limit", "decided_at_timeout", "syn_sent",
                                  "syn_retransmitted", "replayed", "replay_repeated",
                                  "backend_timeout", "backend_reset", "client_reset",
-                                 "no_backend", "no_neigh", "neigh_wait", "bad_frame",
+                                 "no_backend", "no_neigh", "neigh_wait", "rev_clash",
+                                 "bad_frame",
                                  "stray", "silent",
                                  "spliced_inline", "adopted", "late", "time_wait_reset",
                                  # layer-7 DSR (probe, verify, redirect), HTTP and RTSP
@@ -327,6 +328,12 @@ class SpliceManager:
             # longer requests. None: the flow is gone, or the engine has no MAC yet
             syn = self.engine.splice_bind(cip, cport, vip_ip, vport, real, now, conn.data,
                                           conn.fin)
+        if syn is False:
+            # the same client port to another VIP on this backend, live: the backend could
+            # not take our SYN (its 4-tuple is that connection's), and that one stays
+            self.c["rev_clash"] += 1
+            return self._refuse(conn, fl, "backend %s:%d has a live connection from this "
+                                "client port (another VIP's)" % (_ipstr(ip), port))
         if syn is None:
             if self.engine.splice_flow(*conn.key) is None:
                 return self._refuse(conn, fl, "flow gone")

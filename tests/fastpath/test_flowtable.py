@@ -181,19 +181,38 @@ def test_flows_of_a_down_backend_kept_or_expired_by_service_policy(impl, expire)
     assert run(e, [c2v(sport=1, flags=F.TH_ACK)])[0][1] == "nat_fwd"
 
 
-def test_a_new_flow_takes_over_the_backend_side_key_of_an_older_one(impl):
-    """Two VIPs on one backend, one client port: the backend sees one 4-tuple, so the newer
-    flow owns the reverse key and the backend's replies go back as the newer VIP."""
+def test_a_live_flow_keeps_its_backend_side_key_against_a_new_flow_of_another_vip(impl):
+    """Two VIPs on one backend, one client port (a client's kernel picks ports per
+    destination): the backend sees one 4-tuple. While the older flow lives (also half-closed:
+    one FIN), a new flow on it is refused (drop_rev_clash) and the older one keeps its
+    replies; once it is over (both FINs), or idle REV_CLASH_IDLE_MS, the newer one takes the
+    key (flow_rev_replaced) and the replies go back as the newer VIP."""
     from .fixtures import VIP4, b2c
     e = make_engine(impl.Engine, ServiceSpec)
     e.set_services([nat_service(defs.SCHED_SEQ, [0]),
                     ServiceSpec(F.ip2int(VIP4), 80, 6, defs.MODE_NAT, defs.SCHED_SEQ, [0], [1])])
-    run(e, [c2v(sport=5), c2v(sport=5, flags=F.TH_FIN | F.TH_ACK)])      # VIP1, closing
-    run(e, [c2v(vip=VIP4, sport=5)])                                       # VIP4, same port
+
+    def src_of(out):
+        return F.int2ip(int.from_bytes(out[0][2][26:30], "big"))
+    run(e, [c2v(sport=5), b2c(sport=5), c2v(sport=5, flags=F.TH_FIN | F.TH_ACK)])  # VIP1
+    assert run(e, [c2v(vip=VIP4, sport=5)])[0][1] == "drop_rev_clash"       # half-closed: live
+    out = run(e, [b2c(sport=5, flags=F.TH_ACK, data=b"more")])
+    assert out[0][1] == "nat_rev" and src_of(out) == VIP1
+    assert e.flow_count() == 1 and e.counters()["flow_rev_replaced"] == 0
+    run(e, [b2c(sport=5, flags=F.TH_FIN | F.TH_ACK)])                        # both FINs: over
+    assert run(e, [c2v(vip=VIP4, sport=5)])[0][1] == "nat_fwd"
     out = run(e, [b2c(sport=5)])
-    assert out[0][1] == "nat_rev" and F.int2ip(int.from_bytes(out[0][2][26:30], "big")) == VIP4
+    assert out[0][1] == "nat_rev" and src_of(out) == VIP4
     c = e.counters()
-    assert c["flow_rev_replaced"] == 1 and e.flow_count() == 1 and e.real_conns(0) == 1
+    assert (c["flow_rev_replaced"], c["drop_rev_clash"], e.flow_count(), e.real_conns(0)) == \
+        (1, 1, 1, 1)
+    # an established flow idle for REV_CLASH_IDLE_MS no longer holds the key
+    run(e, [c2v(sport=6), b2c(sport=6)], now=2000)
+    assert run(e, [c2v(vip=VIP4, sport=6)], now=2000 + defs.REV_CLASH_IDLE_MS)[0][1] == \
+        "drop_rev_clash"
+    assert run(e, [c2v(vip=VIP4, sport=6)], now=2001 + defs.REV_CLASH_IDLE_MS)[0][1] == \
+        "nat_fwd"
+    assert e.counters()["flow_rev_replaced"] == 2
 
 
 def test_process_returns_how_many_frames_it_punted(impl):

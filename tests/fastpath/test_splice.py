@@ -405,3 +405,32 @@ def test_a_client_segment_bigger_than_the_backend_keeps_gets_frag_needed(impl):
     e.process(b, NOW)
     assert b.results()[0][1] == "splice_fwd"
     assert struct.unpack("<H", b.header(0)[4:6])[0] == 1360 + 20 - 32    # segments fit b1
+
+
+def test_a_bind_onto_a_backend_side_key_a_live_flow_holds_is_refused(impl):
+    """A nat VIP and the splice VIP on one backend, one client port: the nat flow lives on
+    the backend's 4-tuple, so binding the splice flow there answers False (drop_rev_clash),
+    leaves it waiting (SPL_WAIT) and keeps the nat flow's replies; once that flow is over
+    (both FINs), the same bind goes through."""
+    from .fixtures import VIP1, b2c, c2v
+    e = engine(impl)
+    e.set_services([ServiceSpec(F.ip2int(VIP), 80, 6, defs.MODE_SPLICE, defs.SCHED_SEQ, [0], [1]),
+                    ServiceSpec(F.ip2int(VIP1), 80, 6, defs.MODE_NAT, defs.SCHED_SEQ, [0], [1])])
+    assert run(e, c2v(sport=40000))[1] == "nat_fwd"
+    assert run(e, b2c(sport=40000))[1] == "nat_rev"
+    c_isn, out = handshake(e)
+    cookie = parse(out).seq
+    our_ts = struct.unpack("!II", tcp_opts(parse(out))[8])[0]
+    req = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
+    ack = F.tcp(GW, LB, CLIENT, VIP, 40000, 80, flags=F.TH_ACK | F.TH_PUSH, seq=c_isn + 1,
+                ack=(cookie + 1) & M32, data=req, opts=opt_ts(1001, our_ts))
+    assert run(e, ack)[:2] == (defs.V_PUNT, "punt_splice")     # not bound in the fast path
+    key = (F.ip2int(CLIENT), 40000, F.ip2int(VIP), 80)
+    assert e.splice_bind(*key, 0, NOW, req) is False
+    assert e.splice_flow(*key)["state"] == defs.S_SPL_WAIT
+    assert e.counters()["drop_rev_clash"] == 1
+    back = run(e, b2c(sport=40000, flags=F.TH_ACK, data=b"x"))
+    assert back[1] == "nat_rev" and parse(back[2]).sport == 80
+    run(e, c2v(sport=40000, flags=F.TH_FIN | F.TH_ACK))
+    run(e, b2c(sport=40000, flags=F.TH_FIN | F.TH_ACK))
+    assert e.splice_bind(*key, 0, NOW, req) not in (None, False)

@@ -420,3 +420,23 @@ def test_the_twins_export_the_same_bytes_for_every_mode():
     assert da == db and len(records(da)) == 1
     # compiled -> twin and back
     assert world(twin).sync_import(da, NOW) == world(_engine).sync_import(db, NOW) == (1, 0)
+
+
+def test_a_record_onto_a_backend_side_key_a_live_flow_holds_is_refused(impl):
+    """B has a live nat flow of VIP1 from the client's port 40000 on b1; A's record of a
+    VIP2 flow from the same port on b1 (the same 4-tuple on the backend) is refused, and B's
+    flow keeps its replies. Once B's flow is over (both FINs), the record is taken."""
+    svcs = [ServiceSpec(F.ip2int(v), 80, 6, defs.MODE_NAT, defs.SCHED_SEQ, [0], [1])
+            for v in (VIP1, VIP2)]
+    a, b = world(impl, svcs), world(impl, svcs)
+    run(a, [c2v(vip=VIP2, sport=40000), b2c(sport=40000), c2v(vip=VIP2, sport=40000,
+                                                             flags=F.TH_ACK)])
+    data = a.sync_export(MAXR, NOW)
+    run(b, [c2v(vip=VIP1, sport=40000), b2c(sport=40000)])
+    assert b.sync_import(data, NOW) == (0, 1)
+    out = run(b, [b2c(sport=40000, flags=F.TH_ACK, data=b"x")])
+    assert out[0][1] == "nat_rev" and F.int2ip(int.from_bytes(out[0][2][26:30], "big")) == VIP1
+    run(b, [c2v(vip=VIP1, sport=40000, flags=F.TH_FIN | F.TH_ACK),
+            b2c(sport=40000, flags=F.TH_FIN | F.TH_ACK)])
+    assert b.sync_import(data, NOW) == (1, 0)
+    assert b.counters()["sync_refused"] == 1

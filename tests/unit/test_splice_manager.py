@@ -194,6 +194,24 @@ def test_a_backend_mac_never_learnt_resets_the_client_after_the_wait(impl):
     assert (c["refused"], c["no_neigh"], c["neigh_wait"]) == (1, 1, 1) and e.flow_count() == 0
 
 
+def test_a_backend_side_key_held_by_a_live_flow_resets_the_client_at_once(impl):
+    """A nat VIP on the same backend has a live flow from the client's port: the backend
+    could not take our SYN (one 4-tuple), so the splice connection is refused at once
+    (rev_clash, with the reason) and the nat flow keeps going."""
+    e, sm = setup(impl)
+    nat_vip = "198.19.100.1"
+    e.set_services([ServiceSpec(F.ip2int(VIP), 80, 6, defs.MODE_SPLICE, defs.SCHED_SEQ, [0], [1]),
+                    ServiceSpec(F.ip2int(nat_vip), 80, 6, defs.MODE_NAT, defs.SCHED_SEQ, [0], [1])])
+    assert run(e, sm, F.tcp(GW, LB, CLIENT, nat_vip, 40000, 80, flags=F.TH_SYN))[1] == "nat_fwd"
+    cookie = connect(e, sm)
+    v, reason, out, made = run(e, sm, F.tcp(GW, LB, CLIENT, VIP, 40000, 80, seq=1001,
+                                            ack=(cookie + 1) & M32, data=REQ))
+    assert len(made) == 1 and made[0][47] & F.TH_RST and made[0][0:6] == GW
+    c = sm.counters()
+    assert (c["refused"], c["rev_clash"], c["neigh_wait"]) == (1, 1, 0)
+    assert e.counters()["drop_rev_clash"] == 1 and e.flow_count() == 1      # the nat flow
+
+
 def setup_fast(impl):
     """A VIP whose rules the fast path applies itself (default pool = backend 0)."""
     from fastpath import L7Spec
