@@ -389,6 +389,10 @@ async def run_live(d, taken=None):
         if taken is None and d.sync.peers and d.cfg.sync.pull_timeout > 0:
             # joining: a peer's full table first (bounded), then the workers and "ready"
             r = await loop.run_in_executor(None, d.sync.pull)
+            drained = d.state.adopt_draining(d.sync.pending_backends())
+            if drained:
+                log.info("sync: %d draining backend(s) of the peers' flows, not in the table",
+                         drained)
             d.sync.import_pending(d.clock())
             if r["error"] is None:
                 log.info("sync: full table of %d flows from %s in %.0f ms", r["flows"],

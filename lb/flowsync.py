@@ -59,6 +59,7 @@ from .errors import LBError
 log = logging.getLogger("lbd.sync")
 
 HDR = struct.Struct("!BBH")
+BACKEND = struct.Struct("!IH")           # a record's rip, rport
 END = HDR.pack(defs.SYNC_MAGIC, defs.SYNC_VERSION, 0)     # the end of a dump stream
 EXPORT_BUDGET = 512          # datagrams per engine per tick
 DUMP_RECORDS = 1024          # records per dump datagram (TCP: no 1400-byte limit)
@@ -151,6 +152,19 @@ def _endpoint(p, fld="peer"):
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise LBError(fld, "port must be a number 1..65535, got %r" % (port,))
     return str(ip), int(port)
+
+
+def record_backends(data):
+    """{(ip, port)} of the backends a well-formed datagram's records name (offset 16 rip,
+    20 rport: fastpath/sync.pxi); an empty set for anything else."""
+    if len(data) < defs.SYNC_HDR_LEN:
+        return set()
+    magic, version, count = HDR.unpack_from(data, 0)
+    if (magic, version) != (defs.SYNC_MAGIC, defs.SYNC_VERSION) or \
+            len(data) != defs.SYNC_HDR_LEN + count * defs.SYNC_REC_LEN:
+        return set()
+    return {BACKEND.unpack_from(data, defs.SYNC_HDR_LEN + i * defs.SYNC_REC_LEN + 16)
+            for i in range(count)}
 
 
 def worker_of(cip, cport, n):
@@ -295,6 +309,18 @@ class FlowSync:
                 self.work_inbox(k, e, now)
             finally:
                 e.release()
+
+    def pending_backends(self):
+        """{(ip, port)} of the backends the records waiting in the inboxes name (a pull's
+        full table, before import_pending): the daemon gives those this instance has no slot
+        for a draining one first (LBState.adopt_draining), so the flows of a backend the
+        cluster removed while they run are taken, as every older instance still has them.
+        Malformed datagrams are skipped here (the engine counts them)."""
+        out = set()
+        for box in self.inbox:
+            for data in list(box):
+                out |= record_backends(data)
+        return out
 
     def work_inbox(self, index, engine, now):
         box = self.inbox[index]

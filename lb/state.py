@@ -9,7 +9,9 @@ and applies both to a fast-path Engine. Invariants:
 - Reals: one slot per (ip, port), shared by every VIP that uses that backend, idx <
   defs.MAX_REALS. A slot is reused for another real only when no VIP references it AND
   engine.real_conns(idx) == 0: after a backend is removed (or set to weight 0) its existing
-  flows stay pinned to the slot and keep going; only new connections avoid it.
+  flows stay pinned to the slot and keep going; only new connections avoid it. A joining
+  cluster instance makes such draining slots for the backends its peers' flows name and its
+  table lacks (adopt_draining, before it imports them), so they keep going there too.
 - MACs learnt by learn_neighbor are kept per IP and given to every slot of that IP, now and
   later. A slot with no MAC yet makes the fast path drop (drop_no_neigh) until it is learnt.
 - Scheduler tables are cached per VIP and rebuilt only when that VIP's backends, weights,
@@ -155,6 +157,32 @@ class LBState:
 
     def gateway_mac(self):
         return self._macs.get(self._gw_ip) if self._gw_ip is not None else None
+
+    def adopt_draining(self, backends):
+        """Real slots for backends no VIP here names and no slot holds (`backends`: {(ip,
+        port)}): a joining instance's peers may carry flows of a backend the cluster removed
+        while they run, which keep going on the peers' draining slots (module docstring); a
+        slot here lets the pulled flows be taken (lb/flowsync.py pending_backends). Only free
+        or never-used slots are taken, never one reclaimed; gc() releases the ones no flow
+        uses. Call it with the flows' import right after, before gc() runs. Returns how many
+        it made."""
+        made = 0
+        for ip, port in sorted(backends):
+            if (ip, port) in self._slots or not ip:
+                continue
+            if self._free:
+                idx = self._free.pop()
+            elif self._next < defs.MAX_REALS:
+                idx, self._next = self._next, self._next + 1
+            else:
+                break
+            self._slots[(ip, port)] = idx
+            self.engine.set_real(idx, ip, port, self._macs.get(ip))
+            if idx in self._slot_down:               # a reused slot starts up
+                self._slot_down.discard(idx)
+                self.engine.set_real_up(idx, True)
+            made += 1
+        return made
 
     def gc(self):
         """Release slots no VIP references and no flow uses any more; returns how many."""
