@@ -3,6 +3,10 @@ Each prints one JSON object on stdout and exits 0 when it ran, whatever it measu
 caller judges); every loop is bounded in count and time.
 
   http URL --count N [--keepalive] [--seconds T]   N GETs (or T s); X-Backend tally, errors
+  download URL --bytes N --rate R [--stop-file F]   one GET of the first N bytes (a Range),
+                                         read at R bytes/s with a small receive buffer, so the
+                                         sender is held to it too, until N or F exists: bytes,
+                                         their sha256, X-Backend, seconds (a paced long flow)
   echo HOST PORT --bytes N [--seed S]    N random bytes through an echo service; sha256 both ways
   echo-slow HOST PORT --seconds T        one connection, 1 KiB every 20 ms; all echoes checked
   udp HOST PORT --sockets N --count K    N sockets x K datagrams through a UDP echo, each socket
@@ -69,6 +73,67 @@ def cmd_http(a):
     return {"requests": sum(backends.values()), "backends": backends, "statuses": statuses,
             "errors": errors[:10], "n_errors": len(errors), "seconds": time.monotonic() - t0,
             "slowest": slow}
+
+
+class _SmallWindow(http.client.HTTPConnection):
+    """An HTTP connection whose socket has a receive buffer of `rcvbuf` bytes set before the
+    handshake (so the window it announces, and its scale, stay small)."""
+
+    def __init__(self, host, port, rcvbuf, timeout):
+        super().__init__(host, port, timeout=timeout)
+        self.rcvbuf = rcvbuf
+
+    def connect(self):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+        s.settimeout(self.timeout)
+        s.connect((self.host, self.port))
+        self.sock = s
+
+
+def cmd_download(a):
+    """A long flow of a known pace: the body is read in ticks of TICK s, at most rate*TICK
+    bytes a tick, through a receive buffer of about two ticks' worth, so the server can be
+    ahead by that much only (curl's --limit-rate averages over seconds and lets a fast link
+    burst through)."""
+    tick = 0.05
+    per_tick = max(1024, int(a.rate * tick))
+    u = urllib.parse.urlsplit(a.url)
+    h = hashlib.sha256()
+    got, backend, status, error, client, stopped = 0, None, None, None, None, False
+    t0 = time.monotonic()
+    deadline = t0 + a.timeout
+    conn = _SmallWindow(u.hostname, u.port or 80, max(4096, 2 * per_tick), a.stall)
+    try:
+        conn.request("GET", u.path or "/", headers={"Range": "bytes=0-%d" % (a.bytes - 1)})
+        client = "%s:%d" % conn.sock.getsockname()
+        r = conn.getresponse()
+        status, backend = r.status, r.getheader("X-Backend")
+        nxt = time.monotonic()
+        while got < a.bytes:
+            if a.stop_file and os.path.exists(a.stop_file):
+                stopped = True
+                break
+            if time.monotonic() > deadline:
+                error = "timed out after %d bytes" % got
+                break
+            chunk = r.read(min(per_tick, a.bytes - got))
+            if not chunk:
+                error = "the body ended after %d bytes" % got
+                break
+            h.update(chunk)
+            got += len(chunk)
+            nxt += tick
+            wait = nxt - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)         # the pace itself, bounded by the deadline above
+    except (OSError, http.client.HTTPException) as e:
+        error = repr(e)
+    finally:
+        conn.close()
+    return {"bytes": got, "sha256": h.hexdigest(), "backend": backend, "status": status,
+            "client": client, "error": error, "stopped": stopped,
+            "seconds": round(time.monotonic() - t0, 3)}
 
 
 def _stream(seed, n):
@@ -368,6 +433,13 @@ def main(argv=None):
     h.add_argument("--stop-file", help="stop once this file exists (a planned end, like "
                    "--seconds: the caller decides when its side of a test is over)")
     h.add_argument("--timeout", type=float, default=60)
+    d = sub.add_parser("download")
+    d.add_argument("url")
+    d.add_argument("--bytes", type=int, required=True, help="the first N bytes (a Range GET)")
+    d.add_argument("--rate", type=float, required=True, help="bytes per second")
+    d.add_argument("--timeout", type=float, default=120)
+    d.add_argument("--stall", type=float, default=5, help="s without a byte: an error")
+    d.add_argument("--stop-file", help="stop reading once this file exists (a planned end)")
     e = sub.add_parser("echo")
     e.add_argument("host")
     e.add_argument("port", type=int)
@@ -403,7 +475,9 @@ def main(argv=None):
     sf.add_argument("--rate", type=float, default=0, help="SYNs per second (0: as fast as it goes)")
     sf.add_argument("--seed", type=int, default=1)
     a = p.parse_args(argv)
-    fn = {"http": cmd_http, "echo": cmd_echo, "echo-slow": cmd_echo_slow,
+    if a.cmd == "download" and not (a.bytes >= 1 and a.rate > 0):
+        p.error("download: --bytes must be >= 1 and --rate > 0")
+    fn = {"http": cmd_http, "download": cmd_download, "echo": cmd_echo, "echo-slow": cmd_echo_slow,
           "udp": cmd_udp, "malformed": cmd_malformed, "synflood": cmd_synflood}[a.cmd]
     print(json.dumps(fn(a)), flush=True)
     return 0
