@@ -195,6 +195,9 @@ EVICT_SAMPLE = 8
 # VIP (flowtable.pxi flow_rev_clash): its state may be stale (a lost FIN, a synced copy whose
 # end never came), and a live synced flow is refreshed every sync period (30 s by default)
 REV_CLASH_IDLE_MS = 60000
+# a new nat flow whose chosen backend has its 4-tuple held is scheduled again this many times
+# (rr: the next in turn; a flow hash: a rehash) before it is refused
+REV_CLASH_TRIES = 4
 MAX_REALS = 4096
 MAX_SERVICES = 1024
 
@@ -418,6 +421,9 @@ COUNTER_TABLE = (
             "a new flow (nat, splice, hop) whose backend-side 4-tuple (client ip:port to the "
             "backend) a live flow of another VIP holds: refused, the live one kept (the "
             "backend could not take both)"),
+    Counter("rev_clash_rescheduled", None, None,
+            "a new nat flow whose first choice of backend had its 4-tuple held by a live "
+            "flow went to another backend of its VIP (rr: the next; maglev, hash: a rehash)"),
 )
 COUNTERS = [c.name for c in COUNTER_TABLE]
 C = {name: i for i, name in enumerate(COUNTERS)}

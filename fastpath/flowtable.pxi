@@ -199,7 +199,9 @@ cdef int new_flow_default(Engine self, uint8_t *f, uint32_t n, Service *sv, Pkt 
     if XMIT[sv.mode].rev != NULL and flow_rev_clash(
             self, self.reals[real].ip, p.src, self.reals[real].port, p.sport, sv.proto,
             now) >= 0:
-        return C_DROP_REV_CLASH
+        real = reschedule_clash(self, sv, p, now)
+        if real < 0:
+            return C_DROP_REV_CLASH
     idx = flow_create(self, sv, p.h, p.src, p.sport, real, state, now)
     self.ctr[C_FLOW_CREATED] += 1
     if state == S_ESTABLISHED:
@@ -207,6 +209,27 @@ cdef int new_flow_default(Engine self, uint8_t *f, uint32_t n, Service *sv, Pkt 
     if XMIT[sv.mode].fwd == NULL:
         return C_DROP_MODE
     return XMIT[sv.mode].fwd(self, f, n, &self.fl[idx], sv, p.tflags, now)
+
+
+cdef int32_t reschedule_clash(Engine self, Service *sv, Pkt *p, int64_t now) noexcept nogil:
+    """Another backend of sv for a new flow whose first choice has its 4-tuple held (a live
+    flow of another VIP, flow_rev_clash): up to REV_CLASH_TRIES more picks (rr: the next in
+    turn; a flow hash: rehashed; sh and lc choose the same again, so they give up), or -1.
+    A synced flow keeps the backend it got; one re-created from a non-SYN gets the first
+    choice, as any flow the hash did not place."""
+    cdef uint32_t k
+    cdef int32_t real
+    cdef uint64_t h = p.h
+    if sv.sched != SCHED_SEQ and sv.sched != SCHED_HASH5:
+        return -1
+    for k in range(REV_CLASH_TRIES):
+        h = _mix64(h + 1)
+        real = schedule(self, sv, h, p.src)
+        if real >= 0 and flow_rev_clash(self, self.reals[real].ip, p.src,
+                                        self.reals[real].port, p.sport, sv.proto, now) < 0:
+            self.ctr[C_REV_CLASH_RESCHEDULED] += 1
+            return real
+    return -1
 
 
 cdef int32_t flow_from_backend(Engine self, uint32_t rip, uint32_t cip, uint16_t rport,

@@ -181,7 +181,9 @@ def new_flow_default(self, f, n, sv, p, now):
     if XMIT[sv.mode].rev is not None and flow_rev_clash(
             self, self.reals[real].ip, p.src, self.reals[real].port, p.sport, sv.proto,
             now) >= 0:
-        return C["drop_rev_clash"]
+        real = reschedule_clash(self, sv, p, now)
+        if real < 0:
+            return C["drop_rev_clash"]
     idx = flow_create(self, sv, p.h, p.src, p.sport, real, state, now)
     self.ctr[C["flow_created"]] += 1
     if state == defs.S_ESTABLISHED:
@@ -189,6 +191,22 @@ def new_flow_default(self, f, n, sv, p, now):
     if XMIT[sv.mode].fwd is None:
         return C["drop_mode"]
     return XMIT[sv.mode].fwd(self, f, n, self.fl[idx], sv, p.tflags, now)
+
+
+def reschedule_clash(self, sv, p, now):
+    """Another backend of sv for a new flow whose first choice has its 4-tuple held, or -1
+    (flowtable.pxi says how)."""
+    if sv.sched not in (defs.SCHED_SEQ, defs.SCHED_HASH5):
+        return -1
+    h = p.h
+    for _ in range(defs.REV_CLASH_TRIES):
+        h = mix64((h + 1) & 0xFFFFFFFFFFFFFFFF)
+        real = schedule(self, sv, h, p.src)
+        if real >= 0 and flow_rev_clash(self, self.reals[real].ip, p.src,
+                                        self.reals[real].port, p.sport, sv.proto, now) < 0:
+            self.ctr[C["rev_clash_rescheduled"]] += 1
+            return real
+    return -1
 
 
 def flow_from_backend(self, rip, cip, rport, cport, proto, tflags, now):

@@ -29,7 +29,7 @@ ABI = ["rx_frames", "drop_runt", "drop_not_our_mac", "punt_arp", "drop_vlan", "d
        "dsr_frag_fwd", "tunnel_frag_fwd", "punt_tunnel_frag", "splice_frag_needed",
        "splice_mss_lowered", "flow_recreated_rev", "punt_hop", "hop_fwd", "hop_handoff",
        "drop_hop_rev", "sync_exported", "sync_imported", "sync_updated", "sync_refused",
-       "sync_malformed", "drop_rev_clash"]
+       "sync_malformed", "drop_rev_clash", "rev_clash_rescheduled"]
 SPLICE_VIP = "198.19.100.6"
 
 

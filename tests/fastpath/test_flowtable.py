@@ -215,6 +215,31 @@ def test_a_live_flow_keeps_its_backend_side_key_against_a_new_flow_of_another_vi
     assert e.counters()["flow_rev_replaced"] == 2
 
 
+def test_a_new_nat_flow_whose_backend_side_key_is_held_goes_to_another_backend(impl):
+    """VIP1 holds client ports 7..26 on b1 (live flows); VIP4 has b1 (3 of 4 table rows)
+    and b2: a new VIP4 flow from one of those ports never goes to b1. It is scheduled again
+    (a rehash for a flow hash, the next in turn for rr: rev_clash_rescheduled) onto b2, or
+    refused (drop_rev_clash) when every try gave b1; sh gives the same backend every time,
+    so there it is refused."""
+    from .fixtures import REALS, VIP4
+    ports = range(7, 27)
+    for sched in (defs.SCHED_HASH5, defs.SCHED_SEQ, defs.SCHED_HASHSRC):
+        e = make_engine(impl.Engine, ServiceSpec)
+        e.set_services([nat_service(defs.SCHED_SEQ, [0]),
+                        ServiceSpec(F.ip2int(VIP4), 80, 6, defs.MODE_NAT, sched, [0, 0, 0, 1],
+                                    [1] * 4)])
+        run(e, [c2v(sport=p) for p in ports])                       # VIP1 -> b1, live
+        outs = [run(e, [c2v(vip=VIP4, sport=p)])[0] for p in ports]
+        sent = [F.int2ip(int.from_bytes(o[2][30:34], "big")) for o in outs if o[1] == "nat_fwd"]
+        c = e.counters()
+        assert set(sent) <= {REALS[1][0]}, (sched, sent)
+        assert len(sent) + c["drop_rev_clash"] == len(ports), sched
+        if sched == defs.SCHED_HASHSRC:
+            assert c["rev_clash_rescheduled"] == 0 and c["drop_rev_clash"] in (0, len(ports))
+        else:
+            assert c["rev_clash_rescheduled"] >= len(ports) // 2, (sched, c)
+
+
 def test_process_returns_how_many_frames_it_punted(impl):
     """lbd looks for punted frames only when process() says there are some."""
     from .fixtures import GW
