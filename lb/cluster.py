@@ -20,6 +20,9 @@ Keys (etcd v3, one cluster per name):
     /threeway/<name>/members/<instance>  JSON {instance, data, mgmt, sync, pid, started}, put
                                          with a lease of lease_ttl s that lbd keeps alive
                                          (sync: the [sync] listen address when lbd has one)
+    /threeway/<name>/splice_secret       the SYN-cookie key, 32 hex digits: put once by the
+                                         first lbd to start (create-if-absent), read by all at
+                                         start (splice_secret), so cookies hold on any instance
 
 Invariants:
 - A document is validated as the instance's own config with its [[vip]] replaced (merge():
@@ -354,6 +357,32 @@ def init(urls, name, cfg, force=False, etcd=None):
     return rev
 
 
+SECRET_LEN = 16
+
+
+def splice_secret(urls, name, etcd=None):
+    """The cluster's SYN-cookie key (16 bytes): etcd's secret_key, written once by the first
+    instance to ask (a txn that puts only if the key is absent), then read by every one. So a
+    cookie one instance made is valid on every other: ECMP may move a handshake between its
+    SYN and its ACK (a route change, an instance gone or joined), and a splice or hop
+    connection then goes on where the ACK lands. EtcdError if etcd cannot be reached, or if
+    the stored key is not SECRET_LEN bytes."""
+    e = etcd or Etcd(urls)
+    key = cluster_config.secret_key(name)
+    for _ in range(3):
+        value, mod, _rev = e.get(key)
+        if value is not None:
+            try:
+                secret = bytes.fromhex(value.decode())
+            except ValueError:
+                secret = b""
+            if len(secret) != SECRET_LEN:
+                raise EtcdError("%s holds no %d-byte hex key" % (key, SECRET_LEN))
+            return secret
+        e.cas_put(key, os.urandom(SECRET_LEN).hex(), 0)    # first: absent -> ours
+    raise EtcdError("%s: no key after 3 reads" % key)
+
+
 def _member(v):
     try:
         return json.loads(v)
@@ -627,10 +656,25 @@ class Runtime:
         self.last_refused = None
         self.agent = None
         self.history = []               # (revision, applied_at) of the last HISTORY applies
+        self.secret = None              # where the SYN-cookie key came from (take_secret)
         self.started = wall()
         self._subs = []                 # subscribe() before start(): handed to the agent
 
     HISTORY = 64
+
+    def take_secret(self, engine):
+        """The cluster's SYN-cookie key into engine (splice_secret; blocking, bounded by
+        etcd's request timeout): "cluster", or when etcd cannot be reached "local: ..." (the
+        key this lbd made keeps serving: its own cookies stay valid, a handshake ECMP moves
+        here from another instance does not)."""
+        try:
+            engine.set_splice_secret(splice_secret(self.ccfg.etcd, self.ccfg.name))
+            self.secret = "cluster"
+        except EtcdError as e:
+            self.secret = "local: %s" % e
+            log.warning("cluster %s: no shared SYN-cookie key (%s); this lbd's own serves, "
+                        "so a handshake another instance began fails here", self.ccfg.name, e)
+        return self.secret
 
     def start(self, loop):
         def deliver(fn, *a):
@@ -697,6 +741,7 @@ class Runtime:
         out = self.agent.view() if self.agent is not None else {}
         out.update(revision=self.revision, applied_at=self.applied_at, apply_ms=self.apply_ms,
                    applied=self.applied, refused=self.refused, last_refused=self.last_refused,
+                   splice_secret=self.secret,
                    history=[list(h) for h in self.history[-8:]])
         return out
 

@@ -42,6 +42,11 @@ def members_prefix(name):
     return "%s%s/members/" % (PREFIX, name)
 
 
+def secret_key(name):
+    """The cluster's SYN-cookie key (lb/cluster.py splice_secret)."""
+    return "%s%s/splice_secret" % (PREFIX, name)
+
+
 def check_name(value, fld):
     if not isinstance(value, str) or not NAME_RE.match(value):
         raise LBError(fld, "must be 1-64 characters of [A-Za-z0-9_.-], got %r" % (value,))

@@ -198,6 +198,25 @@ def test_cas_conflict_against_real_etcd(etcd):
     assert _in(etcd, lambda e: e.get(key))[:2] == (b"c", r2)
 
 
+def test_every_instance_gets_one_splice_secret_from_real_etcd(etcd):
+    """The first to ask makes it, two more asking at once read the same one, another cluster
+    has its own, and a stored key that is not 16 bytes of hex is an error."""
+    got = [_in(etcd, lambda e: cluster.splice_secret(None, "sec", etcd=e))]
+    out = []
+    ts = [threading.Thread(target=lambda: out.append(_in(
+        etcd, lambda e: cluster.splice_secret(None, "sec", etcd=e)))) for _ in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+    got += out
+    assert len(got) == 3 and len(set(got)) == 1 and len(got[0]) == cluster.SECRET_LEN
+    assert _in(etcd, lambda e: cluster.splice_secret(None, "other", etcd=e)) != got[0]
+    _in(etcd, lambda e: e.put(cluster.cluster_config.secret_key("bad"), "zz"))
+    with pytest.raises(cluster.EtcdError):
+        _in(etcd, lambda e: cluster.splice_secret(None, "bad", etcd=e))
+
+
 class RacingEtcd(cluster.Etcd):
     """A real client that lets a second real writer in between its first read and write
     (the race of two lbctl --cluster at once, made to happen every time)."""
