@@ -24,14 +24,13 @@ every load has a fixed duration or count and every command a timeout (Bench's ow
 timing is asserted anywhere.
 """
 import contextlib
-import datetime
 import os
 import subprocess
 import sys
 import time
 
-from bench.e2e import (WORKLOAD_BY_NAME, Bench, Failed, _fmt, _pct, machine, make_row, median,
-                       offloads, write_report, lab_argparser, lab_runs)
+from bench.e2e import (WORKLOAD_BY_NAME, Bench, Failed, _fmt, _pct, make_row, median,
+                       offloads, write_report, lab_argparser, lab_meta, lab_runs)
 from tools.lab import Lab, LabError, unique_name
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -98,10 +97,8 @@ def main(argv=None):
     a = lab_argparser("bench.afpacket_lab", __doc__.split("\n")[0], RESULTS).parse_args(argv)
     runs, dur = lab_runs(a)
     t_start = time.monotonic()
-    meta = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "runs": runs, "quick": a.quick, "durations": dur._asdict(),
-            "argv": "".join(" " + x for x in (argv if argv is not None else sys.argv[1:])),
-            "failed": {}, "io_counters": {}, "offloads": {}, "io_info": {}, **machine()}
+    meta = lab_meta(a, runs, dur, argv, failed={}, io_counters={}, offloads={},
+                    io_info={})
     rows = []
     try:
         with contextlib.ExitStack() as stack:

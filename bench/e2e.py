@@ -633,12 +633,9 @@ class Bench:
             total_s += m["seconds"]
         return {"value": total_b * 8 / 1e9 / total_s, "served_bytes": total_b, "requests": None}
 
-    def cell(self, path, w):
-        """One run of one cell: the measurement inside CPU and lbd-I/O snapshots."""
-        tw = path in THREEWAY
-        io0, k0 = self.lb_stats() if tw else (None, None)
-        t0c = self.client_tcp(path)
-        c0 = cpu_snapshot(self.pids)
+    def timed(self, path, w):
+        """(measure()'s result, its error or None, wall seconds); a failed measurement gives
+        value None."""
         t0 = time.monotonic()
         err = None
         try:
@@ -647,7 +644,15 @@ class Bench:
             m, err = {"value": None, "served_bytes": 0, "requests": None}, str(e)
         except subprocess.TimeoutExpired as e:
             m, err = {"value": None, "served_bytes": 0, "requests": None}, "timed out: %s" % e
-        wall = time.monotonic() - t0
+        return m, err, time.monotonic() - t0
+
+    def cell(self, path, w):
+        """One run of one cell: the measurement inside CPU and lbd-I/O snapshots."""
+        tw = path in THREEWAY
+        io0, k0 = self.lb_stats() if tw else (None, None)
+        t0c = self.client_tcp(path)
+        c0 = cpu_snapshot(self.pids)
+        m, err, wall = self.timed(path, w)
         c1 = cpu_snapshot(self.pids)
         lb_io = None
         t1c = self.client_tcp(path)
@@ -900,6 +905,15 @@ def lab_runs(a):
     if not 1 <= runs <= 20:
         raise SystemExit("--runs: 1..20")
     return runs, (QUICK if a.quick else FULL)
+
+
+def lab_meta(a, runs, dur, argv, **extra):
+    """The meta every lab report starts from: date, runs, quick, durations, the command's
+    arguments (argv, or sys.argv's), the machine, and `extra`."""
+    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "runs": runs, "quick": a.quick, "durations": dur._asdict(),
+            "argv": "".join(" " + x for x in (argv if argv is not None else sys.argv[1:])),
+            **extra, **machine()}
 
 
 def write_report(out, stem, meta, rows, md, t_start):

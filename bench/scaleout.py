@@ -30,13 +30,12 @@ machine (more processes, more wakeups, smaller batches), not the gain of adding 
 Invariants: one lab with a unique name, downed on the way out (also on failure); every
 command has a timeout, every load a fixed duration; nothing asserts a timing.
 """
-import datetime
 import os
 import sys
 import time
 
 from bench.e2e import (HTTP_PORT, IPERF_PORT, WORKLOAD_BY_NAME, WRK_CONNS, Bench, Failed,
-                       _fmt, _pct, cpu_per_unit, lab_argparser, lab_runs, machine, make_row,
+                       _fmt, _pct, cpu_per_unit, lab_argparser, lab_meta, lab_runs, make_row,
                        median, parse_pid_stat, parse_proc_stat, _read, pick_http_object,
                        write_report)
 from tools.lab import Lab, LabError, _wait, lbd_request, unique_name
@@ -111,13 +110,7 @@ class ScaleBench(Bench):
         f0 = self.created()
         j0 = {k: _jiffies(p) for k, p in pids.items()}
         b0 = _busy()
-        t0 = time.monotonic()
-        err = None
-        try:
-            m = self.measure(path, w)
-        except Failed as e:
-            m, err = {"value": None, "served_bytes": 0, "requests": None}, str(e)
-        wall = time.monotonic() - t0
+        m, err, wall = self.timed(path, w)
         b1 = _busy()
         j1 = {k: _jiffies(p) for k, p in pids.items()}
         f1 = self.created()
@@ -154,7 +147,7 @@ def render(rows, meta):
          "`python3 -m bench.scaleout%s`" % meta["argv"], "",
          "This VM has 2 CPUs for everything: the client (wrk, iperf3), the router, the two "
          "backends and every lbd. More instances add processes, not CPUs: read the ratios as "
-         "the cost (or saving) of spreading one load over more instances on a fixed machine, "
+         "the cost (or saving) of spreading one load over more instances on a fixed "
          "not as the gain of adding machines.", "",
          "## Rates (median; N/1 = the rate with N instances over the rate with one)", "",
          "| VIP | workload | unit | 1 | 2 | 3 | 2/1 | 3/1 |", "|---|---|---|---:|---:|---:|---:|---:|"]
@@ -196,10 +189,7 @@ def main(argv=None):
     a = lab_argparser("bench.scaleout", __doc__.split("\n")[0], RESULTS).parse_args(argv)
     runs, dur = lab_runs(a)
     t_start = time.monotonic()
-    meta = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "runs": runs, "quick": a.quick, "durations": dur._asdict(),
-            "argv": "".join(" " + x for x in (argv if argv is not None else sys.argv[1:])),
-            **machine()}
+    meta = lab_meta(a, runs, dur, argv)
     lab = Lab(unique_name(), backends=len(BACKENDS), lbs=max(COUNTS), cluster=True)
     print("scaleout: instances %s x %d VIPs x %d workloads x %d run(s); lab %s" % (
         "/".join(map(str, COUNTS)), len(VIPS), len(WORKLOADS), runs, lab.name), flush=True)

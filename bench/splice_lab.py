@@ -24,14 +24,13 @@ Invariants: one lab with a unique name, downed on exit (also on failure); haprox
 and stopped here by its pid (tools/anchors.py's Anchors.haproxy_down); every command has a
 timeout, every load a fixed duration or count.
 """
-import datetime
 import os
 import subprocess
 import sys
 import time
 
 from bench import e2e
-from bench.e2e import (WORKLOAD_BY_NAME, WRK_CONNS, Bench, Failed, _fmt, _pct, _ratio, machine,
+from bench.e2e import (WORKLOAD_BY_NAME, WRK_CONNS, Bench, Failed, _fmt, _pct, _ratio,
                        make_row, offloads, write_report, lab_argparser, lab_runs, cpu_per_unit)
 from tools.anchors import Anchors
 from tools.lab import LB_MGMT, Lab, LabError, unique_name
@@ -274,11 +273,8 @@ def main(argv=None):
     runs, dur = lab_runs(a)
     paths = [p for p in PATHS if not (a.no_tcp_inspect and p == "haproxy-tcp")]
     t_start = time.monotonic()
-    meta = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "io": "tap + vnet offload", "runs": runs, "quick": a.quick,
-            "durations": dur._asdict(), "haproxy_version": e2e._haproxy_version(),
-            "argv": "".join(" " + x for x in (argv if argv is not None else sys.argv[1:])),
-            **machine()}
+    meta = e2e.lab_meta(a, runs, dur, argv, io="tap + vnet offload",
+                        haproxy_version=e2e._haproxy_version())
     name = unique_name()
     rows, skipped = [], {}
     print("splice_lab: %d paths x %d workloads x %d run(s); lab %s" % (

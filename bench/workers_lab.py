@@ -27,16 +27,15 @@ Medians of the runs go to bench/results/workers.json and workers.md.
 Invariants: two labs with unique names, both downed on the way out (also on failure); every
 command has a timeout, every load a fixed duration; nothing asserts a timing.
 """
-import datetime
 import os
 import resource
 import subprocess
 import sys
 import time
 
-from bench.e2e import (WORKLOAD_BY_NAME, WRK_CONNS, Bench, Failed, _fmt, _pct, _read, machine,
+from bench.e2e import (WORKLOAD_BY_NAME, WRK_CONNS, Bench, Failed, _fmt, _pct, _read,
                        make_row, median, offloads, parse_pid_stat, pick_http_object,
-                       write_report, lab_argparser, lab_runs, cpu_per_unit)
+                       write_report, lab_argparser, lab_meta, lab_runs, cpu_per_unit)
 from tools.lab import Lab, LabError, unique_name
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -236,11 +235,7 @@ def main(argv=None):
     a = lab_argparser("bench.workers_lab", __doc__.split("\n")[0], RESULTS).parse_args(argv)
     runs, dur = lab_runs(a)
     t_start = time.monotonic()
-    meta = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "io": "tap + vnet offload", "runs": runs, "quick": a.quick,
-            "durations": dur._asdict(),
-            "argv": "".join(" " + x for x in (argv if argv is not None else sys.argv[1:])),
-            **machine()}
+    meta = lab_meta(a, runs, dur, argv, io="tap + vnet offload")
     labs = {n: Lab(unique_name(), backends=3, clients=1, io="tap", offload=True, workers=n)
             for n in WORKER_COUNTS}
     print("workers_lab: workers %s x %d workloads x %d run(s); labs %s" % (
