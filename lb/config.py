@@ -272,6 +272,8 @@ class IOConfig:
                                            # None: on where the device takes them (lb/io.py)
     workers: int = 1                       # data-plane threads; > 1: one TAP queue each (tap only)
     rps: Optional[bool] = None             # tap: RPS on lbd's TAP (None: if it can be set)
+    realtime: Optional[bool] = None        # data-plane threads under SCHED_FIFO (lb/workers.py;
+                                           # None: if the process may, else a warning)
 
 
 @dataclass
@@ -521,7 +523,7 @@ def parse_bgp(raw, lb_address):
 
 
 def _parse_io(raw):
-    check_keys(raw, ["backend", "interface", "offload", "workers", "rps"], "io")
+    check_keys(raw, ["backend", "interface", "offload", "workers", "rps", "realtime"], "io")
     io = IOConfig()
     if "backend" in raw:
         if raw["backend"] not in IO_BACKENDS:
@@ -550,6 +552,11 @@ def _parse_io(raw):
             raise LBError("io.rps", "is for the tap backend (lbd's own device); with %s, set "
                           "RPS on the interface's peer yourself" % io.backend)
         io.rps = raw["rps"]
+    if "realtime" in raw:
+        if not isinstance(raw["realtime"], bool):
+            raise LBError("io.realtime", "must be true or false (the data-plane threads under "
+                          "SCHED_FIFO), got %r" % (raw["realtime"],))
+        io.realtime = raw["realtime"]
     return io
 
 

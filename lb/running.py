@@ -14,7 +14,7 @@ Invariants:
   parse_options); nothing here names a mode.
 - Every key is written, defaults included, so a saved file means the same under tomorrow's
   defaults; left out are only the optional keys whose absence is itself a value: lb.mac,
-  lb.gateway, metrics.listen (None: no endpoint), io.offload (None: on where the device takes it), io.rps, health.interface (None), vip.on_backend_down (None: the mode's
+  lb.gateway, metrics.listen (None: no endpoint), io.offload (None: on where the device takes it), io.rps, io.realtime, health.interface (None), vip.on_backend_down (None: the mode's
   default), a backend's pool "default" and name "" (its address), a VIP's [vip.health] when it is the default (no
   checks).
 - FIXED are the fields a running lbd cannot change (its address, devices, flow table size,
@@ -36,7 +36,7 @@ from .errors import LBError
 # and the health monitor are made with them at start
 FIXED = (("lb", "address"), ("lb", "mac"), ("lb", "gateway"), ("lb", "control_socket"),
          ("io", "backend"), ("io", "interface"), ("io", "offload"), ("io", "workers"),
-         ("io", "rps"), ("flows", "capacity"), ("health", "max_in_flight"),
+         ("io", "rps"), ("io", "realtime"), ("flows", "capacity"), ("health", "max_in_flight"),
          ("metrics", "listen"))
 
 
@@ -56,6 +56,8 @@ def dump(cfg):
     io["workers"] = cfg.io.workers
     if cfg.io.rps is not None:
         io["rps"] = cfg.io.rps
+    if cfg.io.realtime is not None:
+        io["realtime"] = cfg.io.realtime
     health = {}
     if cfg.health.interface is not None:
         health["interface"] = cfg.health.interface

@@ -40,6 +40,14 @@ Invariants:
   same way, and starts the workers again if the new lbd fails; each worker records when its
   loop started and ended (CLOCK_MONOTONIC ns: the takeover pause is measured from them). A worker whose poll() fails (its fd is gone)
   counts an error and ends.
+- Scheduling (`[io] realtime`): each worker thread puts itself under SCHED_FIFO (RT_PRIORITY)
+  as it starts, so a frame that wakes it is forwarded at once instead of waiting for the
+  running task's time slice, as the kernel's own forwarding (softirq) does not wait; the
+  main thread stays SCHED_OTHER. A worker sleeps in poll() whenever its queue is empty and
+  nothing here spins, so it only takes the CPU its frames need. Absent: FIFO if the kernel
+  allows it (a probe thread tries it before any worker starts), else a warning and the
+  default policy; true: lbd does not start without it; false: the default policy. Each
+  worker's view says which policy it runs under ("sched").
 """
 import ctypes
 import logging
@@ -57,6 +65,51 @@ log = logging.getLogger("lbd.workers")
 
 JOIN_TIMEOUT_S = 5.0
 PR_SET_NAME = 15
+RT_PRIORITY = 1      # SCHED_FIFO priority of the workers: above every SCHED_OTHER task, below
+                     # any real-time thread the operator has
+
+
+def set_sched(realtime):
+    """The calling thread under SCHED_FIFO (RT_PRIORITY) if realtime, else SCHED_OTHER.
+    Returns the policy's name ("fifo" or "other"); OSError if the kernel refuses."""
+    if realtime:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(RT_PRIORITY))
+        return "fifo"
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    return "other"
+
+
+def probe_realtime():
+    """None if a thread of this process may go under SCHED_FIFO, else the OSError's text (the
+    probe is a short-lived thread of its own: nothing else's policy changes)."""
+    out = []
+
+    def probe():
+        try:
+            set_sched(True)
+        except OSError as e:
+            out.append(str(e))
+
+    t = threading.Thread(target=probe, name="lbd-rtprobe", daemon=True)
+    t.start()
+    t.join(JOIN_TIMEOUT_S)
+    return out[0] if out else None
+
+
+def realtime_policy(want):
+    """[io] realtime (None, True, False) -> whether the workers run under SCHED_FIFO.
+    True that the kernel refuses raises OSError naming the key; None that it refuses warns."""
+    if want is False:
+        return False
+    err = probe_realtime()
+    if err is None:
+        return True
+    if want:
+        raise OSError("io.realtime: the data-plane threads cannot run under SCHED_FIFO: %s"
+                      % err)
+    log.warning("data-plane threads stay under the default scheduler (SCHED_FIFO refused: "
+                "%s); set io.realtime = false to silence this", err)
+    return False
 
 
 def _name_thread(name):
@@ -214,13 +267,15 @@ class EngineLock:
 class Worker:
     """One data-plane thread: one TAP queue, one engine, its modes' punt handlers, its timers."""
 
-    def __init__(self, index, io, engine, clock, expire_budget, punt_sink):
+    def __init__(self, index, io, engine, clock, expire_budget, punt_sink, realtime=False):
         self.index = index
         self.io = io                       # lb/io.py TapQueue
         self.engine = engine
         self.clock = clock
         self.expire_budget = expire_budget
         self.punt_sink = punt_sink         # callable(list of frame bytes), thread-safe
+        self.realtime = realtime           # SCHED_FIFO for the thread (see the docstring)
+        self.sched = None                  # the policy the thread runs under, once it runs
         self.punts = None                  # PuntTable, set once the state exists
         self.sent_tap = None               # callable(frames, worker): frames Python made and
                                            # sent here (lb/watch.py shows them), set by attach
@@ -253,6 +308,11 @@ class Worker:
 
     def run(self):
         _name_thread("lbd-w%d" % self.index)
+        try:
+            self.sched = set_sched(self.realtime)
+        except OSError as e:               # (the probe said yes: counted, and it runs on)
+            self.sched = "other"
+            self._error("worker %d: scheduling policy not set (%s)" % (self.index, e))
         eng = self.engine
         self.started_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         try:
@@ -333,7 +393,7 @@ class Worker:
     def view(self):
         return dict(self.stats, worker=self.index, flows=self.engine.flow_count(),
                     alive=self.thread is not None and self.thread.is_alive(),
-                    io=self.io.counters())
+                    sched=self.sched, io=self.io.counters())
 
 
 def engine_capacity(cfg, n):
@@ -358,7 +418,9 @@ class Workers:
         cap = engine_capacity(cfg, n)
         if engines is None:       # (a takeover makes them before it asks: new_engines)
             engines = new_engines(cfg, n)
-        self.workers = [Worker(i, q, engines[i], clock, max(1024, cap // 50), self._punt_sink)
+        self.realtime = realtime_policy(cfg.io.realtime)    # OSError if required and refused
+        self.workers = [Worker(i, q, engines[i], clock, max(1024, cap // 50), self._punt_sink,
+                               self.realtime)
                         for i, q in enumerate(queues)]
         # one queue needs no steering: every frame is the one worker's
         self.steering = Steering(io.fd) if n > 1 else None
@@ -409,7 +471,7 @@ class Workers:
 
     # --- views ---------------------------------------------------------------------------
     def status(self):
-        return {"workers": len(self.workers)}
+        return {"workers": len(self.workers), "realtime": self.realtime}
 
     def stats(self):
         views = [w.view() for w in self.workers]

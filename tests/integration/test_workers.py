@@ -13,6 +13,7 @@ reply, drop_no_flow_non_syn for a client's ACK, splice_bad_cookie / drop_splice_
 carried frames and held flows. Each client has its own VIP (bench/e2e.py's PAWS note).
 """
 import json
+import os
 import subprocess
 import sys
 import time
@@ -107,6 +108,24 @@ def test_nat_dsr_splice_on_two_workers(make_lab):
     assert stats["splice"]["decided_forward"] + c.get("splice_decided", 0) >= REQUESTS + 1
     check_no_wrong_worker(stats)
     assert stats["steering"]["vip_addresses"] == 3 and stats["steering"]["errors"] == 0
+    # [io] realtime absent, lbd run as root: both data-plane threads under SCHED_FIFO, the
+    # main thread (control socket, health, ARP) under the default policy
+    assert status["realtime"] is True and [w["sched"] for w in workers] == ["fifo", "fifo"]
+    policies = lbd_thread_policies(lab.topology["lb"]["pid"])
+    assert policies.pop("lbd-w0") == policies.pop("lbd-w1") == os.SCHED_FIFO, policies
+    assert set(policies.values()) == {os.SCHED_OTHER}, policies
+
+
+def lbd_thread_policies(pid):
+    """{thread name: scheduling policy} of lbd's threads (/proc/PID/task/*/stat field 41)."""
+    out = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+            st = f.read()
+        name = st[st.index("(") + 1:st.rindex(")")]
+        out[name if name not in out else "%s/%s" % (name, tid)] = int(
+            st.rsplit(")", 1)[1].split()[38])
+    return out
 
 
 def test_vip_added_at_run_time_is_steered_on_two_workers(make_lab):

@@ -320,3 +320,21 @@ def test_io_rps_is_for_the_tap_backend():
     d = good_dict()
     _afpacket_with("rps", False)(d)
     assert config.parse(d).io.rps is False           # off: nothing to refuse
+
+
+# --- [io] realtime --------------------------------------------------------------------------
+
+def test_io_realtime_default_is_auto_and_takes_booleans():
+    assert config.parse(good_dict()).io.realtime is None
+    for v in (True, False):
+        d = good_dict()
+        d["io"]["realtime"] = v
+        assert config.parse(d).io.realtime is v
+        _afpacket_with("realtime", v)(d)             # any backend: it is the threads' policy
+        assert config.parse(d).io.realtime is v
+
+
+@pytest.mark.parametrize("value", ["fifo", 1, 0, 99])
+def test_io_realtime_bad_values_name_the_field(value):
+    e = errors_of(_set(["io", "realtime"], value))
+    assert e.field == "io.realtime" and "true or false" in e.message and repr(value) in e.message

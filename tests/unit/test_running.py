@@ -139,6 +139,8 @@ def documents(draw, fixed=None):
             io["workers"] = draw(st.integers(1, 16))
             if draw(st.booleans()):
                 io["rps"] = draw(st.booleans())
+        if draw(st.booleans()):          # left out: FIFO where the kernel allows it
+            io["realtime"] = draw(st.booleans())
         lb = {"address": LB_IP}
         if draw(st.booleans()):
             lb["mac"] = "02:54:57:00:00:02"
@@ -448,6 +450,7 @@ FIXED_CHANGES = [
     ("io.offload", {"io": {"offload": True}}),
     ("io.workers", {"io": {"workers": 2}}),
     ("io.rps", {"io": {"rps": False}}),
+    ("io.realtime", {"io": {"realtime": False}}),
     ("flows.capacity", {"flows": {"capacity": 2048}}),
     ("health.max_in_flight", {"health": {"max_in_flight": 8}}),
     ("metrics.listen", {"metrics": {"listen": "198.19.0.3:9100"}}),

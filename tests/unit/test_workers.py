@@ -7,6 +7,8 @@ import ipaddress
 import os
 import queue
 import socket
+import subprocess
+import sys
 import threading
 
 import dpkt
@@ -18,7 +20,7 @@ from lb.datapath import PuntTable, monotonic_ms
 from lb.io import TapQueue
 from lb.neigh import ARP_REQUEST, arp_frame
 from lb.state import LBState
-from lb.workers import EngineGroup, Worker
+from lb.workers import EngineGroup, Worker, realtime_policy
 
 from .test_state import (B1, B2, CLIENT_IP, GW_IP, GW_MAC, LB_IP, LB_MAC, MACS, NOW, VIP,
                          forwarded_to, ip, make_cfg, send, tcp_frame)
@@ -173,3 +175,77 @@ def test_worker_stops_when_its_fd_goes(st, group):
         w.stop()
         mine.close()
         peer.close()
+
+
+# --- [io] realtime: the workers' scheduling policy ---------------------------------------------
+
+def thread_policy(tid):
+    """The scheduling policy of thread tid of this process (/proc .../stat field 41)."""
+    with open("/proc/%d/task/%d/stat" % (os.getpid(), tid)) as f:
+        return int(f.read().rsplit(")", 1)[1].split()[38])
+
+
+@pytest.mark.parametrize("realtime", [True, False])
+def test_worker_thread_runs_under_the_policy_it_is_given(st, group, realtime):
+    """A started Worker puts its own thread under SCHED_FIFO (or leaves the default), says so
+    in its view, forwards as before, and the calling thread keeps its own policy."""
+    if realtime and realtime_policy(None) is False:
+        pytest.skip("this process may not use SCHED_FIFO")
+    before = os.sched_getscheduler(0)
+    mine, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    w = Worker(0, TapQueue(mine.fileno(), 0, 0), group.workers[0].engine, monotonic_ms,
+               1024, lambda frames: None, realtime=realtime)
+    try:
+        mine.setblocking(False)
+        peer.settimeout(5)
+        w.punts = PuntTable(w.engine, st, LB_MAC)
+        w.start()
+        peer.send(tcp_frame(5001))
+        out = dpkt.ethernet.Ethernet(peer.recv(4096))      # forwarded: the thread is running
+        assert str(ipaddress.IPv4Address(out.data.dst)) == B1
+        assert thread_policy(w.thread.native_id) == (os.SCHED_FIFO if realtime
+                                                     else os.SCHED_OTHER)
+        assert w.view()["sched"] == ("fifo" if realtime else "other")
+    finally:
+        w.stop()
+        w.join()
+        mine.close()
+        peer.close()
+    assert w.stats["errors"] == 0
+    assert os.sched_getscheduler(0) == before
+
+
+def test_realtime_false_is_the_default_policy_without_asking():
+    assert realtime_policy(False) is False
+
+
+REFUSED = """
+import logging, sys
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(message)s")
+from lb.workers import realtime_policy
+print("auto", realtime_policy(None))
+try:
+    realtime_policy(True)
+    print("required: started")
+except OSError as e:
+    print("required:", e)
+"""
+
+
+def test_a_refused_realtime_warns_when_absent_and_stops_lbd_when_required():
+    """A process without CAP_SYS_NICE and with RLIMIT_RTPRIO 0 (setpriv drops the capability
+    for real): absent -> the default policy and a warning; true -> OSError naming the key
+    (lbd: "cannot start"). Where this process may use FIFO, absent -> FIFO."""
+    if realtime_policy(None) is False:
+        pytest.skip("SCHED_FIFO is refused here already")
+    r = subprocess.run(["setpriv", "--inh-caps=-sys_nice", "--bounding-set=-sys_nice",
+                        "prlimit", "--rtprio=0", sys.executable, "-c", REFUSED],
+                       capture_output=True, text=True, timeout=60,
+                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+                           os.path.abspath(__file__)))))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "auto False" in lines
+    assert any("SCHED_FIFO refused" in x and "io.realtime = false" in x for x in lines)
+    assert any(x.startswith("required: io.realtime:") and "SCHED_FIFO" in x for x in lines)
+    assert realtime_policy(None) is True
