@@ -147,7 +147,7 @@ def render(rows, meta):
          "`python3 -m bench.scaleout%s`" % meta["argv"], "",
          "This VM has 2 CPUs for everything: the client (wrk, iperf3), the router, the two "
          "backends and every lbd. More instances add processes, not CPUs: read the ratios as "
-         "the cost (or saving) of spreading one load over more instances on a fixed "
+         "the cost (or saving) of spreading one load over more instances on a fixed machine, "
          "not as the gain of adding machines.", "",
          "## Rates (median; N/1 = the rate with N instances over the rate with one)", "",
          "| VIP | workload | unit | 1 | 2 | 3 | 2/1 | 3/1 |", "|---|---|---|---:|---:|---:|---:|---:|"]
