@@ -39,6 +39,7 @@ cdef class Engine:
     # per burst and per frame (serve.pxi)
     cdef uint64_t *ctr      # N_COUNTERS counters, by defs.C index
     cdef uint64_t hint_h    # the current frame's flow hash as the burst computed it (0: none)
+    cdef Service *hint_sv   # and the service of its destination (NULL: none); only with hint_h
     cdef uint32_t newlen    # a frame made in place (splice, tunnel) sets its length here, else 0
     cdef uint32_t rowcap    # bytes a frame made in place may take (the batch's row)
     cdef bint partial       # the frame's L4 checksum is partial (vnet NEEDS_CSUM)

@@ -299,3 +299,4 @@ XMIT[MODE_TUNNEL].fwd = tunnel_fwd
 XMIT[MODE_TUNNEL].rev = NULL
 XMIT[MODE_TUNNEL].icmp = tunnel_icmp
 XMIT[MODE_TUNNEL].frag = tunnel_frag
+XMIT[MODE_TUNNEL].fwd_lines = 1
