@@ -147,6 +147,9 @@ cdef void burst(Engine self, uint8_t *base, uint32_t stride, uint32_t hdr, uint3
     cdef uint64_t h, v, j
     cdef uint64_t *tab
     cdef Service *sv
+    cdef Service *last_sv = NULL        # the service of the latest (dst, dport, proto) looked
+    cdef uint64_t last_key = 1 << 63    # up, and that key (no key has bit 63: none yet)
+    cdef uint64_t key
     cdef uint64_t hs[PF_RING]
     cdef Service *svs[PF_RING]
     self.vnet_tnl = hdr >= VNET_TNL_HDR_LEN     # the long vnet header (with self.vnet set)
@@ -168,7 +171,12 @@ cdef void burst(Engine self, uint8_t *base, uint32_t stride, uint32_t hdr, uint3
             if L >= 54 and L + hdr <= stride and p[12] == 8 and p[13] == 0 and p[14] == 0x45 and (
                     p[23] == PROTO_TCP or p[23] == PROTO_UDP):
                 h = _flow_hash(rd32(p + 26), rd32(p + 30), rd16(p + 34), rd16(p + 36), p[23])
-                sv = service_find(self, rd32(p + 30), rd16(p + 36), p[23])
+                # (a burst's frames go to a few services mostly: the one before, again)
+                key = (<uint64_t>rd32(p + 30) << 24) | (<uint64_t>rd16(p + 36) << 8) | p[23]
+                if key != last_key:
+                    last_key = key
+                    last_sv = service_find(self, rd32(p + 30), rd16(p + 36), p[23])
+                sv = last_sv
                 tw_prefetch(&(self.ifwd if sv != NULL else self.irev)[h & self.mask])
             hs[a & (PF_RING - 1)] = h
             svs[a & (PF_RING - 1)] = sv
