@@ -5,7 +5,8 @@
 # - A method that does more than set an attribute is one call of its concern's routine:
 #   Engine.x(...) is api_x(self, ...) in flowtable.pxi, serve.pxi or splice.pxi.
 # - All state is C memory owned by the object (allocated in __cinit__, freed in __dealloc__;
-#   the flow entries and both indexes in 2 MB pages where the kernel has them, tw_huge_calloc);
+#   the flow entries and both indexes in 2 MB pages where the kernel has them, tw_huge_calloc,
+#   which aligns every table to a cache line);
 #   the per-packet routines take the Engine as a borrowed pointer and touch no Python object.
 # - Control calls check every argument before changing anything: a bad call raises and the
 #   engine stays as it was.

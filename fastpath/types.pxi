@@ -6,8 +6,11 @@
 # - Plain C data: no Python object is reachable from any of these, so the per-packet code
 #   that reads and writes them runs without the GIL.
 # - Addresses and ports are host integers; times are CLOCK_MONOTONIC milliseconds.
-# - A Flow is zeroed by calloc once and reused in place: whoever takes a slot (flow_create,
-#   splice_new) sets every field the flow's mode reads.
+# - A Flow is zeroed once (tw_huge_calloc) and reused in place: whoever takes a slot
+#   (flow_create, splice_new) sets every field the flow's mode reads. Flow is 192 bytes and
+#   Engine.fl 64-byte aligned: an entry's three cache lines are its own, and line 0 holds all
+#   the established forward path of nat, dsr and tunnel reads (tests/fastpath/test_snapshot.py
+#   checks the offsets through the snapshot record, which is this struct).
 # - XMIT has a row per mode code (a uint8, so every code indexes it); a row a mode did not
 #   fill is NULL, and a NULL routine means drop_mode.
 
