@@ -56,16 +56,37 @@ cdef extern from *:
         const char *a = (const char *)((size_t)p & ~(size_t)63), *end = (const char *)p + n;
         for (; a < end; a += 64) __builtin_prefetch(a, 1, 3);
     }
+    /* p[:n] moved up by d bytes (16 <= d, 16 <= n), as memmove(p + d, p, n) does: for a
+       short frame, 16-byte pieces from the end down (none overlaps its own copy, and the
+       lowest is read before anything is written over it), inline instead of a libc call */
+    static inline void tw_move_up(unsigned char *p, size_t d, size_t n) {
+        if (n > 256) { memmove(p + d, p, n); return; }
+        size_t k = n;
+        char t[16];
+        while (k > 16) {
+            k -= 16;
+            memcpy(t, p + k, 16);
+            memcpy(p + d + k, t, 16);
+        }
+        memcpy(t, p, 16);
+        memcpy(p + d, t, 16);
+    }
     static inline void tw_atomic_add(int *p, int d) { __atomic_add_fetch(p, d, __ATOMIC_SEQ_CST); }
     static inline int tw_atomic_load(int *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
     #include <sys/mman.h>
     #define TW_HUGE ((size_t)2 << 20)
-    /* Zeroed memory of n bytes for a big table: from n = 2 MB on, in whole 2 MB pages where
-       the kernel has them (madvise MADV_HUGEPAGE: one TLB entry per 2 MB instead of 512),
-       else in small ones; below that, calloc. NULL when there is no memory. Freed by
+    /* Zeroed memory of n bytes for a big table, 64-byte aligned (a cache line: a Flow's
+       lines are its own): from n = 2 MB on, in whole 2 MB pages where the kernel has them
+       (madvise MADV_HUGEPAGE: one TLB entry per 2 MB instead of 512), else in small ones;
+       below that, from malloc's aligned_alloc. NULL when there is no memory. Freed by
        tw_huge_free with the same n. */
     static void *tw_huge_calloc(size_t n) {
-        if (n < TW_HUGE) return calloc(1, n ? n : 1);
+        if (n < TW_HUGE) {
+            size_t sz = (n + 63) & ~(size_t)63;
+            void *q = aligned_alloc(64, sz ? sz : 64);
+            if (q) memset(q, 0, sz ? sz : 64);
+            return q;
+        }
         size_t sz = (n + TW_HUGE - 1) & ~(TW_HUGE - 1);
         char *raw = (char *)mmap(NULL, sz + TW_HUGE, PROT_READ | PROT_WRITE,
                                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -83,6 +104,7 @@ cdef extern from *:
     """
     void tw_prefetch(const void *p) noexcept nogil
     void tw_prefetch_lines(const void *p, size_t n) noexcept nogil
+    void tw_move_up(uint8_t *p, size_t d, size_t n) noexcept nogil
     void tw_atomic_add(int *p, int d) noexcept nogil
     int tw_atomic_load(int *p) noexcept nogil
     void *tw_huge_calloc(size_t n) noexcept nogil

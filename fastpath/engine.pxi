@@ -5,7 +5,8 @@
 # - A method that does more than set an attribute is one call of its concern's routine:
 #   Engine.x(...) is api_x(self, ...) in flowtable.pxi, serve.pxi or splice.pxi.
 # - All state is C memory owned by the object (allocated in __cinit__, freed in __dealloc__;
-#   the flow entries and both indexes in 2 MB pages where the kernel has them, tw_huge_calloc);
+#   the flow entries and both indexes in 2 MB pages where the kernel has them, tw_huge_calloc,
+#   which aligns every table to a cache line);
 #   the per-packet routines take the Engine as a borrowed pointer and touch no Python object.
 # - Control calls check every argument before changing anything: a bad call raises and the
 #   engine stays as it was.
@@ -39,6 +40,7 @@ cdef class Engine:
     # per burst and per frame (serve.pxi)
     cdef uint64_t *ctr      # N_COUNTERS counters, by defs.C index
     cdef uint64_t hint_h    # the current frame's flow hash as the burst computed it (0: none)
+    cdef Service *hint_sv   # and the service of its destination (NULL: none); only with hint_h
     cdef uint32_t newlen    # a frame made in place (splice, tunnel) sets its length here, else 0
     cdef uint32_t rowcap    # bytes a frame made in place may take (the batch's row)
     cdef bint partial       # the frame's L4 checksum is partial (vnet NEEDS_CSUM)

@@ -13,7 +13,8 @@
 # - What a frame does is decided by process_frame alone; the burst's prefetches only hide
 #   memory latency, so the twin (which has none) gives the same results. The flow hash the
 #   burst computed ahead (Engine.hint_h) is the one process_frame would compute from the
-#   same bytes; process_frame takes it once and computes its own when it is 0.
+#   same bytes, and so is the service it found (hint_sv: the table is swapped between bursts
+#   only); process_frame takes them once and finds its own when hint_h is 0.
 # - process_frame knows no mode: a miss calls XMIT[service's mode].new_flow, a hit
 #   XMIT[flow's mode].fwd or .rev, and a NULL routine is drop_mode.
 
@@ -145,49 +146,65 @@ cdef void burst(Engine self, uint8_t *base, uint32_t stride, uint32_t hdr, uint3
     cdef uint8_t *p
     cdef uint64_t h, v, j
     cdef uint64_t *tab
+    cdef Service *sv
+    cdef Service *last_sv = NULL        # the service of the latest (dst, dport, proto) looked
+    cdef uint64_t last_key = 1 << 63    # up, and that key (no key has bit 63: none yet)
+    cdef uint64_t key
     cdef uint64_t hs[PF_RING]
-    cdef bint rv[PF_RING]
+    cdef Service *svs[PF_RING]
     self.vnet_tnl = hdr >= VNET_TNL_HDR_LEN     # the long vnet header (with self.vnet set)
     # Software-pipelined: while frame i is processed, the flow entry of frame i + PF_FLOW
     # and the index slot of frame i + PF_INDEX are on their way from memory (100k flows do
-    # not fit in cache). Each frame's hash is computed once, PF_INDEX frames ahead, and
-    # handed to process_frame (hint_h). The prefetches only hide DRAM latency: what a frame
-    # does is decided by process_frame() alone, exactly as in the twin.
+    # not fit in cache). Each frame's hash and service are found once, PF_INDEX frames
+    # ahead, and handed to process_frame (hint_h, hint_sv). The prefetches only hide DRAM
+    # latency: what a frame does is decided by process_frame() alone, exactly as in the twin.
     for i in range(-PF_INDEX, n):
         a = i + PF_INDEX
         if a < n:
             # a plain IPv4 TCP/UDP frame: its flow hash as process_frame computes it (0 for
-            # any other frame, or with probability 2^-64), and in rv the index its lookup
-            # reads: the forward one when the destination is a service, else the reverse
+            # any other frame, or with probability 2^-64), and its destination's service,
+            # which says the index its lookup reads: the forward one, else (NULL) the reverse
             p = base + <size_t>a * stride + hdr
             L = lens[a] - hdr if lens[a] > hdr else 0
             h = 0
+            sv = NULL
             if L >= 54 and L + hdr <= stride and p[12] == 8 and p[13] == 0 and p[14] == 0x45 and (
                     p[23] == PROTO_TCP or p[23] == PROTO_UDP):
                 h = _flow_hash(rd32(p + 26), rd32(p + 30), rd16(p + 34), rd16(p + 36), p[23])
-                rv[a & (PF_RING - 1)] = service_find(self, rd32(p + 30), rd16(p + 36), p[23]) == NULL
-                tw_prefetch(&(self.irev if rv[a & (PF_RING - 1)] else self.ifwd)[h & self.mask])
+                # (a burst's frames go to a few services mostly: the one before, again)
+                key = (<uint64_t>rd32(p + 30) << 24) | (<uint64_t>rd16(p + 36) << 8) | p[23]
+                if key != last_key:
+                    last_key = key
+                    last_sv = service_find(self, rd32(p + 30), rd16(p + 36), p[23])
+                sv = last_sv
+                tw_prefetch(&(self.ifwd if sv != NULL else self.irev)[h & self.mask])
             hs[a & (PF_RING - 1)] = h
+            svs[a & (PF_RING - 1)] = sv
         b = i + PF_FLOW
         if 0 <= b < n and hs[b & (PF_RING - 1)]:
-            # its index slot read (prefetched PF_INDEX - PF_FLOW frames ago), and every line
-            # of the flow entry it names prefetched for writing (a probe past a foreign tag
-            # goes on a few slots, within the slot's line mostly)
+            # its index slot read (prefetched PF_INDEX - PF_FLOW frames ago), and the lines
+            # of the flow entry it names that the frame's routine reads prefetched for
+            # writing: forward, the first Xmit.fwd_lines of them (line 0 alone for nat, dsr,
+            # tunnel), by the service's mode; reverse, lines 0 and 1 (types.pxi Flow). A
+            # probe past a foreign tag goes on a few slots, within the slot's line mostly
             h = hs[b & (PF_RING - 1)]
-            tab = self.irev if rv[b & (PF_RING - 1)] else self.ifwd
+            sv = svs[b & (PF_RING - 1)]
+            tab = self.ifwd if sv != NULL else self.irev
             j = h & self.mask
             for k in range(4):
                 v = tab[j]
                 if v == 0:
                     break
                 if v >> 32 == h >> 32:
-                    tw_prefetch_lines(&self.fl[(v & 0xFFFFFFFFULL) - 1], sizeof(Flow))
+                    k = XMIT[sv.mode].fwd_lines if sv != NULL else 2
+                    tw_prefetch_lines(&self.fl[(v & 0xFFFFFFFFULL) - 1], 64 * k if k else 64)
                     break
                 j = (j + 1) & self.mask
         if i < 0:
             continue
         p = base + <size_t>i * stride
         self.hint_h = hs[i & (PF_RING - 1)]
+        self.hint_sv = svs[i & (PF_RING - 1)]     # (read only with a hint_h)
         # the watch costs this one branch per frame while none is set (watch.pxi)
         if self.watch_on:
             watch_frame(self, p, stride, hdr, &lens[i], &verdict[i], &reason[i], now)
@@ -235,6 +252,7 @@ cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcep
     cdef Flow *e
     cdef Pkt p
     h = self.hint_h
+    sv = self.hint_sv
     self.hint_h = 0                     # (taken once: a nested call computes its own)
     if n < 14:
         return C_DROP_RUNT
@@ -294,9 +312,9 @@ cdef int process_frame(Engine self, uint8_t *f, uint32_t n, int64_t now) noexcep
         return C_DROP_UNKNOWN_DEST
     sport = rd16(f + l4)
     dport = rd16(f + l4 + 2)
-    if h == 0:                          # (the burst's hint is of this frame's very bytes)
+    if h == 0:                          # (the burst's hints are of this frame's very bytes)
         h = _flow_hash(src, dst, sport, dport, proto)
-    sv = service_find(self, dst, dport, proto)
+        sv = service_find(self, dst, dport, proto)
     if sv != NULL:
         idx = flow_find(self, self.ifwd, h, src, dst, sport, dport, proto, False)
         if idx >= 0:

@@ -16,11 +16,12 @@ checks it. lbd --takeover (lb/takeover.py) carries one snapshot per engine to th
 Invariants:
 - Records are the compiled engine's C structs as they are in memory (native byte order and
   alignment; a snapshot travels between two processes of one machine). The compiled side
-  copies them with sizeof(), so fields appended to Flow/Real/Frag travel without a change
-  here; the twin packs the same layout with struct (its record formats must follow an
-  appended field: tests/fastpath/test_snapshot.py compares the sizes). A snapshot whose
-  record sizes, capacity, MAX_REALS or FRAG_SLOTS differ from the importing engine's is
-  refused (SnapshotError names what differs).
+  copies them with sizeof(), so fields appended to Real/Frag, or put in Flow's reserve,
+  travel without a change here; the twin packs the same layout with struct (its record
+  formats must follow such a field: tests/fastpath/test_snapshot.py compares the sizes and
+  the offsets). Fields moved within a record make a new VERSION. A snapshot of another
+  version, or whose record sizes, capacity, MAX_REALS or FRAG_SLOTS differ from the
+  importing engine's, is refused (SnapshotError names what differs).
 - parse() checks everything an import relies on before anything is changed: lengths,
   entry indexes in range and unique, the free stack exactly the unused entries, each flow's
   hashes equal to its keys' (the indexes are rebuilt from them), no two flows on one key,
@@ -37,15 +38,19 @@ from collections import namedtuple
 import numpy as np
 
 MAGIC = b"TWSNAP\r\n"
-VERSION = 1
+VERSION = 2                 # 2: Flow reordered, 192 bytes (1: the 160-byte Flow)
 HEADER = struct.Struct("=8sIIIIIIIIIIIIIIIQQH")
 HEADER_FIELDS = ("magic version flow_size real_size frag_size wq_size cap nused nfree hand "
                  "sweep max_reals frag_slots n_wq n_rp n_ctr k0 k1 outer_id").split()
-# the leading fields of the C structs (types.pxi), which the checks read; fields are only
-# ever appended, so these offsets hold whatever follows them
-FLOW_HEAD = struct.Struct("@IIHHBBBBIHBBiqQQq")
-FLOW_HEAD_FIELDS = ("cip vip cport vport proto mode state flags rip rport used pad real last "
-                    "hf hr created").split()
+# the C struct Flow (types.pxi) up to created, one code per field in its order (native
+# alignment pads after rp_len, as the C compiler does); sync_at and 40 bytes of reserve
+# follow. Version 2 reordered the fields (the established path's in the first cache line):
+# a version 1 snapshot is refused by its version before any record is read
+FLOW_HEAD = struct.Struct("@IIHHBBBBIHHiBBHqQQQQQPIIIIIIHHBBBBHQq")
+FLOW_HEAD_FIELDS = ("cip vip cport vport proto mode state flags rip rport vslot real used "
+                    "sync_st pad last hf pkts_fwd bytes_fwd pkts_rev bytes_rev rp c_isn l_isn "
+                    "delta ts_off c_tsval b_tsval mss c_win ws_c ws_b ws_lb sopt rp_len hr "
+                    "created").split()
 REAL_HEAD = struct.Struct("@IH6sBBBHq")     # ip port mac has_mac down nosack mss conns
 WAITQ = struct.Struct("@IIqq")              # idx c_isn created at
 U32 = struct.Struct("=I")
@@ -209,9 +214,7 @@ def parse(data, expect, counter_names, rev_modes):
                     counters=counters)
 
 
-# rp_len's offset in Flow: after the fields up to sopt (types.pxi)
-RP_LEN_OFF = struct.calcsize("@IIHHBBBBIHBBiqQQqQQQQIIIIIIHHBBBB")
-VSLOT_OFF = struct.calcsize("@IIHHBBBBIHBBiqQQqQQQQIIIIIIHHBBBBHP")   # after rp (metrics)
+VSLOT_OFF = struct.calcsize("@" + FLOW_HEAD.format.lstrip("@")[:FLOW_HEAD_FIELDS.index("vslot")])
 M64 = (1 << 64) - 1
 
 
@@ -228,16 +231,16 @@ def _offsets(st):
 
 
 _NP = {"I": np.uint32, "H": np.uint16, "B": np.uint8, "i": np.int32, "q": np.int64,
-       "Q": np.uint64, "s": "S6"}
+       "Q": np.uint64, "P": np.uint64, "s": "S6"}
 
 
 def flow_dtype(fsz):
     """A numpy record of the flows section: u32 entry index, then the Flow's head fields."""
     codes = FLOW_HEAD.format.lstrip("@")
     offs = _offsets(FLOW_HEAD)
-    return np.dtype({"names": ["idx"] + FLOW_HEAD_FIELDS + ["rp_len", "vslot"],
-                     "formats": [np.uint32] + [_NP[c] for c in codes] + [np.uint16, np.uint16],
-                     "offsets": [0] + [4 + o for o in offs] + [4 + RP_LEN_OFF, 4 + VSLOT_OFF],
+    return np.dtype({"names": ["idx"] + FLOW_HEAD_FIELDS,
+                     "formats": [np.uint32] + [_NP[c] for c in codes],
+                     "offsets": [0] + [4 + o for o in offs],
                      "itemsize": 4 + fsz})
 
 

@@ -590,3 +590,4 @@ XMIT[MODE_SPLICE].fwd = splice_fwd
 XMIT[MODE_SPLICE].rev = splice_rev
 XMIT[MODE_SPLICE].icmp = splice_icmp
 XMIT[MODE_SPLICE].l4_at_34 = 1
+XMIT[MODE_SPLICE].fwd_lines = 2          # the translation is in line 1

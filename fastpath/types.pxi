@@ -6,8 +6,11 @@
 # - Plain C data: no Python object is reachable from any of these, so the per-packet code
 #   that reads and writes them runs without the GIL.
 # - Addresses and ports are host integers; times are CLOCK_MONOTONIC milliseconds.
-# - A Flow is zeroed by calloc once and reused in place: whoever takes a slot (flow_create,
-#   splice_new) sets every field the flow's mode reads.
+# - A Flow is zeroed once (tw_huge_calloc) and reused in place: whoever takes a slot
+#   (flow_create, splice_new) sets every field the flow's mode reads. Flow is 192 bytes and
+#   Engine.fl 64-byte aligned: an entry's three cache lines are its own, and line 0 holds all
+#   the established forward path of nat, dsr and tunnel reads (tests/fastpath/test_snapshot.py
+#   checks the offsets through the snapshot record, which is this struct).
 # - XMIT has a row per mode code (a uint8, so every code indexes it); a row a mode did not
 #   fill is NULL, and a NULL routine means drop_mode.
 
@@ -15,8 +18,16 @@ cdef class Engine       # engine.pxi; the routines' types below take it as a bor
 
 
 cdef struct Flow:
-    # the connection as the client made it: the forward key is (cip, vip, cport, vport, proto)
-    uint32_t cip        # client address
+    # 192 bytes, three cache lines; Engine.fl is 64-byte aligned, so line k of an entry is
+    # bytes 64k..64k+63 of it. The established path reads only line 0 where it can: the burst
+    # prefetches line 0, and line 1 only for a reverse frame or a mode whose forward routine
+    # reads it (Xmit.fwd_lines). The order is also the snapshot record (snapfmt.py FLOW_HEAD,
+    # twin/snapshot.py FLOW_FIELDS): a change here is a new snapfmt.VERSION.
+    #
+    # line 0: the forward key, the backend, state, time, and the forward counters: all that
+    # the forward path of nat, dsr and tunnel reads or writes (lookup, expiry and reuse
+    # checks, xmit, track, flow_account); also the reverse lookup's key
+    uint32_t cip        # client address: the forward key is (cip, vip, cport, vport, proto)
     uint32_t vip        # the virtual address it connected to
     uint16_t cport      # client port
     uint16_t vport      # virtual port
@@ -24,23 +35,27 @@ cdef struct Flow:
     uint8_t mode        # MODE_*, pinned at creation: a VIP's new mode applies to new flows only
     uint8_t state       # S_*: TCP state as tracked (IPVS-like), S_UDP, or splice's S_SPL_*
     uint8_t flags       # F_*: FINs seen, in the reverse index, splice's seen/inline/replay-FIN
-    # the backend: the reverse key is (rip, cip, rport, cport, proto)
-    uint32_t rip        # backend address (0 while a splice flow is not bound; hop: the VIP,
-                        # which its backend holds, as rport is the VIP port)
+    uint32_t rip        # backend address: the reverse key is (rip, cip, rport, cport, proto)
+                        # (0 while a splice flow is not bound; hop: the VIP, which its backend
+                        # holds, as rport is the VIP port)
     uint16_t rport      # backend port
-    uint8_t used        # 1 while the slot holds a flow, 0 on the free list
-    uint8_t pad         # unused (keeps real 4-byte aligned)
+    uint16_t vslot      # its VIP's counter slot (Service.slot at creation): Engine.vctr
     int32_t real        # index into Engine.reals; -1 while a splice flow is not bound
+    uint8_t used        # 1 while the slot holds a flow, 0 on the free list
+    uint8_t sync_st     # flow sync (sync.pxi): the state last exported (SYNC_NEVER: not yet;
+                        # an import sets it)
+    uint16_t pad        # unused (always 0)
     int64_t last        # ms of the latest frame either way: timeouts and eviction read it
-    uint64_t hf         # flow_hash of the forward key: where it sits in Engine.ifwd
-    uint64_t hr         # flow_hash of the reverse key: where it sits in Engine.irev (F_REV)
-    int64_t created     # ms at creation (with c_isn, tells a WaitQ entry its flow is the same)
+    uint64_t hf         # flow_hash of the forward key: where it sits in Engine.ifwd (and
+                        # tunnel's outer UDP source port)
     uint64_t pkts_fwd   # frames client -> backend
-    uint64_t pkts_rev   # frames backend -> client
     uint64_t bytes_fwd  # their lengths (Ethernet frames, no vnet header)
-    uint64_t bytes_rev
+    # line 1: the reverse counters, splice's translation (and hop's check of the hand-off);
     # splice: two TCP connections joined; the client's is ours (the cookie), the backend's
     # was opened by us as the client
+    uint64_t pkts_rev   # frames backend -> client
+    uint64_t bytes_rev
+    uint8_t *rp         # the request to replay (malloc'd; NULL once the backend acked it)
     uint32_t c_isn      # the client's ISN (our SYN to the backend reuses it)
     uint32_t l_isn      # our ISN towards the client: the cookie
     uint32_t delta      # l_isn - the backend's ISN: added to its seq, taken off the client's acks
@@ -53,13 +68,14 @@ cdef struct Flow:
     uint8_t ws_b        # the backend's window scale from its SYN-ACK; 0 when ws_c is none
     uint8_t ws_lb       # ours towards the client: SPLICE_WSCALE, or 0 when ws_c is none
     uint8_t sopt        # SOPT_*: timestamps and SACK, as negotiated with the client
-    uint16_t rp_len     # length of rp
-    uint8_t *rp         # the request to replay (malloc'd; NULL once the backend acked it)
-    # metrics (appended: the struct travels as raw bytes in a takeover)
-    uint16_t vslot      # its VIP's counter slot (Service.slot at creation): Engine.vctr
-    # flow sync (appended; sync.pxi): what was last sent to the peers
-    uint8_t sync_st     # the state last exported (SYNC_NEVER: not yet; an import sets it)
-    int64_t sync_at     # ms of that export, or of the import that made or updated the flow
+    uint16_t rp_len     # length of rp (then 6 bytes of alignment padding)
+    # line 2: what only creating, deleting, expiring and syncing a flow read
+    uint64_t hr         # flow_hash of the reverse key: where it sits in Engine.irev (F_REV)
+    int64_t created     # ms at creation (with c_isn, tells a WaitQ entry its flow is the same)
+    int64_t sync_at     # flow sync: ms of the latest export, or of the import that made or
+                        # updated the flow
+    uint8_t resv[40]    # unused (always 0): room for fields to come, and the size a multiple
+                        # of 64
 
 
 cdef struct WaitQ:      # splice: a flow Python may have to look at, for splice_waiting()
@@ -207,6 +223,9 @@ cdef struct Xmit:
                         # options are set aside around them (serve.pxi opts_aside)
     uint8_t rev_rebuild # a backend's packet can rebuild a lost flow (flowtable.pxi
                         # flow_from_backend): the flow is nothing but the tuple and the backend
+    uint8_t fwd_lines   # cache lines of a Flow (from line 0) fwd reads on an established flow:
+                        # what the burst prefetches (0 counts as 1; a reverse frame gets 2).
+                        # A hint only, so the twin, which prefetches nothing, has no such field
 
 cdef Xmit XMIT[256]     # by mode code; filled by the xmit_*.pxi and splice.pxi that define them
 

@@ -48,3 +48,4 @@ XMIT[MODE_DSR].fwd = dsr_fwd
 XMIT[MODE_DSR].rev = NULL
 XMIT[MODE_DSR].icmp = dsr_icmp
 XMIT[MODE_DSR].frag = dsr_frag
+XMIT[MODE_DSR].fwd_lines = 1

@@ -76,3 +76,4 @@ XMIT[MODE_HOP].fwd = hop_fwd
 XMIT[MODE_HOP].rev = hop_rev
 XMIT[MODE_HOP].icmp = hop_icmp
 XMIT[MODE_HOP].l4_at_34 = 1
+XMIT[MODE_HOP].fwd_lines = 2              # rp and l_isn are in line 1

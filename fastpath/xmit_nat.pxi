@@ -87,3 +87,4 @@ XMIT[MODE_NAT].icmp = nat_icmp
 XMIT[MODE_NAT].frag = nat_frag
 XMIT[MODE_NAT].l4_at_34 = 1
 XMIT[MODE_NAT].rev_rebuild = 1
+XMIT[MODE_NAT].fwd_lines = 1

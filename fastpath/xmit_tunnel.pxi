@@ -79,7 +79,7 @@ cdef inline void tunnel_encap(Engine self, uint8_t *f, uint32_t tot, uint32_t ri
     packet will be cut into fragments, so its IP id is the engine's next (outer_id), which
     tells its fragments from another packet's at the backend."""
     cdef uint64_t h = hf ^ (hf >> 32)
-    memmove(f + VXLAN_OVERHEAD, f, 14 + tot)
+    tw_move_up(f, VXLAN_OVERHEAD, 14 + tot)    # (14 + tot >= 34: process_frame checked)
     memcpy(f, self.gw_mac, 6)
     memcpy(f + 6, self.local_mac, 6)
     if big:
@@ -299,3 +299,4 @@ XMIT[MODE_TUNNEL].fwd = tunnel_fwd
 XMIT[MODE_TUNNEL].rev = NULL
 XMIT[MODE_TUNNEL].icmp = tunnel_icmp
 XMIT[MODE_TUNNEL].frag = tunnel_frag
+XMIT[MODE_TUNNEL].fwd_lines = 1

@@ -4,9 +4,9 @@ fastpath/snapshot.pxi (whose header says what travels), in the same byte format
 
 Invariants:
 - FLOW, REAL, FRAG and WAITQ below are the C structs of types.pxi, field for field in their
-  order, with native alignment; a field appended there is appended here
-  (tests/fastpath/test_snapshot.py checks the sizes against the compiled engine's and the
-  names against types.Flow's slots).
+  order, with native alignment; a field added there is added here, and FLOW's fields up to
+  created are snapfmt.FLOW_HEAD's (tests/fastpath/test_snapshot.py checks the sizes against
+  the compiled engine's, FLOW against FLOW_HEAD and the names against types.Flow's slots).
 - A field a flow's mode never set (the compiled one keeps the slot's previous bytes there)
   is packed as 0.
 """
@@ -21,15 +21,18 @@ from .types import XMIT
 # (name, struct code) in the C order; each struct ends on its largest member's alignment, so
 # no tail padding is needed (test_snapshot checks the sizes)
 FLOW_FIELDS = [
+    # line 0
     ("cip", "I"), ("vip", "I"), ("cport", "H"), ("vport", "H"), ("proto", "B"), ("mode", "B"),
-    ("state", "B"), ("flags", "B"), ("rip", "I"), ("rport", "H"), ("used", "B"), ("pad", "B"),
-    ("real", "i"), ("last", "q"), ("hf", "Q"), ("hr", "Q"), ("created", "q"),
-    ("pkts_fwd", "Q"), ("pkts_rev", "Q"), ("bytes_fwd", "Q"), ("bytes_rev", "Q"),
+    ("state", "B"), ("flags", "B"), ("rip", "I"), ("rport", "H"), ("vslot", "H"),
+    ("real", "i"), ("used", "B"), ("sync_st", "B"), ("pad", "H"), ("last", "q"), ("hf", "Q"),
+    ("pkts_fwd", "Q"), ("bytes_fwd", "Q"),
+    # line 1
+    ("pkts_rev", "Q"), ("bytes_rev", "Q"), ("rp", "P"),
     ("c_isn", "I"), ("l_isn", "I"), ("delta", "I"), ("ts_off", "I"), ("c_tsval", "I"),
     ("b_tsval", "I"), ("mss", "H"), ("c_win", "H"), ("ws_c", "B"), ("ws_b", "B"),
-    ("ws_lb", "B"), ("sopt", "B"), ("rp_len", "H"), ("rp", "P"),
-    ("vslot", "H"), ("sync_st", "B"), (None, "5x"),    # None: the C struct's padding
-    ("sync_at", "q")]
+    ("ws_lb", "B"), ("sopt", "B"), ("rp_len", "H"), (None, "6x"),   # None: the C padding
+    # line 2
+    ("hr", "Q"), ("created", "q"), ("sync_at", "q"), (None, "40x")]   # and Flow.resv
 REAL_FIELDS = [("ip", "I"), ("port", "H"), ("mac", "6s"), ("has_mac", "B"), ("down", "B"),
                ("nosack", "B"), ("mss", "H"), ("conns", "q"),
                ("flows", "Q"), ("pkts_fwd", "Q"), ("pkts_rev", "Q"), ("bytes_fwd", "Q"),

@@ -8,20 +8,22 @@ Invariants:
   (flow_create, splice_new) sets every field the flow's mode reads. Where the compiled one
   has a flag and a buffer (has_mac/mac, has_gw/gw_mac, rp/rp_len), the twin has None or bytes.
 - XMIT has a row per mode code 0..255; a row no mode filled has None routines, and a None
-  routine means drop_mode.
+  routine means drop_mode. (The compiled row also has fwd_lines, a prefetch hint of the
+  burst's: the twin prefetches nothing.)
 """
 from collections import namedtuple
 
 
 class Flow:
+    # in the order of the compiled struct (types.pxi: line 0, line 1, line 2)
     __slots__ = ("cip", "vip", "cport", "vport", "proto", "mode", "state", "flags",
-                 "rip", "rport", "used", "real", "last", "hf", "hr", "created",
-                 "pkts_fwd", "pkts_rev", "bytes_fwd", "bytes_rev",
+                 "rip", "rport", "vslot", "real", "used", "sync_st", "last", "hf",
+                 "pkts_fwd", "bytes_fwd",
+                 "pkts_rev", "bytes_rev", "rp",
                  "c_isn", "l_isn", "delta", "ts_off", "c_tsval", "b_tsval", "mss", "c_win",
-                 "ws_c", "ws_b", "ws_lb", "sopt", "rp_len", "rp",
-                 "idx",          # its own index in the table (the compiled one subtracts)
-                 "vslot",        # its VIP's counter slot: Engine.vctr
-                 "sync_st", "sync_at")   # flow sync (sync.py): what was last sent to peers
+                 "ws_c", "ws_b", "ws_lb", "sopt", "rp_len",
+                 "hr", "created", "sync_at",
+                 "idx")          # its own index in the table (the compiled one subtracts)
 
     def __init__(self, idx=0):
         self.idx = idx

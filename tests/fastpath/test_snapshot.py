@@ -127,6 +127,48 @@ def test_the_twin_packs_the_compiled_structs():
     assert set(twin.snapshot.FRAG_NAMES) == set(twin.types.Frag.__slots__)
 
 
+def _offsets(fields):
+    """{name: offset} of a list of (name, struct code) in native alignment."""
+    out, fmt = {}, "@"
+    for name, code in fields:
+        size = struct.calcsize(code)
+        at = struct.calcsize(fmt) if code.endswith("x") else (
+            struct.calcsize(fmt + code) - size)
+        if name is not None:
+            out[name] = at
+        fmt += code
+    return out
+
+
+# what the established forward path of nat, dsr and tunnel reads or writes of a flow:
+# flow_find's key, process_frame's expiry/reuse/down checks, the routines (rip, rport, hf),
+# track, flow_account
+FWD_HOT = ("cip vip cport vport proto mode state flags rip rport real last hf pkts_fwd "
+           "bytes_fwd vslot").split()
+
+
+def test_the_flow_record_keeps_the_forward_path_in_one_cache_line():
+    """types.pxi's Flow as the compiled engine, snapfmt and the twin see it: 192 bytes (three
+    64-byte lines); snapfmt.FLOW_HEAD is the twin's FLOW up to created, field for field at
+    the same offsets; every field the established forward path of nat, dsr and tunnel reads
+    is in line 0 (the burst prefetches that line alone for them), and the reverse path's
+    counters and splice's translation in line 1."""
+    from fastpath import _engine
+    h = dict(zip(snapfmt.HEADER_FIELDS,
+                 snapfmt.HEADER.unpack_from(_engine.Engine(4).export_state())))
+    assert h["flow_size"] == twin.snapshot.FLOW.size == 192
+    tw = _offsets(twin.snapshot.FLOW_FIELDS)
+    head = _offsets(zip(snapfmt.FLOW_HEAD_FIELDS, snapfmt.FLOW_HEAD.format.lstrip("@")))
+    assert head == {k: tw[k] for k in snapfmt.FLOW_HEAD_FIELDS}
+    assert list(tw)[:len(head)] == snapfmt.FLOW_HEAD_FIELDS
+    sizes = dict((n, struct.calcsize(c)) for n, c in twin.snapshot.FLOW_FIELDS if n)
+    assert [f for f in FWD_HOT if tw[f] + sizes[f] > 64] == []
+    line1 = "pkts_rev bytes_rev rp c_isn l_isn delta ts_off c_tsval b_tsval mss c_win ws_c ws_b"
+    assert [f for f in (line1 + " ws_lb sopt rp_len").split()
+            if not 64 <= tw[f] < tw[f] + sizes[f] <= 128] == []
+    assert snapfmt.VSLOT_OFF == tw["vslot"]
+
+
 def _mutate(s, off, fmt, value):
     b = bytearray(s)
     struct.pack_into(fmt, b, off, value)
@@ -151,7 +193,9 @@ def _flow_off(s, field):
     """Offset in s of `field` of the first flow record (FLOW_HEAD is one code per field)."""
     codes = snapfmt.FLOW_HEAD.format.lstrip("@").replace("6s", "")
     k = snapfmt.FLOW_HEAD_FIELDS.index(field)
-    return snapfmt.HEADER.size + 4 + struct.calcsize("@" + codes[:k])
+    # (the field's own alignment counts: calcsize of the prefix alone has no tail padding)
+    return snapfmt.HEADER.size + 4 + struct.calcsize("@" + codes[:k + 1]) - struct.calcsize(
+        codes[k])
 
 
 def malformed(s):
@@ -168,6 +212,8 @@ def malformed(s):
         ("not bytes", 12345, "is bytes"),
         ("magic", hdr("magic", b"NOTASNAP"), "not an engine snapshot"),
         ("version", hdr("version", 99), "format version 99"),
+        # the 160-byte Flow of version 1 (fields in another order) is never read as this one
+        ("version 1", hdr("version", 1), "format version 1, this engine reads 2"),
         ("record size", hdr("flow_size", 200), "flow_size"),
         ("capacity", hdr("cap", 2048), "cap"),
         ("trailing", s + b"\0", "after the end"),
@@ -187,13 +233,15 @@ def malformed(s):
 
 
 def _same_key(s):
-    """The second flow record given the first one's key and hashes (bytes 0..56 of Flow:
-    the tuple, state, backend, times and both hashes)."""
+    """The second flow record given the first one's key and hashes (bytes 0..48 of Flow:
+    the tuple, state, backend, time and forward hash; and the reverse hash)."""
     fsz = snapfmt.HEADER.unpack_from(s)[2]
     r1 = snapfmt.HEADER.size + 4
     r2 = r1 + 4 + fsz
+    hr = _flow_off(s, "hr") - r1
     b = bytearray(s)
-    b[r2:r2 + 56] = s[r1:r1 + 56]
+    b[r2:r2 + 48] = s[r1:r1 + 48]
+    b[r2 + hr:r2 + hr + 8] = s[r1 + hr:r1 + hr + 8]
     return bytes(b)
 
 
