@@ -422,6 +422,8 @@ class Agent:
         self.lease = None
         self.lease_ok = False
         self.mgmt = ccfg.mgmt
+        self.on_secret = None           # fn(16 bytes): the cluster's SYN-cookie key, once
+        self.secret_error = None        # why it is not known yet (etcd unreachable, bad key)
 
     # -- what the daemon and other parts use --
     def members(self):
@@ -522,6 +524,21 @@ class Agent:
                 if doc is not None:
                     self._doc(*doc)
                 self._set_members(members)
+                if self.on_secret is not None:
+                    # the cluster's SYN-cookie key, before "connected" (a joining lbd waits
+                    # for that, so its workers start with the key); retried on each
+                    # reconnect until it is known
+                    try:
+                        secret = splice_secret(None, self.ccfg.name, etcd=e)
+                    except EtcdError as exc:
+                        if self.secret_error is None:
+                            log.warning("cluster %s: no shared SYN-cookie key yet (%s); this "
+                                        "lbd's own serves, so a handshake another instance "
+                                        "began fails here", self.ccfg.name, exc)
+                        self.secret_error = str(exc)
+                    else:
+                        fn, self.on_secret, self.secret_error = self.on_secret, None, None
+                        self.deliver(fn, secret)
                 if self.mgmt is None:
                     self.mgmt = _local_address(e.url)
                 resp = e.watch(prefix, rev + 1)
@@ -656,30 +673,25 @@ class Runtime:
         self.last_refused = None
         self.agent = None
         self.history = []               # (revision, applied_at) of the last HISTORY applies
-        self.secret = None              # where the SYN-cookie key came from (take_secret)
+        self.secret = None              # "cluster" once the cluster's SYN-cookie key is in use
         self.started = wall()
         self._subs = []                 # subscribe() before start(): handed to the agent
 
     HISTORY = 64
 
-    def take_secret(self, engine):
-        """The cluster's SYN-cookie key into engine (splice_secret; blocking, bounded by
-        etcd's request timeout): "cluster", or when etcd cannot be reached "local: ..." (the
-        key this lbd made keeps serving: its own cookies stay valid, a handshake ECMP moves
-        here from another instance does not)."""
-        try:
-            engine.set_splice_secret(splice_secret(self.ccfg.etcd, self.ccfg.name))
-            self.secret = "cluster"
-        except EtcdError as e:
-            self.secret = "local: %s" % e
-            log.warning("cluster %s: no shared SYN-cookie key (%s); this lbd's own serves, "
-                        "so a handshake another instance began fails here", self.ccfg.name, e)
-        return self.secret
+    def _take_secret(self, secret):
+        """The cluster's SYN-cookie key (Agent.on_secret, in the event loop) into the
+        engines: until it comes (etcd unreachable at start) this lbd's own key serves, so
+        its own cookies hold but a handshake another instance began does not."""
+        self.state.engine.set_splice_secret(secret)
+        self.secret = "cluster"
+        log.info("cluster %s: the cluster's SYN-cookie key is in use", self.ccfg.name)
 
     def start(self, loop):
         def deliver(fn, *a):
             loop.call_soon_threadsafe(fn, *a)
         self.agent = Agent(self.ccfg, self.apply, self.member_info, deliver, self.wall)
+        self.agent.on_secret = self._take_secret
         for fn in self._subs:
             self.agent.subscribe(fn)
         self.agent.start()
@@ -741,7 +753,8 @@ class Runtime:
         out = self.agent.view() if self.agent is not None else {}
         out.update(revision=self.revision, applied_at=self.applied_at, apply_ms=self.apply_ms,
                    applied=self.applied, refused=self.refused, last_refused=self.last_refused,
-                   splice_secret=self.secret,
+                   splice_secret=self.secret or "local: %s" % (
+                       (self.agent and self.agent.secret_error) or "not read yet"),
                    history=[list(h) for h in self.history[-8:]])
         return out
 

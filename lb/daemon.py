@@ -134,7 +134,8 @@ class Control:
         if handed is None:
             # the SYN-cookie key is random per start (cookies outlive no restart; a takeover
             # hands the key over with the engines, so cookies in flight stay valid); in a
-            # cluster run_live replaces it with the cluster's (lb/cluster.py splice_secret)
+            # cluster the agent replaces it with the cluster's once it reaches etcd
+            # (lb/cluster.py splice_secret)
             self.engine.set_splice_secret(os.urandom(16))
         else:
             self.neigh.take(handed["neigh"])
@@ -383,8 +384,6 @@ async def run_live(d, taken=None):
             # the peers are the cluster's members (set_peers leaves ourselves out), and the
             # VIP table comes first: a pulled flow of a VIP this lbd lacks would be refused
             d.cluster.subscribe(lambda members: _sync_peers(d, members))
-            if taken is None:      # (a takeover has the running key, the cluster's)
-                await loop.run_in_executor(None, d.cluster.take_secret, d.engine)
             d.cluster.start(loop)
             if taken is None:      # a takeover has the running table (and no pause to add)
                 await _first_document(d, loop, CLUSTER_FIRST_DOC_S)
@@ -417,8 +416,6 @@ async def run_live(d, taken=None):
             d.cluster.subscribe(lambda members: _adopt(d, members))
             _adopt(d, d.cluster.members())
         if d.cluster is not None and d.cluster.agent is None:      # not started for [sync]
-            if taken is None:
-                await loop.run_in_executor(None, d.cluster.take_secret, d.engine)
             d.cluster.start(loop)
         log.info("ready")
         await stop.wait()

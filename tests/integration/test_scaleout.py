@@ -352,6 +352,9 @@ def test_a_fourth_instance_joins_while_a_backend_is_removed(lab, tmp_path):
 
 
 def test_a_change_through_lbctl_cluster_reaches_every_instance(lab):
+    # one SYN-cookie key for the cluster: every instance took it from etcd
+    assert {k: call(lab, k, "cluster")["splice_secret"] for k in running(lab)} == \
+        dict.fromkeys(running(lab), "cluster")
     vip = VIPS["nat"][0] + ":80"
     times = []
     for i in range(20):

@@ -322,6 +322,32 @@ def test_agent_delivers_revisions_in_order_and_keeps_membership(etcd):
     assert left == []                       # stop revoked the lease
 
 
+def test_agent_hands_the_clusters_splice_secret_over_before_it_says_connected(etcd):
+    """Two agents of one cluster: each delivers the same key to its on_secret once, and
+    before `connected` (a joining lbd starts its workers after that)."""
+    keys = []
+    agents = []
+    for inst in ("lb1", "lb2"):
+        ccfg = cluster.ClusterConfig("sec2", (etcd.url,), inst, lease_ttl=2)
+        got = []
+        a = cluster.Agent(ccfg, lambda v, mod, at: None,
+                          lambda inst=inst: {"instance": inst, "data": "198.19.0.7", "sync": None},
+                          lambda fn, *x: fn(*x))
+        a.on_secret = lambda k, got=got, a=a: got.append((k, a.connected))
+        agents.append(a)
+        keys.append(got)
+        in_netns(etcd.ns, a.start)
+    try:
+        _until(lambda: all(a.connected for a in agents))
+        assert [len(g) for g in keys] == [1, 1]
+        assert keys[0][0][0] == keys[1][0][0] and len(keys[0][0][0]) == cluster.SECRET_LEN
+        assert not keys[0][0][1] and not keys[1][0][1]      # before connected
+        assert all(a.on_secret is None and a.secret_error is None for a in agents)
+    finally:
+        for a in agents:
+            a.stop()
+
+
 def test_agent_survives_etcd_restart_and_catches_up(etcd):
     name = "restart"
     ccfg = cluster.ClusterConfig(name, (etcd.url,), "lb1", lease_ttl=2)
