@@ -300,12 +300,14 @@ def test_io_workers_need_the_tap_backend():
 
 # --- [io] rps -------------------------------------------------------------------------------
 
-def test_io_rps_default_is_auto_and_takes_booleans():
-    assert config.parse(good_dict()).io.rps is None
+@pytest.mark.parametrize("key", ["rps", "realtime"])
+def test_io_auto_keys_default_to_none_and_take_booleans(key):
+    """[io] rps and realtime: absent is "if possible" (None); true and false are kept."""
+    assert getattr(config.parse(good_dict()).io, key) is None
     for v in (True, False):
         d = good_dict()
-        d["io"]["rps"] = v
-        assert config.parse(d).io.rps is v
+        d["io"][key] = v
+        assert getattr(config.parse(d).io, key) is v
 
 
 @pytest.mark.parametrize("value", ["on", 1, 0, "3"])
@@ -324,13 +326,10 @@ def test_io_rps_is_for_the_tap_backend():
 
 # --- [io] realtime --------------------------------------------------------------------------
 
-def test_io_realtime_default_is_auto_and_takes_booleans():
-    assert config.parse(good_dict()).io.realtime is None
+def test_io_realtime_is_for_any_backend():
     for v in (True, False):
         d = good_dict()
-        d["io"]["realtime"] = v
-        assert config.parse(d).io.realtime is v
-        _afpacket_with("realtime", v)(d)             # any backend: it is the threads' policy
+        _afpacket_with("realtime", v)(d)             # the threads' policy, not the device's
         assert config.parse(d).io.realtime is v
 
 
