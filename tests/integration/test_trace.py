@@ -173,8 +173,12 @@ def test_capture_writes_a_pcap_tcpdump_reads(lab, tmp_path):
 
 def test_ctrl_c_ends_follow_cleanly_and_turns_the_watch_off(lab):
     import signal
+    # Ctrl-C as a terminal gives it: SIGINT handled by default in lbctl, also when this
+    # run inherited it ignored (a suite started in the background by a non-interactive
+    # shell: lbctl would then, rightly, keep ignoring it, and the test wait for nothing)
     p = subprocess.Popen(lbctl_cmd(lab, "trace", "--follow", "--vip", VIP + ":80"),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_watch(lab, p)
         assert len(curls(lab, "c1", 1)) == 1
