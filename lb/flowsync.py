@@ -154,14 +154,23 @@ def _endpoint(p, fld="peer"):
     return str(ip), int(port)
 
 
-def record_backends(data):
-    """{(ip, port)} of the backends a well-formed datagram's records name (offset 16 rip,
-    20 rport: fastpath/sync.pxi); an empty set for anything else."""
+def record_count(data):
+    """The record count of a datagram whose header and length are right, else None (the
+    engine checks each record and counts what it refuses)."""
     if len(data) < defs.SYNC_HDR_LEN:
-        return set()
+        return None
     magic, version, count = HDR.unpack_from(data, 0)
     if (magic, version) != (defs.SYNC_MAGIC, defs.SYNC_VERSION) or \
             len(data) != defs.SYNC_HDR_LEN + count * defs.SYNC_REC_LEN:
+        return None
+    return count
+
+
+def record_backends(data):
+    """{(ip, port)} of the backends a well-formed datagram's records name (offset 16 rip,
+    20 rport: fastpath/sync.pxi); an empty set for anything else."""
+    count = record_count(data)
+    if count is None:
         return set()
     return {BACKEND.unpack_from(data, defs.SYNC_HDR_LEN + i * defs.SYNC_REC_LEN + 16)
             for i in range(count)}
@@ -345,12 +354,11 @@ class FlowSync:
         n = len(self.inbox)
         if n == 0:
             return
-        if n == 1 or len(data) < defs.SYNC_HDR_LEN:
+        if n == 1:
             self._put(0, data)
             return
-        magic, version, count = HDR.unpack_from(data, 0)
-        if (magic, version) != (defs.SYNC_MAGIC, defs.SYNC_VERSION) or \
-                len(data) != defs.SYNC_HDR_LEN + count * defs.SYNC_REC_LEN:
+        count = record_count(data)
+        if count is None:
             self._put(0, data)                 # the engine counts it malformed
             return
         parts = [[] for _ in range(n)]
