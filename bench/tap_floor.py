@@ -1,0 +1,183 @@
+"""The floor of a userspace direct-return hop on this host: lbd's dsr beside the least any
+program can do on a TAP, and beside the direct path.
+
+    python3 -m bench.tap_floor [--runs 3] [--seconds 8] [--quick]
+
+Why: a dsr (or tunnel, or hopped) download sends its data straight from the backend to the
+client, but the client's ACKs cross the LB. Is lbd's ACK path what limits such a download,
+or the hop itself? A lab of its own (one backend b1, TAP with vnet offload); four paths,
+each measured with iperf3 -R (the backend sends) from c1, one after the other in every run:
+
+  direct      c1 -> rt -> b1, no LB
+  dsr         VIP 198.19.100.2:5201 through lbd (mode dsr, one backend)
+  floor       VIP 198.19.100.9 through bench/floor/tapfwd.c on a second TAP on the same
+              bridge: read a frame, rewrite its MACs, write it back (no table, no checks);
+              it sleeps in poll() when its queue is empty, as lbd does; RPS on its TAP as
+              lbd sets it on its own
+  floor-spin  the same, never sleeping (one CPU spent polling)
+
+Per cell: Gbit/s, the machine's busy CPU-seconds per GB received (from /proc/stat), the
+client's ACKs per GB (b1's eth0 rx packets), and the forwarder's wake-ups. Medians over the
+runs, and each path's ratio to direct paired within a run. Writes
+bench/results/tap_floor.{json,md}. Not a test: nothing is asserted.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from bench.e2e import FULL, lab_argparser, lab_meta, lab_runs, median, write_report
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor", "tapfwd.c")
+VIP = "198.19.100.2"
+FLOOR_VIP = "198.19.100.9"
+FLOOR_NEXT_HOP = "198.19.0.9"        # rt's next hop for FLOOR_VIP: the forwarder's MAC
+FLOOR_MAC = "02:74:77:00:00:09"
+FLOOR_TAP = "fwtap"
+PATHS = ("direct", "dsr", "floor", "floor-spin")
+PARALLEL = (1, 4)
+
+
+def build(out_dir):
+    exe = os.path.join(out_dir, "tapfwd")
+    subprocess.run(["cc", "-O2", "-Wall", "-o", exe, SOURCE], check=True)
+    return exe
+
+
+def proc_stat_busy():
+    """(busy, total) jiffies of the whole machine now."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return sum(v) - v[3] - v[4], sum(v)
+
+
+def eth0_rx_packets(lab, node):
+    out = json.loads(lab.exec(node, ["ip", "-s", "-j", "link", "show", "eth0"]).stdout)
+    return out[0]["stats64"]["rx"]["packets"]
+
+
+class Floor:
+    """tapfwd on FLOOR_TAP in the lab's switch namespace, routed by rt for FLOOR_VIP."""
+
+    def __init__(self, lab, exe, backend_mac, spin):
+        self.lab, self.exe, self.backend_mac, self.spin = lab, exe, backend_mac, spin
+        self.proc = None
+
+    def __enter__(self):
+        argv = [self.exe, FLOOR_TAP, FLOOR_MAC, self.backend_mac, FLOOR_VIP]
+        self.proc = self.lab.popen("sw", argv + (["spin"] if self.spin else []),
+                                   stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise SystemExit("bench.tap_floor: tapfwd did not start (exit %s)" % self.proc.poll())
+        rps = self.lab.exec("sw", ["cat", "/sys/class/net/lbtap/queues/rx-0/rps_cpus"]).stdout
+        self.lab.exec("sw", ["sh", "-c", "echo %s > /sys/class/net/%s/queues/rx-0/rps_cpus"
+                             % (rps.strip(), FLOOR_TAP)])
+        self.lab.exec("sw", ["ip", "link", "set", FLOOR_TAP, "master", "brs", "up"])
+        self.lab.exec("rt", ["ip", "neigh", "replace", FLOOR_NEXT_HOP, "lladdr", FLOOR_MAC,
+                             "dev", "eth1", "nud", "permanent"])
+        self.lab.exec("rt", ["ip", "route", "replace", FLOOR_VIP + "/32", "via", FLOOR_NEXT_HOP])
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=10)
+        self.stats = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+        return False
+
+
+def measure(lab, dst, parallel, seconds):
+    acks0, (b0, t0) = eth0_rx_packets(lab, "b1"), proc_stat_busy()
+    r = lab.exec("c1", ["iperf3", "-c", dst, "-R", "-P", str(parallel), "-t", str(seconds),
+                        "-J"], timeout=seconds + 30, check=False)
+    b1, t1 = proc_stat_busy()
+    acks = eth0_rx_packets(lab, "b1") - acks0
+    try:
+        end = json.loads(r.stdout)["end"]["sum_received"]
+    except (ValueError, KeyError):
+        return {"error": (r.stdout or r.stderr)[-300:]}
+    gb = end["bytes"] / 1e9
+    hz = os.sysconf("SC_CLK_TCK")
+    return {"gbps": end["bits_per_second"] / 1e9, "gb": gb,
+            "busy_cpu_s_per_gb": (b1 - b0) / hz / gb,
+            "machine_busy_pct": 100.0 * os.cpu_count() * (b1 - b0) / max(t1 - t0, 1),
+            "acks_per_gb": acks / gb}
+
+
+def render(rows, meta):
+    L = ["# The floor of a userspace direct-return hop: lbd's dsr beside a bare TAP forwarder", "",
+         "%s, %s, %s CPUs, Linux %s; `python3 -m bench.tap_floor%s`; iperf3 -R -t %d; %d runs, "
+         "medians; ratio = the median of each run's path/direct." % (
+             meta["date"], meta["cpu_model"], meta["ncpu"], meta["kernel"],
+             meta["argv"], meta["seconds"], meta["runs"]), "",
+         "| path | streams | Gbit/s | / direct | machine busy | CPU-s per GB | ACKs per GB "
+         "| forwarder wake-ups/s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        L.append("| %s | %d | %.2f | %s | %.0f%% | %.3f | %s | %s |" % (
+            r["path"], r["parallel"], r["gbps"], "%.2f" % r["ratio"] if r["ratio"] else "-",
+            r["machine_busy_pct"], r["busy_cpu_s_per_gb"], "{:,.0f}".format(r["acks_per_gb"]),
+            "{:,.0f}".format(r["wakeups_per_s"]) if r.get("wakeups_per_s") is not None else "-"))
+    return "\n".join(L) + "\n"
+
+
+def main(argv=None):
+    ap = lab_argparser("bench.tap_floor", __doc__.split("\n")[0], RESULTS)
+    ap.add_argument("--seconds", type=int, default=8, choices=range(2, 61), metavar="2..60")
+    a = ap.parse_args(argv)
+    runs, _ = lab_runs(a)
+    seconds = 3 if a.quick else a.seconds
+    from tools.lab import Lab, unique_name
+    t_start = time.monotonic()
+    cells = {}                      # (path, parallel) -> [per-run dict]
+    with tempfile.TemporaryDirectory(prefix="tap-floor-") as tmp:
+        exe = build(tmp)
+        lab = Lab(unique_name(), backends=1, offload=True)
+        try:
+            lab.up()
+            sock = lab.topology["control_socket"]
+            for argv_ in (["vip", "add", VIP + ":5201", "--mode", "dsr", "--scheduler", "sh"],
+                          ["backend", "add", VIP + ":5201", "198.19.0.11"]):
+                subprocess.run([sys.executable, "-m", "lb.cli", "--socket", sock, *argv_],
+                               check=True, capture_output=True, timeout=30)
+            backend_mac = lab.exec("b1", ["cat", "/sys/class/net/eth0/address"]).stdout.strip()
+            for run in range(runs):
+                for par in PARALLEL:
+                    for path in PATHS:
+                        if path.startswith("floor"):
+                            with Floor(lab, exe, backend_mac, spin=path == "floor-spin") as fl:
+                                m = measure(lab, FLOOR_VIP, par, seconds)
+                            if not path.endswith("spin") and fl.stats.get("wakeups"):
+                                m["wakeups_per_s"] = fl.stats["wakeups"] / seconds
+                        else:
+                            m = measure(lab, "198.19.0.11" if path == "direct" else VIP, par,
+                                        seconds)
+                        cells.setdefault((path, par), []).append(m)
+                        print("run %d %-10s -P%d %s" % (run + 1, path, par, json.dumps(
+                            {k: round(v, 3) for k, v in m.items() if isinstance(v, float)})),
+                            flush=True)
+        finally:
+            lab.down()
+    rows = []
+    for par in PARALLEL:
+        for path in PATHS:
+            ok = [m for m in cells[(path, par)] if "error" not in m]
+            if not ok:
+                continue
+            direct = cells[("direct", par)]
+            ratios = [m["gbps"] / d["gbps"] for m, d in zip(cells[(path, par)], direct)
+                      if "error" not in m and "error" not in d and path != "direct"]
+            row = {"path": path, "parallel": par, "runs": cells[(path, par)],
+                   "ratio": median(ratios) if ratios else None}
+            for k in ("gbps", "busy_cpu_s_per_gb", "machine_busy_pct", "acks_per_gb",
+                      "wakeups_per_s"):
+                vals = [m[k] for m in ok if k in m]
+                row[k] = median(vals) if vals else None
+            rows.append(row)
+    meta = lab_meta(a, runs, FULL, argv, seconds=seconds)
+    return write_report(a.out, "tap_floor", meta, rows, render(rows, meta), t_start)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
