@@ -15,6 +15,11 @@ each measured with iperf3 -R (the backend sends) from c1, one after the other in
               it sleeps in poll() when its queue is empty, as lbd does; RPS on its TAP as
               lbd sets it on its own
   floor-spin  the same, never sleeping (one CPU spent polling)
+  kernel      VIP 198.19.100.10 through the same rewrite done in the kernel instead: a veth
+              on the bridge whose far end has a tc ingress program (bench/floor/kfwd.c,
+              clang -target bpf) that rewrites both MACs and redirects the frame back out:
+              what an in-kernel data path (XDP, tc) on the LB's own interface would cost,
+              no process woken at all
 
 Per cell: Gbit/s, the machine's busy CPU-seconds per GB received (from /proc/stat), the
 client's ACKs per GB (b1's eth0 rx packets), and the forwarder's wake-ups. Medians over the
@@ -23,6 +28,8 @@ bench/results/tap_floor.{json,md}. Not a test: nothing is asserted.
 """
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -37,14 +44,36 @@ FLOOR_VIP = "198.19.100.9"
 FLOOR_NEXT_HOP = "198.19.0.9"        # rt's next hop for FLOOR_VIP: the forwarder's MAC
 FLOOR_MAC = "02:74:77:00:00:09"
 FLOOR_TAP = "fwtap"
-PATHS = ("direct", "dsr", "floor", "floor-spin")
+KERNEL_VIP = "198.19.100.10"
+KERNEL_NEXT_HOP = "198.19.0.10"
+KERNEL_MAC = "02:74:77:00:00:0a"
+KERNEL_VETH = ("fwk0", "fwk1")       # fwk0 on the bridge; fwk1 turns the frames around
+PATHS = ("direct", "dsr", "floor", "floor-spin", "kernel")
+DEST = {"direct": "198.19.0.11", "dsr": VIP, "floor": FLOOR_VIP, "floor-spin": FLOOR_VIP,
+        "kernel": KERNEL_VIP}
 PARALLEL = (1, 4)
+
+
+KERNEL_SOURCE = os.path.join(os.path.dirname(SOURCE), "kfwd.c")
 
 
 def build(out_dir):
     exe = os.path.join(out_dir, "tapfwd")
     subprocess.run(["cc", "-O2", "-Wall", "-o", exe, SOURCE], check=True)
     return exe
+
+
+def build_kernel(out_dir, backend_mac):
+    """kfwd.o for KERNEL_VIP and this backend's MAC."""
+    def mac(m):
+        return ",".join("0x" + x for x in m.split(":"))
+    obj = os.path.join(out_dir, "kfwd.o")
+    vip = struct.unpack("=I", socket.inet_aton(KERNEL_VIP))[0]     # as the program reads it
+    subprocess.run(["clang", "-O2", "-Wall", "-Werror", "-target", "bpf",
+                    "-I/usr/include/%s-linux-gnu" % os.uname().machine, "-DVIP=%du" % vip,
+                    "-DBACKEND_MAC=" + mac(backend_mac), "-DFWD_MAC=" + mac(KERNEL_MAC),
+                    "-c", KERNEL_SOURCE, "-o", obj], check=True)
+    return obj
 
 
 def proc_stat_busy():
@@ -86,6 +115,22 @@ class Floor:
         out, _ = self.proc.communicate(timeout=10)
         self.stats = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
         return False
+
+
+def kernel_forwarder(lab, obj):
+    """The kernel path: fwk0 in the bridge, fwk1 its peer with kfwd.o on tc ingress, which
+    rewrites a frame to KERNEL_VIP (dst MAC the backend's, src KERNEL_MAC) and sends it back
+    out of fwk1."""
+    a, b = KERNEL_VETH
+    lab.exec("sw", ["ip", "link", "add", a, "type", "veth", "peer", "name", b])
+    lab.exec("sw", ["ip", "link", "set", a, "master", "brs", "up"])
+    lab.exec("sw", ["ip", "link", "set", b, "up"])
+    lab.exec("sw", ["tc", "qdisc", "add", "dev", b, "clsact"])
+    lab.exec("sw", ["tc", "filter", "add", "dev", b, "ingress", "bpf", "direct-action",
+                    "obj", obj, "sec", "tc"])
+    lab.exec("rt", ["ip", "neigh", "replace", KERNEL_NEXT_HOP, "lladdr", KERNEL_MAC, "dev",
+                    "eth1", "nud", "permanent"])
+    lab.exec("rt", ["ip", "route", "replace", KERNEL_VIP + "/32", "via", KERNEL_NEXT_HOP])
 
 
 def measure(lab, dst, parallel, seconds):
@@ -142,17 +187,17 @@ def main(argv=None):
                 subprocess.run([sys.executable, "-m", "lb.cli", "--socket", sock, *argv_],
                                check=True, capture_output=True, timeout=30)
             backend_mac = lab.exec("b1", ["cat", "/sys/class/net/eth0/address"]).stdout.strip()
+            kernel_forwarder(lab, build_kernel(tmp, backend_mac))
             for run in range(runs):
                 for par in PARALLEL:
                     for path in PATHS:
                         if path.startswith("floor"):
                             with Floor(lab, exe, backend_mac, spin=path == "floor-spin") as fl:
-                                m = measure(lab, FLOOR_VIP, par, seconds)
+                                m = measure(lab, DEST[path], par, seconds)
                             if not path.endswith("spin") and fl.stats.get("wakeups"):
                                 m["wakeups_per_s"] = fl.stats["wakeups"] / seconds
                         else:
-                            m = measure(lab, "198.19.0.11" if path == "direct" else VIP, par,
-                                        seconds)
+                            m = measure(lab, DEST[path], par, seconds)
                         cells.setdefault((path, par), []).append(m)
                         print("run %d %-10s -P%d %s" % (run + 1, path, par, json.dumps(
                             {k: round(v, 3) for k, v in m.items() if isinstance(v, float)})),
