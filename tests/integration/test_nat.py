@@ -46,6 +46,45 @@ def counters(lab):
     return lbctl(lab, "stats", "--all")["counters"]
 
 
+class Download:
+    """One long GET of the lab's whole /blob from c1, paced by tools.traffic download at
+    `rate` bytes/s, so it lasts size/rate seconds whatever the link's speed (curl's
+    --limit-rate averages over seconds and lets a fast link burst through, so a "long"
+    download could end before what it was meant to span). Started after `delay` seconds;
+    ends early once `stop_file` exists. result() waits and checks it arrived whole."""
+
+    def __init__(self, lab, url, rate, delay=0, stop_file=None, timeout=150):
+        self.lab = lab
+        argv = [sys.executable, "-m", "tools.traffic", "download", url,
+                "--bytes", str(lab.topology["blob"]["size"]), "--rate", str(int(rate)),
+                "--stall", "15", "--timeout", str(timeout)]
+        if stop_file:
+            argv += ["--stop-file", str(stop_file)]
+        if delay:
+            argv = ["sh", "-c", 'sleep "$0"; exec "$@"', str(delay)] + argv
+        self.proc = lab.popen("c1", argv, stdout=subprocess.PIPE, text=True)
+
+    def running(self):
+        return self.proc.poll() is None
+
+    def result(self, timeout=180):
+        """tools.traffic's answer; AssertionError unless every byte came and matches."""
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        finally:
+            self.kill()
+        r = json.loads(out.strip().splitlines()[-1])
+        blob = self.lab.topology["blob"]
+        assert r["error"] is None and r["bytes"] == blob["size"], r
+        assert r["sha256"] == blob["sha256"], r
+        return r
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
 # tap with lbd's default (vnet offload on); afpacket on the slow path on purpose (no vnet
 # header, the veth's offloads off): tests/integration/test_offload.py has afpacket with them
 @pytest.mark.parametrize("io,offload", [("tap", True), ("afpacket", False)],
@@ -107,9 +146,8 @@ def test_iperf3_completes(make_lab):
 def test_lbctl_changes_affect_new_connections_and_existing_ones_finish(make_lab):
     lab = make_lab()
     nat_vip(lab, 80)
-    # a long download, throttled so that it spans the changes below
-    p = lab.popen("c1", ["sh", "-c", "curl -sf --max-time 90 --limit-rate 4M "
-                         "http://%s/blob | sha256sum" % VIP], stdout=subprocess.PIPE, text=True)
+    # a long download, paced so that it spans the changes below (64 MiB at 4 MiB/s: 16 s)
+    p = Download(lab, "http://%s/blob" % VIP, 4 << 20)
     try:
         deadline = time.monotonic() + 10
         long_backend = None
@@ -125,12 +163,10 @@ def test_lbctl_changes_affect_new_connections_and_existing_ones_finish(make_lab)
         name = {b: "b%d" % (i + 1) for i, b in enumerate(BACKENDS)}
         assert r["n_errors"] == 0 and r["backends"] == {name[others[1]]: 20}, r
         stats = lbctl(lab, "stats")
-        assert p.poll() is None, "the download should still be running"
-        out, _ = p.communicate(timeout=60)
+        assert p.running(), "the download should still be running"
+        p.result(timeout=60)
     finally:
-        if p.poll() is None:
-            p.kill()
-    assert p.returncode == 0 and out.split()[0] == lab.topology["blob"]["sha256"]
+        p.kill()
     assert stats is not None
 
 
