@@ -23,7 +23,9 @@ the backend's own address, the inner frame addressed to VXLAN_INNER_MAC; so the 
 It needs no ARP settings: nobody on its layer 2 asks for the VIP.
 
 A hop balancer delivers as dsr does, so a hop backend needs the dsr checks, and hop's shim
-(modes/hop/hop_shim.o) attached on the interface both ways, tc ingress and egress (--mode hop).
+(modes/hop/hop_shim.o) attached on the interface both ways, tc ingress and egress (--mode hop);
+or, behind an egress gateway (--shim-port NS:IFACE), on the gateway's port that faces it, the
+hooks swapped (modes/hop/shim.py HOOKS["port"]).
 
 Exit 0 when every check passes, 1 otherwise; one line per check (or --json). The dsr checks
 and their output do not depend on --mode tunnel existing.
@@ -135,19 +137,25 @@ def check(vip, port, iface):
     return results
 
 
-def check_hop(vip, port, iface):
+def check_hop(vip, port, iface, shim_port=None):
     """The hop backend's checks: the dsr ones (the backend holds the VIP and answers the
     client directly), and hop's shim attached on iface both ways (without it the backend's
-    SYN-ACK of a hopped connection goes to the client, which never asked it for one)."""
+    SYN-ACK of a hopped connection goes to the client, which never asked it for one); with
+    shim_port ("NS:IFACE"), on that gateway port facing the backend instead."""
     results = check(vip, port, iface)
-    got = hop_shim.installed(None, iface)
+    ns, where, facing = None, iface, "host"
+    if shim_port:
+        ns, where = shim_port.split(":", 1)
+        facing = "port"
+    got = hop_shim.installed(ns, where, facing)
     missing = [k for k, v in got.items() if not v]
+    place = "%s of %s" % (where, ns) if ns else where
     results.append({"check": "hop_shim", "ok": not missing,
-                    "detail": ("hop_ingress and hop_egress attached on %s" % iface)
+                    "detail": ("hop_ingress and hop_egress attached on %s" % place)
                     if not missing else
                     "%s not attached on %s (tc filter show dev %s ingress|egress): install "
-                    "the shim (modes/hop/shim.py install, as lb-lab up does)"
-                    % (" and ".join(missing), iface, iface)})
+                    "the shim (modes/hop/shim.py install or attach, as lb-lab up does)"
+                    % (" and ".join(missing), place, where)})
     return results
 
 
@@ -245,8 +253,14 @@ def main(argv=None):
                    help="tunnel: the VNI (default %(default)s)")
     p.add_argument("--inner-mac", default=VXLAN_INNER_MAC,
                    help="tunnel: the inner frames' destination MAC (default %(default)s)")
+    p.add_argument("--shim-port", metavar="NS:IFACE",
+                   help="hop: the shim is on this gateway (switch) port facing the backend, "
+                   "in namespace NS, not on the backend (lb-lab up --egress-gateway)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
+    if a.shim_port is not None and (a.mode != "hop" or ":" not in a.shim_port
+                                    or not all(a.shim_port.split(":", 1))):
+        p.error("--shim-port NS:IFACE, with --mode hop only: got %r" % a.shim_port)
     try:
         ipaddress.IPv4Address(a.vip)
     except ValueError:
@@ -254,7 +268,8 @@ def main(argv=None):
     if a.mode == "tunnel":
         return main_tunnel(a)
     iface = a.iface or default_iface() or "eth0"
-    results = (check_hop if a.mode == "hop" else check)(a.vip, a.port, iface)
+    results = (check_hop(a.vip, a.port, iface, a.shim_port) if a.mode == "hop"
+               else check(a.vip, a.port, iface))
     ok = all(r["ok"] for r in results)
     if a.json:
         print(json.dumps(dict({"ok": ok, "iface": iface, "checks": results},

@@ -303,7 +303,7 @@ class Lab:
 
     def __init__(self, name="tw", backends=3, clients=1, io="tap", start_lbd=True, offload=True,
                  workers=1, remote_backends=0, client_hop_mtu=None, rtsp=False, lbd_extra="",
-                 hop_shim=True, lbs=1, bgp=None, cluster=False):
+                 hop_shim=True, lbs=1, bgp=None, cluster=False, egress_gateway=False):
         if not NAME_RE.match(name or ""):
             raise LabError("lab name %r: use 1-20 characters of [A-Za-z0-9_]" % (name,))
         if not 1 <= backends <= MAX_BACKENDS:
@@ -357,6 +357,11 @@ class Lab:
         # hop's backend shim (modes/hop/shim.py) on every b1..bN's eth0, pinned in a bpffs of
         # the lab's own (state_dir/bpf, unmounted by down); False: backends without it
         self.hop_shim = hop_shim
+        # hop's egress-gateway variant: the same shim once, on the switch's ports that face
+        # b1..bN (hooks swapped, one map for all), and nothing on the backends themselves
+        self.egress_gateway = bool(egress_gateway)
+        if self.egress_gateway and not hop_shim:
+            raise LabError("egress_gateway: it is where the hop shim goes; not with hop_shim off")
         self.state_dir = os.path.join(STATE_ROOT, "lab-" + name)
         self.state_file = os.path.join(self.state_dir, "state.json")
         self.bpf_dir = os.path.join(self.state_dir, "bpf")
@@ -628,7 +633,19 @@ class Lab:
 
         # 5b. hop's shim on every backend on the LB's layer 2
         shims = {}
-        if self.hop_shim:
+        if self.egress_gateway:
+            hop_shim.mount_bpffs(self.bpf_dir)
+            pins = os.path.join(self.bpf_dir, "gateway")
+            try:
+                hop_shim.load(pins)
+                for b in backends:          # the switch port of bN is named bN
+                    hop_shim.attach(self.ns("sw"), b, pins, "port")
+            except hop_shim.ShimError as e:
+                raise LabError("hop shim on the gateway: %s" % e) from e
+            for b in backends:
+                shims[b] = {"at": "gateway", "ns": self.ns("sw"), "interface": b, "pins": pins,
+                            "attached": hop_shim.installed(self.ns("sw"), b, "port")}
+        elif self.hop_shim:
             hop_shim.mount_bpffs(self.bpf_dir)
             for b in backends:
                 pins = os.path.join(self.bpf_dir, b)
@@ -636,8 +653,8 @@ class Lab:
                     hop_shim.install(self.ns(b), "eth0", pins)
                 except hop_shim.ShimError as e:
                     raise LabError("hop shim on %s: %s" % (b, e)) from e
-                shims[b] = {"interface": "eth0", "pins": pins,
-                            "attached": hop_shim.installed(self.ns(b), "eth0")}
+                shims[b] = {"at": "backend", "ns": self.ns(b), "interface": "eth0",
+                            "pins": pins, "attached": hop_shim.installed(self.ns(b), "eth0")}
 
         # 6. BIRD in rt (BGP), before the instances, whose ExaBGP connect to it
         bgp_info = None
@@ -766,6 +783,9 @@ class Lab:
             "remote_backends": remotes,
             "remote_net": REMOTE_NET if remotes else None,
             "client_hop_mtu": self.client_hop_mtu,
+            "egress_gateway": ({"ns": self.ns("sw"), "ports": list(backends),
+                                "pins": os.path.join(self.bpf_dir, "gateway")}
+                               if self.egress_gateway else None),
             "vxlan": ({"device": VXLAN_DEV, "vni": VXLAN_VNI, "port": VXLAN_PORT,
                        "inner_mac": VXLAN_INNER_MAC} if remotes else None),
             "nodes": nodes,
@@ -1461,6 +1481,9 @@ def cli():
               help="lbd's data-plane threads (tap: one TAP queue each)")
 @click.option("--hop-shim/--no-hop-shim", default=True, show_default=True,
               help="hop's backend shim (eBPF, tc) on every b1..bN")
+@click.option("--egress-gateway", is_flag=True,
+              help="hop's shim not on the backends but once on the switch, on its ports that "
+              "face b1..bN (one map for all): the servers run no agent")
 @click.option("--client-hop-mtu", type=click.IntRange(576, 1499), default=None,
               help="a smaller hop on the client side (rt's client interface): the servers' "
               "segments need path MTU discovery through the LB")
@@ -1475,14 +1498,14 @@ def cli():
               help="etcd in rt; every lbd takes its VIP table from it ([cluster]) and syncs "
               "its flows with the others ([sync]); change it with lb-lab's lbctl --cluster")
 def up(name, backends, clients, remote_backends, io, no_lbd, offload, workers, hop_shim,
-       client_hop_mtu, rtsp, lbs, bgp, cluster):
+       egress_gateway, client_hop_mtu, rtsp, lbs, bgp, cluster):
     if workers > 1 and io != "tap":
         raise click.UsageError("--workers > 1 needs --io tap")
     try:
         topo = Lab(name, backends=backends, clients=clients, io=io, start_lbd=not no_lbd,
                    offload=offload, workers=workers, remote_backends=remote_backends,
                    client_hop_mtu=client_hop_mtu, rtsp=rtsp, hop_shim=hop_shim, lbs=lbs,
-                   bgp=bgp, cluster=cluster).up()
+                   bgp=bgp, cluster=cluster, egress_gateway=egress_gateway).up()
     except LabError as e:
         raise click.ClickException(str(e))
     click.echo(json.dumps(topo, indent=2))
@@ -1563,9 +1586,10 @@ def show(name, as_json):
                                                      i.get("address") or "-", i.get("mac", "-")))
     for b in topo.get("backends", []):
         sh = topo["nodes"][b].get("hop_shim")
-        click.echo("  %-4s hop shim %s" % (b, "-" if not sh else "%s on %s, pins %s" % (
+        click.echo("  %-4s hop shim %s" % (b, "-" if not sh else "%s on %s%s, pins %s" % (
             "+".join(k for k, v in sh["attached"].items() if v) or "nothing attached",
-            sh["interface"], sh["pins"])))
+            sh["interface"], " of the gateway (%s)" % sh["ns"] if sh.get("at") == "gateway"
+            else "", sh["pins"])))
     click.echo("  /blob sha256 %s" % topo["blob"]["sha256"])
 
 
@@ -1599,7 +1623,8 @@ def exec_(name, node, cmd):
 @cli.command("doctor", help="Check backend NODE for dsr duty (VIP on lo, arp_ignore/arp_announce, "
              "rp_filter, a listener) or, with --mode tunnel, for tunnel duty (a VXLAN device "
              "with the lab's VNI, port and inner MAC, up; rp_filter; VIP on lo; a listener), "
-             "or with --mode hop, for hop duty (dsr's, and hop's shim on eth0 both ways): "
+             "or with --mode hop, for hop duty (dsr's, and hop's shim on eth0 both ways, or "
+             "on NODE's switch port in an --egress-gateway lab): "
              "tools/doctor.py run inside NODE's namespace.")
 @NAME_OPT
 @click.argument("node")
@@ -1611,6 +1636,13 @@ def exec_(name, node, cmd):
 def doctor(name, node, vip, port, mode, as_json):
     ns = _live_ns(name, node)
     argv = [sys.executable, "-m", "tools.doctor", "--vip", vip]
+    if mode == "hop":       # a backend behind the egress gateway: its shim is on the switch
+        try:
+            sh = (Lab(name).topology["nodes"].get(node) or {}).get("hop_shim") or {}
+        except LabError:
+            sh = {}
+        if sh.get("at") == "gateway":
+            argv += ["--shim-port", "%s:%s" % (sh["ns"], sh["interface"])]
     argv += ["--port", str(port)] if port else []
     argv += ["--mode", mode] if mode != "dsr" else []
     argv += ["--json"] if as_json else []

@@ -23,11 +23,12 @@ What a backend needs: the VIP on lo with arp_ignore=1/arp_announce=2 (as dsr), t
 the VIP port, the shim on its interface (modes/hop/shim.py installs it: `tc` clsact, the
 programs of hop_shim.o pinned in a bpffs of the lab's own), and the LB on its layer 2.
 
-Not built (yet):
-- the egress-gateway variant (one shim on a gateway between the backends and the router):
-  the shim must see our SYN and our hand-off, which the LB sends to the backend on the shared
-  segment, never through that gateway; it needs the LB to send those two through the gateway
-  too (or the program on a bridge port), not a second implementation of the translation;
+The egress-gateway variant: the same object, loaded once, attached to the ports of a switch
+or gateway that face the servers (shim.attach(..., "port"): the hooks swap, since what goes
+to a server leaves such a port), one map for every server behind it, nothing on the servers.
+It needs no second implementation: the shim must see our SYN, our hand-off and the server's
+answers, and a port facing the server sees all of them, as the server's own interface does.
+`lb-lab up --egress-gateway` puts it on the lab switch's ports b1..bN.
 
 The package:
   __init__.py    the door (modes/base.py): splice's options, pools and rules, hop's handler

@@ -1,12 +1,21 @@
 """The hop shim's loader: hop_shim.o (built by setup.py) onto a backend's interface.
 
-    install(ns, iface, pin_dir)   tc clsact on iface in namespace ns; both programs of the
-                                  object loaded once (bpftool prog loadall), so they share
-                                  one hop_flows map, pinned under pin_dir, and attached by
-                                  `tc filter ... bpf object-pinned ... da`
-    installed(ns, iface)          which of hop_ingress / hop_egress are attached there
+    install(ns, iface, pin_dir)   on a backend: tc clsact on iface in namespace ns; both
+                                  programs of the object loaded once (bpftool prog loadall),
+                                  so they share one hop_flows map, pinned under pin_dir, and
+                                  attached by `tc filter ... bpf object-pinned ... da`
+    load(pin_dir)                 the programs and maps pinned, attached nowhere yet
+    attach(ns, iface, pin_dir, facing)   attach what pin_dir holds to iface. facing "host":
+                                  iface is the server's own (frames to the server come in by
+                                  its ingress hook); "port": iface is a switch's or gateway's
+                                  port facing the server (frames to the server leave by its
+                                  egress hook), so the hooks swap. One load attached to the
+                                  ports of many servers serves them all with one map: the
+                                  egress-gateway variant, with no agent on the servers
+    installed(ns, iface, facing)  which of hop_ingress / hop_egress are attached there
     stats(pin_dir)                the shim's counters (SHIM_STATS), summed over CPUs
     flows(pin_dir)                its map: [(key, value)] as shim_model.unpack_* reads them
+    detach(ns, iface)             the clsact qdisc (and so the programs) off iface
     remove(ns, iface, pin_dir)    detach and unpin
 
 Invariants:
@@ -25,6 +34,9 @@ from .shim_model import SHIM_STATS, unpack_flow, unpack_key
 
 OBJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hop_shim.o")
 PROGRAMS = ("hop_ingress", "hop_egress")
+# the tc hook each program of PROGRAMS takes, by where the interface is: hop_ingress must see
+# what goes to the server, hop_egress what the server sends
+HOOKS = {"host": ("ingress", "egress"), "port": ("egress", "ingress")}
 
 
 class ShimError(Exception):
@@ -78,30 +90,55 @@ def umount_bpffs(path):
 def install(ns, iface, pin_dir):
     """The shim on iface in namespace ns, its programs and maps pinned in pin_dir (inside a
     bpffs: mount_bpffs on a parent). Replaces a shim already there."""
+    remove(ns, iface, pin_dir)
+    load(pin_dir)
+    attach(ns, iface, pin_dir, "host")
+
+
+def load(pin_dir):
+    """hop_shim.o's programs and maps pinned under pin_dir (inside a bpffs), attached
+    nowhere; ShimError if they are pinned there already."""
     if not os.path.exists(OBJECT):
         raise ShimError("%s is missing: build it (python3 setup.py build_ext --inplace)" % OBJECT)
-    remove(ns, iface, pin_dir)
     os.makedirs(pin_dir, exist_ok=True)
     _run(["bpftool", "prog", "loadall", OBJECT, os.path.join(pin_dir, "progs"),
           "pinmaps", os.path.join(pin_dir, "maps")])
+
+
+def _hooks(facing):
+    try:
+        return HOOKS[facing]
+    except KeyError:
+        raise ShimError("facing %r: one of %s" % (facing, ", ".join(HOOKS))) from None
+
+
+def attach(ns, iface, pin_dir, facing="host"):
+    """The programs pinned in pin_dir (load) on iface in namespace ns, on the hooks `facing`
+    gives (HOOKS); replaces what tc had there at our preference."""
+    hooks = _hooks(facing)
     _run(_in_ns(ns, ["tc", "qdisc", "replace", "dev", iface, "clsact"]))
-    for prog, hook in zip(PROGRAMS, ("ingress", "egress")):
+    for prog, hook in zip(PROGRAMS, hooks):
         _run(_in_ns(ns, ["tc", "filter", "replace", "dev", iface, hook, "pref", "49", "bpf",
                          "object-pinned", os.path.join(pin_dir, "progs", prog), "da"]))
 
 
-def installed(ns, iface):
-    """{"hop_ingress": bool, "hop_egress": bool}: what tc has attached on iface."""
+def installed(ns, iface, facing="host"):
+    """{"hop_ingress": bool, "hop_egress": bool}: whether tc has each on its hook on iface."""
     out = {}
-    for prog, hook in zip(PROGRAMS, ("ingress", "egress")):
+    for prog, hook in zip(PROGRAMS, _hooks(facing)):
         p = _run(_in_ns(ns, ["tc", "filter", "show", "dev", iface, hook]), check=False)
         out[prog] = p.returncode == 0 and prog in p.stdout
     return out
 
 
+def detach(ns, iface):
+    """The clsact qdisc off iface, and with it whatever tc programs were attached there."""
+    _run(_in_ns(ns, ["tc", "qdisc", "del", "dev", iface, "clsact"]), check=False)
+
+
 def remove(ns, iface, pin_dir):
     """Detach the shim from iface (the clsact qdisc goes) and unpin its objects."""
-    _run(_in_ns(ns, ["tc", "qdisc", "del", "dev", iface, "clsact"]), check=False)
+    detach(ns, iface)
     for sub in ("progs", "maps"):
         d = os.path.join(pin_dir, sub)
         if os.path.isdir(d):

@@ -293,3 +293,32 @@ def test_the_health_probes_syn_makes_the_shim_send_its_syn_ack_back_to_the_probe
     assert not probe.is_answer(out, lb_ip, VIP, VPORT, sport, isn + 1)
     v, _ = p.run("in", bytes(probe.rst_frame(B_MAC, mg_mac, lb_ip, VIP, VPORT, sport, isn)))
     assert v == TC_ACT_OK and key not in p.model.flows
+
+
+# ---- where the shim goes: a server's own interface, or a gateway port facing it --------------
+
+def test_a_gateway_port_swaps_the_hooks():
+    # hop_ingress sees what goes to the server: on the server, by its ingress hook; on the
+    # switch port facing it, what leaves by that port's egress hook
+    assert dict(zip(shim.PROGRAMS, shim.HOOKS["host"])) == {"hop_ingress": "ingress",
+                                                             "hop_egress": "egress"}
+    assert dict(zip(shim.PROGRAMS, shim.HOOKS["port"])) == {"hop_ingress": "egress",
+                                                             "hop_egress": "ingress"}
+
+
+def test_an_unknown_facing_is_refused_before_anything_is_run():
+    with pytest.raises(shim.ShimError, match="facing 'sideways'"):
+        shim.attach(None, "no-such-if", "/nonexistent", "sideways")
+    with pytest.raises(shim.ShimError, match="facing"):
+        shim.installed(None, "no-such-if", "up")
+
+
+@pytest.mark.parametrize("argv", [["--shim-port", "sw-only"], ["--shim-port", ":b1"],
+                                  ["--shim-port", "ns:"], ["--mode", "dsr", "--shim-port", "ns:b1"]])
+def test_doctor_refuses_a_bad_shim_port(argv, capsys):
+    from tools import doctor
+    if "--mode" not in argv:
+        argv = ["--mode", "hop"] + argv
+    with pytest.raises(SystemExit) as e:
+        doctor.main(["--vip", "198.19.100.9"] + argv)
+    assert e.value.code == 2 and "--shim-port NS:IFACE" in capsys.readouterr().err
