@@ -30,7 +30,8 @@ def main(argv=None):
     e = make_engine(_engine.Engine, ServiceSpec, capacity=a.flows)
     b = Batch(BURST, snap=128)
     for i in range(0, a.flows, BURST):
-        arr, lens = bursts([[frame64(k, VIP1, F.TH_SYN) for k in range(i, min(i + BURST, a.flows))]])
+        ks = range(i, min(i + BURST, a.flows))
+        arr, lens = bursts([[frame64(k, VIP1, F.TH_SYN) for k in ks]])
         np.copyto(b.buf, arr[0])
         np.copyto(b.lens, lens[0])
         b.n = min(BURST, a.flows - i)
@@ -55,8 +56,9 @@ def main(argv=None):
     with open(os.path.join(RESULTS, "snapshot.json"), "w") as f:
         json.dump(out, f, indent=1)
     print("%d flows, %.1f MB: export first %.0f ms, median %.0f; import first %.0f ms, median %.0f"
-          % (out["flows"], len(data) / 1e6, out["export_ms"][0], statistics.median(out["export_ms"]),
-             out["import_ms"][0], statistics.median(out["import_ms"])))
+          % (out["flows"], len(data) / 1e6, out["export_ms"][0],
+             statistics.median(out["export_ms"]), out["import_ms"][0],
+             statistics.median(out["import_ms"])))
     return 0
 
 

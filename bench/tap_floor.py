@@ -6,7 +6,7 @@ program can do on a TAP, and beside the direct path.
 Why: a dsr (or tunnel, or hopped) download sends its data straight from the backend to the
 client, but the client's ACKs cross the LB. Is lbd's ACK path what limits such a download,
 or the hop itself? A lab of its own (one backend b1, TAP with vnet offload); four paths,
-each measured with iperf3 -R (the backend sends) from c1, one after the other in every run:
+each measured from c1 (the backend sends), one after the other in every run:
 
   direct      c1 -> rt -> b1, no LB
   dsr         VIP 198.19.100.2:5201 through lbd (mode dsr, one backend)
@@ -21,6 +21,8 @@ each measured with iperf3 -R (the backend sends) from c1, one after the other in
               what an in-kernel data path (XDP, tc) on the LB's own interface would cost,
               no process woken at all
 
+Workloads: iperf3 -R -P1 and -P4 for --seconds, and 8 GETs of the lab's 64 MiB /blob with
+curl (Gbit/s = their bytes over the sum of their time_total, as bench.e2e's blob-64MiB).
 Per cell: Gbit/s, the machine's busy CPU-seconds per GB received (from /proc/stat), the
 client's ACKs per GB (b1's eth0 rx packets), and the forwarder's wake-ups. Medians over the
 runs, and each path's ratio to direct paired within a run. Writes
@@ -35,7 +37,7 @@ import sys
 import tempfile
 import time
 
-from bench.e2e import FULL, lab_argparser, lab_meta, lab_runs, median, write_report
+from bench.e2e import FULL, lab_argparser, lab_meta, lab_runs, median, parse_curl, write_report
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor", "tapfwd.c")
@@ -52,6 +54,8 @@ PATHS = ("direct", "dsr", "floor", "floor-spin", "kernel")
 DEST = {"direct": "198.19.0.11", "dsr": VIP, "floor": FLOOR_VIP, "floor-spin": FLOOR_VIP,
         "kernel": KERNEL_VIP}
 PARALLEL = (1, 4)
+WORKLOADS = tuple("iperf-P%d" % n for n in PARALLEL) + ("blob",)
+BLOB_GETS = 8           # GETs of the lab's 64 MiB /blob per cell, as bench.e2e's blob-64MiB
 
 
 KERNEL_SOURCE = os.path.join(os.path.dirname(SOURCE), "kfwd.c")
@@ -133,19 +137,46 @@ def kernel_forwarder(lab, obj):
     lab.exec("rt", ["ip", "route", "replace", KERNEL_VIP + "/32", "via", KERNEL_NEXT_HOP])
 
 
-def measure(lab, dst, parallel, seconds):
+def blob_gets(lab, dst, gets):
+    """(bytes, seconds) of `gets` curl GETs of /blob: the bytes and the sum of time_total, as
+    bench.e2e's blob-64MiB; (None, error) on a short or failed GET."""
+    total_b, total_s = 0, 0.0
+    for _ in range(gets):
+        r = lab.exec("c1", ["curl", "-s", "-o", "/dev/null", "--max-time", "60", "-w",
+                            "%{http_code} %{size_download} %{time_total}",
+                            "http://%s/blob" % dst], timeout=90, check=False)
+        try:
+            m = parse_curl(r.stdout)
+        except ValueError as e:
+            return None, str(e)
+        if m["code"] != 200 or m["bytes"] != lab.topology["blob"]["size"]:
+            return None, "GET /blob: status %d, %d bytes" % (m["code"], m["bytes"])
+        total_b += m["bytes"]
+        total_s += m["seconds"]
+    return total_b, total_s
+
+
+def measure(lab, dst, workload, seconds):
     acks0, (b0, t0) = eth0_rx_packets(lab, "b1"), proc_stat_busy()
-    r = lab.exec("c1", ["iperf3", "-c", dst, "-R", "-P", str(parallel), "-t", str(seconds),
-                        "-J"], timeout=seconds + 30, check=False)
+    wall0 = time.monotonic()
+    if workload == "blob":
+        got, secs = blob_gets(lab, dst, BLOB_GETS)
+        if got is None:
+            return {"error": secs}
+        end = {"bytes": got, "bits_per_second": 8 * got / secs}
+    else:
+        r = lab.exec("c1", ["iperf3", "-c", dst, "-R", "-P", workload.split("-P")[1], "-t",
+                            str(seconds), "-J"], timeout=seconds + 30, check=False)
+        try:
+            end = json.loads(r.stdout)["end"]["sum_received"]
+        except (ValueError, KeyError):
+            return {"error": (r.stdout or r.stderr)[-300:]}
     b1, t1 = proc_stat_busy()
+    wall = time.monotonic() - wall0
     acks = eth0_rx_packets(lab, "b1") - acks0
-    try:
-        end = json.loads(r.stdout)["end"]["sum_received"]
-    except (ValueError, KeyError):
-        return {"error": (r.stdout or r.stderr)[-300:]}
     gb = end["bytes"] / 1e9
     hz = os.sysconf("SC_CLK_TCK")
-    return {"gbps": end["bits_per_second"] / 1e9, "gb": gb,
+    return {"gbps": end["bits_per_second"] / 1e9, "gb": gb, "wall_s": wall,
             "busy_cpu_s_per_gb": (b1 - b0) / hz / gb,
             "machine_busy_pct": 100.0 * os.cpu_count() * (b1 - b0) / max(t1 - t0, 1),
             "acks_per_gb": acks / gb}
@@ -153,15 +184,16 @@ def measure(lab, dst, parallel, seconds):
 
 def render(rows, meta):
     L = ["# The floor of a userspace direct-return hop: lbd's dsr beside a bare TAP forwarder", "",
-         "%s, %s, %s CPUs, Linux %s; `python3 -m bench.tap_floor%s`; iperf3 -R -t %d; %d runs, "
+         "%s, %s, %s CPUs, Linux %s; `python3 -m bench.tap_floor%s`; iperf3 -R -t %d, blob "
+         "8 GETs; %d runs, "
          "medians; ratio = the median of each run's path/direct." % (
              meta["date"], meta["cpu_model"], meta["ncpu"], meta["kernel"],
              meta["argv"], meta["seconds"], meta["runs"]), "",
-         "| path | streams | Gbit/s | / direct | machine busy | CPU-s per GB | ACKs per GB "
-         "| forwarder wake-ups/s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+         "| path | workload | Gbit/s | / direct | machine busy | CPU-s per GB | ACKs per GB "
+         "| forwarder wake-ups/s |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        L.append("| %s | %d | %.2f | %s | %.0f%% | %.3f | %s | %s |" % (
-            r["path"], r["parallel"], r["gbps"], "%.2f" % r["ratio"] if r["ratio"] else "-",
+        L.append("| %s | %s | %.2f | %s | %.0f%% | %.3f | %s | %s |" % (
+            r["path"], r["workload"], r["gbps"], "%.2f" % r["ratio"] if r["ratio"] else "-",
             r["machine_busy_pct"], r["busy_cpu_s_per_gb"], "{:,.0f}".format(r["acks_per_gb"]),
             "{:,.0f}".format(r["wakeups_per_s"]) if r.get("wakeups_per_s") is not None else "-"))
     return "\n".join(L) + "\n"
@@ -175,7 +207,7 @@ def main(argv=None):
     seconds = 3 if a.quick else a.seconds
     from tools.lab import Lab, unique_name
     t_start = time.monotonic()
-    cells = {}                      # (path, parallel) -> [per-run dict]
+    cells = {}                      # (path, workload) -> [per-run dict]
     with tempfile.TemporaryDirectory(prefix="tap-floor-") as tmp:
         exe = build(tmp)
         lab = Lab(unique_name(), backends=1, offload=True)
@@ -189,31 +221,31 @@ def main(argv=None):
             backend_mac = lab.exec("b1", ["cat", "/sys/class/net/eth0/address"]).stdout.strip()
             kernel_forwarder(lab, build_kernel(tmp, backend_mac))
             for run in range(runs):
-                for par in PARALLEL:
+                for wl in WORKLOADS:
                     for path in PATHS:
                         if path.startswith("floor"):
                             with Floor(lab, exe, backend_mac, spin=path == "floor-spin") as fl:
-                                m = measure(lab, DEST[path], par, seconds)
+                                m = measure(lab, DEST[path], wl, seconds)
                             if not path.endswith("spin") and fl.stats.get("wakeups"):
-                                m["wakeups_per_s"] = fl.stats["wakeups"] / seconds
+                                m["wakeups_per_s"] = fl.stats["wakeups"] / m["wall_s"]
                         else:
-                            m = measure(lab, DEST[path], par, seconds)
-                        cells.setdefault((path, par), []).append(m)
-                        print("run %d %-10s -P%d %s" % (run + 1, path, par, json.dumps(
+                            m = measure(lab, DEST[path], wl, seconds)
+                        cells.setdefault((path, wl), []).append(m)
+                        print("run %d %-10s %-8s %s" % (run + 1, path, wl, json.dumps(
                             {k: round(v, 3) for k, v in m.items() if isinstance(v, float)})),
                             flush=True)
         finally:
             lab.down()
     rows = []
-    for par in PARALLEL:
+    for wl in WORKLOADS:
         for path in PATHS:
-            ok = [m for m in cells[(path, par)] if "error" not in m]
+            ok = [m for m in cells[(path, wl)] if "error" not in m]
             if not ok:
                 continue
-            direct = cells[("direct", par)]
-            ratios = [m["gbps"] / d["gbps"] for m, d in zip(cells[(path, par)], direct)
+            direct = cells[("direct", wl)]
+            ratios = [m["gbps"] / d["gbps"] for m, d in zip(cells[(path, wl)], direct)
                       if "error" not in m and "error" not in d and path != "direct"]
-            row = {"path": path, "parallel": par, "runs": cells[(path, par)],
+            row = {"path": path, "workload": wl, "runs": cells[(path, wl)],
                    "ratio": median(ratios) if ratios else None}
             for k in ("gbps", "busy_cpu_s_per_gb", "machine_busy_pct", "acks_per_gb",
                       "wakeups_per_s"):

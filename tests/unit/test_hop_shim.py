@@ -314,7 +314,8 @@ def test_an_unknown_facing_is_refused_before_anything_is_run():
 
 
 @pytest.mark.parametrize("argv", [["--shim-port", "sw-only"], ["--shim-port", ":b1"],
-                                  ["--shim-port", "ns:"], ["--mode", "dsr", "--shim-port", "ns:b1"]])
+                                  ["--shim-port", "ns:"],
+                                  ["--mode", "dsr", "--shim-port", "ns:b1"]])
 def test_doctor_refuses_a_bad_shim_port(argv, capsys):
     from tools import doctor
     if "--mode" not in argv:
