@@ -9,7 +9,7 @@ or the hop itself? A lab of its own (one backend b1, TAP with vnet offload); fou
 each measured from c1 (the backend sends), one after the other in every run:
 
   direct      c1 -> rt -> b1, no LB
-  dsr         VIP 198.19.100.2:5201 through lbd (mode dsr, one backend)
+  dsr         VIP 198.19.100.2 (:5201 and :80) through lbd (mode dsr, one backend)
   floor       VIP 198.19.100.9 through bench/floor/tapfwd.c on a second TAP on the same
               bridge: read a frame, rewrite its MACs, write it back (no table, no checks);
               it sleeps in poll() when its queue is empty, as lbd does; RPS on its TAP as
@@ -215,7 +215,9 @@ def main(argv=None):
             lab.up()
             sock = lab.topology["control_socket"]
             for argv_ in (["vip", "add", VIP + ":5201", "--mode", "dsr", "--scheduler", "sh"],
-                          ["backend", "add", VIP + ":5201", "198.19.0.11"]):
+                          ["backend", "add", VIP + ":5201", "198.19.0.11"],
+                          ["vip", "add", VIP + ":80", "--mode", "dsr", "--scheduler", "sh"],
+                          ["backend", "add", VIP + ":80", "198.19.0.11"]):
                 subprocess.run([sys.executable, "-m", "lb.cli", "--socket", sock, *argv_],
                                check=True, capture_output=True, timeout=30)
             backend_mac = lab.exec("b1", ["cat", "/sys/class/net/eth0/address"]).stdout.strip()
@@ -232,8 +234,8 @@ def main(argv=None):
                             m = measure(lab, DEST[path], wl, seconds)
                         cells.setdefault((path, wl), []).append(m)
                         print("run %d %-10s %-8s %s" % (run + 1, path, wl, json.dumps(
-                            {k: round(v, 3) for k, v in m.items() if isinstance(v, float)})),
-                            flush=True)
+                            {k: round(v, 3) if isinstance(v, float) else v
+                             for k, v in m.items()})), flush=True)
         finally:
             lab.down()
     rows = []
