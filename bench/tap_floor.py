@@ -93,7 +93,7 @@ def eth0_rx_packets(lab, node):
 
 
 class Floor:
-    """tapfwd on FLOOR_TAP in the lab's switch namespace, routed by rt for FLOOR_VIP."""
+    """tapfwd on FLOOR_TAP in the lab's switch namespace (rt routes FLOOR_VIP to it)."""
 
     def __init__(self, lab, exe, backend_mac, spin):
         self.lab, self.exe, self.backend_mac, self.spin = lab, exe, backend_mac, spin
@@ -109,9 +109,6 @@ class Floor:
         self.lab.exec("sw", ["sh", "-c", "echo %s > /sys/class/net/%s/queues/rx-0/rps_cpus"
                              % (rps.strip(), FLOOR_TAP)])
         self.lab.exec("sw", ["ip", "link", "set", FLOOR_TAP, "master", "brs", "up"])
-        self.lab.exec("rt", ["ip", "neigh", "replace", FLOOR_NEXT_HOP, "lladdr", FLOOR_MAC,
-                             "dev", "eth1", "nud", "permanent"])
-        self.lab.exec("rt", ["ip", "route", "replace", FLOOR_VIP + "/32", "via", FLOOR_NEXT_HOP])
         return self
 
     def __exit__(self, *exc):
@@ -132,9 +129,13 @@ def kernel_forwarder(lab, obj):
     lab.exec("sw", ["tc", "qdisc", "add", "dev", b, "clsact"])
     lab.exec("sw", ["tc", "filter", "add", "dev", b, "ingress", "bpf", "direct-action",
                     "obj", obj, "sec", "tc"])
-    lab.exec("rt", ["ip", "neigh", "replace", KERNEL_NEXT_HOP, "lladdr", KERNEL_MAC, "dev",
-                    "eth1", "nud", "permanent"])
-    lab.exec("rt", ["ip", "route", "replace", KERNEL_VIP + "/32", "via", KERNEL_NEXT_HOP])
+
+
+def route_via(lab, vip, next_hop, mac):
+    """rt sends vip to a next hop on the server segment whose MAC is a forwarder's."""
+    lab.exec("rt", ["ip", "neigh", "replace", next_hop, "lladdr", mac, "dev", "eth1", "nud",
+                    "permanent"])
+    lab.exec("rt", ["ip", "route", "replace", vip + "/32", "via", next_hop])
 
 
 def blob_gets(lab, dst, gets):
@@ -222,6 +223,8 @@ def main(argv=None):
                                check=True, capture_output=True, timeout=30)
             backend_mac = lab.exec("b1", ["cat", "/sys/class/net/eth0/address"]).stdout.strip()
             kernel_forwarder(lab, build_kernel(tmp, backend_mac))
+            route_via(lab, KERNEL_VIP, KERNEL_NEXT_HOP, KERNEL_MAC)
+            route_via(lab, FLOOR_VIP, FLOOR_NEXT_HOP, FLOOR_MAC)
             for run in range(runs):
                 for wl in WORKLOADS:
                     for path in PATHS:

@@ -127,19 +127,20 @@ def test_a_backend_without_the_shim_gets_no_connection_through(make_lab):
     assert counters(lab)["hop_handoff"] == 0
 
 
-def test_a_hop_health_check_takes_a_backend_without_the_shim_down(make_lab):
-    # modes/hop/probe.py: a marked SYN whose SYN-ACK only a shim sends back to the prober
+def health_follows_the_shim(lab, ep, take_away, give_back, while_away=None):
+    """ep's default pool is B1, B2: a hop health check brings both up; take_away() removes
+    b2's shim (while_away() then checks what it likes): b2 goes down with "no hop shim", b1
+    stays up and takes every new connection; give_back() and b2 is up again.
+    modes/hop/probe.py: a marked SYN whose SYN-ACK only a shim sends back to the prober."""
     from .test_health import backends_health, wait_state
-    lab = make_lab(backends=2)
-    ep = VIP + ":80"
-    hop_vip(lab, 80, {"default": [B1, B2]})
     lbctl(lab, "vip", "health", ep, "--check", "http", "--path", "/id", "--interval", "0.3",
           "--timeout", "0.5", "--rise", "2", "--fall", "2")
     for b in (B1, B2):
         wait_state(lab, ep, b, "up", 15)
-    pins = lab.topology["nodes"]["b2"]["hop_shim"]["pins"]
-    shim.remove(lab.ns("b2"), "eth0", pins)
+    take_away()
     try:
+        if while_away:
+            while_away()
         h = wait_state(lab, ep, B2, "down", 15)
         assert "no hop shim" in h["reason"], h
         assert backends_health(lab, ep)[B1]["state"] == "up"
@@ -147,8 +148,16 @@ def test_a_hop_health_check_takes_a_backend_without_the_shim_down(make_lab):
         r = traffic(lab, "c1", "http", "http://%s/id" % VIP, "--count", "40")
         assert r["n_errors"] == 0 and set(r["backends"]) == {"b1"}, r
     finally:
-        shim.install(lab.ns("b2"), "eth0", pins)
+        give_back()
     wait_state(lab, ep, B2, "up", 15)
+
+
+def test_a_hop_health_check_takes_a_backend_without_the_shim_down(make_lab):
+    lab = make_lab(backends=2)
+    hop_vip(lab, 80, {"default": [B1, B2]})
+    pins = lab.topology["nodes"]["b2"]["hop_shim"]["pins"]
+    health_follows_the_shim(lab, VIP + ":80", lambda: shim.remove(lab.ns("b2"), "eth0", pins),
+                            lambda: shim.install(lab.ns("b2"), "eth0", pins))
 
 
 def test_100_live_switches_between_splice_and_hop_fail_no_request(make_lab, tmp_path):

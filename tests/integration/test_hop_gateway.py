@@ -15,7 +15,7 @@ import pytest
 from modes.hop import shim
 from tools.lab import Lab, unique_name
 
-from .test_hop import B1, B2, B3, VIP, by_path, doctor, hop_vip
+from .test_hop import B1, B2, B3, VIP, by_path, doctor, health_follows_the_shim, hop_vip
 from .test_nat import counters, lbctl, traffic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -85,27 +85,18 @@ def test_echo_of_32_mib_is_identical_both_ways(lab):
 
 
 def test_a_port_without_the_shim_fails_doctor_and_the_health_check(lab):
-    from .test_health import backends_health, wait_state
     ep = VIP + ":80"
     hop_vip(lab, 80, {"default": [B1, B2]})
     pins = lab.topology["egress_gateway"]["pins"]
+
+    def doctor_fails():
+        rc, checks = doctor(lab, "b2")
+        assert rc == 1 and not checks["hop_shim"] and checks["listening"], checks
     try:
-        lbctl(lab, "vip", "health", ep, "--check", "http", "--path", "/id", "--interval", "0.3",
-              "--timeout", "0.5", "--rise", "2", "--fall", "2")
-        for b in (B1, B2):
-            wait_state(lab, ep, b, "up", 15)
-        shim.detach(lab.ns("sw"), "b2")       # b2's port loses the shim; b1's keeps it
-        try:
-            rc, checks = doctor(lab, "b2")
-            assert rc == 1 and not checks["hop_shim"] and checks["listening"], checks
-            h = wait_state(lab, ep, B2, "down", 15)
-            assert "no hop shim" in h["reason"], h
-            assert backends_health(lab, ep)[B1]["state"] == "up"
-            r = traffic(lab, "c1", "http", "http://%s/id" % VIP, "--count", "40")
-            assert r["n_errors"] == 0 and set(r["backends"]) == {"b1"}, r
-        finally:
-            shim.attach(lab.ns("sw"), "b2", pins, "port")
-        wait_state(lab, ep, B2, "up", 15)
+        # b2's port loses the shim; b1's keeps it
+        health_follows_the_shim(lab, ep, lambda: shim.detach(lab.ns("sw"), "b2"),
+                                lambda: shim.attach(lab.ns("sw"), "b2", pins, "port"),
+                                doctor_fails)
         assert doctor(lab, "b2")[0] == 0
     finally:
         lbctl(lab, "vip", "del", ep)
